@@ -1,0 +1,85 @@
+//! The `moe-lens` command.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use moe_lens::lab::{parse_dtype, DeviceChoice, Lens, LoadOptions};
+use moe_lens::spy::LayerRef;
+
+#[derive(Parser)]
+#[command(name = "moe-lens", version, about = "Spy on the routers of an OLMoE mixture-of-experts model")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one text and show, per token, the experts each router chose.
+    Trace {
+        /// Model directory (Hugging Face layout) or Hub id, e.g. allenai/OLMoE-1B-7B-0924.
+        #[arg(long)]
+        model: String,
+        /// The text to trace.
+        #[arg(long)]
+        text: String,
+        /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Layer for the table: index or hook name (default: the last layer).
+        #[arg(long)]
+        layer: Option<String>,
+        /// table (one layer, readable) or json (every layer, the export schema).
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(model: &str, device: &str, dtype: Option<&str>) -> anyhow::Result<Lens> {
+    let opts = LoadOptions { device: device.parse::<DeviceChoice>()?, dtype: dtype.map(parse_dtype).transpose()? };
+    Lens::load_with(model, &opts).with_context(|| format!("loading {model}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Trace { model, text, device, dtype, layer, format } => {
+            let lens = load(&model, &device, dtype.as_deref())?;
+            let layers = lens.config().num_hidden_layers;
+            let layer = match layer {
+                Some(l) => LayerRef::Name(l).index(layers)?,
+                None => layers.saturating_sub(1),
+            };
+            let trace = lens.trace(&text)?;
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Json => writeln!(out, "{}", trace.to_json()?)?,
+                Format::Table => {
+                    writeln!(out, "{} · {} · {} tokens", lens.name(), lens.hooks(), trace.tokens.len())?;
+                    write!(out, "{}", trace.top_k_table(layer)?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The library's error type. Every input a user can get wrong maps to one of these kinds, and each
+//! message says what was wrong and what to do about it. A notebook cell that gets one of these keeps
+//! every variable of earlier cells (a panic would lose the cell, an abort the whole kernel).
+
+use std::path::PathBuf;
+
+/// Result with the library's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, by kind. Match on the variant; print it for the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The text to trace is empty or only whitespace.
+    #[error("the text is empty{0}: give at least one visible character")]
+    EmptyText(&'static str),
+
+    /// The text has more tokens than the model's context.
+    #[error(
+        "the text is {tokens} tokens long but the model takes at most {max}: shorten it, or split it \
+         into sentences and trace them one by one (a corpus scan does that for you)"
+    )]
+    TextTooLong { tokens: usize, max: usize },
+
+    /// A layer index or hook name that the model does not have.
+    #[error("unknown layer {requested:?}: this model has {layers} router layers, 0..={last}, named \
+             model.layers.{{i}}.mlp.gate", last = layers.saturating_sub(1))]
+    UnknownLayer { requested: String, layers: usize },
+
+    /// `config.json` cannot be read as an OLMoE config, or its values contradict each other.
+    #[error("config {}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+
+    /// Something this library deliberately does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// A file the model needs is not there.
+    #[error("missing {what}: {} does not exist; {hint}", path.display())]
+    MissingFile { path: PathBuf, what: &'static str, hint: String },
+
+    /// A weights file is truncated, corrupt or lacks a tensor.
+    #[error("weights {}: {msg}", path.display())]
+    Weights { path: PathBuf, msg: String },
+
+    /// A tensor has a shape other than the config implies.
+    #[error("tensor {name} has shape {found:?} but the config implies {expected:?}: the weights and \
+             config.json do not belong together")]
+    TensorShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+
+    /// The tokenizer cannot be loaded or cannot encode/decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The model is not in the local cache and the Hub must not (or cannot) be asked.
+    #[error("{model} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE=1 forbids \
+             downloading it. {hint}", cache.display())]
+    Offline { model: String, cache: PathBuf, hint: String },
+
+    /// A download from the Hub failed.
+    #[error("could not fetch {file} of {model} from the Hugging Face Hub: {msg}")]
+    Hub { model: String, file: String, msg: String },
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The requested device cannot be used.
+    #[error("device: {0}")]
+    Device(String),
+
+    /// An argument outside what is allowed (names the argument and the allowed values).
+    #[error("invalid {what}: {msg}")]
+    InvalidArgument { what: &'static str, msg: String },
+
+    /// A spy asked for routing that the forward pass did not deliver, or refused an event.
+    #[error("router spy: {0}")]
+    Spy(String),
+
+    /// A sentence file has a line that cannot be read.
+    #[error("{}:{line}: {msg}", path.display())]
+    Corpus { path: PathBuf, line: usize, msg: String },
+
+    /// An error inside the tensor library (out of memory on the GPU lands here too).
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Config { path: path.into(), msg: msg.into() }
+    }
+    pub(crate) fn invalid(what: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { what, msg: msg.into() }
+    }
+}

@@ -1,0 +1,302 @@
+//! What notebook cells and the command line call: load a model, report its router hooks, trace a
+//! text, generate with routing recorded at every step.
+//!
+//! ```no_run
+//! use moe_lens::prelude::*;
+//! # fn main() -> moe_lens::Result<()> {
+//! let lens = load("allenai/OLMoE-1B-7B-0924")?;        // Block 1
+//! println!("{}", lens.hooks());                          // Block 2: 16 router hooks
+//! let run = lens.generate("Hello, how are you?", 10)?;   // routing for prompt and every new token
+//! let trace = lens.trace("The quick brown fox jumps. 안녕하세요. こんにちは.")?;
+//! println!("{}", trace.top_k_table(14)?);                // Block 3
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::hub::{self, ModelFiles};
+use crate::olmoe::Olmoe;
+use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
+use crate::tokens::{Token, Tokenizer};
+use crate::trace::Trace;
+
+/// Where to run: `"auto"` (a GPU when built with one and present, else the CPU), `"cpu"`,
+/// `"cuda"` / `"cuda:N"`, `"metal"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "auto" | "" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            "metal" => Ok(DeviceChoice::Metal),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(Error::invalid("device", format!("{s:?}; use auto, cpu, cuda, cuda:N or metal"))),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device, with an error that says how to get the one asked for.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => {
+                if candle_core::utils::cuda_is_available() {
+                    if let Ok(d) = Device::new_cuda(0) {
+                        return Ok(d);
+                    }
+                }
+                if candle_core::utils::metal_is_available() {
+                    if let Ok(d) = Device::new_metal(0) {
+                        return Ok(d);
+                    }
+                }
+                Ok(Device::Cpu)
+            }
+            DeviceChoice::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(Error::Device(
+                        "this build of moe-lens has no CUDA support: rebuild with `--features cuda` (needs nvcc and \
+                         CUDA_COMPUTE_CAP, see the README), or use device cpu"
+                            .into(),
+                    ));
+                }
+                Device::new_cuda(n).map_err(|e| Error::Device(format!("cannot open cuda:{n}: {e}")))
+            }
+            DeviceChoice::Metal => {
+                if !candle_core::utils::metal_is_available() {
+                    return Err(Error::Device("this build has no Metal support: rebuild with `--features metal` on macOS".into()));
+                }
+                Device::new_metal(0).map_err(|e| Error::Device(format!("cannot open metal: {e}")))
+            }
+        }
+    }
+}
+
+/// Parses `"f32"`, `"bf16"`, `"f16"` (and the transformers spellings `float32`, `bfloat16`, `float16`).
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" | "half" => Ok(DType::F16),
+        other => Err(Error::invalid("dtype", format!("{other:?}; use f32, bf16 or f16"))),
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub device: DeviceChoice,
+    /// `None`: f32 on the CPU, bf16 on a GPU.
+    pub dtype: Option<DType>,
+}
+
+/// A loaded model with its tokenizer: the object notebook cells work with.
+#[derive(Debug)]
+pub struct Lens {
+    name: String,
+    files: ModelFiles,
+    model: Olmoe,
+    tokenizer: Tokenizer,
+}
+
+/// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`) or local directory, on the default
+/// device and dtype. Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
+pub fn load(model: &str) -> Result<Lens> {
+    Lens::load_with(model, &LoadOptions::default())
+}
+
+impl Lens {
+    /// Loads with explicit options.
+    pub fn load_with(model: &str, opts: &LoadOptions) -> Result<Lens> {
+        let files = hub::resolve(model)?;
+        Self::from_files(files, opts)
+    }
+
+    /// Loads from already resolved files.
+    pub fn from_files(files: ModelFiles, opts: &LoadOptions) -> Result<Lens> {
+        let cfg = Config::from_file(&files.config)?;
+        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::config(
+                &files.config,
+                format!("vocab_size {} is smaller than the tokenizer's {} ids: tokenizer.json and config.json do not belong together", cfg.vocab_size, tokenizer.vocab_size()),
+            ));
+        }
+        let device = opts.device.open()?;
+        let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let model = Olmoe::load(&cfg, &files.weights, &device, dtype)?;
+        Ok(Lens { name: files.name.clone(), files, model, tokenizer })
+    }
+
+    /// The model as the user named it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+    pub fn model(&self) -> &Olmoe {
+        &self.model
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The router hooks this model has: one per layer, named as transformers names the modules.
+    pub fn hooks(&self) -> Hooks {
+        let c = self.config();
+        Hooks {
+            names: (0..c.num_hidden_layers).map(Config::router_name).collect(),
+            experts: c.num_experts,
+            k: c.num_experts_per_tok,
+            norm_topk_prob: c.norm_topk_prob,
+        }
+    }
+
+    /// Tokens of `text` with labels, offsets and scripts (no model run).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<Token>> {
+        self.tokenizer.encode(text)
+    }
+
+    fn encode_checked(&self, text: &str, extra: usize) -> Result<(Vec<Token>, Tensor)> {
+        let tokens = self.tokenizer.encode(text)?;
+        let max = self.config().max_position_embeddings;
+        if tokens.len() + extra > max {
+            return Err(Error::TextTooLong { tokens: tokens.len() + extra, max });
+        }
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        let input = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?; // [1, T]
+        Ok((tokens, input))
+    }
+
+    /// Runs `text` once and captures every router.
+    pub fn trace(&self, text: &str) -> Result<Trace> {
+        self.trace_layers(text, LayerSelection::All)
+    }
+
+    /// Runs `text` once and captures the chosen routers only.
+    pub fn trace_layers(&self, text: &str, layers: LayerSelection) -> Result<Trace> {
+        let (tokens, input) = self.encode_checked(text, 0)?;
+        let mut cache = match &layers {
+            LayerSelection::All => RoutingCache::new(),
+            LayerSelection::Only(v) => RoutingCache::for_layers(v),
+        };
+        self.model.forward(&input, None, None, Step::Prefill, Some(&mut cache))?;
+        let n = tokens.len();
+        Trace::assemble(&self.name, text, tokens, n, cache, self.config().num_hidden_layers)
+    }
+
+    /// Runs `text` with any spy attached (see [`crate::spy`]); returns its tokens.
+    pub fn run_with(&self, text: &str, spy: &mut dyn RouterSpy) -> Result<Vec<Token>> {
+        let (tokens, input) = self.encode_checked(text, 0)?;
+        self.model.forward(&input, None, None, Step::Prefill, Some(spy))?;
+        Ok(tokens)
+    }
+
+    /// Greedy generation of up to `max_new_tokens` (stops early at end-of-text), with the routing
+    /// of the prompt (prefill) and of every generated token (one decode step each) recorded.
+    pub fn generate(&self, text: &str, max_new_tokens: usize) -> Result<Trace> {
+        self.generate_with(text, &GenerateOptions { max_new_tokens, stop_at_eos: true })
+    }
+
+    /// Greedy generation with options.
+    pub fn generate_with(&self, text: &str, opts: &GenerateOptions) -> Result<Trace> {
+        let (tokens, input) = self.encode_checked(text, opts.max_new_tokens)?;
+        let mut cache = RoutingCache::new();
+        let mut kv = self.model.new_cache();
+        let hidden = self.model.forward(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
+        let mut next = argmax(&self.model.next_token_logits(&hidden)?)?;
+        let eos = self.config().eos_token_id.or(self.tokenizer.eos_id());
+        let mut new_ids = Vec::new();
+        for n in 0..opts.max_new_tokens {
+            new_ids.push(next);
+            // route the new token (its routing is part of the trace even when it is the last one)
+            let input = Tensor::new(&[next], self.model.device())?.unsqueeze(0)?; // [1, 1]
+            let hidden = self.model.forward(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache))?;
+            if opts.stop_at_eos && Some(next) == eos {
+                break;
+            }
+            if n + 1 < opts.max_new_tokens {
+                next = argmax(&self.model.next_token_logits(&hidden)?)?;
+            }
+        }
+        let prompt_len = tokens.len();
+        let (full_text, all_tokens) = self.tokenizer.extend(text, &tokens, &new_ids)?;
+        Trace::assemble(&self.name, &full_text, all_tokens, prompt_len, cache, self.config().num_hidden_layers)
+    }
+}
+
+/// Options of [`Lens::generate_with`].
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Stop after the end-of-text token (as transformers' `generate` does).
+    pub stop_at_eos: bool,
+}
+
+/// Index of the largest logit of a `[1, vocab]` tensor (first one on ties, like torch.argmax).
+fn argmax(logits: &Tensor) -> Result<u32> {
+    let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &x) in v.iter().enumerate() {
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i as u32).ok_or_else(|| Error::invalid("logits", "empty vocabulary"))
+}
+
+/// The router hooks of a model: what the Python lab registers on every `mlp.gate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hooks {
+    pub names: Vec<String>,
+    pub experts: usize,
+    pub k: usize,
+    pub norm_topk_prob: bool,
+}
+
+impl Hooks {
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl fmt::Display for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let first = self.names.first().map(String::as_str).unwrap_or("-");
+        let last = self.names.last().map(String::as_str).unwrap_or("-");
+        write!(
+            f,
+            "{} router hooks ({first} … {last}) · {} experts · top-{} · top-k weights {}",
+            self.names.len(),
+            self.experts,
+            self.k,
+            if self.norm_topk_prob { "renormalised to sum 1" } else { "not renormalised" }
+        )
+    }
+}

@@ -1,0 +1,26 @@
+//! moe-lens: load OLMoE on candle, spy on every router, and see where each token goes.
+//!
+//! The map of the code is in ARCHITECTURE.md at the repository root. Notebook cells need one line:
+//! `use moe_lens::prelude::*;`.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod lab;
+pub mod olmoe;
+pub mod spy;
+pub mod tokens;
+pub mod trace;
+
+pub use error::{Error, Result};
+
+/// Everything a notebook cell or a small program needs, in one import.
+pub mod prelude {
+    pub use crate::config::Config;
+    pub use crate::error::{Error, Result};
+    pub use crate::lab::{load, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
+    pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
+    pub use crate::tokens::{Script, Token, Tokenizer};
+    pub use crate::trace::{LayerTrace, Trace, TraceExport};
+    pub use candle_core::{DType, Device, Tensor};
+}

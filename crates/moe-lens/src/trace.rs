@@ -1,0 +1,168 @@
+//! A captured run: the tokens of a text and every router's decision for each of them, with the
+//! JSON export that the `moe-lens trace --format json` command prints.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::spy::{LayerRef, Routing, RoutingCache, Step};
+use crate::tokens::Token;
+
+/// One router layer over all tokens of a trace: row `i` is token `i`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerTrace {
+    /// `model.layers.{i}.mlp.gate`
+    pub name: String,
+    /// Raw router logits `[tokens][experts]`.
+    pub logits: Vec<Vec<f32>>,
+    /// Softmax over all experts `[tokens][experts]`.
+    pub probs: Vec<Vec<f32>>,
+    /// Chosen experts, best first `[tokens][k]`.
+    pub top_k: Vec<Vec<u32>>,
+    /// Their mixing weights `[tokens][k]`.
+    pub weights: Vec<Vec<f32>>,
+}
+
+impl LayerTrace {
+    /// Layer index parsed from the name.
+    pub fn index(&self) -> Option<usize> {
+        LayerRef::Name(self.name.clone()).index(usize::MAX).ok()
+    }
+    /// Number of experts (columns).
+    pub fn experts(&self) -> usize {
+        self.logits.first().map_or(0, Vec::len)
+    }
+    /// Experts chosen per token (k).
+    pub fn k(&self) -> usize {
+        self.top_k.first().map_or(0, Vec::len)
+    }
+}
+
+/// The export schema, exactly: what `--format json` prints and [`Trace::to_json`] writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceExport {
+    pub model: String,
+    pub text: String,
+    pub tokens: Vec<Token>,
+    pub layers: Vec<LayerTrace>,
+}
+
+/// A text (or a prompt plus generated tokens) and how every captured router routed each token.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    /// The model as the user named it (directory or Hub id).
+    pub model: String,
+    /// The whole text: the prompt plus, after generation, the generated continuation.
+    pub text: String,
+    pub tokens: Vec<Token>,
+    /// Number of prompt tokens (all tokens for a plain trace).
+    pub prompt_len: usize,
+    /// Which forward call produced which token rows.
+    pub steps: Vec<(Step, Range<usize>)>,
+    /// Captured layers in order, each over all tokens.
+    pub layers: Vec<LayerTrace>,
+    /// The raw per-step cache the trace was assembled from (one entry per forward call and layer).
+    pub cache: RoutingCache,
+    /// Total router layers in the model (captured or not).
+    pub model_layers: usize,
+}
+
+impl Trace {
+    /// Assembles a trace from the tokens and what a [`RoutingCache`] collected over one or more
+    /// forward calls (prefill, then decode steps), checking that every token has a row in every layer.
+    pub fn assemble(model: &str, text: &str, tokens: Vec<Token>, prompt_len: usize, cache: RoutingCache, model_layers: usize) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut steps: Vec<(Step, Range<usize>)> = Vec::new();
+        for (n, l) in cache.layers().into_iter().enumerate() {
+            let entries: &[Routing] = cache.get(l)?;
+            let mut lt = LayerTrace { name: Config::router_name(l), logits: vec![], probs: vec![], top_k: vec![], weights: vec![] };
+            for r in entries {
+                if r.offset != lt.logits.len() {
+                    return Err(Error::Spy(format!("{}: {} starts at position {} but {} rows came before", lt.name, r.step, r.offset, lt.logits.len())));
+                }
+                if n == 0 {
+                    steps.push((r.step, r.offset..r.offset + r.rows));
+                }
+                for row in 0..r.rows {
+                    lt.logits.push(r.logits_row(row).to_vec());
+                    lt.probs.push(r.probs_row(row).to_vec());
+                    lt.top_k.push(r.top_k_row(row).to_vec());
+                    lt.weights.push(r.weights_row(row).to_vec());
+                }
+            }
+            if lt.logits.len() != tokens.len() {
+                return Err(Error::Spy(format!("{} has {} rows for {} tokens", lt.name, lt.logits.len(), tokens.len())));
+            }
+            layers.push(lt);
+        }
+        Ok(Trace { model: model.into(), text: text.into(), tokens, prompt_len, steps, layers, cache, model_layers })
+    }
+
+    /// One captured layer, by index (`14`) or hook name (`"model.layers.14.mlp.gate"`).
+    pub fn layer(&self, layer: impl Into<LayerRef>) -> Result<&LayerTrace> {
+        let layer = layer.into();
+        let idx = layer.index(self.model_layers)?;
+        let name = Config::router_name(idx);
+        self.layers.iter().find(|l| l.name == name).ok_or_else(|| {
+            Error::invalid("layer", format!("layer {idx} exists but was not captured in this trace (captured: {})", self.captured()))
+        })
+    }
+
+    fn captured(&self) -> String {
+        let v: Vec<String> = self.layers.iter().filter_map(LayerTrace::index).map(|i| i.to_string()).collect();
+        v.join(", ")
+    }
+
+    /// Tokens produced by generation (empty for a plain trace).
+    pub fn generated(&self) -> &[Token] {
+        self.tokens.get(self.prompt_len..).unwrap_or(&[])
+    }
+
+    /// The export document (exact schema).
+    pub fn export(&self) -> TraceExport {
+        TraceExport { model: self.model.clone(), text: self.text.clone(), tokens: self.tokens.clone(), layers: self.layers.clone() }
+    }
+
+    /// The export as one JSON document.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(&self.export()).map_err(|e| Error::invalid("trace", format!("cannot serialise: {e}")))
+    }
+
+    /// Writes the export to a file.
+    pub fn save_json(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_json()?).map_err(|e| Error::io(path, e))
+    }
+
+    /// Per-token top-k table of one layer, as plain text (label, experts, weights).
+    pub fn top_k_table(&self, layer: impl Into<LayerRef>) -> Result<String> {
+        use std::fmt::Write;
+        let lt = self.layer(layer)?;
+        let width = self.tokens.iter().map(|t| t.label.chars().count()).max().unwrap_or(5).clamp(5, 24);
+        let mut s = String::new();
+        let _ = writeln!(s, "{} — top-{} experts per token (weight)", lt.name, lt.k());
+        let _ = writeln!(s, "{:>4}  {:<width$}  experts", "#", "token");
+        for (i, (tok, (ids, ws))) in self.tokens.iter().zip(lt.top_k.iter().zip(&lt.weights)).enumerate() {
+            let cells: Vec<String> = ids.iter().zip(ws).map(|(e, w)| format!("{e:>2} ({w:.3})")).collect();
+            let mark = if i >= self.prompt_len { "*" } else { " " };
+            let _ = writeln!(s, "{i:>3}{mark}  {:<width$}  {}", pad_label(&tok.label, width), cells.join("  "));
+        }
+        if self.prompt_len < self.tokens.len() {
+            let _ = writeln!(s, "* generated");
+        }
+        Ok(s)
+    }
+}
+
+/// Truncates a label to `width` characters for a text table.
+fn pad_label(label: &str, width: usize) -> String {
+    if label.chars().count() <= width {
+        label.to_string()
+    } else {
+        let mut s: String = label.chars().take(width.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
