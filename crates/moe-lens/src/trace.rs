@@ -136,18 +136,18 @@ impl Trace {
         std::fs::write(path, self.to_json()?).map_err(|e| Error::io(path, e))
     }
 
-    /// Per-token top-k table of one layer, as plain text (label, experts, weights).
+    /// Per-token top-k table of one layer, as plain text (label, script, experts, weights).
     pub fn top_k_table(&self, layer: impl Into<LayerRef>) -> Result<String> {
         use std::fmt::Write;
         let lt = self.layer(layer)?;
-        let width = self.tokens.iter().map(|t| t.label.chars().count()).max().unwrap_or(5).clamp(5, 24);
+        let width = self.tokens.iter().map(|t| display_width(&t.label)).max().unwrap_or(5).clamp(5, 24);
         let mut s = String::new();
         let _ = writeln!(s, "{} — top-{} experts per token (weight)", lt.name, lt.k());
-        let _ = writeln!(s, "{:>4}  {:<width$}  experts", "#", "token");
+        let _ = writeln!(s, "{:>4}  {}  {:<8}  experts", "#", pad_label("token", width), "script");
         for (i, (tok, (ids, ws))) in self.tokens.iter().zip(lt.top_k.iter().zip(&lt.weights)).enumerate() {
             let cells: Vec<String> = ids.iter().zip(ws).map(|(e, w)| format!("{e:>2} ({w:.3})")).collect();
             let mark = if i >= self.prompt_len { "*" } else { " " };
-            let _ = writeln!(s, "{i:>3}{mark}  {:<width$}  {}", pad_label(&tok.label, width), cells.join("  "));
+            let _ = writeln!(s, "{i:>3}{mark}  {}  {:<8}  {}", pad_label(&tok.label, width), tok.script.name(), cells.join("  "));
         }
         if self.prompt_len < self.tokens.len() {
             let _ = writeln!(s, "* generated");
@@ -156,13 +156,36 @@ impl Trace {
     }
 }
 
-/// Truncates a label to `width` characters for a text table.
+/// Columns a terminal gives `s`: East Asian wide characters (Hangul, kana, CJK, full-width forms,
+/// most emoji) take two.
+fn display_width(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c as u32 {
+            0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF
+            | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F | 0x1F900..=0x1F9FF | 0x20000..=0x3FFFD => 2,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Fits a label into `width` terminal columns: padded with spaces, or cut with '…'.
 fn pad_label(label: &str, width: usize) -> String {
-    if label.chars().count() <= width {
-        label.to_string()
-    } else {
-        let mut s: String = label.chars().take(width.saturating_sub(1)).collect();
-        s.push('…');
-        s
+    let mut s = String::new();
+    let mut used = 0;
+    let fits = display_width(label) <= width;
+    for c in label.chars() {
+        let w = display_width(c.encode_utf8(&mut [0; 4]));
+        if used + w > width.saturating_sub(usize::from(!fits)) {
+            break;
+        }
+        s.push(c);
+        used += w;
     }
+    if !fits {
+        s.push('…');
+        used += 1;
+    }
+    s.extend(std::iter::repeat_n(' ', width.saturating_sub(used)));
+    s
 }
