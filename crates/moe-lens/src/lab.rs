@@ -110,7 +110,6 @@ pub struct LoadOptions {
 }
 
 /// A loaded model with its tokenizer: the object notebook cells work with.
-#[derive(Debug)]
 pub struct Lens {
     name: String,
     files: ModelFiles,
@@ -245,6 +244,35 @@ impl Lens {
         let prompt_len = tokens.len();
         let (full_text, all_tokens) = self.tokenizer.extend(text, &tokens, &new_ids)?;
         Trace::assemble(&self.name, &full_text, all_tokens, prompt_len, cache, self.config().num_hidden_layers)
+    }
+}
+
+impl fmt::Display for Lens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.config();
+        let device = match self.model.device() {
+            Device::Cpu => "cpu".to_string(),
+            Device::Cuda(_) => "cuda".to_string(),
+            Device::Metal(_) => "metal".to_string(),
+        };
+        write!(
+            f,
+            "{} on {device} in {:?}: {} layers × {} experts (top-{}), hidden {}, vocabulary {}",
+            self.name,
+            self.model.dtype(),
+            c.num_hidden_layers,
+            c.num_experts,
+            c.num_experts_per_tok,
+            c.hidden_size,
+            c.vocab_size
+        )
+    }
+}
+
+/// Short, so that a notebook cell ending in `lens` does not print every tensor.
+impl fmt::Debug for Lens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Lens({self})")
     }
 }
 

@@ -50,7 +50,7 @@ pub struct TraceExport {
 }
 
 /// A text (or a prompt plus generated tokens) and how every captured router routed each token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Trace {
     /// The model as the user named it (directory or Hub id).
     pub model: String,
@@ -67,6 +67,21 @@ pub struct Trace {
     pub cache: RoutingCache,
     /// Total router layers in the model (captured or not).
     pub model_layers: usize,
+}
+
+/// A summary: a cell that ends in a trace should not print thousands of numbers.
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps: Vec<String> = self.steps.iter().map(|(s, r)| format!("{s} {}..{}", r.start, r.end)).collect();
+        f.debug_struct("Trace")
+            .field("model", &self.model)
+            .field("text", &self.text)
+            .field("tokens", &self.tokens.len())
+            .field("prompt_len", &self.prompt_len)
+            .field("layers", &self.captured())
+            .field("steps", &steps)
+            .finish()
+    }
 }
 
 impl Trace {
