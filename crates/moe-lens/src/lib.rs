@@ -8,6 +8,7 @@ pub mod error;
 pub mod hub;
 pub mod lab;
 pub mod olmoe;
+pub mod plot;
 pub mod spy;
 pub mod tokens;
 pub mod trace;
@@ -18,6 +19,7 @@ pub use error::{Error, Result};
 pub mod prelude {
     pub use crate::config::Config;
     pub use crate::error::{Error, Result};
+    pub use crate::plot::{DisplayResult, Figure, Figures, Heatmap, TopKTable, TracePlots, Values};
     pub use crate::lab::{load, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
     pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
     pub use crate::tokens::{Script, Token, Tokenizer};
