@@ -1,5 +1,7 @@
 //! The `moe-lens` command.
 
+mod scan;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -44,6 +46,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Run a corpus through the model in batches and count, per layer and language, how often each
+    /// expert is chosen; resumable (run it again to continue) and shardable (--shard i/n).
+    Scan(scan::ScanArgs),
+    /// Sum the outputs of `scan --shard i/n` runs into one directory.
+    Merge(scan::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +87,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Cmd::Scan(args) => scan::run_scan(args)?,
+        Cmd::Merge(args) => scan::run_merge(args)?,
     }
     Ok(())
 }

@@ -4,12 +4,14 @@
 //! `use moe_lens::prelude::*;`.
 
 pub mod config;
+pub mod corpus;
 pub mod error;
 pub mod hub;
 pub mod lab;
 pub mod olmoe;
 pub mod plot;
 pub mod spy;
+pub mod study;
 pub mod tokens;
 pub mod trace;
 
@@ -18,9 +20,11 @@ pub use error::{Error, Result};
 /// Everything a notebook cell or a small program needs, in one import.
 pub mod prelude {
     pub use crate::config::Config;
+    pub use crate::corpus::{self, Sentence};
     pub use crate::error::{Error, Result};
     pub use crate::plot::{DisplayResult, Figure, Figures, Heatmap, TopKTable, TracePlots, Values};
     pub use crate::lab::{load, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
+    pub use crate::study::{CompareOptions, ScanExt, ScanOptions, Study};
     pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
     pub use crate::tokens::{Script, Token, Tokenizer};
     pub use crate::trace::{LayerTrace, Trace, TraceExport};

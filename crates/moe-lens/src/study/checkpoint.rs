@@ -1,0 +1,367 @@
+//! Resumable scans into a directory, and merging of shard directories: what `moe-lens scan` and
+//! `moe-lens merge` do, usable from code too.
+//!
+//! A scan directory holds `state.json` (what the scan is of, how far it got, the counts so far),
+//! `routes.bin` (every scanned sentence's routing, appended batch by batch) and, once finished,
+//! `counts.json`, `metrics.json` and `metrics.csv`.
+//!
+//! Crash safety: after every batch the new routes are appended to `routes.bin` and flushed to disk,
+//! then `state.json` is replaced atomically (temporary file, fsync, rename, directory fsync) with
+//! the new number of sentences done, the valid length of `routes.bin` and the counts. A process
+//! killed at any moment leaves the old or the new state; a routes tail past the recorded length is
+//! cut off on the next run, which continues after the last committed batch. Nothing is lost or
+//! counted twice. The state records the model, the corpus' fingerprint, the shard, the dtype and
+//! the counting options, and a run with other values is refused (the batch size and device may
+//! change between runs).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::counts::{Counts, CountsJson};
+use super::metrics::Metrics;
+use super::routes;
+use super::{write_atomic, CompareOptions, ScanOptions, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE};
+use crate::corpus::Sentence;
+use crate::error::{Error, Result};
+use crate::lab::Lens;
+
+/// The state file of a scan or merge directory.
+pub const STATE_FILE: &str = "state.json";
+const STATE_VERSION: u32 = 1;
+
+/// What a scan directory was made from; a rerun must match it to continue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The model as named on the command line.
+    pub model: String,
+    /// The corpus as given (for messages; the fingerprint decides).
+    pub corpus: String,
+    /// [`crate::corpus::fingerprint`] of the whole corpus.
+    pub corpus_fingerprint: String,
+    pub corpus_sentences: usize,
+    /// `--lang` of a .txt corpus.
+    pub lang: Option<String>,
+    /// The model's dtype (`f32`, `bf16`, `f16`); empty before the model is loaded.
+    pub dtype: String,
+    pub by_script: bool,
+    pub skip_common: bool,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanState {
+    pub version: u32,
+    /// `scan` or `merge`.
+    pub kind: String,
+    pub run: RunInfo,
+    /// Shards covered (one for a scan).
+    pub shards: Vec<Shard>,
+    /// Sentences of the scan, and how many are done (in scan order).
+    pub sentences: usize,
+    pub done: usize,
+    /// Valid length of routes.bin.
+    pub routes_bytes: u64,
+    pub complete: bool,
+    pub counts: CountsJson,
+}
+
+fn dir_err(dir: &Path, msg: impl Into<String>) -> Error {
+    Error::invalid("output directory", format!("{}: {}", dir.display(), msg.into()))
+}
+
+/// Reads `dir/state.json`, if there is one.
+pub fn read_state(dir: &Path) -> Result<Option<ScanState>> {
+    let path = dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let st: ScanState = serde_json::from_str(&text)
+        .map_err(|e| dir_err(dir, format!("{STATE_FILE} is not a moe-lens scan state ({e}); use another output directory")))?;
+    if st.version != STATE_VERSION {
+        return Err(dir_err(dir, format!("written by another version of moe-lens (state version {}); use another output directory", st.version)));
+    }
+    Ok(Some(st))
+}
+
+fn write_state(dir: &Path, st: &ScanState) -> Result<()> {
+    let text = serde_json::to_string(st).map_err(|e| Error::invalid("state", format!("cannot serialise: {e}")))?;
+    write_atomic(&dir.join(STATE_FILE), text.as_bytes())
+}
+
+/// The differences between what a directory was scanned with and what is asked now.
+fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shard) -> Vec<String> {
+    let mut d = Vec::new();
+    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+    if old.model != new.model {
+        d.push(format!("model {} (now {})", old.model, new.model));
+    }
+    if old.corpus_fingerprint != new.corpus_fingerprint {
+        d.push(format!(
+            "corpus {} with fingerprint {} of {} sentences (now {}: {} of {})",
+            old.corpus, old.corpus_fingerprint, old.corpus_sentences, new.corpus, new.corpus_fingerprint, new.corpus_sentences
+        ));
+    }
+    if old.lang != new.lang {
+        d.push(format!("lang {} (now {})", opt(&old.lang), opt(&new.lang)));
+    }
+    if old.by_script != new.by_script {
+        d.push(format!("by-script {} (now {})", old.by_script, new.by_script));
+    }
+    if old.skip_common != new.skip_common {
+        d.push(format!("skip-common {} (now {})", old.skip_common, new.skip_common));
+    }
+    if old_shards != [new_shard] {
+        let s: Vec<String> = old_shards.iter().map(Shard::to_string).collect();
+        d.push(format!("shard {} (now {new_shard})", s.join(",")));
+    }
+    if !new.dtype.is_empty() && old.dtype != new.dtype {
+        d.push(format!("dtype {} (now {}; pass that dtype to continue)", old.dtype, new.dtype));
+    }
+    d
+}
+
+/// Checks, before a model is loaded, that `dir` is empty, new, or an unfinished or finished scan of
+/// exactly this run; returns its state when there is one. `run.dtype` may be empty (checked later).
+pub fn check_dir(dir: &Path, run: &RunInfo, shard: Shard) -> Result<Option<ScanState>> {
+    let previous = read_state(dir)?;
+    match &previous {
+        Some(st) => {
+            let d = run_diffs(&st.run, &st.shards, run, shard);
+            if st.kind != "scan" {
+                return Err(dir_err(dir, format!("it holds the output of a `moe-lens {}`; scan into another directory", st.kind)));
+            }
+            if !d.is_empty() {
+                return Err(dir_err(
+                    dir,
+                    format!(
+                        "it holds a scan with other arguments: {}. To continue that scan, run it with its arguments; to start \
+                         a new one, use another output directory (or delete this one)",
+                        d.join("; ")
+                    ),
+                ));
+            }
+        }
+        None => {
+            if dir.join(ROUTES_FILE).exists() || dir.join(COUNTS_FILE).exists() {
+                return Err(dir_err(dir, format!("it holds scan outputs but no {STATE_FILE}, so it cannot be continued; use another output directory")));
+            }
+        }
+    }
+    Ok(previous)
+}
+
+/// Reads the committed part of routes.bin (cutting off a torn tail) as a study.
+fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study> {
+    let path = dir.join(ROUTES_FILE);
+    let damaged = |msg: String| dir_err(dir, format!("{msg}: the directory is damaged; delete it to start over"));
+    let f = OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
+    if len < st.routes_bytes {
+        return Err(damaged(format!("{ROUTES_FILE} is shorter ({len} bytes) than {STATE_FILE} records ({})", st.routes_bytes)));
+    }
+    f.set_len(st.routes_bytes).map_err(|e| Error::io(&path, e))?;
+    f.sync_all().map_err(|e| Error::io(&path, e))?;
+    drop(f);
+    let ((layers, k, experts), records) = routes::read_file(&path)?;
+    let counts = Counts::from_json(&st.counts)?;
+    if (layers, k, experts) != (counts.layers, counts.k, counts.experts) || records.len() != st.done {
+        return Err(damaged(format!("{ROUTES_FILE} holds {} sentences but {STATE_FILE} says {}", records.len(), st.done)));
+    }
+    let mut s = Study::new(&counts.model, layers, experts, k, settings);
+    for r in records {
+        s.add(r)?;
+    }
+    if s.counts != counts {
+        return Err(damaged(format!("the counts in {STATE_FILE} are not the sum of {ROUTES_FILE}")));
+    }
+    Ok(s)
+}
+
+/// What a resumable scan reports as it goes.
+pub enum ScanEvent<'s, 'a> {
+    /// Starting (fresh or continuing); the scanner tells how far it is.
+    Start { scanner: &'s Scanner<'a>, resumed: bool, complete: bool },
+    /// A batch was committed to disk.
+    Batch(&'s Scanner<'a>),
+}
+
+/// The result of [`scan_to_dir`] and [`merge_dirs`].
+pub struct DirResult {
+    pub study: Study,
+    /// Metrics with the comparisons against the reference language.
+    pub report: Metrics,
+    pub state: ScanState,
+}
+
+/// What [`scan_to_dir`] scans and reports.
+#[derive(Debug, Clone)]
+pub struct DirScan {
+    /// Describes the run for the state file (its `dtype` is filled in from the model).
+    pub run: RunInfo,
+    pub shard: Shard,
+    pub options: ScanOptions,
+    /// The language the others are compared with in `metrics.json` (default `en`).
+    pub reference: Option<String>,
+    pub compare: CompareOptions,
+}
+
+/// A resumable scan of a shard of `sentences` into `dir` (see the module docs). Continues an
+/// interrupted scan of the same run; refuses a directory of another run. Writes `counts.json`,
+/// `metrics.json`, `metrics.csv` and `routes.bin` at the end.
+pub fn scan_to_dir(lens: &Lens, sentences: &[Sentence], job: &DirScan, dir: &Path, on_event: &mut dyn FnMut(ScanEvent<'_, '_>)) -> Result<DirResult> {
+    let (shard, opts) = (job.shard, &job.options);
+    let mut run = job.run.clone();
+    run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
+    let previous = check_dir(dir, &run, shard)?;
+    let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
+    let mut scanner = Scanner::for_positions(lens, sentences, shard.range(sentences.len()), opts)?;
+    let cfg = lens.config();
+    let (layers, k, experts) = (cfg.num_hidden_layers, cfg.num_experts_per_tok, cfg.num_experts);
+    let routes_path = dir.join(ROUTES_FILE);
+
+    let (mut state, resumed) = match previous {
+        Some(st) => {
+            if st.sentences != scanner.total() {
+                return Err(dir_err(dir, format!("{STATE_FILE} records {} sentences for this shard but it has {}; delete it to start over", st.sentences, scanner.total())));
+            }
+            let study = resume_study(dir, &st, settings)?;
+            scanner.resume(study)?;
+            (st, true)
+        }
+        None => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let header = routes::header(layers, k, experts);
+            write_atomic(&routes_path, &header)?;
+            let st = ScanState {
+                version: STATE_VERSION,
+                kind: "scan".into(),
+                run,
+                shards: vec![shard],
+                sentences: scanner.total(),
+                done: 0,
+                routes_bytes: header.len() as u64,
+                complete: false,
+                counts: scanner.study().counts.to_json(),
+            };
+            write_state(dir, &st)?;
+            (st, false)
+        }
+    };
+    on_event(ScanEvent::Start { scanner: &scanner, resumed, complete: state.complete });
+
+    loop {
+        let mut bytes = Vec::new();
+        match scanner.step()? {
+            None => break,
+            Some(new) => {
+                for r in new {
+                    r.encode_into(&mut bytes)?;
+                }
+            }
+        }
+        // 1. append the batch's routes and flush them to disk; 2. commit with the state file.
+        // A crash between the two leaves a tail that the next run cuts off.
+        let mut f = OpenOptions::new().append(true).open(&routes_path).map_err(|e| Error::io(&routes_path, e))?;
+        f.write_all(&bytes).map_err(|e| Error::io(&routes_path, e))?;
+        f.sync_all().map_err(|e| Error::io(&routes_path, e))?;
+        drop(f);
+        state.routes_bytes += bytes.len() as u64;
+        state.done = scanner.done();
+        state.counts = scanner.study().counts.to_json();
+        write_state(dir, &state)?;
+        on_event(ScanEvent::Batch(&scanner));
+    }
+
+    let mut study = scanner.into_study();
+    study.sort();
+    let report = study.report(job.reference.as_deref(), &job.compare)?;
+    study.save(dir, &report)?;
+    state.complete = true;
+    state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
+    state.counts = study.counts.to_json();
+    write_state(dir, &state)?;
+    Ok(DirResult { study, report, state })
+}
+
+/// Sums finished scan (or merge) directories into `out`: refuses parts of different models,
+/// corpora, dtypes or counting options, unfinished parts, and parts that share a shard or a
+/// sentence. Writes the same files as a scan. The result's `state.sentences` says how many
+/// sentences the parts cover (fewer than the corpus when shards are missing).
+pub fn merge_dirs(out: &Path, parts: &[PathBuf], reference: Option<&str>, compare: &CompareOptions) -> Result<DirResult> {
+    if let Some(st) = read_state(out)? {
+        if st.kind != "merge" {
+            return Err(dir_err(out, format!("it holds the output of a `moe-lens {}`; merge into another directory", st.kind)));
+        }
+    }
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut merged: Option<(RunInfo, Vec<Shard>, Study)> = None;
+    for part in parts {
+        if canon(part) == canon(out) {
+            return Err(dir_err(part, "it is both a part and the output: merge into another directory"));
+        }
+        let st = read_state(part)?.ok_or_else(|| dir_err(part, format!("no {STATE_FILE}: is it the output directory of a `moe-lens scan`?")))?;
+        if !st.complete {
+            return Err(dir_err(
+                part,
+                format!("the scan is not finished ({} of {} sentences): run the same `moe-lens scan` command again to complete it", st.done, st.sentences),
+            ));
+        }
+        let s = Study::load(part)?;
+        match &mut merged {
+            None => merged = Some((st.run.clone(), st.shards.clone(), s)),
+            Some((run, shards, study)) => {
+                let mut d = Vec::new();
+                if st.run.model != run.model || s.counts.check_compatible(&study.counts).is_err() {
+                    d.push(format!(
+                        "model {} ({} layers × {} experts, top-{}) vs {} ({} × {}, top-{})",
+                        st.run.model, s.counts.layers, s.counts.experts, s.counts.k, run.model, study.counts.layers, study.counts.experts, study.counts.k
+                    ));
+                }
+                if st.run.corpus_fingerprint != run.corpus_fingerprint || st.run.lang != run.lang {
+                    d.push(format!("corpus {} (fingerprint {}) vs {} ({})", st.run.corpus, st.run.corpus_fingerprint, run.corpus, run.corpus_fingerprint));
+                }
+                if st.run.dtype != run.dtype {
+                    d.push(format!("dtype {} vs {}", st.run.dtype, run.dtype));
+                }
+                if st.run.by_script != run.by_script || st.run.skip_common != run.skip_common {
+                    d.push("the counting options (by-script, skip-common) differ".into());
+                }
+                if !d.is_empty() {
+                    return Err(dir_err(part, format!("it does not match the parts before it: {}; merge only shards of one scan", d.join("; "))));
+                }
+                if let Some(sh) = st.shards.iter().find(|sh| shards.contains(sh)) {
+                    return Err(dir_err(part, format!("shard {sh} is in more than one part (overlapping shards); give each shard once")));
+                }
+                shards.extend(st.shards.iter().copied());
+                study.merge(s).map_err(|e| dir_err(part, e.to_string()))?;
+            }
+        }
+    }
+    let Some((run, shards, mut study)) = merged else {
+        return Err(Error::invalid("merge", "no parts to merge: give the shard directories"));
+    };
+    study.sort();
+    let covered = study.routes.len();
+    let report = study.report(reference, compare)?;
+    study.save(out, &report)?;
+    let rpath = out.join(ROUTES_FILE);
+    let routes_bytes = std::fs::metadata(&rpath).map_err(|e| Error::io(&rpath, e))?.len();
+    let state = ScanState {
+        version: STATE_VERSION,
+        kind: "merge".into(),
+        run,
+        shards,
+        sentences: covered,
+        done: covered,
+        routes_bytes,
+        complete: true,
+        counts: study.counts.to_json(),
+    };
+    write_state(out, &state)?;
+    Ok(DirResult { study, report, state })
+}

@@ -1,0 +1,677 @@
+//! Language study: run a corpus through the model in batches, count which experts each language's
+//! tokens are routed to, and compare languages honestly.
+//!
+//! ```no_run
+//! use moe_lens::prelude::*;
+//! use moe_lens::corpus;
+//! use moe_lens::study::{self, ScanExt, ScanOptions};
+//! # fn main() -> moe_lens::Result<()> {
+//! let lens = load("allenai/OLMoE-1B-7B-0924")?;
+//! let study = lens.scan(&corpus::builtin()?, &ScanOptions::default())?;   // or study::scan(&lens, …)
+//! println!("{}", study.counts.count("ko", 7, 12)?);   // how often expert 12 of layer 7 serves Korean
+//! println!("{}", study.metrics());                    // distinct / effective experts per layer
+//! println!("{}", study.compare("ko", "en")?);          // token-matched, bootstrap intervals, verdicts
+//! # Ok(()) }
+//! ```
+//!
+//! What is counted: every real token of every sentence (padding never), under its sentence's
+//! language — or, with [`ScanOptions::by_script`], under the language of its Unicode script (Hangul
+//! → `ko`; Hiragana, Katakana and Han → `ja`, so Chinese text would count as `ja`; Latin → `en`;
+//! anything else under its script name lowercased: `common` for punctuation, digits and spaces,
+//! `mixed`, `cyrillic`, …). [`ScanOptions::skip_common`] leaves out tokens whose script is Common
+//! (punctuation, digits, whitespace). For every counted token the scan keeps its top-k experts at
+//! every layer ([`SentenceRoutes`]), which the bootstrap of [`compare`] needs; the tables of
+//! [`Counts`] are sums of those.
+//!
+//! Sentences are run longest first (so that a too-large batch fails at once, not after an hour),
+//! right-padded to the longest of their batch, with the padded positions masked out of attention;
+//! a sentence's routing in a batch equals its routing alone (up to float rounding).
+
+pub mod checkpoint;
+pub mod compare;
+pub mod counts;
+pub mod metrics;
+pub mod routes;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::corpus::Sentence;
+use crate::error::{Error, Result};
+use crate::lab::Lens;
+use crate::spy::{RouterEvent, RouterSpy, Step};
+use crate::tokens::{Script, Token};
+
+pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdict};
+pub use counts::{Counts, CountsJson};
+pub use metrics::{LayerJsd, LayerLang, Metrics};
+pub use routes::SentenceRoutes;
+
+/// How to scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Sentences per forward pass (default 8). Larger is faster on a GPU until memory runs out.
+    pub batch_size: usize,
+    /// Count each token under the language of its script instead of its sentence's language.
+    pub by_script: bool,
+    /// Leave out tokens whose script is Common (punctuation, digits, whitespace).
+    pub skip_common: bool,
+    /// Print a progress line now and then (`println!`, so it streams in a notebook).
+    pub progress: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions { batch_size: 8, by_script: false, skip_common: false, progress: true }
+    }
+}
+
+/// The counting settings a study was made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Settings {
+    pub by_script: bool,
+    pub skip_common: bool,
+}
+
+/// The language a token counts under when counting by script.
+pub fn script_language(script: Script) -> String {
+    match script {
+        Script::Hangul => "ko".into(),
+        Script::Hiragana | Script::Katakana | Script::Han => "ja".into(),
+        Script::Latin => "en".into(),
+        other => other.name().to_ascii_lowercase(),
+    }
+}
+
+/// A part of a corpus for one job of several: `--shard i/n` takes the `i`-th of `n` contiguous,
+/// nearly equal chunks (sentences `⌊i·N/n⌋ .. ⌊(i+1)·N/n⌋` of N), 0-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole corpus.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `i/n`, refusing `n = 0` and `i ≥ n`.
+    pub fn parse(s: &str) -> Result<Shard> {
+        let bad = |msg: String| Error::invalid("shard", msg);
+        let (i, n) = s.split_once('/').ok_or_else(|| bad(format!("{s:?}: write it as i/n, e.g. 0/4 for the first of 4 shards")))?;
+        let i: usize = i.trim().parse().map_err(|_| bad(format!("{s:?}: {i:?} is not a shard number (0-based)")))?;
+        let n: usize = n.trim().parse().map_err(|_| bad(format!("{s:?}: {n:?} is not a number of shards")))?;
+        Shard::new(i, n)
+    }
+
+    /// Checks `i < n`.
+    pub fn new(index: usize, count: usize) -> Result<Shard> {
+        if count == 0 {
+            return Err(Error::invalid("shard", "0 shards: the number of shards n in i/n must be at least 1".to_string()));
+        }
+        if index >= count {
+            return Err(Error::invalid(
+                "shard",
+                format!("{index}/{count}: shards are numbered 0 to {} (0-based), so i must be less than n", count - 1),
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The corpus positions of this shard in a corpus of `total` sentences.
+    pub fn range(&self, total: usize) -> std::ops::Range<usize> {
+        let at = |i: usize| ((i as u128 * total as u128) / self.count as u128) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The result of a scan: the counts and every counted token's routing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Study {
+    /// Selection counts per language × layer × expert.
+    pub counts: Counts,
+    /// Per-sentence routing, in scan order (see [`Study::sort`]).
+    pub routes: Vec<SentenceRoutes>,
+    pub settings: Settings,
+}
+
+/// `metrics.json`: the counting settings and the [`Metrics`] (with comparisons).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFile {
+    pub settings: Settings,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+/// Files a study is saved as.
+pub const COUNTS_FILE: &str = "counts.json";
+pub const METRICS_FILE: &str = "metrics.json";
+pub const METRICS_CSV: &str = "metrics.csv";
+pub const ROUTES_FILE: &str = "routes.bin";
+
+impl Study {
+    /// An empty study for a model.
+    pub fn new(model: &str, layers: usize, experts: usize, k: usize, settings: Settings) -> Study {
+        Study { counts: Counts::new(model, layers, experts, k), routes: Vec::new(), settings }
+    }
+
+    /// Adds one scanned sentence.
+    pub fn add(&mut self, r: SentenceRoutes) -> Result<()> {
+        self.counts.add(&r)?;
+        self.routes.push(r);
+        Ok(())
+    }
+
+    /// Language tags with counted tokens, sorted.
+    pub fn languages(&self) -> &[String] {
+        &self.counts.languages
+    }
+
+    /// Sorts the routes by corpus position.
+    pub fn sort(&mut self) {
+        self.routes.sort_by_key(|r| r.index);
+    }
+
+    /// Descriptive metrics per layer and language (no bootstrap; fast).
+    pub fn metrics(&self) -> Metrics {
+        Metrics::from_counts(&self.counts)
+    }
+
+    /// Does `a` use fewer experts than `b`? Token-matched bootstrap with default options
+    /// (1000 replicates, 95 % intervals, seed 0); see [`compare`].
+    pub fn compare(&self, a: &str, b: &str) -> Result<Comparison> {
+        self.compare_with(a, b, &CompareOptions::default())
+    }
+
+    /// [`Study::compare`] with options.
+    pub fn compare_with(&self, a: &str, b: &str, opts: &CompareOptions) -> Result<Comparison> {
+        let c = &self.counts;
+        compare::compare(&self.routes, c.layers, c.experts, c.k, a, b, opts)
+    }
+
+    /// The reference language of a report: `en` when counted, else the first language.
+    pub fn default_reference(&self) -> Option<String> {
+        let langs = self.languages();
+        if langs.iter().any(|l| l == "en") {
+            Some("en".into())
+        } else {
+            langs.first().cloned()
+        }
+    }
+
+    /// Metrics plus a comparison of every other language with `reference` (default: see
+    /// [`Study::default_reference`]).
+    pub fn report(&self, reference: Option<&str>, opts: &CompareOptions) -> Result<Metrics> {
+        let mut m = self.metrics();
+        let reference = match reference {
+            Some(r) => {
+                if self.counts.lang_index(r).is_none() {
+                    return Err(Error::invalid(
+                        "reference language",
+                        format!("{r:?} has no counted tokens; counted: {}", self.languages().join(", ")),
+                    ));
+                }
+                Some(r.to_string())
+            }
+            None => self.default_reference(),
+        };
+        if let Some(r) = reference {
+            for a in self.languages() {
+                if *a != r {
+                    m.comparisons.push(self.compare_with(a, &r, opts)?);
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Adds another study of the same model and settings, refusing sentences present in both.
+    pub fn merge(&mut self, other: Study) -> Result<()> {
+        self.counts.check_compatible(&other.counts)?;
+        if self.settings != other.settings {
+            return Err(Error::invalid(
+                "merge",
+                format!("the studies were counted with different settings ({:?} vs {:?})", self.settings, other.settings),
+            ));
+        }
+        let mine: std::collections::HashMap<u32, &str> = self.routes.iter().map(|r| (r.index, r.id.as_str())).collect();
+        if let Some(r) = other.routes.iter().find(|r| mine.contains_key(&r.index)) {
+            return Err(Error::invalid(
+                "merge",
+                format!("sentence {} (#{}) is in both: the parts overlap; merge each shard once", r.id, r.index),
+            ));
+        }
+        self.counts.merge(&other.counts)?;
+        self.routes.extend(other.routes);
+        Ok(())
+    }
+
+    /// Writes `counts.json`, `metrics.json` (with `report`'s comparisons), `metrics.csv` and the
+    /// routes (`routes.bin`) into `dir`, each atomically.
+    pub fn save(&self, dir: impl AsRef<Path>, report: &Metrics) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let c = &self.counts;
+        let mut bytes = routes::header(c.layers, c.k, c.experts);
+        let mut sorted: Vec<&SentenceRoutes> = self.routes.iter().collect();
+        sorted.sort_by_key(|r| r.index);
+        for r in sorted {
+            r.encode_into(&mut bytes)?;
+        }
+        write_atomic(&dir.join(ROUTES_FILE), &bytes)?;
+        c.save_json(dir.join(COUNTS_FILE))?;
+        let mf = MetricsFile { settings: self.settings, metrics: report.clone() };
+        let json = serde_json::to_string_pretty(&mf).map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
+        write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
+        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())
+    }
+
+    /// Reads a saved study (`counts.json`, `routes.bin`, settings from `metrics.json`), checking
+    /// that the counts are the sum of the routes.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Study> {
+        let dir = dir.as_ref();
+        let counts = Counts::load_json(dir.join(COUNTS_FILE))?;
+        let ((layers, k, experts), routes) = routes::read_file(&dir.join(ROUTES_FILE))?;
+        if (layers, k, experts) != (counts.layers, counts.k, counts.experts) {
+            return Err(Error::invalid(
+                "study",
+                format!("{}: routes.bin and counts.json describe different models; scan again", dir.display()),
+            ));
+        }
+        let recount = Counts::from_routes(&counts.model, layers, experts, k, &routes)?;
+        if recount != counts {
+            return Err(Error::invalid(
+                "study",
+                format!("{}: counts.json is not the sum of routes.bin (edited or damaged); scan again", dir.display()),
+            ));
+        }
+        let mpath = dir.join(METRICS_FILE);
+        let settings = match std::fs::read_to_string(&mpath) {
+            Ok(t) => serde_json::from_str::<MetricsFile>(&t)
+                .map_err(|e| Error::invalid("metrics.json", format!("{}: {e}", mpath.display())))?
+                .settings,
+            Err(e) => return Err(Error::io(mpath, e)),
+        };
+        Ok(Study { counts, routes, settings })
+    }
+}
+
+impl fmt::Display for Study {
+    /// One paragraph: the model, sentences and tokens per language, and what to call next.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        let toks: Vec<String> = c.tokens_by_lang().iter().map(|(l, n)| format!("{l} {n}")).collect();
+        let how = match (self.settings.by_script, self.settings.skip_common) {
+            (false, false) => "each token under its sentence's language",
+            (true, false) => "each token under its script's language",
+            (false, true) => "each token under its sentence's language, punctuation/space/digit tokens left out",
+            (true, true) => "each token under its script's language, punctuation/space/digit tokens left out",
+        };
+        writeln!(f, "Study of {}: {} sentences; tokens: {} ({how}).", c.model, self.routes.len(), toks.join(", "))?;
+        write!(
+            f,
+            "{} layers × {} experts, top-{}. Next: study.metrics(), study.compare(\"ko\", \"en\")?, study.counts.count(lang, layer, expert)?",
+            c.layers, c.experts, c.k
+        )
+    }
+}
+
+/// Shows a value as plain text in an evcxr notebook (instead of its `Debug` dump).
+pub(crate) fn evcxr_text(text: &str) {
+    println!("EVCXR_BEGIN_CONTENT text/plain\n{text}\nEVCXR_END_CONTENT");
+}
+
+impl Study {
+    /// Notebook display: the summary.
+    pub fn evcxr_display(&self) {
+        evcxr_text(&self.to_string());
+    }
+}
+
+impl Metrics {
+    /// Notebook display: the table.
+    pub fn evcxr_display(&self) {
+        evcxr_text(&self.to_string());
+    }
+}
+
+impl Comparison {
+    /// Notebook display: the answer, layer by layer.
+    pub fn evcxr_display(&self) {
+        evcxr_text(&self.to_string());
+    }
+}
+
+/// Writes a file atomically: a temporary file next to it, flushed to disk, renamed over it, and the
+/// directory synced, so a crash leaves either the old or the new file, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Syncs a directory's entries (a rename is durable only then). Best effort: not every platform
+/// can open a directory.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Batched forward passes
+// ------------------------------------------------------------------------------------------------
+
+/// Runs several token sequences as one right-padded batch (padding masked out of attention, the
+/// forward pass told each real length) with `spy` attached. Rows of the events are batch-major;
+/// [`RouterEvent::is_real`] tells padding apart.
+pub fn forward_padded(lens: &Lens, ids: &[&[u32]], spy: &mut dyn RouterSpy) -> Result<()> {
+    let t = ids.iter().map(|s| s.len()).max().unwrap_or(0);
+    if ids.is_empty() || t == 0 || ids.iter().any(|s| s.is_empty()) {
+        return Err(Error::EmptyText(" (a batch with an empty sequence)"));
+    }
+    let cfg = lens.config();
+    let pad = cfg.pad_token_id.filter(|&p| (p as usize) < cfg.vocab_size).unwrap_or(0);
+    let mut flat = Vec::with_capacity(ids.len() * t);
+    for s in ids {
+        flat.extend_from_slice(s);
+        flat.extend(std::iter::repeat_n(pad, t - s.len()));
+    }
+    let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
+    let padded = lengths.iter().any(|&n| n < t);
+    let input = Tensor::from_vec(flat, (ids.len(), t), lens.model().device())?;
+    lens.model().forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
+    Ok(())
+}
+
+/// Keeps each layer's top-k choices of one batch on the host.
+struct TopKSpy {
+    layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
+}
+
+impl RouterSpy for TopKSpy {
+    fn on_route(&mut self, ev: &RouterEvent<'_>) -> Result<()> {
+        let (_, k) = ev.top_k.dims2()?;
+        let v: Vec<u32> = ev.top_k.flatten_all()?.to_vec1()?;
+        let n = self.layers.len();
+        let slot = self
+            .layers
+            .get_mut(ev.layer)
+            .ok_or_else(|| Error::Spy(format!("layer {} reported but the model has {n}", ev.layer)))?;
+        *slot = Some((ev.seq_len, k, v));
+        Ok(())
+    }
+}
+
+/// Scans a corpus: every sentence in batches, counting each real token's experts. Prints progress
+/// lines when `opts.progress` is set.
+pub fn scan(lens: &Lens, sentences: &[Sentence], opts: &ScanOptions) -> Result<Study> {
+    let mut s = Scanner::new(lens, sentences, opts)?;
+    let start = Instant::now();
+    let mut last = start;
+    if opts.progress {
+        println!(
+            "scan: {} sentences, {} tokens, batches of {} · {}",
+            s.total(),
+            s.tokens_total(),
+            opts.batch_size,
+            crate::corpus::summary(sentences)
+        );
+    }
+    while s.step()?.is_some() {
+        if opts.progress && (last.elapsed().as_secs_f64() >= 2.0 || s.is_done()) {
+            last = Instant::now();
+            println!("scan: {}", s.progress_line(start.elapsed().as_secs_f64()));
+        }
+    }
+    Ok(s.into_study())
+}
+
+/// [`scan`] as a method of [`Lens`]: `lens.scan(&corpus::builtin()?, &ScanOptions::default())?`.
+pub trait ScanExt {
+    fn scan(&self, sentences: &[Sentence], opts: &ScanOptions) -> Result<Study>;
+}
+
+impl ScanExt for Lens {
+    fn scan(&self, sentences: &[Sentence], opts: &ScanOptions) -> Result<Study> {
+        scan(self, sentences, opts)
+    }
+}
+
+/// A scan that runs one batch at a time, for callers that save state between batches (the
+/// command line's resumable `scan`) or draw their own progress.
+pub struct Scanner<'a> {
+    lens: &'a Lens,
+    sentences: &'a [Sentence],
+    /// Corpus positions in scan order (longest first).
+    order: Vec<usize>,
+    /// Tokens of `order[i]`.
+    tokens: Vec<Vec<Token>>,
+    pos: usize,
+    batch_size: usize,
+    study: Study,
+    tokens_total: u64,
+    tokens_done: u64,
+    tokens_at_start: u64,
+}
+
+impl<'a> Scanner<'a> {
+    /// A scan of the whole corpus.
+    pub fn new(lens: &'a Lens, sentences: &'a [Sentence], opts: &ScanOptions) -> Result<Self> {
+        Self::for_positions(lens, sentences, 0..sentences.len(), opts)
+    }
+
+    /// A scan of some corpus positions (a shard); the routes keep the positions in the whole corpus.
+    pub fn for_positions(lens: &'a Lens, sentences: &'a [Sentence], positions: impl IntoIterator<Item = usize>, opts: &ScanOptions) -> Result<Self> {
+        if opts.batch_size == 0 {
+            return Err(Error::invalid("batch size", "0: give at least 1 sentence per batch"));
+        }
+        let cfg = lens.config();
+        let max = cfg.max_position_embeddings;
+        if cfg.num_experts > usize::from(u16::MAX) + 1 {
+            return Err(Error::Unsupported(format!("a study of {} experts per layer (at most 65,536)", cfg.num_experts)));
+        }
+        let mut items = Vec::new();
+        for p in positions {
+            let s = sentences
+                .get(p)
+                .ok_or_else(|| Error::invalid("corpus position", format!("{p} is past the corpus' {} sentences", sentences.len())))?;
+            if p > u32::MAX as usize {
+                return Err(Error::invalid("corpus", "more than 4 billion sentences"));
+            }
+            let toks = lens.tokenize(&s.text)?;
+            if toks.is_empty() {
+                return Err(Error::invalid("sentence", format!("{} ({:?}) has no tokens", s.id, s.text)));
+            }
+            if toks.len() > max {
+                return Err(Error::invalid(
+                    "sentence",
+                    format!("{} is {} tokens long but the model takes at most {max}: split it into shorter sentences", s.id, toks.len()),
+                ));
+            }
+            items.push((p, toks));
+        }
+        // longest first; ties in corpus order
+        items.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+        let tokens_total = items.iter().map(|(_, t)| t.len() as u64).sum();
+        let (order, tokens) = items.into_iter().unzip();
+        let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
+        Ok(Scanner {
+            lens,
+            sentences,
+            order,
+            tokens,
+            pos: 0,
+            batch_size: opts.batch_size,
+            study: Study::new(lens.name(), cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok, settings),
+            tokens_total,
+            tokens_done: 0,
+            tokens_at_start: 0,
+        })
+    }
+
+    /// Continues from a saved study holding the first `study.routes.len()` sentences of the scan
+    /// order (as an interrupted scan of the same corpus and options left them).
+    pub fn resume(&mut self, study: Study) -> Result<()> {
+        let done = study.routes.len();
+        if done > self.order.len() {
+            return Err(Error::invalid("resume", format!("the saved scan has {done} sentences but this scan only {}", self.order.len())));
+        }
+        let mut want: Vec<usize> = self.order[..done].to_vec();
+        want.sort_unstable();
+        let mut have: Vec<usize> = study.routes.iter().map(|r| r.index as usize).collect();
+        have.sort_unstable();
+        if want != have || study.settings != self.study.settings {
+            return Err(Error::invalid(
+                "resume",
+                "the saved scan covers other sentences or settings than this one (a different corpus, shard or counting \
+                 option): start over in an empty directory",
+            ));
+        }
+        self.study.counts.check_compatible(&study.counts)?;
+        self.pos = done;
+        self.tokens_done = self.tokens[..done].iter().map(|t| t.len() as u64).sum();
+        self.tokens_at_start = self.tokens_done;
+        self.study = study;
+        Ok(())
+    }
+
+    /// Sentences in this scan.
+    pub fn total(&self) -> usize {
+        self.order.len()
+    }
+    /// Sentences done.
+    pub fn done(&self) -> usize {
+        self.pos
+    }
+    pub fn is_done(&self) -> bool {
+        self.pos >= self.order.len()
+    }
+    /// Tokens in this scan (counted or not).
+    pub fn tokens_total(&self) -> u64 {
+        self.tokens_total
+    }
+    /// Tokens run so far.
+    pub fn tokens_done(&self) -> u64 {
+        self.tokens_done
+    }
+    /// Tokens run by this process (not counting those of a resumed earlier run).
+    pub fn tokens_this_run(&self) -> u64 {
+        self.tokens_done - self.tokens_at_start
+    }
+    pub fn study(&self) -> &Study {
+        &self.study
+    }
+    pub fn into_study(self) -> Study {
+        self.study
+    }
+
+    /// "480/1200 sentences (40%) · 5,210 tokens/s · ETA 12 s", given the seconds this run took.
+    pub fn progress_line(&self, elapsed: f64) -> String {
+        let rate = if elapsed > 0.0 { self.tokens_this_run() as f64 / elapsed } else { 0.0 };
+        let left = self.tokens_total - self.tokens_done;
+        let eta = if rate > 0.0 { format_secs(left as f64 / rate) } else { "?".into() };
+        let pct = if self.total() == 0 { 100.0 } else { 100.0 * self.done() as f64 / self.total() as f64 };
+        format!("{}/{} sentences ({pct:.0}%) · {rate:.0} tokens/s · ETA {eta}", self.done(), self.total())
+    }
+
+    /// Runs the next batch; returns its sentences' routes (already added to the study), or `None`
+    /// when every sentence is done.
+    pub fn step(&mut self) -> Result<Option<&[SentenceRoutes]>> {
+        if self.is_done() {
+            return Ok(None);
+        }
+        let end = (self.pos + self.batch_size).min(self.order.len());
+        let ids: Vec<Vec<u32>> = self.tokens[self.pos..end].iter().map(|t| t.iter().map(|x| x.id).collect()).collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let layers = self.study.counts.layers;
+        let mut spy = TopKSpy { layers: vec![None; layers] };
+        forward_padded(self.lens, &refs, &mut spy)?;
+        let first_new = self.study.routes.len();
+        for (b, i) in (self.pos..end).enumerate() {
+            let p = self.order[i];
+            let r = self.routes_of(p, &self.tokens[i], b, &spy)?;
+            self.study.add(r)?;
+        }
+        self.tokens_done += ids.iter().map(|v| v.len() as u64).sum::<u64>();
+        self.pos = end;
+        Ok(Some(&self.study.routes[first_new..]))
+    }
+
+    /// Extracts sentence `b` of the batch (real tokens only) from the spy.
+    fn routes_of(&self, p: usize, tokens: &[Token], b: usize, spy: &TopKSpy) -> Result<SentenceRoutes> {
+        let s = &self.sentences[p];
+        let settings = self.study.settings;
+        let layers = self.study.counts.layers;
+        let k = self.study.counts.k;
+        let mut langs: Vec<String> = Vec::new();
+        let mut token_lang = Vec::new();
+        let mut kept = Vec::new();
+        for (t, tok) in tokens.iter().enumerate() {
+            if settings.skip_common && tok.script == Script::Common {
+                continue;
+            }
+            let lang = if settings.by_script { script_language(tok.script) } else { s.lang.clone() };
+            let li = match langs.iter().position(|l| *l == lang) {
+                Some(i) => i,
+                None => {
+                    langs.push(lang);
+                    langs.len() - 1
+                }
+            };
+            token_lang.push(u8::try_from(li).map_err(|_| Error::invalid("sentence", format!("{}: too many scripts", s.id)))?);
+            kept.push(t);
+        }
+        let mut experts = Vec::with_capacity(layers * kept.len() * k);
+        for layer in 0..layers {
+            let (seq_len, kk, v) = spy.layers[layer]
+                .as_ref()
+                .ok_or_else(|| Error::Spy(format!("layer {layer} did not report its routing")))?;
+            if *kk != k {
+                return Err(Error::Spy(format!("layer {layer} chose {kk} experts per token, the config says {k}")));
+            }
+            for &t in &kept {
+                let row = b * seq_len + t;
+                let chosen = v
+                    .get(row * k..(row + 1) * k)
+                    .ok_or_else(|| Error::Spy(format!("layer {layer} has no row {row}")))?;
+                experts.extend(chosen.iter().map(|&e| e as u16));
+            }
+        }
+        Ok(SentenceRoutes { index: p as u32, id: s.id.clone(), langs, token_lang, layers, k, experts })
+    }
+}
+
+/// "1 h 02 min", "3 min 20 s", "12 s".
+pub fn format_secs(s: f64) -> String {
+    if !s.is_finite() {
+        return "?".into();
+    }
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{} min {:02} s", s / 60, s % 60)
+    } else {
+        format!("{s} s")
+    }
+}
