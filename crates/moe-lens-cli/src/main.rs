@@ -1,5 +1,6 @@
 //! The `moe-lens` command.
 
+mod bench;
 mod scan;
 
 use std::io::Write;
@@ -45,15 +46,29 @@ enum Cmd {
         /// table (one layer, readable) or json (every layer, the export schema).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Quantized experts: none, q8_0 or q4k (quantized on first use, cached next to the model).
+        #[arg(long, default_value = "none")]
+        quant: String,
     },
     /// Run a corpus through the model in batches and count, per layer and language, how often each
     /// expert is chosen; resumable (run it again to continue) and shardable (--shard i/n).
     Scan(scan::ScanArgs),
     /// Sum the outputs of `scan --shard i/n` runs into one directory.
     Merge(scan::MergeArgs),
+    /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
+    /// model directory and token-id sentences (see bench/run_gpu.sh).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
+    // candle's CPU thread pool spins this many rounds before parking a worker (default 25,000). On a
+    // machine of few cores, shared with other work, or when the GPU does the work, spinning only takes
+    // cores from others: spin briefly there. An explicit setting always wins.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none()
+        && std::thread::available_parallelism().map_or(1, |n| n.get()) <= 4
+    {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "2000");
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -70,8 +85,16 @@ fn load(model: &str, device: &str, dtype: Option<&str>) -> anyhow::Result<Lens> 
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Trace { model, text, device, dtype, layer, format } => {
-            let lens = load(&model, &device, dtype.as_deref())?;
+        Cmd::Trace { model, text, device, dtype, layer, format, quant } => {
+            let quant: moe_lens::quant::Quant = quant.parse()?;
+            let lens = match quant {
+                moe_lens::quant::Quant::None => load(&model, &device, dtype.as_deref())?,
+                q => {
+                    let opts =
+                        LoadOptions { device: device.parse::<DeviceChoice>()?, dtype: dtype.as_deref().map(parse_dtype).transpose()? };
+                    Lens::load_quantized(&model, &opts, q).with_context(|| format!("loading {model} with {q} experts"))?
+                }
+            };
             let layers = lens.config().num_hidden_layers;
             let layer = match layer {
                 Some(l) => LayerRef::Name(l).index(layers)?,
@@ -89,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Scan(args) => scan::run_scan(args)?,
         Cmd::Merge(args) => scan::run_merge(args)?,
+        Cmd::Bench(args) => bench::run_bench(args)?,
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelFiles};
 use crate::olmoe::Olmoe;
+use crate::quant::{self, Quant, QuantReport};
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::{Token, Tokenizer};
 use crate::trace::Trace;
@@ -115,6 +116,7 @@ pub struct Lens {
     files: ModelFiles,
     model: Olmoe,
     tokenizer: Tokenizer,
+    quant: Option<QuantReport>,
 }
 
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`) or local directory, on the default
@@ -130,8 +132,23 @@ impl Lens {
         Self::from_files(files, opts)
     }
 
+    /// Loads with quantized experts (`Quant::Q8_0`, `Quant::Q4K`; see [`crate::quant`]): quantizes
+    /// the safetensors on the first load and caches the result next to them.
+    ///
+    /// (A separate entry point rather than a `LoadOptions` field, so that code which writes
+    /// `LoadOptions { device, dtype }` literally keeps compiling.)
+    pub fn load_quantized(model: &str, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
+        let files = hub::resolve(model)?;
+        Self::from_files_quantized(files, opts, quant)
+    }
+
     /// Loads from already resolved files.
     pub fn from_files(files: ModelFiles, opts: &LoadOptions) -> Result<Lens> {
+        Self::from_files_quantized(files, opts, Quant::None)
+    }
+
+    /// Loads from already resolved files, with quantized experts unless `quant` is `Quant::None`.
+    pub fn from_files_quantized(files: ModelFiles, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
         let cfg = Config::from_file(&files.config)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
         if tokenizer.vocab_size() > cfg.vocab_size {
@@ -142,8 +159,14 @@ impl Lens {
         }
         let device = opts.device.open()?;
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
-        let model = Olmoe::load(&cfg, &files.weights, &device, dtype)?;
-        Ok(Lens { name: files.name.clone(), files, model, tokenizer })
+        let (model, quant) = match quant {
+            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype)?, None),
+            q => {
+                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q)?;
+                (m, Some(r))
+            }
+        };
+        Ok(Lens { name: files.name.clone(), files, model, tokenizer, quant })
     }
 
     /// The model as the user named it.
@@ -161,6 +184,10 @@ impl Lens {
     }
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+    /// What the quantized load did (cache hit, cache path), when the experts are quantized.
+    pub fn quant_report(&self) -> Option<&QuantReport> {
+        self.quant.as_ref()
     }
 
     /// The router hooks this model has: one per layer, named as transformers names the modules.

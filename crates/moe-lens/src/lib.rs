@@ -10,6 +10,7 @@ pub mod hub;
 pub mod lab;
 pub mod olmoe;
 pub mod plot;
+pub mod quant;
 pub mod spy;
 pub mod study;
 pub mod tokens;
@@ -24,6 +25,7 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::plot::{DisplayResult, Figure, Figures, Heatmap, TopKTable, TracePlots, Values};
     pub use crate::lab::{load, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
+    pub use crate::quant::Quant;
     pub use crate::study::{CompareOptions, ScanExt, ScanOptions, Study};
     pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
     pub use crate::tokens::{Script, Token, Tokenizer};

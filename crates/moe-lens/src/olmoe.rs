@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, D};
 
@@ -39,6 +42,11 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cuda() {
+            // one fused kernel (f32 statistics; the weight is applied before the cast back, one
+            // rounding fewer than transformers: within bf16 rounding of it)
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let var = x32.sqr()?.mean_keepdim(D::Minus1)?; // [.., 1]
@@ -52,10 +60,13 @@ impl RmsNorm {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables cast once to the model dtype (transformers casts them per call).
+    cos_d: Tensor,
+    sin_d: Tensor,
 }
 
 impl Rope {
-    fn new(cfg: &Config, device: &Device) -> Result<Self> {
+    fn new(cfg: &Config, device: &Device, dtype: DType) -> Result<Self> {
         let half = cfg.head_dim / 2;
         let d = cfg.head_dim as f32;
         let theta = cfg.rope_theta as f32;
@@ -71,17 +82,17 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        Ok(Rope {
-            cos: Tensor::from_vec(cos, (n, half), device)?,
-            sin: Tensor::from_vec(sin, (n, half), device)?,
-        })
+        let cos = Tensor::from_vec(cos, (n, half), device)?;
+        let sin = Tensor::from_vec(sin, (n, half), device)?;
+        Ok(Rope { cos_d: cos.to_dtype(dtype)?, sin_d: sin.to_dtype(dtype)?, cos, sin })
     }
 
     /// Rotates `x` `[B, heads, T, D]` for positions `offset..offset + T`.
     fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let (cos, sin) = if x.dtype() == self.cos_d.dtype() { (&self.cos_d, &self.sin_d) } else { (&self.cos, &self.sin) };
+        let cos = cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let sin = sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
     }
 }
@@ -189,18 +200,60 @@ impl Attention {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Expert {
-    gate_proj: Tensor,
-    up_proj: Tensor,
-    down_proj: Tensor,
+/// Tokens (rows of one forward call) up to which the CUDA bf16/f16 path runs every expert densely
+/// through cuBLAS (all weights are read once either way, and the dense pass has no sort); above it,
+/// candle's grouped expert kernel runs only the chosen (token, expert) pairs. H200 sweep
+/// (BENCHMARKS.md): dense faster up to 256 rows, grouped from 512; change it with
+/// [`set_dense_max_tokens`].
+static DENSE_MAX_TOKENS: AtomicUsize = AtomicUsize::new(256);
+/// Below this many rows the grouped kernel runs instead (a decode step touches only k experts).
+/// Measured on an H200 (BENCHMARKS.md): even at 1 row the dense pass was faster (5.7 vs 6.6 ms per
+/// forward), because candle's grouped kernel is slow at small m; so 1.
+static DENSE_MIN_TOKENS: AtomicUsize = AtomicUsize::new(1);
+/// Rows from which the quantized CUDA path uses the grouped kernel's prefill variant (tiles of
+/// dequantized weights on the matrix units) instead of its per-pair dot-product variant. H200 sweep:
+/// the dot-product variant wins up to 128 rows (Q4K 12.0 vs 21.4 ms at 25), the prefill from 256.
+static GGUF_PREFILL_MIN_TOKENS: AtomicUsize = AtomicUsize::new(160);
+/// Rows per call of the grouped kernels: candle's CUDA sort keeps a row in shared memory (4 bytes per
+/// element, padded to a power of two), so rows × k must stay at or below 8192.
+const GROUPED_MAX_PAIRS: usize = 8192;
+
+/// Sets the dense/grouped switch of the CUDA bf16 path (see `DENSE_MAX_TOKENS`); 0 always groups.
+pub fn set_dense_max_tokens(n: usize) {
+    DENSE_MAX_TOKENS.store(n, Ordering::Relaxed);
+}
+/// Sets the rows below which the CUDA bf16 path groups even short inputs (decode steps).
+pub fn set_dense_min_tokens(n: usize) {
+    DENSE_MIN_TOKENS.store(n, Ordering::Relaxed);
+}
+/// The current dense/grouped switch.
+pub fn dense_max_tokens() -> usize {
+    DENSE_MAX_TOKENS.load(Ordering::Relaxed)
+}
+/// Sets the rows from which the quantized CUDA path uses the prefill kernel.
+pub fn set_gguf_prefill_min_tokens(n: usize) {
+    GGUF_PREFILL_MIN_TOKENS.store(n, Ordering::Relaxed);
 }
 
-impl Expert {
-    /// SwiGLU: `down(silu(gate(x)) * up(x))`, `x` `[n, hidden]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&linear(x, &self.gate_proj)?)?;
-        linear(&(g * linear(x, &self.up_proj)?)?, &self.down_proj)
+/// The experts of one layer, in one of three storage forms.
+#[derive(Clone)]
+pub(crate) enum ExpertWeights {
+    /// Full precision, stacked: `gate_up` `[E, 2I, H]` (each expert's gate rows, then its up rows),
+    /// `down` `[E, H, I]` — the `[E, N, K]` layout of candle's grouped kernel.
+    Dense { gate_up: Tensor, down: Tensor },
+    /// Quantized and stacked (CUDA): `gate`, `up` `[E, I, H]`, `down` `[E, H, I]`.
+    QStacked { gate: Arc<QTensor>, up: Arc<QTensor>, down: Arc<QTensor> },
+    /// Quantized, one matmul per expert (CPU): `[gate, up, down]`.
+    QPerExpert(Vec<[QMatMul; 3]>),
+}
+
+impl std::fmt::Debug for ExpertWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpertWeights::Dense { gate_up, down } => write!(f, "Dense({:?}, {:?})", gate_up.shape(), down.shape()),
+            ExpertWeights::QStacked { gate, .. } => write!(f, "QStacked({:?})", gate),
+            ExpertWeights::QPerExpert(v) => write!(f, "QPerExpert({} experts)", v.len()),
+        }
     }
 }
 
@@ -208,7 +261,9 @@ impl Expert {
 struct SparseMoe {
     /// Router weight `[experts, hidden]`.
     gate: Tensor,
-    experts: Vec<Expert>,
+    experts: ExpertWeights,
+    num_experts: usize,
+    intermediate: usize,
     k: usize,
     norm_topk_prob: bool,
 }
@@ -236,10 +291,38 @@ impl SparseMoe {
     /// Mixes the chosen experts' outputs for `x` `[N, hidden]`.
     fn experts(&self, x: &Tensor, r: &RouterOut) -> Result<Tensor> {
         let (n, _) = x.dims2()?;
+        let on_gpu = x.device().is_cuda();
+        match &self.experts {
+            ExpertWeights::Dense { gate_up, down } if on_gpu => {
+                if n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) {
+                    self.dense_all(x, r, gate_up, down)
+                } else {
+                    self.chunked(x, r, |x, top_k, w| self.grouped(x, top_k, w, gate_up, down))
+                }
+            }
+            ExpertWeights::QStacked { gate, up, down } => {
+                self.chunked(x, r, |x, top_k, w| self.grouped_q(x, top_k, w, gate, up, down))
+            }
+            ExpertWeights::Dense { gate_up, down } => self.per_expert(x, r, |e, xs| {
+                let w = gate_up.get(e)?; // [2I, H]
+                let g = candle_nn::ops::silu(&linear(xs, &w.narrow(0, 0, self.intermediate)?)?)?;
+                let u = linear(xs, &w.narrow(0, self.intermediate, self.intermediate)?)?;
+                linear(&(g * u)?, &down.get(e)?)
+            }),
+            ExpertWeights::QPerExpert(v) => self.per_expert(x, r, |e, xs| {
+                let [gq, uq, dq] = v.get(e).ok_or_else(|| Error::Spy(format!("no expert {e}")))?;
+                let g = candle_nn::ops::silu(&xs.apply(gq)?)?;
+                Ok((g * xs.apply(uq)?)?.apply(dq)?)
+            }),
+        }
+    }
+
+    /// CPU path: one host copy of the chosen ids per layer, then each used expert on its rows.
+    fn per_expert(&self, x: &Tensor, r: &RouterOut, f: impl Fn(usize, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         let ids: Vec<u32> = r.top_k.flatten_all()?.to_vec1()?;
         // rows and flat (row * k + slot) positions routed to each expert
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
-        let mut slots: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.num_experts];
+        let mut slots: Vec<Vec<u32>> = vec![Vec::new(); self.num_experts];
         for (pos, &e) in ids.iter().enumerate() {
             let e = e as usize;
             if let (Some(rs), Some(ss)) = (rows.get_mut(e), slots.get_mut(e)) {
@@ -249,18 +332,93 @@ impl SparseMoe {
         }
         let weights = r.weights.to_dtype(x.dtype())?.flatten_all()?; // [N * k]
         let mut out = x.zeros_like()?;
-        for (e, expert) in self.experts.iter().enumerate() {
+        for e in 0..self.num_experts {
             if rows[e].is_empty() {
                 continue;
             }
             let idx = Tensor::new(rows[e].as_slice(), x.device())?;
             let w = weights.index_select(&Tensor::new(slots[e].as_slice(), x.device())?, 0)?; // [m]
-            let y = expert.forward(&x.index_select(&idx, 0)?)?; // [m, hidden]
+            let y = f(e, &x.index_select(&idx, 0)?)?; // [m, hidden]
             let y = y.broadcast_mul(&w.unsqueeze(1)?)?;
             out = out.index_add(&idx, &y, 0)?;
         }
-        debug_assert_eq!(out.dim(0).ok(), Some(n));
         Ok(out)
+    }
+
+    /// Runs `f` over row chunks small enough for candle's CUDA sort, and concatenates.
+    fn chunked(
+        &self,
+        x: &Tensor,
+        r: &RouterOut,
+        f: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let step = (GROUPED_MAX_PAIRS / self.k.max(1)).max(1);
+        if n <= step {
+            return f(x, &r.top_k, &r.weights);
+        }
+        let mut parts = Vec::new();
+        let mut s = 0;
+        while s < n {
+            let m = step.min(n - s);
+            // fresh copies: the grouped kernels read raw device pointers and ignore a view's offset
+            parts.push(f(&x.narrow(0, s, m)?.copy()?, &r.top_k.narrow(0, s, m)?.copy()?, &r.weights.narrow(0, s, m)?.copy()?)?);
+            s += m;
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// CUDA, short inputs: every expert on every row with cuBLAS (the weights are read once, as the
+    /// grouped kernel would read nearly all of them anyway), unchosen experts weighted by exactly 0.
+    fn dense_all(&self, x: &Tensor, r: &RouterOut, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+        let (n, h) = x.dims2()?;
+        let (e, i) = (self.num_experts, self.intermediate);
+        let gu = x.matmul(&gate_up.reshape((e * 2 * i, h))?.t()?)?; // [N, E*2I]
+        let gu = gu.reshape((n, e, 2, i))?;
+        let g = candle_nn::ops::silu(&gu.narrow(2, 0, 1)?)?;
+        let hid = (g * gu.narrow(2, 1, 1)?)?; // [N, E, 1, I]
+        let dense_w = Tensor::zeros((n, e), DType::F32, x.device())?.scatter_add(&r.top_k, &r.weights, 1)?; // [N, E]
+        let hid = hid.broadcast_mul(&dense_w.to_dtype(x.dtype())?.reshape((n, e, 1, 1))?)?;
+        let hid = hid.reshape((n, e, i))?.transpose(0, 1)?.contiguous()?; // [E, N, I]
+        let y = hid.matmul(&down.t()?)?; // [E, N, H]
+        Ok(y.to_dtype(DType::F32)?.sum(0)?.to_dtype(x.dtype())?)
+    }
+
+    /// CUDA, longer inputs: candle's grouped kernel on (token, expert) pairs sorted by expert.
+    fn grouped(&self, x: &Tensor, top_k: &Tensor, w: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
+        let (n, h) = x.dims2()?;
+        let i = self.intermediate;
+        let (expert_ids, sorted) = top_k.flatten_all()?.sort_last_dim(true)?;
+        let gu = candle_nn::moe::moe_gemm(x, gate_up, &None, &sorted, &expert_ids, self.k, true)?; // [N*k, 2I]
+        let g = candle_nn::ops::silu(&gu.narrow(1, 0, i)?)?;
+        let hid = (g * gu.narrow(1, i, i)?)?.contiguous()?; // [N*k, I]
+        let w = w.flatten_all()?.contiguous()?;
+        let y = candle_nn::moe::moe_gemm(&hid, down, &Some(w), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
+        Ok(y.reshape((n, self.k, h))?.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?)
+    }
+
+    /// CUDA, quantized experts: candle's grouped GGUF kernels.
+    fn grouped_q(
+        &self,
+        x: &Tensor,
+        top_k: &Tensor,
+        w: &Tensor,
+        gate: &QTensor,
+        up: &QTensor,
+        down: &QTensor,
+    ) -> Result<Tensor> {
+        let (n, h) = x.dims2()?;
+        let prefill = n >= GGUF_PREFILL_MIN_TOKENS.load(Ordering::Relaxed);
+        // the prefill kernel takes bf16/f16 activations, the other f32
+        let act = if x.dtype() == DType::F16 { DType::F16 } else { DType::BF16 };
+        let xs = x.to_dtype(DType::F32)?;
+        let (expert_ids, sorted) = top_k.flatten_all()?.sort_last_dim(true)?;
+        let g = candle_nn::moe::moe_gemm_gguf(&xs, gate, &None, &sorted, &expert_ids, self.k, prefill, act)?;
+        let u = candle_nn::moe::moe_gemm_gguf(&xs, up, &None, &sorted, &expert_ids, self.k, prefill, act)?;
+        let hid = (candle_nn::ops::silu(&g)? * u)?; // [N*k, I] f32
+        let w = w.flatten_all()?.contiguous()?;
+        let y = candle_nn::moe::moe_gemm_gguf(&hid, down, &Some(w), &sorted, &expert_ids, self.k, prefill, act)?;
+        Ok(y.reshape((n, self.k, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
 }
 
@@ -287,15 +445,15 @@ pub struct Olmoe {
 }
 
 /// Memory-mapped safetensors files with a name → file map, for errors that name the file.
-struct Weights {
+pub(crate) struct Weights {
     files: Vec<(PathBuf, MmapedSafetensors)>,
     index: HashMap<String, usize>,
-    device: Device,
-    dtype: DType,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
 }
 
 impl Weights {
-    fn open(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+    pub(crate) fn open(paths: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
         if paths.is_empty() {
             return Err(Error::invalid("weights", "no safetensors files given"));
         }
@@ -325,12 +483,29 @@ impl Weights {
         Ok(Weights { files, index, device: device.clone(), dtype })
     }
 
-    fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
 
     /// Loads `name`, checks its shape and converts it to the model's dtype and device.
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.get_cpu(name, shape, self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The stored dtype of `name`, if present.
+    pub(crate) fn stored_dtype(&self, name: &str) -> Option<DType> {
+        let &i = self.index.get(name)?;
+        let (_, st) = &self.files[i];
+        st.get(name).ok().and_then(|v| DType::try_from(v.dtype()).ok())
+    }
+
+    /// The files, for fingerprints and messages.
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Loads `name` on the CPU in `dtype`, checking its shape.
+    pub(crate) fn get_cpu(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let Some(&i) = self.index.get(name) else {
             let dir = self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new("."));
             return Err(Error::Weights {
@@ -346,18 +521,88 @@ impl Weights {
         let t = st
             .load(name, &Device::Cpu)
             .map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
-        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+        Ok(t.to_dtype(dtype)?)
+    }
+}
+
+fn check_dtype(dtype: DType) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::invalid("dtype", format!("{dtype:?}; use f32, bf16 or f16")));
+    }
+    Ok(())
+}
+
+/// Where a model's tensors come from: names are the checkpoint's (transformers) names.
+pub(crate) trait WeightSource {
+    /// `name`, checked against `shape`, in the model dtype on the model device.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    fn has(&self, name: &str) -> bool;
+    /// The experts of layer `layer`.
+    fn experts(&self, layer: usize) -> Result<ExpertWeights>;
+    /// A path for messages.
+    fn describe(&self) -> PathBuf;
+}
+
+/// Safetensors in full precision, experts stacked for the grouped kernels.
+pub(crate) struct DenseSource<'a> {
+    pub(crate) w: &'a Weights,
+    pub(crate) cfg: &'a Config,
+}
+
+/// Checks that layer `l` has no expert beyond the config's count (they would be silently lost).
+pub(crate) fn check_expert_count(w: &Weights, cfg: &Config, l: usize) -> Result<()> {
+    let e = cfg.num_experts;
+    if w.has(&format!("model.layers.{l}.mlp.experts.{e}.gate_proj.weight")) {
+        return Err(Error::Config {
+            path: PathBuf::from("config.json"),
+            msg: format!("num_experts is {e} but the weights have an expert {e} in layer {l}"),
+        });
+    }
+    Ok(())
+}
+
+impl WeightSource for DenseSource<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.w.get(name, shape)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.w.has(name)
+    }
+    fn describe(&self) -> PathBuf {
+        self.w.paths().first().cloned().unwrap_or_default()
+    }
+    fn experts(&self, l: usize) -> Result<ExpertWeights> {
+        let cfg = self.cfg;
+        check_expert_count(self.w, cfg, l)?;
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut gate_up = Vec::with_capacity(cfg.num_experts);
+        let mut down = Vec::with_capacity(cfg.num_experts);
+        for x in 0..cfg.num_experts {
+            let q = format!("model.layers.{l}.mlp.experts.{x}");
+            let g = self.w.get_cpu(&format!("{q}.gate_proj.weight"), &[i, h], self.w.dtype)?;
+            let u = self.w.get_cpu(&format!("{q}.up_proj.weight"), &[i, h], self.w.dtype)?;
+            gate_up.push(Tensor::cat(&[&g, &u], 0)?);
+            down.push(self.w.get_cpu(&format!("{q}.down_proj.weight"), &[h, i], self.w.dtype)?);
+        }
+        Ok(ExpertWeights::Dense {
+            gate_up: Tensor::stack(&gate_up, 0)?.to_device(&self.w.device)?,
+            down: Tensor::stack(&down, 0)?.to_device(&self.w.device)?,
+        })
     }
 }
 
 impl Olmoe {
     /// Loads a model from its safetensors files (one, or all shards of an index).
     pub fn load(cfg: &Config, weight_files: &[PathBuf], device: &Device, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(Error::invalid("dtype", format!("{dtype:?}; use f32, bf16 or f16")));
-        }
+        check_dtype(dtype)?;
         let w = Weights::open(weight_files, device, dtype)?;
-        let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
+        Self::build(cfg, &DenseSource { w: &w, cfg }, device, dtype)
+    }
+
+    /// Assembles a model from any weight source (safetensors, quantized, GGUF).
+    pub(crate) fn build(cfg: &Config, w: &dyn WeightSource, device: &Device, dtype: DType) -> Result<Self> {
+        check_dtype(dtype)?;
+        let (h, e) = (cfg.hidden_size, cfg.num_experts);
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         let norm = |name: &str, size: usize| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: w.get(name, &[size])?, eps: cfg.rms_norm_eps })
@@ -366,23 +611,7 @@ impl Olmoe {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            // a checkpoint with more experts than the config says would silently lose them
-            if w.has(&format!("{p}.mlp.experts.{e}.gate_proj.weight")) {
-                return Err(Error::Config {
-                    path: PathBuf::from("config.json"),
-                    msg: format!("num_experts is {e} but the weights have an expert {e} in layer {l}"),
-                });
-            }
-            let experts = (0..e)
-                .map(|x| {
-                    let q = format!("{p}.mlp.experts.{x}");
-                    Ok(Expert {
-                        gate_proj: w.get(&format!("{q}.gate_proj.weight"), &[i, h])?,
-                        up_proj: w.get(&format!("{q}.up_proj.weight"), &[i, h])?,
-                        down_proj: w.get(&format!("{q}.down_proj.weight"), &[h, i])?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let experts = w.experts(l)?;
             layers.push(DecoderLayer {
                 name: Config::router_name(l),
                 input_layernorm: norm(&format!("{p}.input_layernorm.weight"), h)?,
@@ -402,6 +631,8 @@ impl Olmoe {
                 mlp: SparseMoe {
                     gate: w.get(&format!("{p}.mlp.gate.weight"), &[e, h])?,
                     experts,
+                    num_experts: e,
+                    intermediate: cfg.intermediate_size,
                     k: cfg.num_experts_per_tok,
                     norm_topk_prob: cfg.norm_topk_prob,
                 },
@@ -419,7 +650,7 @@ impl Olmoe {
             w.get("lm_head.weight", &[cfg.vocab_size, h])?
         } else {
             return Err(Error::Weights {
-                path: weight_files.first().cloned().unwrap_or_default(),
+                path: w.describe(),
                 msg: "lm_head.weight is missing and tie_word_embeddings is false".into(),
             });
         };
@@ -429,7 +660,7 @@ impl Olmoe {
             layers,
             norm: norm("model.norm.weight", h)?,
             lm_head,
-            rope: Rope::new(cfg, device)?,
+            rope: Rope::new(cfg, device, dtype)?,
             device: device.clone(),
             dtype,
         })

@@ -1,0 +1,72 @@
+"""Makes the full-size random OLMoE on the GPU with transformers (no download), saves it as bf16
+safetensors, writes the 1,000 benchmark sentences (token ids, drawn as seed_baseline.py draws them)
+and transformers' bf16 routing of the first 100 as the reference.
+
+usage: python3 bench/gpu_prep.py MODEL_DIR WORK_DIR     (env INIT=decisive|default, default decisive)
+
+INIT=decisive re-draws every weight as tests/fixtures/make_fixtures.py's `init_weights` does
+(N(0, 1.5²/fan_in) for matrices, N(1, 0.2²) for norm weights, N(0, 1) embeddings), so router logits
+are O(1) and top-8 choices are not near-ties; transformers' own init gives tiny router logits."""
+import json, os, sys, time
+import torch, transformers
+from transformers import OlmoeConfig, OlmoeForCausalLM
+
+model_dir, work = sys.argv[1], sys.argv[2]
+INIT = os.environ.get("INIT", "decisive")
+os.makedirs(work, exist_ok=True)
+res = {"transformers": transformers.__version__, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "init": INIT}
+cfg = OlmoeConfig(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+                  num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8,
+                  max_position_embeddings=4096, rope_theta=10000.0, norm_topk_prob=False, clip_qkv=None,
+                  rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=1, bos_token_id=None, eos_token_id=50279)
+torch.manual_seed(0)
+t = time.perf_counter()
+torch.set_default_dtype(torch.bfloat16)
+with torch.device("cuda"):
+    model = OlmoeForCausalLM(cfg)
+torch.set_default_dtype(torch.float32)
+if INIT == "decisive":
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g, device="cuda")
+            elif "embed_tokens" in name:
+                v = torch.randn(p.shape, generator=g, device="cuda")
+            else:
+                v = torch.randn(p.shape, generator=g, device="cuda") * (1.5 / p.shape[-1] ** 0.5)
+            p.copy_(v.to(torch.bfloat16)); del v
+torch.cuda.synchronize(); res["init_s"] = time.perf_counter() - t
+model.eval()
+t = time.perf_counter(); model.save_pretrained(model_dir); res["save_s"] = time.perf_counter() - t
+res["files"] = sorted(os.listdir(model_dir))
+
+# the benchmark sentences, drawn exactly as seed_baseline.py draws them
+g = torch.Generator().manual_seed(1)
+lens = torch.randint(15, 41, (1000,), generator=g).tolist()
+sents = [torch.randint(2, 50000, (n,), generator=g) for n in lens]
+json.dump([s.tolist() for s in sents], open(os.path.join(work, "sents.json"), "w"))
+
+# transformers' own top-8 (the gate returns (logits, weights, indices) in 5.x; a Linear in 4.x)
+store = []
+def hook(mod, inp, out):
+    if isinstance(out, tuple):
+        logits, idx = out[0], out[2]
+    else:
+        logits = out; idx = torch.topk(torch.softmax(logits.float(), -1), 8, -1).indices
+    p = torch.softmax(logits.float(), -1).sort(-1, descending=True).values
+    store.append((idx.cpu(), (p[:, 7] - p[:, 8]).cpu()))
+for n, m in model.named_modules():
+    if n.endswith("mlp.gate"):
+        m.register_forward_hook(hook)
+ref, gaps = [], []
+with torch.no_grad():
+    for s in sents[:100]:
+        store.clear(); model(s[None].cuda())
+        ref.append([x[0].tolist() for x in store]); gaps += [x[1] for x in store]
+gaps = torch.cat(gaps)
+res["ref_rows"] = int(gaps.numel())
+res["gap8_9_median"] = float(gaps.median()); res["gap8_9_lt_1e-3_share"] = float((gaps < 1e-3).float().mean())
+json.dump(ref, open(os.path.join(work, "ref_bf16.json"), "w"))
+print("PREP", json.dumps(res), flush=True)
+json.dump(res, open(os.path.join(work, "prep.json"), "w"))

@@ -1,0 +1,338 @@
+//! `moe-lens bench`: times the pipeline on a model directory (config.json + safetensors; no tokenizer
+//! needed) over given token-id sentences, and dumps routing for agreement checks. bench/run_gpu.sh
+//! runs it next to the Python lab's pipeline on the same model and card.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moe_lens::config::Config;
+use moe_lens::lab::{parse_dtype, DeviceChoice};
+use moe_lens::olmoe::{self, Olmoe};
+use moe_lens::quant::{self, Quant};
+use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
+use moe_lens::prelude::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model directory: config.json and *.safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON file: a list of sentences, each a list of token ids.
+    #[arg(long)]
+    sents: PathBuf,
+    /// none, q8_0 or q4k.
+    #[arg(long, default_value = "none")]
+    quant: String,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Where to write the results (JSON).
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the top-k experts of the first --routing-n sentences (JSON), traced one by one.
+    #[arg(long)]
+    routing_out: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    routing_n: usize,
+    /// How many sentences to run (default: all).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Most tokens (batch × longest) per batched forward call.
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+    /// Delete an existing quantization cache first, so the first load quantizes.
+    #[arg(long)]
+    fresh: bool,
+    /// Also time the dense and grouped expert paths at several input sizes.
+    #[arg(long)]
+    sweep: bool,
+    /// Skip the one-by-one loop over all sentences (slow on CPU).
+    #[arg(long)]
+    no_loop: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn sync(d: &Device) -> Result<()> {
+    d.synchronize()?;
+    Ok(())
+}
+
+/// Counts, per layer, how often each expert is chosen, on the device; padding rows excluded.
+struct CountSpy {
+    counts: Vec<Tensor>,
+    valid: Option<Tensor>, // [N * k] f32, 1 for real rows
+}
+
+impl RouterSpy for CountSpy {
+    fn on_route(&mut self, ev: &RouterEvent<'_>) -> moe_lens::Result<()> {
+        let ids = ev.top_k.flatten_all()?;
+        let ones = match &self.valid {
+            Some(v) => v.clone(),
+            None => Tensor::ones(ids.dims1()?, DType::F32, ids.device())?,
+        };
+        let c = &mut self.counts[ev.layer];
+        *c = c.scatter_add(&ids, &ones, 0)?;
+        Ok(())
+    }
+}
+
+fn load(a: &BenchArgs, cfg: &Config, files: &[PathBuf], device: &Device, dtype: DType, q: Quant) -> Result<(Olmoe, Value)> {
+    let t = Instant::now();
+    let (m, rep) = match q {
+        Quant::None => (Olmoe::load(cfg, files, device, dtype)?, Value::Null),
+        q => {
+            let (m, r) = quant::load_quantized(cfg, files, &a.model, device, dtype, q)?;
+            (m, json!({"cache": r.cache, "cache_hit": r.cache_hit, "cache_rejected": r.cache_rejected, "cache_write_error": r.cache_write_error}))
+        }
+    };
+    sync(device)?;
+    Ok((m, json!({"s": t.elapsed().as_secs_f64(), "report": rep})))
+}
+
+pub fn run_bench(a: BenchArgs) -> Result<()> {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = env("MOE_LENS_DENSE_MAX") {
+        olmoe::set_dense_max_tokens(n);
+    }
+    if let Some(n) = env("MOE_LENS_DENSE_MIN") {
+        olmoe::set_dense_min_tokens(n);
+    }
+    if let Some(n) = env("MOE_LENS_GGUF_PREFILL_MIN") {
+        olmoe::set_gguf_prefill_min_tokens(n);
+    }
+    let q: Quant = a.quant.parse()?;
+    let device = a.device.parse::<DeviceChoice>()?.open()?;
+    let dtype = match &a.dtype {
+        Some(d) => parse_dtype(d)?,
+        None if device.is_cpu() => DType::F32,
+        None => DType::BF16,
+    };
+    let cfg = Config::from_file(a.model.join("config.json"))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.model)
+        .with_context(|| format!("reading {}", a.model.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .safetensors files in {}", a.model.display());
+    }
+    let text = std::fs::read_to_string(&a.sents).with_context(|| format!("reading {}", a.sents.display()))?;
+    let mut sents: Vec<Vec<u32>> = serde_json::from_str(&text).context("sentences: a JSON list of lists of token ids")?;
+    if let Some(n) = a.limit {
+        sents.truncate(n);
+    }
+    if sents.is_empty() || sents.iter().any(|s| s.is_empty()) {
+        bail!("need at least one sentence, none empty");
+    }
+    let mut res = serde_json::Map::new();
+    res.insert("quant".into(), json!(q.name()));
+    res.insert("dtype".into(), json!(format!("{dtype:?}")));
+    res.insert("device".into(), json!(format!("{device:?}")));
+    res.insert("sentences".into(), json!(sents.len()));
+    let total_tokens: usize = sents.iter().map(Vec::len).sum();
+    res.insert("tokens".into(), json!(total_tokens));
+    res.insert("spin_limit".into(), json!(std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok()));
+
+    if a.fresh && q != Quant::None {
+        let _ = std::fs::remove_file(quant::cache_path(&a.model, q));
+    }
+    let (m, first) = load(&a, &cfg, &files, &device, dtype, q)?;
+    eprintln!("load (first): {first}");
+    res.insert("load_first".into(), first);
+    drop(m);
+    let (m, cached) = load(&a, &cfg, &files, &device, dtype, q)?;
+    eprintln!("load (again/cached): {cached}");
+    res.insert("load_cached".into(), cached);
+
+    let ids_of = |s: &[u32]| -> Result<Tensor> { Ok(Tensor::new(s, &device)?.unsqueeze(0)?) };
+    // single sentence of 25 tokens, as the Python lab
+    let single: Vec<u32> = sents.iter().find(|s| s.len() >= 25).map(|s| s[..25].to_vec()).unwrap_or_else(|| sents[0].clone());
+    let input = ids_of(&single)?;
+    let mut trace_ms = Vec::new();
+    let mut fwd_ms = Vec::new();
+    for i in 0..23 {
+        let t = Instant::now();
+        let mut cache = RoutingCache::new();
+        m.forward(&input, None, None, Step::Prefill, Some(&mut cache))?;
+        sync(&device)?;
+        if i >= 3 {
+            trace_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let t = Instant::now();
+        m.forward(&input, None, None, Step::Prefill, None)?;
+        sync(&device)?;
+        if i >= 3 {
+            fwd_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    res.insert("single_trace_ms_median".into(), json!(median(trace_ms.clone())));
+    res.insert("single_forward_ms_median".into(), json!(median(fwd_ms)));
+    res.insert("single_trace_ms_all".into(), json!(trace_ms));
+    eprintln!("single: trace {:.2} ms", median(trace_ms));
+
+    // one by one, routing copied to the host (what a trace keeps); keep top-k for the dump
+    let layers = cfg.num_hidden_layers;
+    let e = cfg.num_experts;
+    let k = cfg.num_experts_per_tok;
+    let mut dump: Vec<Vec<Vec<Vec<u32>>>> = Vec::new();
+    let mut loop_counts = vec![0u64; layers * e];
+    let loop_n = if a.no_loop { a.routing_n.min(sents.len()) } else { sents.len() };
+    sync(&device)?;
+    let t = Instant::now();
+    for (si, s) in sents.iter().take(loop_n).enumerate() {
+        let mut cache = RoutingCache::new();
+        m.forward(&ids_of(s)?, None, None, Step::Prefill, Some(&mut cache))?;
+        for l in 0..layers {
+            let r = &cache.get(l)?[0];
+            for &x in &r.top_k {
+                loop_counts[l * e + x as usize] += 1;
+            }
+        }
+        if si < a.routing_n {
+            let mut per_layer = Vec::new();
+            for l in 0..layers {
+                let r = &cache.get(l)?[0];
+                per_layer.push(r.top_k.chunks(k).map(<[u32]>::to_vec).collect::<Vec<_>>());
+            }
+            dump.push(per_layer);
+        }
+    }
+    sync(&device)?;
+    let loop_s = t.elapsed().as_secs_f64();
+    res.insert("loop_sentences".into(), json!(loop_n));
+    res.insert("loop_s".into(), json!(loop_s));
+    eprintln!("loop over {loop_n}: {loop_s:.2} s");
+    if let Some(p) = &a.routing_out {
+        std::fs::write(p, serde_json::to_string(&dump)?)?;
+    }
+
+    // batched with counting on the device: sentences sorted by length, right-padded
+    let mut order: Vec<usize> = (0..sents.len()).collect();
+    order.sort_by_key(|&i| sents[i].len());
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for &i in &order {
+        let longest = sents[i].len(); // sorted: this one is the longest so far
+        if !cur.is_empty() && (cur.len() + 1) * longest > a.batch_tokens {
+            batches.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    let run_batched = |m: &Olmoe| -> Result<(f64, Vec<f32>)> {
+        let mut spy = CountSpy { counts: (0..layers).map(|_| Tensor::zeros(e, DType::F32, &device)).collect::<std::result::Result<Vec<_>, _>>()?, valid: None };
+        sync(&device)?;
+        let t = Instant::now();
+        for b in &batches {
+            let tmax = b.iter().map(|&i| sents[i].len()).max().unwrap_or(1);
+            let mut ids = vec![1u32; b.len() * tmax];
+            let mut valid = vec![0f32; b.len() * tmax * k];
+            let mut lens = Vec::with_capacity(b.len());
+            for (r, &i) in b.iter().enumerate() {
+                let s = &sents[i];
+                ids[r * tmax..r * tmax + s.len()].copy_from_slice(s);
+                valid[r * tmax * k..(r * tmax + s.len()) * k].iter_mut().for_each(|v| *v = 1.0);
+                lens.push(s.len());
+            }
+            let input = Tensor::from_vec(ids, (b.len(), tmax), &device)?;
+            spy.valid = Some(Tensor::from_vec(valid, b.len() * tmax * k, &device)?);
+            let lengths = if lens.iter().all(|&l| l == tmax) { None } else { Some(lens.as_slice()) };
+            m.forward(&input, None, lengths, Step::Prefill, Some(&mut spy))?;
+        }
+        let counts = Tensor::stack(&spy.counts, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((t.elapsed().as_secs_f64(), counts))
+    };
+    run_batched(&m)?; // warm-up (kernels of new shapes)
+    let (batch_s, counts) = run_batched(&m)?;
+    res.insert("batched_s".into(), json!(batch_s));
+    res.insert("batched_calls".into(), json!(batches.len()));
+    res.insert("batch_tokens".into(), json!(a.batch_tokens));
+    let total: f64 = counts.iter().map(|&c| f64::from(c)).sum();
+    res.insert("batched_count_total".into(), json!(total));
+    res.insert("batched_count_expected".into(), json!(total_tokens * k * layers));
+    if !a.no_loop {
+        // same counts as the one-by-one loop? (padding and batch shapes may flip near-ties)
+        let diff: f64 = counts.iter().zip(&loop_counts).map(|(&c, &l)| (f64::from(c) - l as f64).abs()).sum();
+        res.insert("batched_vs_loop_count_l1_share".into(), json!(diff / (2.0 * total.max(1.0))));
+    }
+    eprintln!("batched: {batch_s:.3} s in {} calls", batches.len());
+
+    // greedy generation of 10 tokens after the 25-token prompt, routing of every step kept
+    let gen = |m: &Olmoe| -> Result<(f64, Vec<u32>)> {
+        sync(&device)?;
+        let t = Instant::now();
+        let mut cache = RoutingCache::new();
+        let mut kv = m.new_cache();
+        let mut hidden = m.forward(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
+        let mut out = Vec::new();
+        for n in 0..10 {
+            let logits = m.next_token_logits(&hidden)?.flatten_all()?;
+            let next = logits.argmax(0)?.to_scalar::<u32>()?;
+            out.push(next);
+            hidden = m.forward(&Tensor::new(&[next], &device)?.unsqueeze(0)?, Some(&mut kv), None, Step::Decode(n), Some(&mut cache))?;
+        }
+        sync(&device)?;
+        Ok((t.elapsed().as_secs_f64(), out))
+    };
+    gen(&m)?;
+    let (gen_s, gen_ids) = gen(&m)?;
+    res.insert("generate10_s".into(), json!(gen_s));
+    res.insert("generate10_ids".into(), json!(gen_ids));
+    eprintln!("generate 10: {gen_s:.3} s");
+
+    if a.sweep && !device.is_cpu() {
+        let mut rows = Vec::new();
+        let keep = olmoe::dense_max_tokens();
+        for n in [1usize, 4, 8, 25, 64, 128, 256, 512, 1024, 2048] {
+            let ids: Vec<u32> = (0..n).map(|i| 2 + ((i * 7919 + 13) % 50000) as u32).collect();
+            let x = ids_of(&ids)?;
+            let mut row = serde_json::Map::new();
+            row.insert("tokens".into(), json!(n));
+            let modes: &[(&str, usize, usize)] = if q == Quant::None {
+                &[("dense", usize::MAX, 0), ("grouped", 0, 0)]
+            } else {
+                &[("gguf_prefill", 0, 1), ("gguf_vec", 0, usize::MAX)]
+            };
+            for &(name, dense, pre) in modes {
+                olmoe::set_dense_max_tokens(dense);
+                olmoe::set_dense_min_tokens(0);
+                olmoe::set_gguf_prefill_min_tokens(pre);
+                let mut ts = Vec::new();
+                for i in 0..6 {
+                    let t = Instant::now();
+                    m.forward(&x, None, None, Step::Prefill, None)?;
+                    sync(&device)?;
+                    if i > 0 {
+                        ts.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                row.insert(format!("{name}_ms"), json!(median(ts)));
+            }
+            eprintln!("sweep {row:?}");
+            rows.push(Value::Object(row));
+        }
+        olmoe::set_dense_max_tokens(keep);
+        olmoe::set_dense_min_tokens(env("MOE_LENS_DENSE_MIN").unwrap_or(1));
+        olmoe::set_gguf_prefill_min_tokens(env("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
+        res.insert("sweep".into(), json!(rows));
+    }
+    let out = Value::Object(res);
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
+    println!("{out}");
+    Ok(())
+}

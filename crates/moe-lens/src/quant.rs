@@ -1,0 +1,516 @@
+//! Quantized experts: quantize in-process from the bf16/f32 safetensors, keep a GGUF cache next to
+//! the model so the second load skips the work, and read llama.cpp's OLMoE GGUF files.
+//!
+//! Only the experts (93% of OLMoE's parameters) are quantized. Router gates, norms, embeddings, the
+//! output head and the attention projections stay in the checkpoint's precision: the routers decide
+//! what this library reports, and the rest is small.
+//!
+//! The cache is a GGUF file with llama.cpp's tensor names (arch `olmoe`, experts stacked as
+//! `blk.N.ffn_{gate,up,down}_exps`), so the same reader loads it and llama.cpp's files. It records a
+//! fingerprint of the safetensors files (names, sizes, modification times) and the quantization; a
+//! cache that does not match, cannot be parsed, or is shorter than its header says (a write that was
+//! cut off) is rebuilt. It is written to a temporary file, synced, then renamed into place.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::olmoe::{check_expert_count, ExpertWeights, Olmoe, WeightSource, Weights};
+
+/// How the experts are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Quant {
+    /// The checkpoint's precision (or the dtype asked for).
+    #[default]
+    None,
+    /// 8-bit blocks of 32 (8.5 bits per weight).
+    Q8_0,
+    /// llama.cpp's 4-bit k-quant, super-blocks of 256 (4.5 bits per weight); needs hidden and
+    /// intermediate sizes that are multiples of 256.
+    Q4K,
+}
+
+impl FromStr for Quant {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "none" | "off" => Ok(Quant::None),
+            "q8_0" | "q8" => Ok(Quant::Q8_0),
+            "q4k" | "q4_k" | "q4_k_m" => Ok(Quant::Q4K),
+            other => Err(Error::invalid("quant", format!("{other:?}; use none, q8_0 or q4k"))),
+        }
+    }
+}
+
+impl fmt::Display for Quant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Quant {
+    /// `none`, `q8_0`, `q4k`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quant::None => "none",
+            Quant::Q8_0 => "q8_0",
+            Quant::Q4K => "q4k",
+        }
+    }
+    /// The GGML block type, `None` for no quantization.
+    pub fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Quant::None => None,
+            Quant::Q8_0 => Some(GgmlDType::Q8_0),
+            Quant::Q4K => Some(GgmlDType::Q4K),
+        }
+    }
+}
+
+/// What a quantized load did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantReport {
+    pub quant: Quant,
+    /// The cache file.
+    pub cache: PathBuf,
+    /// Whether the model came from the cache.
+    pub cache_hit: bool,
+    /// Why an existing cache was not used (stale, truncated, unreadable), if one was there.
+    pub cache_rejected: Option<String>,
+    /// Why the cache could not be written, if it could not (the model still loads).
+    pub cache_write_error: Option<String>,
+}
+
+/// Where the cache of `quant` for the model in `model_dir` lives: `MOE_LENS_QUANT_CACHE_DIR` if set,
+/// else the model directory itself.
+pub fn cache_path(model_dir: &Path, quant: Quant) -> PathBuf {
+    let dir = std::env::var_os("MOE_LENS_QUANT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
+    dir.join(format!("moe-lens.{}.gguf", quant.name()))
+}
+
+/// Names, sizes and modification times of the weight files: a changed checkpoint invalidates caches.
+fn fingerprint(files: &[PathBuf]) -> String {
+    let mut parts = Vec::new();
+    for p in files {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (len, mtime) = std::fs::metadata(p)
+            .map(|m| {
+                let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+                (m.len(), t)
+            })
+            .unwrap_or((0, 0));
+        parts.push(format!("{name}:{len}:{mtime}"));
+    }
+    parts.join(";")
+}
+
+const FMT_VERSION: u32 = 1;
+
+/// Loads `cfg`'s model with quantized experts: from the cache when it is valid, else by quantizing
+/// the safetensors (then writing the cache).
+pub fn load_quantized(
+    cfg: &Config,
+    weight_files: &[PathBuf],
+    model_dir: &Path,
+    device: &Device,
+    dtype: DType,
+    quant: Quant,
+) -> Result<(Olmoe, QuantReport)> {
+    let Some(qtype) = quant.ggml() else {
+        return Err(Error::invalid("quant", "load_quantized needs q8_0 or q4k"));
+    };
+    check_quantizable(cfg, qtype)?;
+    let cache = cache_path(model_dir, quant);
+    let fp = fingerprint(weight_files);
+    let mut report = QuantReport { quant, cache: cache.clone(), cache_hit: false, cache_rejected: None, cache_write_error: None };
+    if cache.exists() {
+        match read_gguf(&cache, Some((&fp, quant))) {
+            Ok(tensors) => {
+                report.cache_hit = true;
+                let src = GgufSource::new(tensors, cfg, device, dtype, cache.clone());
+                return Ok((Olmoe::build(cfg, &src, device, dtype)?, report));
+            }
+            Err(e) => report.cache_rejected = Some(e.to_string()),
+        }
+    }
+    let tensors = quantize_checkpoint(cfg, weight_files, qtype)?;
+    if let Err(e) = write_gguf_atomic(&cache, cfg, &fp, quant, &tensors) {
+        report.cache_write_error = Some(e.to_string());
+    }
+    let src = GgufSource::new(tensors.into_iter().collect(), cfg, device, dtype, cache);
+    Ok((Olmoe::build(cfg, &src, device, dtype)?, report))
+}
+
+fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {
+    let b = qtype.block_size();
+    for (what, v) in [("hidden_size", cfg.hidden_size), ("intermediate_size", cfg.intermediate_size)] {
+        if v % b != 0 {
+            return Err(Error::invalid(
+                "quant",
+                format!("{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: use q8_0 (blocks of 32) or no quantization"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// llama.cpp's name of a checkpoint (transformers) tensor, for the non-expert tensors.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (l, rest) = rest.split_once('.')?;
+    let l: usize = l.parse().ok()?;
+    let short = match rest {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "self_attn.q_norm.weight" => "attn_q_norm",
+        "self_attn.k_norm.weight" => "attn_k_norm",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate.weight" => "ffn_gate_inp",
+        _ => return None,
+    };
+    Some(format!("blk.{l}.{short}.weight"))
+}
+
+/// The non-expert tensors of a checkpoint with their shapes.
+fn dense_names(cfg: &Config) -> Vec<(String, Vec<usize>)> {
+    let (h, e) = (cfg.hidden_size, cfg.num_experts);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+    if !cfg.tie_word_embeddings {
+        v.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+        v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+        v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+        v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+        v.push((format!("{p}.self_attn.q_norm.weight"), vec![q]));
+        v.push((format!("{p}.self_attn.k_norm.weight"), vec![kv]));
+        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        v.push((format!("{p}.mlp.gate.weight"), vec![e, h]));
+    }
+    v
+}
+
+/// A QTensor holding `t` without loss: f32, f16 or bf16 as stored.
+fn exact_qtensor(t: &Tensor) -> Result<QTensor> {
+    let (qt, t) = match t.dtype() {
+        DType::BF16 => (GgmlDType::BF16, t.clone()),
+        DType::F16 => (GgmlDType::F16, t.clone()),
+        _ => (GgmlDType::F32, t.to_dtype(DType::F32)?),
+    };
+    let bytes: Vec<u8> = match qt {
+        GgmlDType::BF16 => t.flatten_all()?.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        GgmlDType::F16 => t.flatten_all()?.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        _ => t.flatten_all()?.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
+    Ok(QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, qt)?, t.shape().clone())?)
+}
+
+/// Quantizes `ts` (each `[n, k]`, f32 on the CPU) in parallel and stacks them into one `[len, n, k]`.
+fn quantize_stack(ts: &[Tensor], qtype: GgmlDType) -> Result<QTensor> {
+    let (n, k) = ts.first().ok_or_else(|| Error::invalid("quant", "no experts"))?.dims2()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(ts.len()).max(1);
+    let chunk = ts.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ts
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || -> Result<Vec<Vec<u8>>> {
+                    c.iter().map(|t| Ok(QTensor::quantize(t, qtype)?.data()?.into_owned())).collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Spy("quantization thread panicked".into())))).collect()
+    });
+    let mut bytes = Vec::new();
+    for p in parts {
+        for b in p? {
+            bytes.extend_from_slice(&b);
+        }
+    }
+    Ok(QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, qtype)?, (ts.len(), n, k))?)
+}
+
+/// Quantizes a checkpoint: every tensor under its GGUF name, on the CPU.
+fn quantize_checkpoint(cfg: &Config, weight_files: &[PathBuf], qtype: GgmlDType) -> Result<Vec<(String, QTensor)>> {
+    // dtype F32 only matters for `get`; `get_cpu` is given each tensor's own dtype
+    let w = Weights::open(weight_files, &Device::Cpu, DType::F32)?;
+    let mut out = Vec::new();
+    for (name, shape) in dense_names(cfg) {
+        let stored = w.stored_dtype(&name).unwrap_or(DType::F32);
+        let keep = if matches!(stored, DType::BF16 | DType::F16) { stored } else { DType::F32 };
+        let t = w.get_cpu(&name, &shape, keep)?;
+        let g = gguf_name(&name).ok_or_else(|| Error::invalid("tensor", name.clone()))?;
+        out.push((g, exact_qtensor(&t)?));
+    }
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    for l in 0..cfg.num_hidden_layers {
+        check_expert_count(&w, cfg, l)?;
+        for (proj, short, shape) in [("gate_proj", "ffn_gate_exps", [i, h]), ("up_proj", "ffn_up_exps", [i, h]), ("down_proj", "ffn_down_exps", [h, i])] {
+            let ts = (0..cfg.num_experts)
+                .map(|x| w.get_cpu(&format!("model.layers.{l}.mlp.experts.{x}.{proj}.weight"), &shape, DType::F32))
+                .collect::<Result<Vec<_>>>()?;
+            out.push((format!("blk.{l}.{short}.weight"), quantize_stack(&ts, qtype)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the cache: temporary file in the same directory, fsync, rename, fsync of the directory.
+fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors: &[(String, QTensor)]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let res = (|| -> Result<()> {
+        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut w = BufWriter::with_capacity(8 << 20, f);
+        let u = |v: usize| gguf_file::Value::U32(v as u32);
+        let meta: Vec<(&str, gguf_file::Value)> = vec![
+            ("general.architecture", gguf_file::Value::String("olmoe".into())),
+            ("general.name", gguf_file::Value::String("moe-lens quantized OLMoE".into())),
+            ("olmoe.block_count", u(cfg.num_hidden_layers)),
+            ("olmoe.embedding_length", u(cfg.hidden_size)),
+            ("olmoe.expert_feed_forward_length", u(cfg.intermediate_size)),
+            ("olmoe.feed_forward_length", u(cfg.intermediate_size)),
+            ("olmoe.attention.head_count", u(cfg.num_attention_heads)),
+            ("olmoe.attention.head_count_kv", u(cfg.num_key_value_heads)),
+            ("olmoe.attention.key_length", u(cfg.head_dim)),
+            ("olmoe.expert_count", u(cfg.num_experts)),
+            ("olmoe.expert_used_count", u(cfg.num_experts_per_tok)),
+            ("olmoe.context_length", u(cfg.max_position_embeddings)),
+            ("olmoe.rope.freq_base", gguf_file::Value::F32(cfg.rope_theta as f32)),
+            ("olmoe.attention.layer_norm_rms_epsilon", gguf_file::Value::F32(cfg.rms_norm_eps as f32)),
+            ("moe_lens.format", gguf_file::Value::U32(FMT_VERSION)),
+            ("moe_lens.quant", gguf_file::Value::String(quant.name().into())),
+            ("moe_lens.source", gguf_file::Value::String(fp.into())),
+        ];
+        let meta_refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut w, &meta_refs, &t_refs)?;
+        w.flush().map_err(|e| Error::io(&tmp, e))?;
+        let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Reads every tensor of a GGUF file onto the CPU after checking that the file is complete (and,
+/// for a cache, that it belongs to `expect`'s fingerprint and quantization).
+fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<String, QTensor>> {
+    let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut r = BufReader::with_capacity(8 << 20, f);
+    let content = gguf_file::Content::read(&mut r).map_err(|e| bad(format!("not a readable GGUF file ({e})")))?;
+    if let Some((fp, quant)) = expect {
+        let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
+        if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
+            return Err(bad("written by another version of moe-lens".into()));
+        }
+        if s("moe_lens.quant").as_deref() != Some(quant.name()) {
+            return Err(bad(format!("holds {:?}, not {}", s("moe_lens.quant"), quant.name())));
+        }
+        if s("moe_lens.source").as_deref() != Some(fp) {
+            return Err(bad("made from other weight files (the checkpoint changed)".into()));
+        }
+    }
+    let mut end = content.tensor_data_offset;
+    for info in content.tensor_infos.values() {
+        let n = info.shape.elem_count();
+        let bs = info.ggml_dtype.block_size();
+        let size = (n / bs * info.ggml_dtype.type_size()) as u64;
+        end = end.max(content.tensor_data_offset + info.offset + size);
+    }
+    if len < end {
+        return Err(bad(format!("truncated: {len} bytes, the header describes {end}")));
+    }
+    let mut out = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let t = content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
+        out.insert(name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Builds the model from GGUF tensors on the CPU.
+struct GgufSource {
+    tensors: Mutex<HashMap<String, QTensor>>,
+    cfg: Config,
+    device: Device,
+    dtype: DType,
+    path: PathBuf,
+}
+
+impl GgufSource {
+    fn new(tensors: HashMap<String, QTensor>, cfg: &Config, device: &Device, dtype: DType, path: PathBuf) -> Self {
+        GgufSource { tensors: Mutex::new(tensors), cfg: cfg.clone(), device: device.clone(), dtype, path }
+    }
+
+    fn take(&self, gguf: &str, shape: &[usize]) -> Result<QTensor> {
+        let t = self
+            .tensors
+            .lock()
+            .map_err(|_| Error::Spy("weights lock poisoned".into()))?
+            .remove(gguf)
+            .ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("tensor {gguf} is missing") })?;
+        if t.shape().dims() != shape {
+            return Err(Error::TensorShape { name: gguf.into(), expected: shape.to_vec(), found: t.shape().dims().to_vec() });
+        }
+        Ok(t)
+    }
+}
+
+/// Whether candle's grouped CUDA kernels take this block type.
+fn grouped_kernel_supports(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K | GgmlDType::Q6K)
+}
+
+/// Splits a stacked `[E, n, k]` quantized tensor into E CPU matmuls.
+fn split_experts(t: &QTensor) -> Result<Vec<QMatMul>> {
+    let (e, n, k) = t.shape().dims3()?;
+    let data = t.data()?;
+    let per = data.len() / e.max(1);
+    (0..e)
+        .map(|x| {
+            let bytes = Cow::Owned(data[x * per..(x + 1) * per].to_vec());
+            Ok(QMatMul::from_qtensor(QTensor::new(QStorage::from_data(bytes, &Device::Cpu, t.dtype())?, (n, k))?)?)
+        })
+        .collect()
+}
+
+impl WeightSource for GgufSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
+        let t = self.take(&g, shape)?;
+        Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+    fn has(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.tensors.lock().map(|m| m.contains_key(&g)).unwrap_or(false))
+    }
+    fn describe(&self) -> PathBuf {
+        self.path.clone()
+    }
+    fn experts(&self, l: usize) -> Result<ExpertWeights> {
+        let (e, h, i) = (self.cfg.num_experts, self.cfg.hidden_size, self.cfg.intermediate_size);
+        let gate = self.take(&format!("blk.{l}.ffn_gate_exps.weight"), &[e, i, h])?;
+        let up = self.take(&format!("blk.{l}.ffn_up_exps.weight"), &[e, i, h])?;
+        let down = self.take(&format!("blk.{l}.ffn_down_exps.weight"), &[e, h, i])?;
+        let qt = gate.dtype();
+        let quantized = !matches!(qt, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        match &self.device {
+            Device::Cpu if quantized => Ok(ExpertWeights::QPerExpert(
+                split_experts(&gate)?
+                    .into_iter()
+                    .zip(split_experts(&up)?)
+                    .zip(split_experts(&down)?)
+                    .map(|((g, u), d)| [g, u, d])
+                    .collect(),
+            )),
+            Device::Cuda(_) if quantized && grouped_kernel_supports(qt) && up.dtype() == qt && down.dtype() == qt => {
+                let up_dev = |t: QTensor| -> Result<Arc<QTensor>> {
+                    let shape = t.shape().clone();
+                    Ok(Arc::new(QTensor::new(QStorage::from_data(t.data()?, &self.device, t.dtype())?, shape)?))
+                };
+                Ok(ExpertWeights::QStacked { gate: up_dev(gate)?, up: up_dev(up)?, down: up_dev(down)? })
+            }
+            // anything else (float GGUFs, Q4_0 on CUDA, Metal): dequantize to the model dtype
+            _ => {
+                let deq = |t: &QTensor| -> Result<Tensor> { Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?) };
+                let gate_up = Tensor::cat(&[&deq(&gate)?, &deq(&up)?], 1)?; // [E, 2I, H]
+                Ok(ExpertWeights::Dense { gate_up: gate_up.to_device(&self.device)?, down: deq(&down)?.to_device(&self.device)? })
+            }
+        }
+    }
+}
+
+/// Reads the model config from a llama.cpp GGUF file's metadata (arch `olmoe`).
+pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Config> {
+    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
+    if arch != "olmoe" {
+        return Err(Error::config(path, format!("GGUF architecture is {arch:?}, not \"olmoe\"")));
+    }
+    let u = |k: &str| -> Result<usize> {
+        let v = content.metadata.get(&format!("olmoe.{k}")).ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing")))?;
+        Ok(v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|e| Error::config(path, format!("olmoe.{k}: {e}")))?)
+    };
+    let f = |k: &str, d: f64| content.metadata.get(&format!("olmoe.{k}")).and_then(|v| v.to_f32().ok()).map_or(d, f64::from);
+    let hidden = u("embedding_length")?;
+    let heads = u("attention.head_count")?;
+    let vocab = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .and_then(|t| t.shape.dims().first().copied())
+        .ok_or_else(|| Error::config(path, "token_embd.weight is missing"))?;
+    let inter = u("expert_feed_forward_length").or_else(|_| u("feed_forward_length"))?;
+    Ok(Config {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: u("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: u("attention.head_count_kv").unwrap_or(heads),
+        head_dim: u("attention.key_length").unwrap_or(hidden / heads.max(1)),
+        num_experts: u("expert_count")?,
+        num_experts_per_tok: u("expert_used_count")?,
+        norm_topk_prob: false,
+        max_position_embeddings: u("context_length").unwrap_or(4096),
+        rope_theta: f("rope.freq_base", 10000.0),
+        rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
+        clip_qkv: None,
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        eos_token_id: content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()),
+        pad_token_id: content.metadata.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok()),
+        dtype: None,
+    })
+}
+
+/// Loads a llama.cpp OLMoE GGUF file (or a moe-lens cache) with its config. Experts in a block type
+/// that candle's grouped CUDA kernels take (Q8_0, Q2K…Q6K) stay quantized on CUDA; others (Q4_0,
+/// float) are dequantized to `dtype` there. On the CPU every quantized type stays quantized.
+pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, Olmoe)> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::new(f);
+    let content = gguf_file::Content::read(&mut r)
+        .map_err(|e| Error::Weights { path: path.to_path_buf(), msg: format!("not a readable GGUF file ({e})") })?;
+    let cfg = config_from_gguf(&content, path)?;
+    drop(r);
+    let tensors = read_gguf(path, None)?;
+    let src = GgufSource::new(tensors, &cfg, device, dtype, path.to_path_buf());
+    let model = Olmoe::build(&cfg, &src, device, dtype)?;
+    Ok((cfg, model))
+}
