@@ -34,7 +34,7 @@ PY
     rm -f "$dest"; exit 1
   fi
 fi
-for d in "$here"/fixtures/*/; do
-  [ -f "$d/config.json" ] && cp "$dest" "$d/tokenizer.json"
+for d in "$here"/fixtures/*/ "$here"/../crates/moe-lens/data/demo/; do
+  if [ -f "$d/config.json" ]; then cp "$dest" "$d/tokenizer.json"; fi
 done
 echo "setup-data: tokenizer ready ($dest)" >&2

@@ -391,6 +391,9 @@ pub fn resolve(model: &str) -> Result<ModelFiles> {
 
 /// Resolves `model` to its files.
 ///
+/// - `demo` (any case) is the small demo model shipped in this crate's `data/demo` (an
+///   [`Error::MissingFile`] until `tests/setup-data.sh` or `kernel-setup/install.sh` has copied
+///   OLMoE's tokenizer.json there); a directory named `demo` needs `./demo`.
 /// - An existing directory (a leading `~` is expanded) is read with [`local_dir`]; a directory wins
 ///   over a Hub id of the same spelling.
 /// - A Hub id (`owner/name[@revision]`, see [`HubId::parse`]) is looked up in `s.cache_dir`; a
@@ -407,6 +410,20 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
             what: "model",
             msg: format!("the model is empty: {}", model_example()),
         });
+    }
+    // `demo`: the small model shipped in this crate's data/demo (see its README.md).
+    if given.eq_ignore_ascii_case("demo") {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/demo"));
+        if !dir.join(TOKENIZER_FILE).is_file() {
+            return Err(Error::MissingFile {
+                path: dir.join(TOKENIZER_FILE),
+                what: "tokenizer.json",
+                hint: "the demo model uses OLMoE's tokenizer, which is not shipped with it: run \
+                       kernel-setup/install.sh or tests/setup-data.sh once (they copy it there)"
+                    .to_string(),
+            });
+        }
+        return local_dir(dir, given);
     }
     let home = std::env::var_os("HOME")
         .or_else(|| std::env::var_os("USERPROFILE"))
