@@ -28,11 +28,13 @@
 //! tooltips work), and `image/svg+xml` (a still picture, for front ends and exports that do not
 //! take HTML). Tables print `text/html` and `text/plain`.
 
+pub mod charts;
 mod display;
 mod heatmap;
 mod table;
 pub(crate) mod util;
 
+pub use charts::{EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, StudyPlots, TopExpert, TopExperts};
 pub use display::{evcxr_output, DisplayResult, Figure, Figures, Layout};
 pub use heatmap::{Heatmap, Values, MAX_ROWS};
 pub use table::{TopKRow, TopKTable};
