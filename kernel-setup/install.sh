@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Sets up the Jupyter side of moe-lens for one user, without root: the Rust kernel (evcxr_jupyter),
+# JupyterLab in its own virtual environment, the kernel spec the notebooks use ("moe-lens-rust"),
+# evcxr's build cache, and a pre-built copy of moe-lens in that cache so that a notebook's first
+# `:dep` cell takes seconds instead of about 4 minutes.
+#
+#   kernel-setup/install.sh            # then: kernel-setup/start-lab.sh
+#
+# Safe to run again: every step checks what is there and only does what is missing (a second run
+# takes seconds). Needs: a C toolchain (cc), Python >= 3.9, and Rust >= 1.95 via rustup or on PATH
+# (`module load` / conda are not needed; if Rust is missing entirely, it is installed with rustup
+# into your home directory).
+#
+# Settings (environment variables):
+#   MOE_LENS_HOME     where the lab's virtual environment and stamps go
+#                     (default ${XDG_DATA_HOME:-~/.local/share}/moe-lens)
+#   PYTHON            the Python used to make the virtual environment (default python3)
+#   EVCXR_VERSION     evcxr_jupyter version to install (default 0.22.0; 0.21.1 works with Rust 1.88)
+#   MOE_LENS_KERNEL_THREADS  CPU threads the kernel uses (default: min(cores, 8)); the kernel also
+#                     honours RAYON_NUM_THREADS if set when JupyterLab starts
+#   MOE_LENS_KERNEL_SLOTS    kernels that get a persistent build directory (default 4, read when
+#                     a kernel starts; about 1-2 GB each)
+#   MOE_LENS_BUILD_DIR where those directories go (default /var/tmp/moe-lens-$USER; must not be
+#                     under the same top directory as the Rust toolchain, e.g. not under /home when
+#                     rustup lives in /home/you/.rustup)
+#   MOE_LENS_SKIP_PREWARM=1  skip the pre-build (the first `:dep` cell then takes ~4 min once)
+#   MOE_LENS_REWARM=1 pre-build again even if it was done for this exact set-up
+#   MOE_LENS_WARMUP_TIMEOUT  seconds the pre-build may take (default 3600)
+set -Eeuo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+home=${MOE_LENS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/moe-lens}
+venv=$home/lab-venv
+py=${PYTHON:-python3}
+evcxr_version=${EVCXR_VERSION:-0.22.0}
+kernel_name=moe-lens-rust
+# Exact pins of what goes into the lab's virtual environment.
+lab_pins=(jupyterlab==4.6.6 nbclient==0.11.0 nbconvert==7.17.2)
+
+t_start=$(date +%s)
+step="start"
+hint=""
+n=0
+begin() { # begin "name" "hint if it fails"
+  n=$((n + 1)); step=$1; hint=$2
+  printf '\n[%d] %s\n' "$n" "$step"
+}
+say() { printf '    %s\n' "$*"; }
+on_err() {
+  local rc=$?
+  trap - ERR
+  printf '\ninstall.sh: step [%d] "%s" FAILED (exit %s, line %s).\n' "$n" "$step" "$rc" "$1" >&2
+  [ -n "$hint" ] && printf 'How to fix: %s\n' "$hint" >&2
+  printf 'Then run kernel-setup/install.sh again: the steps already done are skipped.\n' >&2
+  exit "$rc"
+}
+trap 'on_err $LINENO' ERR
+
+echo "moe-lens kernel set-up: repository $repo"
+echo "lab environment: $venv"
+
+# ------------------------------------------------------------------------------------------------
+begin "Rust toolchain (cargo, rustc >= 1.95 for evcxr $evcxr_version)" \
+  "install Rust for your user: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; then 'source ~/.cargo/env' (on clusters, 'module load rust' may also work if it is recent enough)"
+if [ -f "$HOME/.cargo/env" ]; then
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  if command -v curl >/dev/null 2>&1; then
+    say "no cargo on PATH: installing Rust with rustup into ~/.cargo (no root needed)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  else
+    say "no cargo on PATH and no curl to fetch rustup"; false
+  fi
+fi
+rustc_v=$(rustc --version | awk '{print $2}')
+say "rustc $rustc_v at $(command -v rustc)"
+need_minor=95
+[ "${evcxr_version%.*}" = "0.21" ] && need_minor=88
+if [ "$(printf '%s\n' "1.$need_minor.0" "$rustc_v" | sort -V | head -1)" != "1.$need_minor.0" ]; then
+  hint="evcxr_jupyter $evcxr_version needs Rust >= 1.$need_minor: run 'rustup update stable', or keep your Rust and use EVCXR_VERSION=0.21.1 (needs 1.88)"
+  say "rustc $rustc_v is too old"; false
+fi
+command -v cc >/dev/null 2>&1 || { hint="a C compiler/linker 'cc' is needed to link Rust code: ask for gcc, or 'module load gcc', or 'conda install gcc'"; false; }
+cargo_bin=$(dirname "$(command -v cargo)")
+
+# ------------------------------------------------------------------------------------------------
+begin "rust-src component (evcxr needs it for code completion and some std internals)" \
+  "run 'rustup component add rust-src' yourself; without rustup, install Rust with rustup (see https://rustup.rs)"
+if command -v rustup >/dev/null 2>&1; then
+  if rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "already installed"
+  else
+    say "rustup component add rust-src"
+    rustup component add rust-src
+  fi
+else
+  sysroot=$(rustc --print sysroot)
+  if [ -d "$sysroot/lib/rustlib/src/rust" ]; then say "present in $sysroot (no rustup)"; else
+    say "WARNING: no rustup and no rust-src in $sysroot: evcxr works, but completions may be missing"; fi
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "evcxr_jupyter $evcxr_version (the Rust kernel)" \
+  "look at the cargo error above; a network failure can simply be retried. To build by hand: cargo install --locked evcxr_jupyter --version $evcxr_version"
+have=$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\):$/\1/p' | head -1)
+evcxr_bin=$cargo_bin/evcxr_jupyter
+[ -n "${CARGO_INSTALL_ROOT:-}" ] && evcxr_bin=$CARGO_INSTALL_ROOT/bin/evcxr_jupyter
+if [ "$have" = "$evcxr_version" ] && [ -x "$evcxr_bin" ]; then
+  say "already installed: $evcxr_bin ($have)"
+else
+  [ -n "$have" ] && say "found evcxr_jupyter $have; installing $evcxr_version instead"
+  say "cargo install --locked evcxr_jupyter --version $evcxr_version"
+  say "THIS TAKES LONG: about 16 minutes on 2 cores (4-5 min on 16). Cargo's progress follows."
+  t0=$(date +%s)
+  cargo install --locked evcxr_jupyter --version "$evcxr_version"
+  say "built in $(( $(date +%s) - t0 )) s"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "JupyterLab virtual environment (${lab_pins[*]})" \
+  "Python >= 3.9 with the venv module is needed: on Debian/Ubuntu without root, 'module load python' or a conda/pyenv Python works; or set PYTHON=/path/to/python3. Delete $venv to start this step afresh."
+if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  command -v "$py" >/dev/null 2>&1 || { say "$py not found"; false; }
+  "$py" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
+    || { hint="Python >= 3.9 needed; set PYTHON=/path/to/python3.x"; false; }
+  say "$py -m venv $venv"
+  mkdir -p "$home"
+  if ! "$py" -m venv "$venv" 2>/dev/null; then
+    say "'$py -m venv' failed (Debian's python3 without python3-venv?); trying virtualenv"
+    rm -rf "$venv"
+    "$py" -m pip install --user --quiet virtualenv
+    "$py" -m virtualenv --quiet "$venv"
+  fi
+fi
+missing=$("$venv/bin/python" - "${lab_pins[@]}" <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+out = []
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        if version(name) != want:
+            out.append(pin)
+    except PackageNotFoundError:
+        out.append(pin)
+print(" ".join(out))
+PY
+)
+if [ -z "$missing" ]; then
+  say "already installed: $("$venv/bin/jupyter-lab" --version 2>/dev/null | sed 's/^/jupyterlab /')"
+else
+  say "pip install $missing (about a minute)"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
+  say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "kernel specs: 'rust' (evcxr's own) and '$kernel_name' (the one the notebooks use)" \
+  "check that $evcxr_bin runs ('$evcxr_bin --help'), and that ~/.local/share/jupyter/kernels (or \$JUPYTER_DATA_DIR/kernels) is writable"
+# evcxr writes the plain 'rust' spec and rewrites it whenever its version changes, so our settings
+# live in a spec of another name, with a wrapper that sets the environment and PATH.
+"$evcxr_bin" --install >/dev/null
+spec_src=$(mktemp -d)
+cat > "$spec_src/kernel.json" <<JSON
+{
+  "argv": ["$home/kernel/evcxr-kernel", "--control_file", "{connection_file}"],
+  "display_name": "Rust (moe-lens)",
+  "interrupt_mode": "message",
+  "language": "rust",
+  "metadata": {"moe-lens": {"evcxr_jupyter": "$evcxr_version"}}
+}
+JSON
+mkdir -p "$home/kernel"
+wrapper=$home/kernel/evcxr-kernel
+# Persistent build directories (see the wrapper). They must not share their top directory with
+# the Rust sysroot: evcxr's cdylib finds libstd through a relative rpath that cargo computes one
+# directory too deep, which only resolves when the path climbs all the way up to "/" (so a build
+# dir under ~/ with rustup in ~/.rustup fails with "dlopen failed"). /var/tmp is kept across reboots.
+sysroot_top=$(rustc --print sysroot | cut -d/ -f2)
+build_root=${MOE_LENS_BUILD_DIR:-}
+if [ -z "$build_root" ]; then
+  for base in /var/tmp /tmp; do
+    if [ -d "$base" ] && [ -w "$base" ] && [ "$(echo "$base" | cut -d/ -f2)" != "$sysroot_top" ]; then
+      build_root=$base/moe-lens-$(id -un); break
+    fi
+  done
+fi
+if [ -n "$build_root" ] && [ "$(echo "$build_root" | cut -d/ -f2)" = "$sysroot_top" ]; then
+  say "WARNING: $build_root shares /$sysroot_top with the Rust sysroot; no persistent build directories"
+  build_root=""
+fi
+if [ -n "$build_root" ]; then
+  mkdir -p "$build_root" 2>/dev/null || true
+  if [ -d "$build_root" ] && [ -O "$build_root" ] && [ ! -L "$build_root" ]; then chmod 700 "$build_root"; else
+    say "WARNING: cannot own $build_root; no persistent build directories"; build_root=""; fi
+fi
+say "persistent kernel build directories: ${build_root:-none (each kernel builds in a fresh temporary directory)}"
+cat > "$wrapper.new" <<SH
+#!/usr/bin/env bash
+# Written by moe-lens kernel-setup/install.sh: starts evcxr_jupyter with what moe-lens needs.
+# cargo/rustc must be on PATH for evcxr, even when JupyterLab was started without ~/.cargo/bin.
+export PATH="$cargo_bin:\$PATH"
+# candle's CPU thread barrier spins while waiting: do not burn shared cores.
+export CANDLE_BARRIER_POOL_SPIN_LIMIT="\${CANDLE_BARRIER_POOL_SPIN_LIMIT:-0}"
+# evcxr re-creates rayon's pool in every cell and never frees the old one: keep each pool small.
+if [ -z "\${RAYON_NUM_THREADS:-}" ]; then
+  n=\${MOE_LENS_KERNEL_THREADS:-\$(nproc 2>/dev/null || echo 4)}
+  [ "\$n" -gt 8 ] && n=8
+  export RAYON_NUM_THREADS=\$n
+fi
+# A build directory that outlives the kernel (EVCXR_TMPDIR), so that moe-lens itself is not
+# recompiled by every new kernel (evcxr's :cache keeps registry crates only): about 10 s instead of
+# a minute or more for the first :dep. One kernel per directory at a time, so each kernel takes the
+# first free slot (an flock held for the kernel's life); when all are busy it builds in a fresh
+# temporary directory as evcxr does by default.
+build_root="$build_root"
+if [ -n "\$build_root" ] && [ -z "\${EVCXR_TMPDIR:-}" ] && command -v flock >/dev/null 2>&1; then
+  for n in \$(seq 0 \$(( \${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
+    d="\$build_root/\$n"
+    mkdir -p "\$d" 2>/dev/null || break
+    exec 9>"\$d.lock"
+    if flock -n 9; then export EVCXR_TMPDIR="\$d"; break; fi
+    exec 9>&-
+  done
+fi
+exec "$evcxr_bin" "\$@"
+SH
+chmod +x "$wrapper.new"
+if cmp -s "$wrapper.new" "$wrapper"; then rm "$wrapper.new"; else mv "$wrapper.new" "$wrapper"; fi
+rust_spec=$("$venv/bin/jupyter" kernelspec list --json \
+  | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["kernelspecs"].get("rust", {}).get("resource_dir", ""))')
+for f in logo-32x32.png logo-64x64.png logo-LICENSE.md; do
+  if [ -n "$rust_spec" ] && [ -f "$rust_spec/$f" ]; then cp "$rust_spec/$f" "$spec_src/"; fi
+done
+"$venv/bin/jupyter" kernelspec install --user --name "$kernel_name" "$spec_src" >/dev/null 2>&1
+rm -rf "$spec_src"
+"$venv/bin/jupyter" kernelspec list | sed 's/^/    /'
+
+# ------------------------------------------------------------------------------------------------
+begin "evcxr start-up file (~/.config/evcxr/init.evcxr: ':cache 3000')" \
+  "check that ${XDG_CONFIG_HOME:-$HOME/.config}/evcxr is writable"
+init_dir=${XDG_CONFIG_HOME:-$HOME/.config}/evcxr
+init=$init_dir/init.evcxr
+mkdir -p "$init_dir"
+if [ -f "$init" ] && grep -qE '^[[:space:]]*:cache([[:space:]]|$)' "$init"; then
+  say "keeps your own ':cache' line: $(grep -E '^[[:space:]]*:cache' "$init" | head -1)"
+else
+  # 3000 MB of compiled crates: what makes a later `:dep` of candle + tokenizers take seconds.
+  printf '%s\n' ':cache 3000' >> "$init"
+  say "added ':cache 3000' to $init (your other lines are kept)"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "pre-build moe-lens in evcxr's cache (the notebooks' exact :dep line, run once headless)" \
+  "run it again; if it is the build, run 'cargo build -p moe-lens --release' in $repo to see the compiler's error. A kernel that does not start: '$wrapper --help'. A timeout on a busy machine: MOE_LENS_WARMUP_TIMEOUT=7200 (what is built so far stays cached). Skip with MOE_LENS_SKIP_PREWARM=1."
+if [ "${MOE_LENS_SKIP_PREWARM:-0}" != 1 ]; then
+  dep=$("$venv/bin/python" "$here/execute.py" --dep-line "$repo/notebooks")
+  say "dep line: $dep"
+fi
+key=$( { echo "${dep:-}"; echo "$evcxr_version"; rustc -vV; echo "${CARGO_HOME:-$HOME/.cargo}";
+         cat "$repo/Cargo.toml" "$repo/crates/moe-lens/Cargo.toml" "$repo/Cargo.lock" 2>/dev/null;
+         find "$repo/crates/moe-lens/src" -type f -name '*.rs' | sort | xargs cat; } | sha256sum | cut -c1-16)
+stamp=$home/prewarm-$key.stamp
+cache_dir=${XDG_CACHE_HOME:-$HOME/.cache}/evcxr
+if [ "${MOE_LENS_SKIP_PREWARM:-0}" = 1 ]; then
+  say "skipped (MOE_LENS_SKIP_PREWARM=1)"
+elif [ -f "$stamp" ] && [ -d "$cache_dir" ] && { [ -z "$build_root" ] || [ -d "$build_root/0/target" ]; } \
+     && [ "${MOE_LENS_REWARM:-0}" != 1 ]; then
+  say "already done for this set-up ($(cat "$stamp")); MOE_LENS_REWARM=1 redoes it"
+else
+  say "compiling candle, tokenizers, plotters and moe-lens the way a notebook cell does:"
+  say "about 4 minutes on 2 idle cores when nothing is cached, 15+ on busy ones; cargo's progress follows"
+  t0=$(date +%s)
+  "$venv/bin/python" "$here/execute.py" --warm-up "$repo/notebooks" --kernel "$kernel_name"
+  rm -f "$home"/prewarm-*.stamp
+  echo "warmed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - t0 )) s" > "$stamp"
+  say "done in $(( $(date +%s) - t0 )) s; evcxr's cache: $(du -sh "$cache_dir" 2>/dev/null | cut -f1)"
+fi
+
+trap - ERR
+cat <<EOF
+
+moe-lens kernel set-up finished in $(( $(date +%s) - t_start )) s.
+
+Next:  kernel-setup/start-lab.sh            (JupyterLab on notebooks/, prints the ssh tunnel line)
+Notebooks use the kernel "Rust (moe-lens)" ($kernel_name).
+
+Which model the notebooks load (environment variable MOE_LENS_MODEL, read when a notebook runs):
+  unset                          allenai/OLMoE-1B-7B-0924 from the Hugging Face cache (downloaded
+                                 once, about 14 GB; set HF_HOME to put the cache elsewhere and
+                                 HF_HUB_OFFLINE=1 to forbid downloads)
+  MOE_LENS_MODEL=/path/to/dir    a local checkpoint directory (config.json, tokenizer.json,
+                                 *.safetensors) of the same architecture: 16 layers x 64 experts
+  MOE_LENS_MODEL=$repo/tests/fixtures/olmoe-narrow
+                                 the tiny random test checkpoint (after tests/setup-data.sh):
+                                 runs in seconds on any CPU, the pictures are meaningless
+Set it before starting the lab, e.g.  MOE_LENS_MODEL=... kernel-setup/start-lab.sh
+EOF

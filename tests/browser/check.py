@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Browser check of the executed notebook (run by tests/browser-check.sh; standard library only,
+plus the lab's jupyter/nbconvert given with --jupyter).
+
+  check.py OUT_DIR --jupyter /path/to/lab-venv/bin [--chromium chromium] [--skip-lab]
+
+What a person sees, checked in headless Chromium and saved as screenshots under OUT_DIR/browser/:
+  1. fonts: a CJK font serves the heatmap's font list ("Noto Sans CJK KR"/"JP");
+  2. the notebook exported with `jupyter nbconvert --to html` (what a report or a shared HTML page
+     shows): the heatmap is inline SVG in the rendered DOM, with one tooltip per cell and Hangul and
+     kana text nodes; screenshot of the heatmap output alone (heatmap.png);
+  3. JupyterLab, opening the saved notebook UNTRUSTED (as a student opening a notebook someone
+     else ran) and, for comparison, TRUSTED (as after running it oneself): which output form
+     JupyterLab renders, whether the figure and its tooltips survive, screenshots lab-*.png;
+  4. probes of other output forms under the same untrusted sanitiser (an <img> with a data: URI of
+     the still SVG inside text/html; the same with a script that swaps in the interactive SVG when
+     trusted; image/svg+xml alone), so the plot code can pick a form that shows everywhere.
+Ends with `browser: N passed, M failed`. Steps 1-3 are checks; step 4 only reports.
+"""
+
+import argparse
+import base64
+import copy
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+MAIN = "01_Router_Analysis.ipynb"
+HANGUL = re.compile("[\uac00-\ud7a3]")
+KANA = re.compile("[\u3040-\u30ff]")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                "--disable-dev-shm-usage"]
+
+
+class Checks:
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def check(self, what, ok, detail=""):
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}" + (f" — {detail}" if detail else ""))
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        return ok
+
+
+def src(cell):
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def joined(v):
+    return "".join(v) if isinstance(v, list) else v
+
+
+def chromium(binary, url, profile, *, dump=False, shot=None, size="1400,2400", budget=None, timeout=120):
+    args = [binary, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}"]
+    if budget:
+        args.append(f"--virtual-time-budget={budget}")
+    if dump:
+        args.append("--dump-dom")
+    if shot:
+        args.append(f"--screenshot={shot}")
+    args.append(url)
+    r = subprocess.run(args, capture_output=True, timeout=timeout)
+    return r.stdout.decode("utf-8", "replace")
+
+
+def dom_facts(dom):
+    """What the rendered DOM holds: inline heatmap SVGs, their cells/tooltips/CJK text, data-URI
+    images, and tooltip text leaked as plain text (what a sanitiser leaves of a stripped SVG)."""
+    svgs = re.findall(r"<svg[^>]*moe-lens-heatmap.*?</svg>", dom, re.S)
+    svg = svgs[0] if svgs else ""
+    texts = " ".join(html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg))
+    # Tooltip text outside any <title>: "expert 12\nprobability 0.0153" as bare text.
+    no_titles = re.sub(r"<title>.*?</title>", "", dom, flags=re.S)
+    leaked = len(re.findall(r"probability \d\.\d{4}", no_titles))
+    return {
+        "inline_svg": len(svgs),
+        "cells": svg.count('class="moe-lens-cell"'),
+        "titles": svg.count("<title>"),
+        "hangul": bool(HANGUL.search(texts)),
+        "kana": bool(KANA.search(texts)),
+        "img_data_svg": len(re.findall(r'<img[^>]+src="data:image/svg\+xml', dom)),
+        "img_blob": len(re.findall(r'<img[^>]+src="blob:', dom)),
+        "leaked_tooltips": leaked,
+        "topk_table": "moe-lens-topk" in dom,
+    }
+
+
+def free_port(start):
+    for p in range(start, start + 200):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise SystemExit("no free port")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--jupyter", required=True, help="bin directory of the lab's virtual environment")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
+    ap.add_argument("--skip-lab", action="store_true", help="only fonts and the HTML export")
+    a = ap.parse_args()
+
+    out = Path(a.out).resolve()
+    nb_path = out / MAIN
+    if not nb_path.exists():
+        sys.exit(f"{nb_path} not found: run tests/run-notebooks.sh {a.out} first")
+    work = out / "browser"
+    work.mkdir(exist_ok=True)
+    jbin = Path(a.jupyter)
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    ch = Checks()
+    profile = tempfile.mkdtemp(prefix="moe-lens-chromium-")
+
+    heat = next((c for c in nb["cells"] if c["cell_type"] == "code" and re.fullmatch(r"\s*trace\.heatmap\(14\)\?\s*", src(c))), None)
+    table = next((c for c in nb["cells"] if c["cell_type"] == "code" and re.fullmatch(r"\s*trace\.top_k_view\(14\)\?\s*", src(c))), None)
+    if heat is None:
+        sys.exit(f"{MAIN} has no `trace.heatmap(14)?` cell")
+    bundle = next(o["data"] for o in heat["outputs"] if "data" in o)
+    heat_html = joined(bundle.get("text/html", ""))
+    still = joined(bundle.get("image/svg+xml", ""))
+
+    print("1. fonts")
+    for fam in ("Noto Sans CJK KR", "Noto Sans CJK JP"):
+        m = subprocess.run(["fc-match", fam], capture_output=True, text=True).stdout.strip()
+        ch.check(f"fc-match '{fam}' gives a CJK font", "CJK" in m, m)
+
+    print("2. HTML export (jupyter nbconvert --to html) in Chromium")
+    subprocess.run([str(jbin / "jupyter"), "nbconvert", "--to", "html", str(nb_path), "--output-dir", str(work)],
+                   check=True, capture_output=True)
+    export = work / MAIN.replace(".ipynb", ".html")
+    dom = chromium(a.chromium, export.as_uri(), profile, dump=True)
+    (work / "export.dom.html").write_text(dom, encoding="utf-8")
+    f = dom_facts(dom)
+    print(f"     DOM: {f}")
+    ch.check("export: the heatmap is inline SVG in the rendered page", f["inline_svg"] >= 1)
+    ch.check("export: every heatmap cell has its <title> tooltip", f["cells"] > 0 and f["titles"] >= f["cells"], f"{f['cells']} cells, {f['titles']} titles")
+    ch.check("export: Hangul and kana text nodes in the SVG", f["hangul"] and f["kana"])
+    ch.check("export: the top-k table is there", f["topk_table"])
+    page = work / "heatmap.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body style='margin:8px;background:#fff'>"
+                    + heat_html + "</body></html>", encoding="utf-8")
+    chromium(a.chromium, page.as_uri(), profile, shot=str(work / "heatmap.png"), size="1400,1000")
+    ch.check("export: screenshot of the heatmap written (heatmap.png)", (work / "heatmap.png").exists())
+    chromium(a.chromium, export.as_uri(), profile, shot=str(work / "export.png"))
+
+    if a.skip_lab:
+        return finish(ch, profile)
+
+    print("3. JupyterLab 4: the saved notebook opened untrusted and trusted")
+    labdir = Path(tempfile.mkdtemp(prefix="moe-lens-lab-"))
+    settings = labdir / ".settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # A short notebook (heading, heatmap, table) so that the figure is on screen.
+    short = copy.deepcopy(nb)
+    # (Cells need ids: without one nbformat invents a new id on every read, and a signature made by
+    # `jupyter trust` never matches what the server reads.)
+    short["cells"] = [{"cell_type": "markdown", "id": "heading", "metadata": {}, "source": "## Layer 14 (saved outputs)"},
+                      copy.deepcopy(heat)]
+    if table is not None:
+        short["cells"].append(copy.deepcopy(table))
+    # Trust is stored per content (a digest in the notary's database), so every variant gets its own
+    # heading, and this check uses a notary database of its own.
+    def variant(nb_, label):
+        v = copy.deepcopy(nb_)
+        v["cells"][0]["source"] = f"## Layer 14 (saved outputs, {label})"
+        return json.dumps(v, ensure_ascii=False)
+
+    for name in ("untrusted", "trusted"):
+        (labdir / f"{name}.ipynb").write_text(variant(short, name), encoding="utf-8")
+    shutil.copy(nb_path, labdir / "full-untrusted.ipynb")
+
+    # Probes of other output forms (step 4).
+    b64 = base64.b64encode(still.encode("utf-8")).decode("ascii")
+    img = f'<img src="data:image/svg+xml;base64,{b64}" alt="heatmap"/>'
+    interactive = heat_html[heat_html.find("<svg"):heat_html.rfind("</svg>") + 6]
+    swap = (f'<div class="moe-lens-fig">{img}</div><script>(function(s){{var d=s.previousElementSibling;'
+            f'd.innerHTML=decodeURIComponent(escape(atob("{base64.b64encode(interactive.encode()).decode()}")));}})(document.currentScript)</script>')
+    probes = {
+        "probe-img-datauri": {"text/html": img, "text/plain": "heatmap"},
+        "probe-img-swap": {"text/html": swap, "text/plain": "heatmap"},
+        "probe-svg-only": {"image/svg+xml": still, "text/plain": "heatmap (text/plain fallback)"},
+    }
+    for pname, data in probes.items():
+        p = copy.deepcopy(short)
+        p["cells"] = [p["cells"][0], copy.deepcopy(heat)]
+        p["cells"][1]["outputs"] = [{"output_type": "execute_result", "execution_count": 1, "metadata": {}, "data": data}]
+        (labdir / f"{pname}.ipynb").write_text(variant(p, pname), encoding="utf-8")
+        (labdir / f"{pname}-trusted.ipynb").write_text(variant(p, pname + " trusted"), encoding="utf-8")
+
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(labdir / ".jupyter-config"))
+    notary = [f"--NotebookNotary.db_file={labdir / '.nbsignatures.db'}", f"--NotebookNotary.secret_file={labdir / '.notary-secret'}"]
+    for name in ["trusted.ipynb"] + [f"{p}-trusted.ipynb" for p in probes]:
+        subprocess.run([str(jbin / "jupyter"), "trust", *notary, str(labdir / name)], check=True, capture_output=True, env=env)
+    port = free_port(18888)
+    token = "moe-lens-browser-check"
+    log = open(work / "lab.log", "w")
+    lab = subprocess.Popen([str(jbin / "jupyter-lab"), "--no-browser", "--ip", "127.0.0.1", f"--port={port}",
+                            f"--ServerApp.root_dir={labdir}", f"--IdentityProvider.token={token}",
+                            f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={labdir / '.ws'}",
+                            "--ServerApp.port_retries=0", *notary] + (["--allow-root"] if os.geteuid() == 0 else []),
+                           stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    results = {}
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            sys.exit("JupyterLab did not start; see " + str(work / "lab.log"))
+        names = ["untrusted", "trusted", "full-untrusted"] + [n for p in probes for n in (p, p + "-trusted")]
+        for name in names:
+            url = f"http://127.0.0.1:{port}/lab/tree/{name}.ipynb?token={token}&reset"
+            dom = chromium(a.chromium, url, profile, dump=True, budget=20000)
+            (work / f"lab-{name}.dom.html").write_text(dom, encoding="utf-8")
+            chromium(a.chromium, url, profile, shot=str(work / f"lab-{name}.png"), budget=20000)
+            results[name] = dom_facts(dom)
+            results[name]["notebook_rendered"] = "jp-OutputArea" in dom
+            print(f"     {name}: {results[name]}")
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
+        log.close()
+
+    u, t = results["untrusted"], results["trusted"]
+    ch.check("lab: the notebook rendered (untrusted and trusted)", u["notebook_rendered"] and t["notebook_rendered"])
+    ch.check("lab trusted: heatmap inline SVG with tooltips and CJK labels",
+             t["inline_svg"] >= 1 and t["titles"] >= t["cells"] > 0 and t["hangul"] and t["kana"])
+    ch.check("lab untrusted: the top-k table shows", u["topk_table"])
+    shows = u["inline_svg"] >= 1 or u["img_data_svg"] >= 1 or u["img_blob"] >= 1
+    ch.check("lab untrusted: the heatmap shows as a picture", shows,
+             "JupyterLab's sanitiser strips <svg> from untrusted text/html" if not shows else "")
+    ch.check("lab untrusted: no tooltip text dumped as plain text", u["leaked_tooltips"] == 0, f"{u['leaked_tooltips']} tooltip texts leaked")
+
+    print("4. probes: other output forms (report only)")
+    for p in probes:
+        pu, pt = results[p], results[p + "-trusted"]
+        print(f"     {p:<18} untrusted: svg={pu['inline_svg']} img(data:)={pu['img_data_svg']} img(blob:)={pu['img_blob']} "
+              f"leaked={pu['leaked_tooltips']} | trusted: svg={pt['inline_svg']} titles={pt['titles']} "
+              f"img(data:)={pt['img_data_svg']} img(blob:)={pt['img_blob']}")
+    shutil.rmtree(labdir, ignore_errors=True)
+    return finish(ch, profile)
+
+
+def finish(ch, profile):
+    shutil.rmtree(profile, ignore_errors=True)
+    print(f"browser: {ch.passed} passed, {ch.failed} failed")
+    return 1 if ch.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Checks the executed notebooks that tests/run-notebooks.sh wrote to OUT_DIR (standard library only).
+
+  python3 tests/check_notebooks.py OUT_DIR
+
+Every notebook: ran to the end (every code cell executed), no error output and nothing on stderr
+(where evcxr puts `?` errors and panics) except in cells tagged "raises-exception", every code cell
+shows something, no U+FFFD in any output, the kernel is
+moe-lens-rust, one `:dep` line identical across notebooks, no bare `:opt`.
+01_Router_Analysis.ipynb in addition: the 16-hook report; prefill + 10 decode steps, each with a
+layer-14 top-8; the layer-14 heatmap as inline SVG (text/html) with one row per token and 64 expert
+columns, a hover tooltip (<title>) on every cell, Korean and Japanese labels, plus the still
+image/svg+xml; the top-k table; the error example showing the library's message.
+Prints one line per failed check and ends with `notebooks: N passed, M failed`.
+"""
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+HANGUL = re.compile("[\uac00-\ud7a3]")
+KANA = re.compile("[\u3040-\u30ff]")
+MAIN = "01_Router_Analysis.ipynb"
+HOOKS = ("16 router hooks (model.layers.0.mlp.gate … model.layers.15.mlp.gate) · 64 experts · top-8 · "
+         "top-k weights not renormalised")
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, where, what, ok, detail=""):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+            print(f"FAIL {where}: {what}" + (f" ({detail})" if detail else ""))
+        return ok
+
+
+def src(cell):
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def text_of(output):
+    """All text an output carries (stream text, every data MIME type, tracebacks)."""
+    parts = []
+    t = output.get("text")
+    if t:
+        parts.append("".join(t) if isinstance(t, list) else t)
+    for v in (output.get("data") or {}).values():
+        parts.append("".join(v) if isinstance(v, list) else v if isinstance(v, str) else json.dumps(v))
+    for k in ("ename", "evalue"):
+        if output.get(k):
+            parts.append(output[k])
+    parts.extend(output.get("traceback") or [])
+    return "\n".join(parts)
+
+
+def cell_text(cell):
+    return "\n".join(text_of(o) for o in cell.get("outputs", []))
+
+
+def data(cell, mime):
+    for o in cell.get("outputs", []):
+        v = (o.get("data") or {}).get(mime)
+        if v is not None:
+            return "".join(v) if isinstance(v, list) else v
+    return None
+
+
+def find_cell(cells, pattern):
+    rx = re.compile(pattern, re.M)
+    for i, c in enumerate(cells):
+        if c.get("cell_type") == "code" and rx.search(src(c)):
+            return i, c
+    return None, None
+
+
+def check_common(ch, name, nb, dep_lines):
+    cells = nb.get("cells", [])
+    code = [(i, c) for i, c in enumerate(cells) if c.get("cell_type") == "code"]
+    ch.check(name, "has code cells", bool(code))
+    ks = nb.get("metadata", {}).get("kernelspec", {})
+    ch.check(name, "kernelspec is moe-lens-rust (rust)", ks.get("name") == "moe-lens-rust" and ks.get("language") == "rust", str(ks))
+    deps = [l.strip() for _, c in code for l in src(c).splitlines() if l.strip().startswith(":dep")]
+    ch.check(name, "exactly one :dep line", len(deps) == 1, str(deps))
+    dep_lines[name] = deps[0] if deps else None
+    bare_opt = [i for i, c in code if any(l.strip() == ":opt" for l in src(c).splitlines())]
+    ch.check(name, "no bare :opt", not bare_opt, f"cells {bare_opt}")
+    not_run = [i for i, c in code if src(c).strip() and c.get("execution_count") is None]
+    ch.check(name, "every code cell was executed", not not_run, f"cells {not_run} have no execution count")
+    # evcxr reports a compile error as an error output, but a `?` error or a panic only as text on
+    # stderr (the cell still counts as run): both are failures outside the tagged example cells.
+    errors = []
+    for i, c in code:
+        if "raises-exception" in (c.get("metadata", {}).get("tags") or []):
+            continue
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error" or (o.get("name") == "stderr" and text_of(o).strip()):
+                errors.append(f"cell {i}: {text_of(o)[:300]!r}")
+    ch.check(name, "no error outputs and nothing on stderr", not errors, "; ".join(errors))
+    silent = [i for i, c in code if src(c).strip() and not c.get("outputs")]
+    ch.check(name, "every code cell shows a display or a printed summary", not silent, f"cells {silent}")
+    fffd = [i for i, c in enumerate(cells) if "\ufffd" in cell_text(c)]
+    ch.check(name, "no U+FFFD (replacement character) in any output", not fffd, f"cells {fffd}")
+
+
+def check_main(ch, name, nb):
+    cells = nb["cells"]
+
+    i, c = find_cell(cells, r"lens\.hooks\(\)")
+    ch.check(name, "hook report cell exists", c is not None)
+    if c is not None:
+        ch.check(name, "reports 16 router hooks", HOOKS in cell_text(c), cell_text(c)[:200])
+
+    i, c = find_cell(cells, r"lens\.generate\(")
+    ch.check(name, "generate cell exists", c is not None)
+    if c is not None:
+        out = cell_text(c)
+        ch.check(name, "prefill step reported", re.search(r"(?m)^prefill\s", out) is not None, out[:300])
+        decodes = re.findall(r"(?m)^decode (\d+)\s.*layer 14 → ((?:\s*\d+:\d\.\d\d){8})\s*$", out)
+        ch.check(name, "10 decode steps reported, each with a layer-14 top-8", [int(d) for d, _ in decodes] == list(range(10)),
+                 f"found steps {[d for d, _ in decodes]}")
+
+    i, c = find_cell(cells, r"run\.cache\.get\(")
+    ch.check(name, "routing cache cell exists", c is not None)
+    if c is not None:
+        out = cell_text(c)
+        ch.check(name, "cache has 11 entries for layer 14 (prefill + 10 decode)", "11 entries for model.layers.14.mlp.gate" in out, out[:200])
+        steps = re.findall(r"(?m)^\s+(prefill|decode \d+)\s", out)
+        ch.check(name, "cache entries are tagged prefill, decode 0..9", steps == ["prefill"] + [f"decode {n}" for n in range(10)], str(steps))
+
+    i, c = find_cell(cells, r"lens\.trace\(")
+    n_tokens = None
+    if ch.check(name, "trace cell exists", c is not None):
+        m = re.search(r"(\d+) tokens: (.*)", cell_text(c))
+        if ch.check(name, "trace cell prints the token count and labels", m is not None, cell_text(c)[:200]):
+            n_tokens = int(m.group(1))
+            labels = m.group(2)
+            ch.check(name, "token labels include Korean and Japanese", bool(HANGUL.search(labels)) and bool(KANA.search(labels)), labels)
+
+    i, c = find_cell(cells, r"^\s*trace\.heatmap\(14\)\?\s*$")
+    if ch.check(name, "heatmap cell `trace.heatmap(14)?` exists", c is not None):
+        html = data(c, "text/html") or ""
+        svg = html[html.find("<svg"):html.rfind("</svg>") + 6] if "<svg" in html else ""
+        ch.check(name, "heatmap is inline SVG in text/html", "moe-lens-heatmap" in svg, html[:200])
+        cellrects = re.findall(r'<rect class="moe-lens-cell" x="(-?\d+)" y="(-?\d+)"[^>]*><title>', svg)
+        rows = Counter(y for _, y in cellrects)
+        cols = Counter(x for x, _ in cellrects)
+        rowrects = svg.count('class="moe-lens-row"')
+        ch.check(name, "heatmap has 64 expert columns", len(cols) == 64 and all(v == len(rows) for v in cols.values()),
+                 f"{len(cols)} columns")
+        ch.check(name, "every heatmap row has 64 cells", bool(rows) and all(v == 64 for v in rows.values()), str(set(rows.values())))
+        if n_tokens is not None:
+            ch.check(name, "heatmap has one row per token", len(rows) == n_tokens and rowrects == n_tokens,
+                     f"{len(rows)} cell rows, {rowrects} row labels, {n_tokens} tokens")
+        titles = svg.count("<title>")
+        ch.check(name, "every heatmap cell and row label has a tooltip (<title>)", titles == len(cellrects) + rowrects and titles > 0,
+                 f"{titles} titles for {len(cellrects)} cells + {rowrects} rows")
+        texts = " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", svg))
+        ch.check(name, "heatmap labels show Hangul", bool(HANGUL.search(texts)), texts[:200])
+        ch.check(name, "heatmap labels show kana", bool(KANA.search(texts)), texts[:200])
+        ch.check(name, "heatmap labels show split characters with …", "…" in texts)
+        still = data(c, "image/svg+xml") or ""
+        ch.check(name, "heatmap also has a still image/svg+xml", still.lstrip().startswith("<svg") and HANGUL.search(still) is not None)
+        ch.check(name, "heatmap is the cell's only figure", len([o for o in c.get("outputs", []) if "data" in o]) == 1)
+
+    i, c = find_cell(cells, r"^\s*trace\.top_k_view\(14\)\?\s*$")
+    if ch.check(name, "top-k table cell exists", c is not None):
+        html = data(c, "text/html") or ""
+        trs = html.count("<tr>") - 1  # minus the header row
+        ch.check(name, "top-k table is HTML with one row per token", "moe-lens-topk" in html and (n_tokens is None or trs == n_tokens),
+                 f"{trs} rows for {n_tokens} tokens")
+        ch.check(name, "top-k table shows Hangul and kana", bool(HANGUL.search(html)) and bool(KANA.search(html)))
+
+    i, c = find_cell(cells, r"sum::<f32>")
+    if ch.check(name, "weight-sum cell exists", c is not None):
+        m = re.search(r"sum to between ([\d.]+) and ([\d.]+)", cell_text(c))
+        ch.check(name, "top-8 weights sum to less than 1", m is not None and float(m.group(2)) < 1.0, cell_text(c)[:200])
+
+    err = [(j, x) for j, x in enumerate(cells) if "raises-exception" in (x.get("metadata", {}).get("tags") or [])]
+    if ch.check(name, "the error example cell exists", bool(err)):
+        j, x = err[0]
+        out = cell_text(x)
+        ch.check(name, "the error example shows the library's message", "unknown layer" in out and "16 router layers" in out, out[:300])
+        after = cells[j + 1] if j + 1 < len(cells) else {}
+        ch.check(name, "variables survive the error", "still here" in cell_text(after), cell_text(after)[:200])
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = Path(sys.argv[1])
+    ch = Checks()
+    nbs = sorted(out.glob("*.ipynb"))
+    ch.check(str(out), "executed notebooks present", bool(nbs))
+    ch.check(str(out), f"{MAIN} present", (out / MAIN).exists())
+    dep_lines = {}
+    for p in nbs:
+        try:
+            nb = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            ch.check(p.name, "is a readable notebook", False, str(e))
+            continue
+        check_common(ch, p.name, nb, dep_lines)
+        if p.name == MAIN:
+            check_main(ch, p.name, nb)
+    ch.check(str(out), "one identical :dep line in every notebook", len(set(dep_lines.values())) == 1, str(dep_lines))
+    print(f"notebooks: {ch.passed} passed, {ch.failed} failed")
+    return 1 if ch.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
