@@ -675,6 +675,23 @@ fn edge_cases_of_hand_made_tables() {
     assert!(bars.iter().all(|b| b.lang != "zz"));
     assert!(top.svg().unwrap().contains("(only 8 experts chosen)"));
     parse_svg(&c.layers_overview().unwrap().svg().unwrap(), "moe-lens-layers-overview");
+    // five languages: the panels of the overview grow to fit their headers and never overlap
+    let five = counts_json(&[("common", 9), ("en", 9), ("ja", 9), ("ko", 9), ("mixed", 9)], |_, l, e| if (e + l) % 8 == 0 { 9 } else { 0 }, 4);
+    let elems = parse_svg(&five.layers_overview().unwrap().svg().unwrap(), "moe-lens-layers-overview");
+    let heads = of_class(&elems, "moe-lens-label");
+    assert_eq!(heads.len(), 4);
+    for pair in heads.windows(2) {
+        if pair[0].num("y") == pair[1].num("y") {
+            assert!(pair[0].num("x") + pair[0].num("width") < pair[1].num("x"), "panels overlap");
+        }
+    }
+    let texts: Vec<&Elem> = elems.iter().filter(|e| e.name == "text" && e.text.trim().starts_with("mixed ")).collect();
+    assert_eq!(texts.len(), 4, "each panel's header has every language's number");
+    for (t, head) in texts.iter().zip(&heads) {
+        // the last number of a header ends inside its panel (text ≈ 0.62 em per Latin character)
+        let end = t.num("x") + (t.text.trim().chars().count() as f64 * 0.62 * 10.0).ceil() as i64;
+        assert!(end <= head.num("x") + head.num("width"), "header runs out of its panel: {end} > {}", head.num("x") + head.num("width"));
+    }
     // a language tag with XML specials (not a valid tag, but counts.json could say so)
     let odd = counts_json(&[("<b>&", 3)], |_, _, e| if e < K { 3 } else { 0 }, 1);
     for svg in [
