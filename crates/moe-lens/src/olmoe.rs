@@ -770,7 +770,10 @@ impl Olmoe {
     /// Next-token logits (float32) from final hidden states `[B, T, hidden]`, for the last position.
     pub fn next_token_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let t = hidden.dim(1)?;
-        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // [B, hidden]
+        let Some(last_pos) = t.checked_sub(1) else {
+            return Err(Error::EmptyText(" (no positions to predict from)"));
+        };
+        let last = hidden.narrow(1, last_pos, 1)?.squeeze(1)?; // [B, hidden]
         Ok(linear(&last, &self.lm_head)?.to_dtype(DType::F32)?) // [B, vocab]
     }
 
