@@ -73,11 +73,27 @@ class ProgressClient(NotebookClient):
         print(f"  {self.label} cell {cell_index}: {first_line(cell.source)}", flush=True)
         t0 = time.monotonic()
         try:
-            return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         finally:
             dt = time.monotonic() - t0
             cell.metadata.setdefault("moe_lens", {})["seconds"] = round(dt, 2)
             print(f"  {self.label} cell {cell_index}: {dt:.1f} s", flush=True)
+        if "raises-exception" in (cell.metadata.get("tags") or []):
+            await self.collect_late_stderr(cell, cell_index)
+        return result
+
+    async def collect_late_stderr(self, cell, cell_index):
+        """evcxr forwards a failing cell's error text (stderr) from a thread of its own, and it can
+        reach the front end only after the cell has finished: a notebook then shows it under the
+        NEXT cell. After a deliberate error example, run a short probe cell (not saved) and move
+        whatever stderr text it caught back to the example it belongs to."""
+        probe = nbformat.v4.new_code_cell("std::thread::sleep(std::time::Duration::from_millis(300));")
+        try:
+            await super().async_execute_cell(probe, cell_index, None, False)
+        except Exception:  # noqa: BLE001 - the probe's own trouble is not the notebook's
+            return
+        late = [o for o in probe.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
+        cell.outputs.extend(late)
 
 
 def timeout_for(cell):

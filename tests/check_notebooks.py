@@ -7,13 +7,21 @@ Every notebook: ran to the end (every code cell executed), no error output and n
 (where evcxr puts `?` errors and panics) except in cells tagged "raises-exception", every code cell
 shows something, no U+FFFD in any output, the kernel is
 moe-lens-rust, one `:dep` line identical across notebooks, no bare `:opt`.
+Every figure is in its notebook form: text/html with no inline <svg> (an untrusted notebook's
+sanitiser strips it) but an <img> of the still SVG (equal to the image/svg+xml block) and a script
+carrying the interactive SVG, which JupyterLab runs for trusted outputs.
 01_Router_Analysis.ipynb in addition: the 16-hook report; prefill + 10 decode steps (fewer only
-when the model generated <|endoftext|>), each with a layer-14 top-8; the layer-14 heatmap as inline SVG (text/html) with one row per token and 64 expert
-columns, a hover tooltip (<title>) on every cell, Korean and Japanese labels, plus the still
-image/svg+xml; the top-k table; the error example showing the library's message.
+when the model generated <|endoftext|>), each with a layer-14 top-8; the layer-14 heatmap with one
+row per token and 64 expert columns, a hover tooltip (<title>) on every cell, Korean and Japanese
+labels; the top-k table; the error example showing the library's message.
+02_Language_Experts.ipynb in addition: the corpus and scan cells (all sentences scanned, progress
+shown); the expert table (12 rows); the language heatmap (3 x 64 cells), the 16-panel overview,
+top experts (3 x 10 bars), effective experts (3 x 16 points) and the comparison (16 differences);
+the answer over 16 layers naming the model; the error example and the cell after it.
 Prints one line per failed check and ends with `notebooks: N passed, M failed`.
 """
 
+import base64
 import json
 import re
 import sys
@@ -23,6 +31,7 @@ from pathlib import Path
 HANGUL = re.compile("[\uac00-\ud7a3]")
 KANA = re.compile("[\u3040-\u30ff]")
 MAIN = "01_Router_Analysis.ipynb"
+STUDY = "02_Language_Experts.ipynb"
 HOOKS = ("16 router hooks (model.layers.0.mlp.gate … model.layers.15.mlp.gate) · 64 experts · top-8 · "
          "top-k weights not renormalised")
 
@@ -71,6 +80,31 @@ def data(cell, mime):
         if v is not None:
             return "".join(v) if isinstance(v, list) else v
     return None
+
+
+def picture(html):
+    """A picture's notebook HTML → (still SVG of its <img>, interactive HTML its script swaps in).
+    Either is "" when missing."""
+    m = re.search(r'<img [^>]*src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]*)"', html)
+    still = base64.b64decode(m.group(1)).decode("utf-8") if m else ""
+    m = re.search(r'<script>.*?atob\("([A-Za-z0-9+/=]*)"\)', html, re.S)
+    live = base64.b64decode(m.group(1)).decode("utf-8") if m else ""
+    return still, live
+
+
+def check_picture(ch, name, what, c):
+    """The notebook form of a figure cell: one output whose text/html has no inline <svg> (an
+    untrusted notebook's sanitiser strips it), an <img> of the still SVG, identical to the
+    image/svg+xml block, and a script carrying the interactive SVG. Returns the interactive SVG."""
+    html = data(c, "text/html") or ""
+    still_block = data(c, "image/svg+xml") or ""
+    still, live = picture(html)
+    ch.check(name, f"{what}: text/html has no inline <svg> (survives an untrusted notebook)", "<svg" not in html)
+    ch.check(name, f"{what}: an <img> shows the still SVG, the same as the image/svg+xml block",
+             still.lstrip().startswith("<svg") and still == still_block)
+    ch.check(name, f"{what}: a script carries the interactive SVG with tooltips", "<svg" in live and "<title>" in live)
+    ch.check(name, f"{what} is the cell's only figure", len([o for o in c.get("outputs", []) if "data" in o]) == 1)
+    return live[live.find("<svg"):live.rfind("</svg>") + 6] if "<svg" in live else ""
 
 
 def find_cell(cells, pattern):
@@ -152,9 +186,8 @@ def check_main(ch, name, nb):
 
     i, c = find_cell(cells, r"^\s*trace\.heatmap\(14\)\?\s*$")
     if ch.check(name, "heatmap cell `trace.heatmap(14)?` exists", c is not None):
-        html = data(c, "text/html") or ""
-        svg = html[html.find("<svg"):html.rfind("</svg>") + 6] if "<svg" in html else ""
-        ch.check(name, "heatmap is inline SVG in text/html", "moe-lens-heatmap" in svg, html[:200])
+        svg = check_picture(ch, name, "heatmap", c)
+        ch.check(name, "heatmap's interactive SVG is the router heatmap", "moe-lens-heatmap" in svg)
         cellrects = re.findall(r'<rect class="moe-lens-cell" x="(-?\d+)" y="(-?\d+)"[^>]*><title>', svg)
         rows = Counter(y for _, y in cellrects)
         cols = Counter(x for x, _ in cellrects)
@@ -173,8 +206,7 @@ def check_main(ch, name, nb):
         ch.check(name, "heatmap labels show kana", bool(KANA.search(texts)), texts[:200])
         ch.check(name, "heatmap labels show split characters with …", "…" in texts)
         still = data(c, "image/svg+xml") or ""
-        ch.check(name, "heatmap also has a still image/svg+xml", still.lstrip().startswith("<svg") and HANGUL.search(still) is not None)
-        ch.check(name, "heatmap is the cell's only figure", len([o for o in c.get("outputs", []) if "data" in o]) == 1)
+        ch.check(name, "heatmap's still image/svg+xml shows Hangul", still.lstrip().startswith("<svg") and HANGUL.search(still) is not None)
 
     i, c = find_cell(cells, r"^\s*trace\.top_k_view\(14\)\?\s*$")
     if ch.check(name, "top-k table cell exists", c is not None):
@@ -198,6 +230,54 @@ def check_main(ch, name, nb):
         ch.check(name, "variables survive the error", "still here" in cell_text(after), cell_text(after)[:200])
 
 
+def check_study(ch, name, nb):
+    """02_Language_Experts.ipynb: the corpus, the scan, the four study pictures, the answer."""
+    cells = nb["cells"]
+    i, c = find_cell(cells, r"corpus::builtin\(\)")
+    n_sent = None
+    if ch.check(name, "corpus cell exists", c is not None):
+        m = re.search(r"(\d+) sentences", cell_text(c))
+        if ch.check(name, "corpus cell says how many sentences", m is not None, cell_text(c)[:300]):
+            n_sent = int(m.group(1))
+        ch.check(name, "corpus cell shows Korean and Japanese text", bool(HANGUL.search(cell_text(c))) and bool(KANA.search(cell_text(c))))
+    i, c = find_cell(cells, r"lens\.scan\(")
+    if ch.check(name, "scan cell exists", c is not None):
+        out = cell_text(c)
+        ch.check(name, "scan reports its progress and the study", "tokens/s" in out and "sentences" in out, out[:300])
+        if n_sent is not None:
+            ch.check(name, f"scan covered all {n_sent} sentences", re.search(rf"\b{n_sent}\s+sentences", out) is not None, out[-300:])
+    i, c = find_cell(cells, r"^\s*study\.expert_table\(14, 12\)\?\s*$")
+    if ch.check(name, "expert table cell exists", c is not None):
+        html = data(c, "text/html") or ""
+        ch.check(name, "expert table has 12 expert rows", "moe-lens-expert-table" in html and html.count("<tr") - 1 == 12, f"{html.count('<tr') - 1} rows")
+    figures = [
+        (r"^\s*study\.language_heatmap\(14\)\?\s*$", "language heatmap", "moe-lens-cell", 3 * 64),
+        (r"^\s*study\.layers_overview\(\)\?\s*$", "layers overview", "moe-lens-panel", 16),
+        (r"^\s*study\.top_experts\(14, 10\)\?\s*$", "top experts", "moe-lens-bar", 3 * 10),
+        (r"^\s*study\.effective_experts_plot\(\)\?\s*$", "effective-experts plot", "moe-lens-point", 3 * 16),
+        (r"with_comparison\(&ko_en\)\s*$", "comparison plot", "moe-lens-diff", 16),
+    ]
+    for pattern, what, cls, n in figures:
+        i, c = find_cell(cells, pattern)
+        if ch.check(name, f"{what} cell exists", c is not None):
+            svg = check_picture(ch, name, what, c)
+            got = len(re.findall(rf'class="{cls}"', svg))
+            ch.check(name, f"{what}: {n} elements of class {cls}", got == n, f"found {got}")
+    i, c = find_cell(cells, r"ko_en\.tally\(\)")
+    if ch.check(name, "answer cell exists", c is not None):
+        out = cell_text(c)
+        m = re.search(r"FEWER experts than English in (\d+) of 16 layers, MORE in (\d+), no clear difference in (\d+)", out)
+        ch.check(name, "the answer covers all 16 layers", m is not None and sum(int(g) for g in m.groups()) == 16, out[:300])
+        ch.check(name, "the answer names the model", "Model: " in out)
+    err = [(j, x) for j, x in enumerate(cells) if "raises-exception" in (x.get("metadata", {}).get("tags") or [])]
+    if ch.check(name, "the error example cell exists", bool(err)):
+        j, x = err[0]
+        out = cell_text(x)
+        ch.check(name, "the error example shows the library's message", "zh" in out and "error" in out.lower(), out[:300])
+        after = cells[j + 1] if j + 1 < len(cells) else {}
+        ch.check(name, "variables survive the error", "still here" in cell_text(after), cell_text(after)[:200])
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -206,6 +286,7 @@ def main():
     nbs = sorted(out.glob("*.ipynb"))
     ch.check(str(out), "executed notebooks present", bool(nbs))
     ch.check(str(out), f"{MAIN} present", (out / MAIN).exists())
+    ch.check(str(out), f"{STUDY} present", (out / STUDY).exists())
     dep_lines = {}
     for p in nbs:
         try:
@@ -216,6 +297,8 @@ def main():
         check_common(ch, p.name, nb, dep_lines)
         if p.name == MAIN:
             check_main(ch, p.name, nb)
+        elif p.name == STUDY:
+            check_study(ch, p.name, nb)
     ch.check(str(out), "one identical :dep line in every notebook", len(set(dep_lines.values())) == 1, str(dep_lines))
     print(f"notebooks: {ch.passed} passed, {ch.failed} failed")
     return 1 if ch.failed else 0

@@ -719,7 +719,8 @@ fn figures_display_in_a_notebook_and_save() {
         ("top-experts.svg", Box::new(s.top_experts(14, 10).unwrap())),
     ] {
         let out = evcxr_output(&fig);
-        assert!(out.starts_with("EVCXR_BEGIN_CONTENT text/html\n<div class=\"moe-lens\""), "{name}");
+        assert!(out.starts_with("EVCXR_BEGIN_CONTENT text/html\n<div class=\"moe-lens-fig\""), "{name}");
+        assert!(out.contains("<img alt=\"moe-lens figure\"") && out.contains("<script>"), "{name}: still <img> plus swap script");
         assert!(out.contains("EVCXR_BEGIN_CONTENT image/svg+xml\n<svg "), "{name}");
         assert!(out.contains("EVCXR_BEGIN_CONTENT text/plain\n"), "{name}");
         let still = fig.to_still_svg().unwrap().unwrap();

@@ -502,12 +502,17 @@ fn evcxr_output_has_html_and_svg_blocks() {
     assert_eq!(out.matches("EVCXR_BEGIN_CONTENT text/html\n").count(), 1);
     assert_eq!(out.matches("EVCXR_BEGIN_CONTENT image/svg+xml\n").count(), 1);
     assert_eq!(out.matches("EVCXR_BEGIN_CONTENT").count(), out.matches("\nEVCXR_END_CONTENT\n").count());
-    // the html version is interactive, the still one has no hover layer
-    let html_block = out.split("EVCXR_BEGIN_CONTENT image/svg+xml\n").next().unwrap();
-    assert!(html_block.contains("moe-lens-cell"));
+    // the html block shows the still picture as an <img> (survives an untrusted notebook's
+    // sanitiser) and carries the interactive one in a script that swaps it in when trusted
+    let html_block = out.split("EVCXR_BEGIN_CONTENT text/html\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
     let svg_block = out.split("EVCXR_BEGIN_CONTENT image/svg+xml\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
     assert!(!svg_block.contains("moe-lens-cell"));
     parse_xml(svg_block).unwrap();
+    let (img, swapped) = notebook_payloads(html_block);
+    assert_eq!(img, svg_block, "the <img> is the still picture");
+    assert_eq!(swapped, h.to_html().unwrap(), "the script swaps in the interactive picture");
+    assert!(swapped.contains("moe-lens-cell") && swapped.chars().any(|c| ('\u{ac00}'..='\u{d7a3}').contains(&c)));
+    assert!(!html_block.contains("<svg"), "no inline <svg> for the sanitiser to strip");
     // no content line could be mistaken for the end marker
     assert!(!out.lines().any(|l| l.starts_with("EVCXR_END_CONTENT") && l != "EVCXR_END_CONTENT"));
     // and it prints without panicking
@@ -562,7 +567,13 @@ fn figures_combine_several_outputs() {
     let mixed = Figures::row().with(t.heatmap(14).unwrap()).with(t.top_k_view(14).unwrap());
     assert!(mixed.svg().is_none());
     let out = evcxr_output(&mixed);
-    assert!(out.contains("text/html") && !out.contains("image/svg+xml"));
+    assert!(out.contains("text/html") && !out.contains("EVCXR_BEGIN_CONTENT image/svg+xml"));
+    // in the notebook form, the heatmap is an <img> + swap script, the table plain HTML
+    let html_block = out.split("EVCXR_BEGIN_CONTENT text/html\n").nth(1).unwrap();
+    assert_eq!(html_block.matches("<img ").count(), 1);
+    assert!(html_block.contains("moe-lens-topk"));
+    let (_, swapped) = notebook_payloads(html_block);
+    assert_eq!(swapped, t.heatmap(14).unwrap().to_html().unwrap());
     let boxed: Box<dyn Figure> = Box::new(t.heatmap(3).unwrap());
     assert!(boxed.to_html().unwrap().contains("<svg "));
     mixed.save(example_dir().join("figures.html")).unwrap();
@@ -602,4 +613,32 @@ fn save_writes_example_svgs() {
     big.top_k_view(14).unwrap().save(dir.join("topk-big.html")).unwrap();
     // a bad path is an Io error, not a panic
     assert!(matches!(h.save(dir.join("no/such/dir/x.svg")), Err(Error::Io { .. })));
+}
+
+/// The two payloads of a picture's notebook HTML: the `<img>`'s data: URI (still SVG) and the
+/// script's base64 text (interactive HTML), decoded here independently of the library's encoder.
+fn notebook_payloads(html: &str) -> (String, String) {
+    let img = html.split("src=\"data:image/svg+xml;base64,").nth(1).expect("an <img> with a data: URI").split('"').next().unwrap();
+    let script = html.split("atob(\"").nth(1).expect("a swap script").split('"').next().unwrap();
+    (String::from_utf8(b64_decode(img)).unwrap(), String::from_utf8(b64_decode(script)).unwrap())
+}
+
+fn b64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let mut out = Vec::new();
+    for q in s.as_bytes().chunks(4) {
+        let pad = q.iter().filter(|&&c| c == b'=').count();
+        let n = q.iter().take(4 - pad).enumerate().fold(0u32, |n, (i, &c)| n | (val(c) << (18 - 6 * i)));
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8][..3 - pad]);
+    }
+    out
 }

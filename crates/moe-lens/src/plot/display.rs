@@ -27,6 +27,18 @@ pub trait Figure {
         None
     }
 
+    /// The `text/html` a notebook keeps: for pictures, the still SVG as an `<img>` (a data: URI),
+    /// followed by a small script that swaps in the interactive picture (tooltips). JupyterLab
+    /// runs the script only for outputs it trusts (a cell run live, or `jupyter trust`); a notebook
+    /// someone else ran opens untrusted, its HTML is sanitised (inline `<svg>` and scripts removed)
+    /// and the `<img>` still shows the figure. Tables and other non-pictures: [`Figure::to_html`].
+    fn to_notebook_html(&self) -> Result<String> {
+        match self.to_still_svg() {
+            Some(still) => Ok(picture_html(&self.to_html()?, &still?)),
+            None => self.to_html(),
+        }
+    }
+
     /// Shows the figure in an evcxr notebook cell (what a cell's last expression does).
     fn evcxr_display(&self)
     where
@@ -46,6 +58,23 @@ impl<F: Figure + ?Sized> Figure for Box<F> {
     fn to_text(&self) -> Option<String> {
         (**self).to_text()
     }
+    fn to_notebook_html(&self) -> Result<String> {
+        (**self).to_notebook_html()
+    }
+}
+
+/// A picture's notebook HTML (see [`Figure::to_notebook_html`]): the still SVG as an image, and the
+/// interactive HTML, base64-encoded (UTF-8) in a script that puts it in the image's place.
+pub(crate) fn picture_html(interactive: &str, still: &str) -> String {
+    format!(
+        "<div class=\"moe-lens-fig\" style=\"overflow-x:auto\"><img alt=\"moe-lens figure\" style=\"max-width:none\" \
+         src=\"data:image/svg+xml;base64,{}\"/></div>\
+         <script>(function(s){{var d=s&&s.previousElementSibling;if(!d)return;\
+         var b=atob(\"{}\"),a=new Uint8Array(b.length);for(var i=0;i<b.length;i++)a[i]=b.charCodeAt(i);\
+         d.innerHTML=new TextDecoder(\"utf-8\").decode(a);}})(document.currentScript)</script>",
+        super::util::base64(still.as_bytes()),
+        super::util::base64(interactive.as_bytes())
+    )
 }
 
 impl Figure for Heatmap {
@@ -109,7 +138,7 @@ pub(crate) fn show(fig: &dyn Figure) {
 /// differ in type. Any error, even a panic while drawing, becomes a one-line `text/plain` message.
 pub fn evcxr_output(fig: &dyn Figure) -> String {
     let bundle = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<(&'static str, String)>> {
-        let mut out = vec![("text/html", fig.to_html()?)];
+        let mut out = vec![("text/html", fig.to_notebook_html()?)];
         if let Some(svg) = fig.to_still_svg() {
             out.push(("image/svg+xml", svg?));
         }
@@ -233,8 +262,12 @@ impl Figures {
         self.items.is_empty()
     }
 
-    /// All figures as one HTML fragment.
+    /// All figures as one HTML fragment (inline, interactive SVG).
     pub fn html(&self) -> Result<String> {
+        self.compose(|f| f.to_html())
+    }
+
+    fn compose(&self, item_html: impl Fn(&dyn Figure) -> Result<String>) -> Result<String> {
         let dir = match self.layout {
             Layout::Row => "flex-direction:row;flex-wrap:nowrap;overflow-x:auto",
             Layout::Column => "flex-direction:column",
@@ -252,7 +285,7 @@ impl Figures {
         };
         for item in &self.items {
             s.push_str(&format!("<div style=\"{item_style}\">\n"));
-            s.push_str(&item.to_html()?);
+            s.push_str(&item_html(item.as_ref())?);
             s.push_str("\n</div>\n");
         }
         s.push_str("</div>\n</div>");
@@ -291,6 +324,9 @@ impl Figure for Figures {
     }
     fn to_still_svg(&self) -> Option<Result<String>> {
         self.svg()
+    }
+    fn to_notebook_html(&self) -> Result<String> {
+        self.compose(|f| f.to_notebook_html())
     }
     fn to_text(&self) -> Option<String> {
         let parts: Vec<String> = self.items.iter().filter_map(|f| f.to_text()).collect();
