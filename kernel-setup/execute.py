@@ -91,7 +91,10 @@ class ProgressClient(NotebookClient):
         try:
             await super().async_execute_cell(probe, cell_index, None, False)
         except Exception:  # noqa: BLE001 - the probe's own trouble is not the notebook's
-            return
+            pass
+        finally:
+            # nbclient stores the cell it ran at self.nb.cells[cell_index]: put the example back.
+            self.nb.cells[cell_index] = cell
         late = [o for o in probe.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
         cell.outputs.extend(late)
 

@@ -157,7 +157,14 @@ fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {
         if v % b != 0 {
             return Err(Error::invalid(
                 "quant",
-                format!("{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: use q8_0 (blocks of 32) or no quantization"),
+                format!(
+                    "{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: {}",
+                    if cfg.hidden_size % 32 == 0 && cfg.intermediate_size % 32 == 0 {
+                        "use q8_0 (blocks of 32) or no quantization (none)"
+                    } else {
+                        "this model can only be loaded without quantization (none)"
+                    }
+                ),
             ));
         }
     }
