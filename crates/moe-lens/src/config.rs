@@ -92,7 +92,7 @@ impl Config {
     /// Parses `config.json` text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| Error::config(path, format!("not valid config JSON ({e})")))?;
+            .map_err(|e| Error::config(path, format!("not valid config JSON ({e}): the file is damaged or cut off; copy or download config.json again")))?;
         raw.check(path)
     }
 
@@ -125,9 +125,9 @@ impl RawConfig {
         }
         let need = |v: Option<usize>, key: &str| -> Result<usize> {
             match v {
-                Some(0) => Err(Error::config(path, format!("{key} is 0"))),
+                Some(0) => Err(Error::config(path, format!("{key} is 0: use the config.json that was saved with the weights"))),
                 Some(x) => Ok(x),
-                None => Err(Error::config(path, format!("{key} is missing"))),
+                None => Err(Error::config(path, format!("{key} is missing: use the config.json that was saved with the weights (every size is required)"))),
             }
         };
         // Sizes far beyond any real model come from a damaged file; refusing them here keeps a
