@@ -283,6 +283,7 @@ fn quantize_checkpoint(cfg: &Config, weight_files: &[PathBuf], qtype: GgmlDType)
 fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors: &[(String, QTensor)]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_stale_temps(dir, path);
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -327,6 +328,23 @@ fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors:
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+/// Deletes temporary cache files (`.<cache name>.tmp.<pid>`) that a killed process left behind: for
+/// the full model one is gigabytes. Only those of processes that no longer run are touched (Linux:
+/// `/proc/<pid>`; elsewhere none are, as liveness cannot be told).
+fn remove_stale_temps(dir: &Path, cache: &Path) {
+    let Some(name) = cache.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let gone = cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Opens a GGUF file and reads its header (metadata and tensor table), returning it with the file's
