@@ -215,6 +215,10 @@ fn table() -> Vec<Row> {
         row!("whitespace-only text", Error::EmptyText(_), "give at least one visible character", || lens().trace(" \n\t\u{3000} ").map(drop)),
         row!("text over the context length (400 words, context 256)", Error::TextTooLong { max: 256, .. }, "split it", || lens().trace(&"word ".repeat(400)).map(drop)),
         row!("generation that would run past the context", Error::TextTooLong { .. }, "shorten it", || lens().generate("Hello", 300).map(drop)),
+        row!("generation of usize::MAX new tokens", Error::InvalidArgument { what: "max_new_tokens", .. }, "ask for fewer new tokens", || lens().generate("Hello", usize::MAX).map(drop)),
+        row!("bootstrap with usize::MAX replicates", Error::InvalidArgument { what: "replicates", .. }, "use 2 to 1,000,000", || {
+            study().compare_with("ko", "en", &CompareOptions { replicates: usize::MAX, ..Default::default() }).map(drop)
+        }),
         row!("unknown layer index 3 (of 3)", Error::UnknownLayer { layers: 3, .. }, "0..=2", || lens().trace("Hi")?.layer(3).map(drop)),
         row!("unknown layer name model.layers.7.mlp.gate", Error::UnknownLayer { .. }, "model.layers.{i}.mlp.gate", || lens().trace("Hi")?.layer("model.layers.7.mlp.gate").map(drop)),
         row!("not a layer name (\"gate\")", Error::UnknownLayer { .. }, "router layers", || lens().trace("Hi")?.layer("gate").map(drop)),
