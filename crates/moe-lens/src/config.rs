@@ -92,7 +92,7 @@ impl Config {
     /// Parses `config.json` text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
         let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| Error::config(path, format!("not valid config JSON ({e})")))?;
+            .map_err(|e| Error::config(path, format!("not valid config JSON ({e}): the file is damaged or cut off; copy or download config.json again")))?;
         raw.check(path)
     }
 
@@ -125,11 +125,30 @@ impl RawConfig {
         }
         let need = |v: Option<usize>, key: &str| -> Result<usize> {
             match v {
-                Some(0) => Err(Error::config(path, format!("{key} is 0"))),
+                Some(0) => Err(Error::config(path, format!("{key} is 0: use the config.json that was saved with the weights"))),
                 Some(x) => Ok(x),
-                None => Err(Error::config(path, format!("{key} is missing"))),
+                None => Err(Error::config(path, format!("{key} is missing: use the config.json that was saved with the weights (every size is required)"))),
             }
         };
+        // Sizes far beyond any real model come from a damaged file; refusing them here keeps a
+        // later allocation of that size from aborting the process (a notebook kernel would die).
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 22),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_key_value_heads, 4096),
+            ("num_experts", self.num_experts, 1 << 16),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 22),
+        ] {
+            if let Some(x) = v.filter(|&x| x > max) {
+                return Err(Error::config(
+                    path,
+                    format!("{key} is {x}, far above any real model (at most {max} here): the file is damaged; copy or download config.json again"),
+                ));
+            }
+        }
         let hidden_size = need(self.hidden_size, "hidden_size")?;
         let heads = need(self.num_attention_heads, "num_attention_heads")?;
         let kv_heads = need(self.num_key_value_heads.or(self.num_attention_heads), "num_key_value_heads")?;

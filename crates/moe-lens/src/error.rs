@@ -61,8 +61,9 @@ pub enum Error {
     #[error("could not fetch {file} of {model} from the Hugging Face Hub: {msg}")]
     Hub { model: String, file: String, msg: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. The message adds what to do for the usual causes
+    /// (missing, no permission, not a directory, disk full).
+    #[error("{}: {source}{}", path.display(), io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -85,9 +86,61 @@ pub enum Error {
     #[error("{}:{line}: {msg}", path.display())]
     Corpus { path: PathBuf, line: usize, msg: String },
 
-    /// An error inside the tensor library (out of memory on the GPU lands here too).
+    /// The device ran out of memory (a CUDA or Metal allocation failed). The model stays loaded;
+    /// a smaller request usually works.
+    #[error("out of memory on the {device} ({msg}): use a shorter text or a smaller batch (--batch), \
+             a smaller dtype (bf16) or quantized experts (--quant q8_0), free the GPU of other work, \
+             or run on the CPU (--device cpu)")]
+    OutOfMemory { device: String, msg: String },
+
+    /// An error inside the tensor library.
     #[error("tensor computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+/// A GPU allocation failure as candle reports it (cudarc's `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's
+/// `CUBLAS_STATUS_ALLOC_FAILED`, Metal's failed buffer allocation) becomes [`Error::OutOfMemory`];
+/// everything else stays [`Error::Candle`].
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        match oom_device(&e) {
+            Some(device) => Error::OutOfMemory { device: device.to_string(), msg: e.to_string() },
+            None => Error::Candle(e),
+        }
+    }
+}
+
+/// `Some("GPU")` (or `"Metal GPU"`) when `e` is an out-of-memory error of a device.
+fn oom_device(e: &candle_core::Error) -> Option<&'static str> {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let cuda = text.contains("CUDA_ERROR_OUT_OF_MEMORY")
+        || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
+        || (lower.contains("cuda") && lower.contains("out of memory"));
+    let metal = lower.contains("metal") && (lower.contains("out of memory") || lower.contains("failed to allocate"));
+    if cuda {
+        Some("GPU")
+    } else if metal {
+        Some("Metal GPU")
+    } else {
+        None
+    }
+}
+
+/// What to do about the usual I/O failures, appended to [`Error::Io`]'s message.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => ": check the path (relative paths start from the working directory)",
+        K::PermissionDenied | K::ReadOnlyFilesystem => {
+            ": no permission to use it: check its permissions, or choose a location you can write to"
+        }
+        K::NotADirectory => ": a part of the path is a file, not a directory: choose another path",
+        K::IsADirectory => ": it is a directory, where a file was expected: give a file",
+        K::StorageFull | K::QuotaExceeded => ": the disk is full: free space or choose another location",
+        K::AlreadyExists => ": something is already there: remove it or choose another path",
+        _ => "",
+    }
 }
 
 impl Error {

@@ -15,9 +15,13 @@
 //!
 //! Environment variables read by [`HubSettings::from_env`]: `HF_HUB_CACHE`,
 //! `HUGGINGFACE_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME`, `HOME`, `HF_HUB_OFFLINE`,
-//! `TRANSFORMERS_OFFLINE`, `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, `HF_TOKEN_PATH` and
-//! `MOE_LENS_NO_PROGRESS`. A download additionally honours `HF_ENDPOINT` (a Hub mirror), as Python
-//! does.
+//! `TRANSFORMERS_OFFLINE`, `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, `HF_TOKEN_PATH`, `HF_ENDPOINT` (a
+//! Hub mirror) and `MOE_LENS_NO_PROGRESS`.
+//!
+//! An interrupted download is resumed, not restarted: bytes go to `blobs/<etag>.incomplete` (the
+//! name Python's `huggingface_hub` uses, so either can continue the other's partial file), and the
+//! next run asks the server for the rest with an HTTP `Range` request. The file becomes the blob
+//! only once it has exactly the size the Hub announced.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -73,6 +77,8 @@ pub struct HubSettings {
     pub token: Option<String>,
     /// Show progress bars while downloading.
     pub progress: bool,
+    /// The Hub's address (`HF_ENDPOINT`, e.g. a mirror); `None` for <https://huggingface.co>.
+    pub endpoint: Option<String>,
 }
 
 impl fmt::Debug for HubSettings {
@@ -82,6 +88,7 @@ impl fmt::Debug for HubSettings {
             .field("offline", &self.offline)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("progress", &self.progress)
+            .field("endpoint", &self.endpoint)
             .finish()
     }
 }
@@ -108,6 +115,7 @@ impl HubSettings {
     ///   token counts as none.
     /// - `progress`: true unless `MOE_LENS_NO_PROGRESS` is set to something other than `0`,
     ///   `false`, `no` or `off`.
+    /// - `endpoint`: `HF_ENDPOINT` without a trailing `/` (a Hub mirror), as Python reads it.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Self {
         let var = |key: &str| get(key).filter(|v| !v.is_empty());
         let home = var("HOME")
@@ -151,12 +159,16 @@ impl HubSettings {
             None => true,
             Some(v) => is_falsy(&v),
         };
+        let endpoint = var("HF_ENDPOINT")
+            .map(|e| e.trim().trim_end_matches('/').to_string())
+            .filter(|e| !e.is_empty());
 
         HubSettings {
             cache_dir,
             offline,
             token,
             progress,
+            endpoint,
         }
     }
 }
@@ -806,11 +818,8 @@ fn download(id: &HubId, given: &str, cache: &Path, s: &HubSettings) -> Result<Mo
     let mut builder = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
         .with_token(s.token.clone())
         .with_progress(s.progress);
-    if let Some(endpoint) = std::env::var("HF_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty())
-    {
-        builder = builder.with_endpoint(endpoint.trim().trim_end_matches('/').to_string());
+    if let Some(endpoint) = &s.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().map_err(|e| ctx.error("(client)", e))?;
     let fetcher = Fetcher {
@@ -887,10 +896,15 @@ impl Ctx<'_> {
                 "another process is downloading the same file: let it finish and run again"
                     .to_string()
             }
-            (_, ApiError::IoError(_)) => format!(
+            (_, ApiError::IoError(io)) if is_disk_error(io) => format!(
                 "writing into the cache at {} failed: check free disk space (OLMoE-1B-7B needs \
                  about 14 GB) and permissions, or point HF_HUB_CACHE elsewhere",
                 self.cache.display()
+            ),
+            (_, ApiError::IoError(_)) => format!(
+                "the download was interrupted: run the same command again and it continues where \
+                 it stopped (the bytes so far are kept in {}/blobs/*{INCOMPLETE_SUFFIX})",
+                self.cache.join(self.id.cache_folder()).display()
             ),
             _ => "check the network connection; without network, set HF_HUB_OFFLINE=1 to use only \
                   what is cached, or pass a local directory"
@@ -922,6 +936,14 @@ impl Fetcher<'_> {
     /// there, a link to a blob already in the cache, or a fresh download.
     fn fetch_raw(&self, file: &str) -> std::result::Result<PathBuf, ApiError> {
         let meta = self.api.metadata(&self.repo.url(file))?;
+        // both name paths in the cache: refuse anything but a plain file name
+        for (what, v) in [("etag", meta.etag()), ("commit", meta.commit_hash())] {
+            if v.is_empty() || v.contains(['/', '\\']) || v.starts_with('.') || !is_safe_relative(v) {
+                return Err(ApiError::IoError(std::io::Error::other(format!(
+                    "the Hub answered with an unusable {what} {v:?}"
+                ))));
+            }
+        }
         let cache_repo = Cache::new(self.ctx.cache.to_path_buf()).repo(self.hub_repo.clone());
         let pointer = cache_repo.pointer_path(meta.commit_hash()).join(file);
         let update_ref = || -> std::io::Result<()> {
@@ -931,8 +953,23 @@ impl Fetcher<'_> {
             Ok(())
         };
         if pointer.is_file() {
-            update_ref()?;
-            return Ok(pointer);
+            let len = std::fs::metadata(&pointer)?.len();
+            if len == meta.size() as u64 {
+                update_ref()?;
+                return Ok(pointer);
+            }
+            // A snapshot file of the wrong size: a download that an older client cut off and
+            // still renamed into place. Continue it instead of trusting it (or starting over).
+            let blob = cache_repo.blob_path(meta.etag());
+            let same = std::fs::canonicalize(&pointer).ok() == std::fs::canonicalize(&blob).ok();
+            if same && len < meta.size() as u64 {
+                let mut part = blob.clone().into_os_string();
+                part.push(INCOMPLETE_SUFFIX);
+                std::fs::rename(&blob, part)?;
+            } else if same {
+                std::fs::remove_file(&blob)?;
+            }
+            std::fs::remove_file(&pointer)?;
         }
         // A dangling link (its blob was deleted) would make hf-hub's own symlink fail.
         if pointer.symlink_metadata().is_ok() {
@@ -953,8 +990,162 @@ impl Fetcher<'_> {
                 self.ctx.cache.display()
             );
         }
-        self.repo.download(file)
+        let url = self.repo.url(file);
+        download_resumable(&url, self.ctx.s.token.as_deref(), &blob, meta.size() as u64, self.ctx.s.progress)?;
+        if pointer.symlink_metadata().is_ok() {
+            std::fs::remove_file(&pointer)?;
+        }
+        if !link_blob(&blob, &pointer, file)? {
+            // no symlinks here: the snapshot holds a copy
+            if let Some(parent) = pointer.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(&blob, &pointer)?;
+        }
+        update_ref()?;
+        Ok(pointer)
     }
+}
+
+/// Suffix of a partial download next to its blob (Python `huggingface_hub`'s name).
+pub const INCOMPLETE_SUFFIX: &str = ".incomplete";
+
+/// Downloads `url` into `blob` (`size` bytes), resuming `<blob>.incomplete` if an earlier run left
+/// one: only the missing bytes are requested (`Range: bytes=N-`). A server that ignores the range
+/// (status 200) is read from the start instead; a transfer that ends early keeps what arrived for
+/// the next run. The partial file is renamed to `blob` only when it has exactly `size` bytes. A
+/// lock file (`<blob>.lock`, `flock`) keeps two processes from writing the same partial file.
+fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, progress: bool) -> std::result::Result<(), ApiError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let name = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = blob.parent().map(Path::to_path_buf).unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    let _lock = DownloadLock::acquire(&dir.join(format!("{name}.lock")))?;
+    let part = dir.join(format!("{name}{INCOMPLETE_SUFFIX}"));
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&part)?;
+    let mut have = f.metadata()?.len();
+    if have > size {
+        // longer than the file on the Hub: not a prefix of it
+        f.set_len(0)?;
+        have = 0;
+    }
+    if have < size {
+        let mut req = ureq::get(url).header("User-Agent", concat!("moe-lens/", env!("CARGO_PKG_VERSION"), "; rust/unknown"));
+        if let Some(t) = token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        if have > 0 {
+            req = req.header("Range", &format!("bytes={have}-"));
+        }
+        let response = req.call().map_err(Box::new)?;
+        let status = response.status().as_u16();
+        let start = match status {
+            206 => {
+                let range = response
+                    .headers()
+                    .get("Content-Range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                match content_range_start(&range) {
+                    Some(start) if start == have => start,
+                    _ => {
+                        return Err(ApiError::IoError(std::io::Error::other(format!(
+                            "the server answered the request for bytes {have}- with Content-Range {range:?}"
+                        ))))
+                    }
+                }
+            }
+            // the whole file: start over (what we have is replaced, not appended to)
+            _ => 0,
+        };
+        if start == 0 && have > 0 {
+            if progress {
+                eprintln!("moe-lens: the server does not resume downloads; fetching {name} from the start");
+            }
+            f.set_len(0)?;
+        } else if have > 0 && progress {
+            eprintln!("moe-lens: resuming a partial download at byte {have} of {size}");
+        }
+        f.seek(SeekFrom::Start(start))?;
+        let mut body = response.into_body().into_reader();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut written = start;
+        loop {
+            let n = body.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            f.write_all(&buf[..n])?;
+            written += n as u64;
+            if written > size {
+                break;
+            }
+        }
+        f.flush()?;
+        f.sync_all()?;
+        have = f.metadata()?.len();
+    }
+    if have != size {
+        return Err(ApiError::IoError(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the transfer ended at byte {have} of {size}"),
+        )));
+    }
+    drop(f);
+    std::fs::rename(&part, blob)?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The first byte of a `Content-Range: bytes START-END/SIZE` header.
+fn content_range_start(v: &str) -> Option<u64> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    rest.split('-').next()?.trim().parse().ok()
+}
+
+/// An exclusive `flock` on a lock file, held while a blob is written (released when dropped, and by
+/// the system when the process dies, so a killed download never leaves a stale lock).
+struct DownloadLock {
+    _file: std::fs::File,
+}
+
+impl DownloadLock {
+    fn acquire(path: &Path) -> std::result::Result<Self, ApiError> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        for attempt in 0..10 {
+            if try_lock(&file) {
+                return Ok(DownloadLock { _file: file });
+            }
+            if attempt < 9 {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        Err(ApiError::LockAcquisition(path.to_path_buf()))
+    }
+}
+
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the call.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> bool {
+    true
+}
+
+/// Whether an I/O error is about the local disk (rather than the network).
+fn is_disk_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem | K::NotADirectory | K::IsADirectory | K::AlreadyExists | K::FileTooLarge
+    )
 }
 
 /// The HTTP status in a download error, if it is one.

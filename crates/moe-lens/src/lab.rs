@@ -234,8 +234,14 @@ impl Lens {
     fn encode_checked(&self, text: &str, extra: usize) -> Result<(Vec<Token>, Tensor)> {
         let tokens = self.tokenizer.encode(text)?;
         let max = self.config().max_position_embeddings;
-        if tokens.len() + extra > max {
-            return Err(Error::TextTooLong { tokens: tokens.len() + extra, max });
+        let Some(total) = tokens.len().checked_add(extra) else {
+            return Err(Error::invalid(
+                "max_new_tokens",
+                format!("{extra}: the model's context holds {max} tokens in all, the prompt included; ask for fewer new tokens"),
+            ));
+        };
+        if total > max {
+            return Err(Error::TextTooLong { tokens: total, max });
         }
         let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         let input = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?; // [1, T]

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -290,6 +290,7 @@ fn quantize_checkpoint(cfg: &Config, weight_files: &[PathBuf], qtype: GgmlDType)
 fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors: &[(String, QTensor)]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_stale_temps(dir, path);
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
         path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -336,14 +337,154 @@ fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors:
     res
 }
 
+/// Deletes temporary cache files (`.<cache name>.tmp.<pid>`) that a killed process left behind: for
+/// the full model one is gigabytes. Only those of processes that no longer run are touched (Linux:
+/// `/proc/<pid>`; elsewhere none are, as liveness cannot be told).
+fn remove_stale_temps(dir: &Path, cache: &Path) {
+    let Some(name) = cache.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let gone = cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        if gone {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Opens a GGUF file and reads its header (metadata and tensor table), returning it with the file's
+/// length and the open reader. A damaged header is an [`Error::Weights`], never a panic: the fields
+/// candle's reader would divide by or allocate from are checked first ([`check_gguf_header`]).
+fn read_header(path: &Path) -> Result<(gguf_file::Content, u64, BufReader<File>)> {
+    let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
+    let unreadable = |why: String| {
+        bad(format!("not a readable GGUF file ({why}); it is truncated or corrupt: delete it (a moe-lens cache is rebuilt on the next load)"))
+    };
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    // The metadata is at the start; 16 MiB holds any real header (the walker says if it needs more).
+    let mut head = Vec::new();
+    (&mut f).take(16 << 20).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    check_gguf_header(&head, len).map_err(unreadable)?;
+    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::with_capacity(8 << 20, f);
+    let content = gguf_file::Content::read(&mut r).map_err(|e| unreadable(e.to_string()))?;
+    Ok((content, len, r))
+}
+
+/// Checks a GGUF header (`head`: the first bytes of a file of `file_len` bytes) for what would make
+/// candle's reader panic instead of failing: a `general.alignment` of 0. Also refuses a wrong magic
+/// or version and lengths that run past the end, with a reason. Does not allocate from the file's
+/// numbers. Public for the fuzz targets.
+pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), String> {
+    struct Cur<'a> {
+        b: &'a [u8],
+        at: usize,
+        v1: bool,
+    }
+    impl Cur<'_> {
+        fn take(&mut self, n: u64) -> std::result::Result<&[u8], String> {
+            let end = usize::try_from(n).ok().and_then(|n| self.at.checked_add(n)).filter(|&e| e <= self.b.len());
+            match end {
+                Some(e) => {
+                    let s = &self.b[self.at..e];
+                    self.at = e;
+                    Ok(s)
+                }
+                None => Err(format!("the header runs past byte {} (cut off, or a length field is corrupt)", self.b.len())),
+            }
+        }
+        fn u32(&mut self) -> std::result::Result<u32, String> {
+            let s = self.take(4)?;
+            Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        }
+        fn u64(&mut self) -> std::result::Result<u64, String> {
+            let s = self.take(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            Ok(u64::from_le_bytes(a))
+        }
+        fn len(&mut self) -> std::result::Result<u64, String> {
+            if self.v1 {
+                self.u32().map(u64::from)
+            } else {
+                self.u64()
+            }
+        }
+        fn string(&mut self) -> std::result::Result<&[u8], String> {
+            let n = self.len()?;
+            self.take(n)
+        }
+        /// Skips a value of type `t`; returns it as an integer when it is a scalar integer.
+        fn value(&mut self, t: u32, depth: usize) -> std::result::Result<Option<i128>, String> {
+            let fixed = |c: &mut Self, n: u64| -> std::result::Result<Option<i128>, String> {
+                let s = c.take(n)?;
+                let mut a = [0u8; 8];
+                a[..s.len()].copy_from_slice(s);
+                Ok(Some(match (t, n) {
+                    (1, 1) => i128::from(s[0] as i8),
+                    (3, 2) => i128::from(i16::from_le_bytes([s[0], s[1]])),
+                    (5, 4) => i128::from(i32::from_le_bytes([s[0], s[1], s[2], s[3]])),
+                    (11, 8) => i128::from(i64::from_le_bytes(a)),
+                    _ => i128::from(u64::from_le_bytes(a)),
+                }))
+            };
+            match t {
+                0 | 1 | 7 => fixed(self, 1),
+                2 | 3 => fixed(self, 2),
+                4 | 5 => fixed(self, 4),
+                6 => self.take(4).map(|_| None),
+                10 | 11 => fixed(self, 8),
+                12 => self.take(8).map(|_| None),
+                8 => self.string().map(|_| None),
+                9 => {
+                    if depth > 4 {
+                        return Err("arrays nested too deeply".into());
+                    }
+                    let inner = self.u32()?;
+                    let n = self.len()?;
+                    for _ in 0..n {
+                        self.value(inner, depth + 1)?;
+                    }
+                    Ok(None)
+                }
+                other => Err(format!("unknown metadata value type {other}")),
+            }
+        }
+    }
+    let mut c = Cur { b: head, at: 0, v1: false };
+    if c.take(4)? != b"GGUF" {
+        return Err("it does not start with the GGUF magic bytes".into());
+    }
+    match c.u32()? {
+        1 => c.v1 = true,
+        2 | 3 => {}
+        v => return Err(format!("GGUF version {v} is not 1, 2 or 3")),
+    }
+    let _tensors = c.len()?;
+    let kvs = c.len()?;
+    // every entry takes at least 5 bytes: more than the file holds is corrupt
+    if kvs > file_len / 5 {
+        return Err(format!("the header claims {kvs} metadata entries, more than the file can hold"));
+    }
+    for _ in 0..kvs {
+        let key = c.string()?.to_vec();
+        let t = c.u32()?;
+        let v = c.value(t, 0)?;
+        if key == b"general.alignment" && t <= 5 && v == Some(0) {
+            return Err("general.alignment is 0".into());
+        }
+    }
+    Ok(())
+}
+
 /// Reads every tensor of a GGUF file onto the CPU after checking that the file is complete (and,
 /// for a cache, that it belongs to `expect`'s fingerprint and quantization).
 fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<String, QTensor>> {
     let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut r = BufReader::with_capacity(8 << 20, f);
-    let content = gguf_file::Content::read(&mut r).map_err(|e| bad(format!("not a readable GGUF file ({e})")))?;
+    let (content, len, mut r) = read_header(path)?;
     if let Some((fp, quant)) = expect {
         let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
         if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
@@ -357,11 +498,21 @@ fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<Strin
         }
     }
     let mut end = content.tensor_data_offset;
-    for info in content.tensor_infos.values() {
-        let n = info.shape.elem_count();
-        let bs = info.ggml_dtype.block_size();
-        let size = (n / bs * info.ggml_dtype.type_size()) as u64;
-        end = end.max(content.tensor_data_offset + info.offset + size);
+    for (name, info) in &content.tensor_infos {
+        // checked: the sizes come from the file, and an overflow must be an error, not a panic
+        let size = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .map(|n| n / info.ggml_dtype.block_size())
+            .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size()))
+            .and_then(|s| u64::try_from(s).ok());
+        let tensor_end = size.and_then(|s| content.tensor_data_offset.checked_add(info.offset)?.checked_add(s));
+        match tensor_end {
+            Some(e) => end = end.max(e),
+            None => return Err(bad(format!("tensor {name}: its shape {:?} or offset is impossibly large; the file is corrupt: delete it", info.shape.dims()))),
+        }
     }
     if len < end {
         return Err(bad(format!("truncated: {len} bytes, the header describes {end}")));
@@ -465,55 +616,62 @@ impl WeightSource for GgufSource {
     }
 }
 
-/// Reads the model config from a llama.cpp GGUF file's metadata (arch `olmoe`).
+/// Reads the model config from a llama.cpp GGUF file's metadata (arch `olmoe`). The values pass the
+/// same checks as a `config.json` ([`Config::from_json`]), so a damaged file is refused by name.
 pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Config> {
     let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
     if arch != "olmoe" {
         return Err(Error::config(path, format!("GGUF architecture is {arch:?}, not \"olmoe\"")));
     }
-    let u = |k: &str| -> Result<usize> {
-        let v = content.metadata.get(&format!("olmoe.{k}")).ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing")))?;
-        Ok(v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize)).map_err(|e| Error::config(path, format!("olmoe.{k}: {e}")))?)
+    let get = |k: &str| content.metadata.get(&format!("olmoe.{k}"));
+    let opt_u = |k: &str| -> Result<Option<u64>> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) => v.to_u32().map(u64::from).or_else(|_| v.to_u64()).map(Some).map_err(|e| Error::config(path, format!("olmoe.{k}: {e}"))),
+        }
     };
-    let f = |k: &str, d: f64| content.metadata.get(&format!("olmoe.{k}")).and_then(|v| v.to_f32().ok()).map_or(d, f64::from);
-    let hidden = u("embedding_length")?;
-    let heads = u("attention.head_count")?;
+    let u = |k: &str| -> Result<u64> { opt_u(k)?.ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing"))) };
+    let f = |k: &str, d: f64| get(k).and_then(|v| v.to_f32().ok()).map_or(d, f64::from);
     let vocab = content
         .tensor_infos
         .get("token_embd.weight")
         .and_then(|t| t.shape.dims().first().copied())
         .ok_or_else(|| Error::config(path, "token_embd.weight is missing"))?;
-    let inter = u("expert_feed_forward_length").or_else(|_| u("feed_forward_length"))?;
-    Ok(Config {
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: inter,
-        num_hidden_layers: u("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: u("attention.head_count_kv").unwrap_or(heads),
-        head_dim: u("attention.key_length").unwrap_or(hidden / heads.max(1)),
-        num_experts: u("expert_count")?,
-        num_experts_per_tok: u("expert_used_count")?,
-        norm_topk_prob: false,
-        max_position_embeddings: u("context_length").unwrap_or(4096),
-        rope_theta: f("rope.freq_base", 10000.0),
-        rms_norm_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
-        clip_qkv: None,
-        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
-        eos_token_id: content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()),
-        pad_token_id: content.metadata.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok()),
-        dtype: None,
-    })
+    let inter = match opt_u("expert_feed_forward_length")? {
+        Some(x) => x,
+        None => u("feed_forward_length")?,
+    };
+    let heads = u("attention.head_count")?;
+    let mut json = serde_json::json!({
+        "model_type": "olmoe",
+        "vocab_size": vocab,
+        "hidden_size": u("embedding_length")?,
+        "intermediate_size": inter,
+        "num_hidden_layers": u("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": opt_u("attention.head_count_kv")?.unwrap_or(heads),
+        "num_experts": u("expert_count")?,
+        "num_experts_per_tok": u("expert_used_count")?,
+        "norm_topk_prob": false,
+        "max_position_embeddings": opt_u("context_length")?.unwrap_or(4096),
+        "rope_theta": f("rope.freq_base", 10000.0),
+        "rms_norm_eps": f("attention.layer_norm_rms_epsilon", 1e-5),
+        "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
+    });
+    if let Some(hd) = opt_u("attention.key_length")? {
+        json["head_dim"] = hd.into();
+    }
+    let mut cfg = Config::from_json(&json.to_string(), path)?;
+    cfg.eos_token_id = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
+    cfg.pad_token_id = content.metadata.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok());
+    Ok(cfg)
 }
 
 /// Loads a llama.cpp OLMoE GGUF file (or a moe-lens cache) with its config. Experts in a block type
 /// that candle's grouped CUDA kernels take (Q8_0, Q2K…Q6K) stay quantized on CUDA; others (Q4_0,
 /// float) are dequantized to `dtype` there. On the CPU every quantized type stays quantized.
 pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, Olmoe)> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut r = BufReader::new(f);
-    let content = gguf_file::Content::read(&mut r)
-        .map_err(|e| Error::Weights { path: path.to_path_buf(), msg: format!("not a readable GGUF file ({e})") })?;
+    let (content, _, r) = read_header(path)?;
     let cfg = config_from_gguf(&content, path)?;
     drop(r);
     let tensors = read_gguf(path, None)?;

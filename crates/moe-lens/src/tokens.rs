@@ -265,7 +265,13 @@ impl Tokenizer {
             _ => Error::io(path, e),
         })?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&json)
-            .map_err(|e| Error::Tokenizer(format!("{} is not a tokenizer file: {e}", path.display())))?;
+            .map_err(|e| {
+                Error::Tokenizer(format!(
+                    "{} is not a tokenizer file ({e}): use the tokenizer.json that came with the model (for OLMoE, \
+                     https://huggingface.co/allenai/OLMoE-1B-7B-0924/blob/main/tokenizer.json)",
+                    path.display()
+                ))
+            })?;
         // A traced text is encoded whole, whatever the file says about truncation or padding.
         inner.with_truncation(None).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         inner.with_padding(None);

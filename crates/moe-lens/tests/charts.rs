@@ -7,7 +7,7 @@
 //! browser.
 
 mod common;
-use common::{parse_xml, Elem};
+use common::xml::{parse_xml, Elem};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -158,7 +158,7 @@ fn missing_tokenizer_and_offline_without_cache() {
 
     let cache = std::env::temp_dir().join(format!("moe-lens-errors-emptycache-{}", std::process::id()));
     fs::create_dir_all(&cache).unwrap();
-    let s = HubSettings { cache_dir: cache.clone(), offline: true, token: None, progress: false };
+    let s = HubSettings { cache_dir: cache.clone(), offline: true, token: None, progress: false, endpoint: None };
     let e = hub::resolve_with("allenai/OLMoE-1B-7B-0924", &s).unwrap_err();
     assert!(matches!(e, Error::Offline { .. }), "{e}");
     let msg = e.to_string();

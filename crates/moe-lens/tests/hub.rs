@@ -114,6 +114,7 @@ fn settings(cache: &Path, offline: bool) -> HubSettings {
         offline,
         token: None,
         progress: false,
+        endpoint: None,
     }
 }
 

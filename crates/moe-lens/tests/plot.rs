@@ -1,7 +1,7 @@
 //! Pictures: heatmap SVG, top-k table, evcxr output. A trace is built by hand with known numbers.
 
 mod common;
-use common::{notebook_payloads, parse_xml, Elem};
+use common::xml::{notebook_payloads, parse_xml, Elem};
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -349,8 +349,8 @@ pub fn compare(routes: &[SentenceRoutes], layers: usize, experts: usize, k: usiz
     if a == b {
         return Err(Error::invalid("comparison", format!("both languages are {a:?}: compare two different languages, e.g. (\"ko\", \"en\")")));
     }
-    if opts.replicates < 2 {
-        return Err(Error::invalid("replicates", format!("{}: use at least 2 (1000 is usual)", opts.replicates)));
+    if opts.replicates < 2 || opts.replicates > 1_000_000 {
+        return Err(Error::invalid("replicates", format!("{}: use 2 to 1,000,000 (1000 is usual)", opts.replicates)));
     }
     if !(opts.level > 0.0 && opts.level < 1.0) {
         return Err(Error::invalid("level", format!("{}: give a confidence level between 0 and 1, e.g. 0.95", opts.level)));

@@ -280,6 +280,16 @@ impl Study {
     /// that the counts are the sum of the routes.
     pub fn load(dir: impl AsRef<Path>) -> Result<Study> {
         let dir = dir.as_ref();
+        if !dir.join(COUNTS_FILE).is_file() {
+            let what = if dir.is_dir() { "has no" } else { "does not exist, so it has no" };
+            return Err(Error::invalid(
+                "study",
+                format!(
+                    "{} {what} {COUNTS_FILE}: give the --out directory of a `moe-lens scan` or `moe-lens merge` (or a folder that Study::save wrote)",
+                    dir.display()
+                ),
+            ));
+        }
         let counts = Counts::load_json(dir.join(COUNTS_FILE))?;
         let ((layers, k, experts), routes) = routes::read_file(&dir.join(ROUTES_FILE))?;
         if (layers, k, experts) != (counts.layers, counts.k, counts.experts) {
