@@ -185,6 +185,22 @@ fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k
         outs.push((single, padded, dump));
     }
     olmoe::set_fused(true);
+    // the dense matmul transposed (W·xᵀ), same model and input
+    olmoe::set_transposed_dense(true);
+    let mut ts = Vec::new();
+    for i in 0..14 {
+        sync(device)?;
+        let t = Instant::now();
+        m.forward(input, None, None, Step::Prefill, None)?;
+        sync(device)?;
+        if i >= 2 {
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let transposed = m.forward(input, None, None, Step::Prefill, None)?;
+    olmoe::set_transposed_dense(false);
+    let transposed_rel = rel(&transposed, &outs[0].0)?;
+    let transposed_ms = median(ts);
     let (rows, same) = outs[0].2.iter().flatten().flatten().zip(outs[1].2.iter().flatten().flatten()).fold((0usize, 0usize), |(r, s), (a, b)| {
         let mut a = a.clone();
         let mut b = b.clone();
@@ -199,6 +215,8 @@ fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k
         "top_k_sets_equal_share": same as f64 / rows.max(1) as f64,
         "single_forward_ms_fused": timings[0],
         "single_forward_ms_unfused": timings[1],
+        "single_forward_ms_fused_transposed": transposed_ms,
+        "transposed_hidden_rel_diff": transposed_rel,
     }))
 }
 
@@ -378,23 +396,27 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     // batched with counting on the device: sentences sorted by length, right-padded
     let mut order: Vec<usize> = (0..sents.len()).collect();
     order.sort_by_key(|&i| sents[i].len());
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    for &i in &order {
-        let longest = sents[i].len(); // sorted: this one is the longest so far
-        if !cur.is_empty() && (cur.len() + 1) * longest > a.batch_tokens {
-            batches.push(std::mem::take(&mut cur));
+    let make_batches = |limit: usize| -> Vec<Vec<usize>> {
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        for &i in &order {
+            let longest = sents[i].len(); // sorted: this one is the longest so far
+            if !cur.is_empty() && (cur.len() + 1) * longest > limit {
+                batches.push(std::mem::take(&mut cur));
+            }
+            cur.push(i);
         }
-        cur.push(i);
-    }
-    if !cur.is_empty() {
-        batches.push(cur);
-    }
-    let run_batched = |m: &Olmoe| -> Result<(f64, Vec<f32>)> {
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+        batches
+    };
+    let batches = make_batches(a.batch_tokens);
+    let run_batched_with = |m: &Olmoe, batches: &[Vec<usize>], count: bool| -> Result<(f64, Vec<f32>)> {
         let mut spy = CountSpy { experts: e, counts: vec![0; layers * e] };
         sync(&device)?;
         let t = Instant::now();
-        for b in &batches {
+        for b in batches {
             let tmax = b.iter().map(|&i| sents[i].len()).max().unwrap_or(1);
             let mut ids = vec![1u32; b.len() * tmax];
             let mut lens = Vec::with_capacity(b.len());
@@ -405,14 +427,33 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             }
             let input = Tensor::from_vec(ids, (b.len(), tmax), &device)?;
             let lengths = if lens.iter().all(|&l| l == tmax) { None } else { Some(lens.as_slice()) };
-            m.forward(&input, None, lengths, Step::Prefill, Some(&mut spy))?;
+            if count {
+                m.forward(&input, None, lengths, Step::Prefill, Some(&mut spy))?;
+            } else {
+                m.forward(&input, None, lengths, Step::Prefill, None)?;
+            }
         }
         sync(&device)?;
         let counts = spy.counts.iter().map(|&c| c as f32).collect();
         Ok((t.elapsed().as_secs_f64(), counts))
     };
+    let run_batched = |m: &Olmoe| run_batched_with(m, &batches, true);
     run_batched(&m)?; // warm-up (kernels of new shapes)
     let (batch_s, counts) = run_batched(&m)?;
+    if !device.is_cpu() {
+        // where the time goes: the same batches without the spy (no routing copied to the host),
+        // and other batch sizes
+        let (nospy_s, _) = run_batched_with(&m, &batches, false)?;
+        res.insert("batched_forward_only_s".into(), json!(nospy_s));
+        let mut by_size = serde_json::Map::new();
+        for limit in [2048usize, 8192, 16384] {
+            let bs = make_batches(limit);
+            run_batched_with(&m, &bs, true)?;
+            let (s, _) = run_batched_with(&m, &bs, true)?;
+            by_size.insert(limit.to_string(), json!({"calls": bs.len(), "s": s}));
+        }
+        res.insert("batched_by_batch_tokens".into(), Value::Object(by_size));
+    }
     res.insert("batched_s".into(), json!(batch_s));
     res.insert("batched_calls".into(), json!(batches.len()));
     res.insert("batch_tokens".into(), json!(a.batch_tokens));

@@ -30,6 +30,12 @@ static FUSED: AtomicBool = AtomicBool::new(true);
 /// Attention scores rounded to bf16 before the softmax, as transformers' eager attention does; off
 /// (the default): kept in float32, as its default SDPA kernels do.
 static EAGER_SCORES: AtomicBool = AtomicBool::new(false);
+/// Dense fused path: the gate/up/router matmul as `W · xᵀ` instead of `x · Wᵀ` (an A/B switch).
+static TRANSPOSED_DENSE: AtomicBool = AtomicBool::new(false);
+/// Computes the dense fused gate/up/router matmul transposed (`W · xᵀ`); for timing comparisons.
+pub fn set_transposed_dense(on: bool) {
+    TRANSPOSED_DENSE.store(on, Ordering::Relaxed);
+}
 /// Session 1's bf16 rounding (candle's fused RMSNorm applying the weight before the cast; expert
 /// weights applied before the down projection), kept only to measure the change.
 static LEGACY_ROUNDING: AtomicBool = AtomicBool::new(false);
@@ -212,8 +218,9 @@ impl Attention {
         let (hd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let width = hd + 2 * kvd;
         let qkv = x.matmul(&qkv_w.t()?)?; // [N, hd + 2 kvd]
-        let (q, _) = fused::rmsnorm(&qkv, n, hd, width, 0, None, &self.q_norm.weight, self.q_norm.eps)?; // [N, hd]
-        let (k, _) = fused::rmsnorm(&qkv, n, kvd, width, hd, None, &self.k_norm.weight, self.k_norm.eps)?; // [N, kvd]
+        // q and k norms in one launch: [N, hd] and [N, kvd]
+        let (q, _, k) = fused::rmsnorm(&qkv, n, hd, width, 0, None, &self.q_norm.weight, self.q_norm.eps, Some((kvd, hd, &self.k_norm.weight)))?;
+        let k = k.ok_or_else(|| Error::Device("fused RMSNorm returned no k".into()))?;
         if t <= fused::ATT_MAX_T && self.heads == self.kv_heads && self.head_dim == fused::ATT_D {
             let eager = EAGER_SCORES.load(Ordering::Relaxed);
             let out = fused::attention((&q, hd, 0), (&k, kvd, 0), (&qkv, width, hd + kvd), &rope.cos_d, &rope.sin_d, lens, b, t, self.heads, eager)?;
@@ -348,6 +355,9 @@ impl std::fmt::Debug for ExpertWeights {
 struct SparseMoe {
     /// Router weight `[experts, hidden]`.
     gate: Tensor,
+    /// Fused CUDA path: `[E*2I + E, hidden]`, every expert's gate and up rows, then the router's;
+    /// `gate` and the experts' `gate_up` are then views of it.
+    gate_gu: Option<Tensor>,
     experts: ExpertWeights,
     num_experts: usize,
     intermediate: usize,
@@ -364,18 +374,21 @@ struct RouterOut {
 }
 
 impl RouterOut {
-    /// `[N, 2E + 2k]` f32 rows `[logits | probs | weights | ids]`, the fused router's layout.
+    /// Planar f32 `[logits (N*E) | probs (N*E) | weights (N*k) | ids (N*k)]`, the fused router's layout.
     fn packed(&self) -> Result<Tensor> {
-        Ok(Tensor::cat(&[&self.logits, &self.probs, &self.weights, &self.top_k.to_dtype(DType::F32)?], 1)?)
+        let f = |t: &Tensor| t.flatten_all();
+        Ok(Tensor::cat(&[f(&self.logits)?, f(&self.probs)?, f(&self.weights)?, f(&self.top_k.to_dtype(DType::F32)?)?], 0)?)
     }
 
-    /// Views of packed rows (see [`RouterOut::packed`]); `top_k` is converted back to u32.
-    fn from_packed(p: &Tensor, e: usize, k: usize) -> Result<Self> {
+    /// Views of one layer's planar routing (see [`RouterOut::packed`]); `top_k` back to u32.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn from_packed(p: &Tensor, n: usize, e: usize, k: usize) -> Result<Self> {
         Ok(RouterOut {
-            logits: p.narrow(1, 0, e)?,
-            probs: p.narrow(1, e, e)?,
-            weights: p.narrow(1, 2 * e, k)?.contiguous()?,
-            top_k: p.narrow(1, 2 * e + k, k)?.to_dtype(DType::U32)?,
+            logits: p.narrow(0, 0, n * e)?.reshape((n, e))?,
+            probs: p.narrow(0, n * e, n * e)?.reshape((n, e))?,
+            // a fresh copy: candle's grouped kernels read raw pointers and ignore a view's offset
+            weights: p.narrow(0, 2 * n * e, n * k)?.reshape((n, k))?.copy()?,
+            top_k: p.narrow(0, 2 * n * e + n * k, n * k)?.reshape((n, k))?.to_dtype(DType::U32)?,
         })
     }
 }
@@ -541,41 +554,51 @@ impl SparseMoe {
         Ok(y.reshape((n, self.k, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
 
-    /// The fused CUDA bf16 path: `x` `[N, hidden]`, `packed` the router kernel's rows.
+    /// The fused CUDA bf16 path: router and experts for `x` `[N, hidden]`; the routing is written
+    /// into `packed` (one layer's planar buffer). Short inputs run every expert densely (router
+    /// logits from the same matmul as gate/up); longer ones group the pairs by expert and run one
+    /// batched matmul per projection over the busiest expert's row count.
     #[cfg(feature = "cuda")]
-    fn experts_fused(&self, x: &Tensor, packed: &Tensor) -> Result<Tensor> {
+    fn moe_fused(&self, x: &Tensor, packed: &Tensor) -> Result<Tensor> {
         let (n, h) = x.dims2()?;
         let (e, i, k) = (self.num_experts, self.intermediate, self.k);
-        let ExpertWeights::Dense { gate_up, down } = &self.experts else {
-            return self.experts(x, &RouterOut::from_packed(packed, e, k)?);
-        };
-        if n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) {
-            let gu = x.matmul(&gate_up.reshape((e * 2 * i, h))?.t()?)?; // [N, E*2I]
-            let hid = fused::swiglu(&gu, n, e, i)?; // [E, N, I]
-            let y = hid.matmul(&down.t()?)?; // [E, N, H]
-            return fused::combine(&y, packed, n, h, k, 2 * e, false);
+        let dense = n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed);
+        match (&self.experts, &self.gate_gu) {
+            (ExpertWeights::Dense { down, .. }, Some(ggu)) if dense => {
+                let w = e * 2 * i + e;
+                let hid = if TRANSPOSED_DENSE.load(Ordering::Relaxed) {
+                    let out = ggu.matmul(&x.t()?)?; // [E*2I + E, N]
+                    fused::route(&out, 1, n, e * 2 * i, n, e, packed, k, self.norm_topk_prob)?;
+                    fused::swiglu(&out, n, e, i, 1, 0, n)? // [E, N, I]
+                } else {
+                    let out = x.matmul(&ggu.t()?)?; // [N, E*2I + E]: gate/up of every expert, then the router
+                    fused::route(&out, w, 1, e * 2 * i, n, e, packed, k, self.norm_topk_prob)?;
+                    fused::swiglu(&out, n, e, i, w, 0, 1)? // [E, N, I]
+                };
+                let y = hid.matmul(&down.t()?)?; // [E, N, H]
+                fused::combine(&y, packed, None, n, e, h, k)
+            }
+            (ExpertWeights::Dense { gate_up, down }, _) => {
+                let logits = x.matmul(&self.gate.t()?)?; // [N, E]
+                fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
+                if dense {
+                    let gu = x.matmul(&gate_up.reshape((e * 2 * i, h))?.t()?)?; // [N, E*2I]
+                    let hid = fused::swiglu(&gu, n, e, i, e * 2 * i, 0, 1)?;
+                    let y = hid.matmul(&down.t()?)?;
+                    return fused::combine(&y, packed, None, n, e, h, k);
+                }
+                let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+                let gu = xg.matmul(&gate_up.t()?)?; // [E, C, 2I]
+                let hid = fused::swiglu(&gu, e * cap, 1, i, 2 * i, 0, 1)?.reshape((e, cap, i))?;
+                let y = hid.matmul(&down.t()?)?; // [E, C, H]
+                fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+            }
+            _ => {
+                let logits = x.matmul(&self.gate.t()?)?; // [N, E]
+                fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
+                self.experts(x, &RouterOut::from_packed(packed, n, e, k)?)
+            }
         }
-        let step = (GROUPED_MAX_PAIRS / k.max(1)).max(1);
-        let mut parts = Vec::new();
-        let mut s = 0;
-        while s < n {
-            let m = step.min(n - s);
-            // a fresh copy of a chunk: the grouped kernel ignores a view's offset
-            let xs = if m == n { x.clone() } else { x.narrow(0, s, m)?.copy()? };
-            let pk = packed.narrow(0, s, m)?; // [m, P], contiguous rows
-            let top_k = pk.narrow(1, 2 * e + k, k)?.to_dtype(DType::U32)?; // [m, k]
-            let (expert_ids, sorted) = top_k.flatten_all()?.sort_last_dim(true)?;
-            let gu = candle_nn::moe::moe_gemm(&xs, gate_up, &None, &sorted, &expert_ids, k, true)?; // [m*k, 2I]
-            let hid = fused::swiglu(&gu, m * k, 1, i)?.reshape((m * k, i))?;
-            let ones = Tensor::ones(m * k, DType::F32, x.device())?;
-            let y = candle_nn::moe::moe_gemm(&hid, down, &Some(ones), &sorted, &expert_ids, k, true)?; // [m*k, H]
-            parts.push(fused::combine(&y, &pk, m, h, k, 2 * e, true)?);
-            s += m;
-        }
-        if parts.len() == 1 {
-            return parts.pop().ok_or_else(|| Error::Spy("no expert output".into()));
-        }
-        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 
@@ -850,6 +873,19 @@ impl Olmoe {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let experts = w.experts(l)?;
+            let gate = w.get(&format!("{p}.mlp.gate.weight"), &[e, h])?;
+            let (gate, gate_gu, experts) = match experts {
+                ExpertWeights::Dense { gate_up, down } if fused => {
+                    // one [gate/up of every expert; router] tensor: one matmul for short inputs
+                    let (ne, two_i, hh) = gate_up.dims3()?;
+                    let ggu = Tensor::cat(&[&gate_up.reshape((ne * two_i, hh))?, &gate], 0)?;
+                    drop(gate_up);
+                    let gate_up = ggu.narrow(0, 0, ne * two_i)?.reshape((ne, two_i, hh))?;
+                    let gate = ggu.narrow(0, ne * two_i, e)?;
+                    (gate, Some(ggu), ExpertWeights::Dense { gate_up, down })
+                }
+                other => (gate, None, other),
+            };
             let q_proj = w.get(&format!("{p}.self_attn.q_proj.weight"), &[h, h])?;
             let k_proj = w.get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?;
             let v_proj = w.get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?;
@@ -879,7 +915,8 @@ impl Olmoe {
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 mlp: SparseMoe {
-                    gate: w.get(&format!("{p}.mlp.gate.weight"), &[e, h])?,
+                    gate,
+                    gate_gu,
                     experts,
                     num_experts: e,
                     intermediate: cfg.intermediate_size,
@@ -1033,8 +1070,8 @@ impl Olmoe {
         self.norm.forward(&x)
     }
 
-    /// Hands routing copied to the host to `spy`: `host` holds, for each of `layers` in turn, packed
-    /// rows `[N, 2E + 2k]` (`[logits | probs | weights | ids]`, f32). Events carry CPU tensors.
+    /// Hands routing copied to the host to `spy`: `host` holds, for each of `layers` in turn, the
+    /// planar routing of `[logits | probs | weights | ids]` (f32). Events carry CPU tensors.
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &self,
@@ -1053,16 +1090,11 @@ impl Olmoe {
             let block = host
                 .get(j * n * p..(j + 1) * n * p)
                 .ok_or_else(|| Error::Spy(format!("routing of layer {l} is missing from the host copy")))?;
-            let mut logits = Vec::with_capacity(n * e);
-            let mut probs = Vec::with_capacity(n * e);
-            let mut weights = Vec::with_capacity(n * k);
-            let mut ids = Vec::with_capacity(n * k);
-            for row in block.chunks_exact(p) {
-                logits.extend_from_slice(&row[..e]);
-                probs.extend_from_slice(&row[e..2 * e]);
-                weights.extend_from_slice(&row[2 * e..2 * e + k]);
-                ids.extend(row[2 * e + k..].iter().map(|&v| v as u32));
-            }
+            // planar: logits, probs, weights, ids
+            let (logits, rest) = block.split_at(n * e);
+            let (probs, rest) = rest.split_at(n * e);
+            let (weights, ids) = rest.split_at(n * k);
+            let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
             let cpu = Device::Cpu;
             let layer = self.layers.get(l).ok_or_else(|| Error::Spy(format!("no layer {l}")))?;
             spy.on_route(&RouterEvent {
@@ -1073,10 +1105,10 @@ impl Olmoe {
                 seq_len: t,
                 offset,
                 lengths,
-                logits: &Tensor::from_vec(logits, (n, e), &cpu)?,
-                probs: &Tensor::from_vec(probs, (n, e), &cpu)?,
+                logits: &Tensor::from_slice(logits, (n, e), &cpu)?,
+                probs: &Tensor::from_slice(probs, (n, e), &cpu)?,
                 top_k: &Tensor::from_vec(ids, (n, k), &cpu)?,
-                weights: &Tensor::from_vec(weights, (n, k), &cpu)?,
+                weights: &Tensor::from_slice(weights, (n, k), &cpu)?,
             })?;
         }
         Ok(layers.len())
@@ -1106,24 +1138,22 @@ impl Olmoe {
             None => None,
         };
         let mask = if t > fused::ATT_MAX_T { self.mask(b, t, 0, lengths)? } else { None };
-        let routing = fused::alloc_f32(&x, &[self.layers.len(), n, p])?; // every layer's packed rows
+        let routing = fused::alloc_f32(&x, &[self.layers.len(), n * p])?; // every layer's routing
         let mut pending: Option<Tensor> = None; // the last expert output, not yet added
         for (l, layer) in self.layers.iter().enumerate() {
             let ln = &layer.input_layernorm;
-            let (h, sum) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &ln.weight, ln.eps)?;
+            let (h, sum, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &ln.weight, ln.eps, None)?;
             if let Some(s) = sum {
                 x = s;
             }
             let att = layer.self_attn.forward_fused(&h, b, t, &self.rope, lens.as_ref(), mask.as_ref())?; // [N, hidden]
             let ln = &layer.post_attention_layernorm;
-            let (h, sum) = fused::rmsnorm(&x, n, hs, hs, 0, Some(&att), &ln.weight, ln.eps)?;
+            let (h, sum, _) = fused::rmsnorm(&x, n, hs, hs, 0, Some(&att), &ln.weight, ln.eps, None)?;
             x = sum.ok_or_else(|| Error::Device("fused RMSNorm returned no sum".into()))?;
-            let logits = h.matmul(&layer.mlp.gate.t()?)?; // [N, E] bf16
-            let packed = routing.get(l)?; // [N, P] view
-            fused::route(&logits, &packed, k, layer.mlp.norm_topk_prob)?;
-            pending = Some(layer.mlp.experts_fused(&h, &packed)?);
+            let packed = routing.get(l)?; // this layer's routing, a view
+            pending = Some(layer.mlp.moe_fused(&h, &packed)?);
         }
-        let (out, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &self.norm.weight, self.norm.eps)?;
+        let (out, _, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &self.norm.weight, self.norm.eps, None)?;
         if let Some(s) = spy.as_mut() {
             let wanted = selection.layers(self.layers.len());
             if wanted.len() == self.layers.len() {

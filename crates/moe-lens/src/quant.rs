@@ -417,6 +417,18 @@ impl WeightSource for GgufSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
         let t = self.take(&g, shape)?;
+        // unquantized tensors (norms, router, attention, embeddings): their bytes go to the device
+        // as they are and are converted there (a CPU round trip through f32 took seconds)
+        let raw = match t.dtype() {
+            GgmlDType::BF16 => Some(DType::BF16),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::F32 => Some(DType::F32),
+            _ => None,
+        };
+        if let (Some(dt), Device::Cuda(_)) = (raw, &self.device) {
+            let data = t.data()?;
+            return Ok(Tensor::from_raw_buffer(&data, dt, shape, &self.device)?.to_dtype(self.dtype)?);
+        }
         Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
     fn has(&self, name: &str) -> bool {

@@ -81,7 +81,8 @@ fn grid_for(total: usize, block: u32) -> u32 {
 
 /// RMSNorm over rows of `cols` values read from `x` (row `r` at element `r * x_stride + x_off`):
 /// `bf16(w * bf16(x * rsqrt(mean(x²) + eps)))`. With `res`, `x + res` (rounded to bf16) is normed
-/// and also returned. Output `[rows, cols]`.
+/// and also returned. With `second` = `(cols2, off2, w2)`, a second segment of the same rows is
+/// normed in the same launch (q and k). Outputs `[rows, cols]` (and `[rows, cols2]`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rmsnorm(
     x: &Tensor,
@@ -92,13 +93,20 @@ pub(crate) fn rmsnorm(
     res: Option<&Tensor>,
     w: &Tensor,
     eps: f64,
-) -> Result<(Tensor, Option<Tensor>)> {
+    second: Option<(usize, usize, &Tensor)>,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let dev = cuda_dev(x)?;
-    if x.elem_count() < rows.saturating_sub(1) * x_stride + x_off + cols || w.elem_count() != cols {
+    let need = |c: usize, off: usize| rows.saturating_sub(1) * x_stride + off + c;
+    if x.elem_count() < need(cols, x_off) || w.elem_count() != cols {
         return Err(err("rmsnorm: sizes do not match"));
     }
-    if res.is_some() && (x_stride != cols || x_off != 0) {
+    if res.is_some() && (x_stride != cols || x_off != 0 || second.is_some()) {
         return Err(err("rmsnorm: a residual needs a plain [rows, cols] input"));
+    }
+    if let Some((c2, o2, w2)) = second {
+        if x.elem_count() < need(c2, o2) || w2.elem_count() != c2 {
+            return Err(err("rmsnorm: second segment sizes do not match"));
+        }
     }
     let xp = ptr(x, DType::BF16)?;
     let wp = ptr(w, DType::BF16)?;
@@ -112,10 +120,19 @@ pub(crate) fn rmsnorm(
         Some(_) => Some(unsafe { dev.alloc::<bf16>(rows * cols) }?),
         None => None,
     };
+    let out2 = match second {
+        Some((c2, _, _)) => Some(unsafe { dev.alloc::<bf16>(rows * c2) }?),
+        None => None,
+    };
     let func = dev.get_or_load_custom_func("ml_rmsnorm_bf16", MODULE, PTX)?;
     let op = out.device_ptr(out.stream()).0;
     let sp = sum.as_ref().map_or(0, |s| s.device_ptr(s.stream()).0);
+    let o2p = out2.as_ref().map_or(0, |s| s.device_ptr(s.stream()).0);
     let (cols_i, stride_i, off_i) = (i32_of(cols, "cols")?, i32_of(x_stride, "stride")?, i32_of(x_off, "offset")?);
+    let (w2p, c2_i, o2_i) = match second {
+        Some((c2, o2, w2)) => (ptr(w2, DType::BF16)?, i32_of(c2, "cols")?, i32_of(o2, "offset")?),
+        None => (0, 0, 0),
+    };
     let eps = eps as f32;
     let mut b = func.builder();
     b.arg(&xp);
@@ -127,46 +144,60 @@ pub(crate) fn rmsnorm(
     b.arg(&stride_i);
     b.arg(&off_i);
     b.arg(&eps);
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    b.arg(&w2p);
+    b.arg(&o2p);
+    b.arg(&c2_i);
+    b.arg(&o2_i);
+    let segments = if second.is_some() { 2 } else { 1 };
+    let cfg = LaunchConfig { grid_dim: (rows as u32, segments, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: pointers are to live device buffers of the sizes checked above; the kernel reads
     // rows * cols values (strided) and writes rows * cols values into fresh buffers.
     unsafe { b.launch(cfg) }.w()?;
     let out = wrap(out, &dev, &[rows, cols]);
-    Ok((out, sum.map(|s| wrap(s, &dev, &[rows, cols]))))
+    let out2 = match (out2, second) {
+        (Some(o), Some((c2, _, _))) => Some(wrap(o, &dev, &[rows, c2])),
+        _ => None,
+    };
+    Ok((out, sum.map(|s| wrap(s, &dev, &[rows, cols])), out2))
 }
 
-/// Router: bf16 logits `[rows, e]` → packed f32 rows `[logits | probs | weights (k) | ids (k)]`,
-/// written at `packed` (contiguous `[rows, 2e + 2k]`, f32).
-pub(crate) fn route(logits: &Tensor, packed: &Tensor, k: usize, norm_topk: bool) -> Result<()> {
+/// Router: bf16 logits (element `(r, j)` at `r * stride + (off + j) * col`) → planar f32 routing
+/// written at `packed` (`[rows * (2e + 2k)]`: logits, probs, weights, ids as floats).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn route(logits: &Tensor, stride: usize, col: usize, off: usize, rows: usize, e: usize, packed: &Tensor, k: usize, norm_topk: bool) -> Result<()> {
     let dev = cuda_dev(logits)?;
-    let (rows, e) = logits.dims2()?;
     if e > ROUTE_MAX_E || k == 0 || k > e.min(32) {
         return Err(err(format!("route: {e} experts, top-{k} not supported")));
     }
-    if packed.elem_count() != rows * (2 * e + 2 * k) {
-        return Err(err("route: packed buffer size does not match"));
+    if packed.elem_count() != rows * (2 * e + 2 * k) || logits.elem_count() < rows.saturating_sub(1) * stride + (off + e - 1) * col + 1 {
+        return Err(err("route: sizes do not match"));
     }
-    let lp = ptr(logits, DType::BF16)?;
+    let lp = ptr(logits, DType::BF16)? + (off * col * 2) as u64;
     let pp = ptr(packed, DType::F32)?;
     let func = dev.get_or_load_custom_func("ml_route_bf16", MODULE, PTX)?;
-    let (rows_i, e_i, k_i, norm_i) = (i32_of(rows, "rows")?, e as i32, k as i32, i32::from(norm_topk));
+    let (stride_i, rows_i, e_i, k_i, norm_i) = (i32_of(stride, "stride")?, i32_of(rows, "rows")?, e as i32, k as i32, i32::from(norm_topk));
+    let col_i = i32_of(col, "column stride")?;
     let mut b = func.builder();
     b.arg(&lp);
+    b.arg(&stride_i);
+    b.arg(&col_i);
     b.arg(&pp);
     b.arg(&rows_i);
     b.arg(&e_i);
     b.arg(&k_i);
     b.arg(&norm_i);
     let cfg = LaunchConfig { grid_dim: (rows.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: one warp per row reads e logits and writes 2e + 2k floats of its packed row.
+    // SAFETY: one warp per row reads e logits and writes its entries of the four sections.
     unsafe { b.launch(cfg) }.w()?;
     Ok(())
 }
 
-/// SwiGLU on `gu` `[n, e * 2 * i]` (per expert: gate row, then up row) → `[e, n, i]`.
-pub(crate) fn swiglu(gu: &Tensor, n: usize, e: usize, i: usize) -> Result<Tensor> {
+/// SwiGLU on `n` rows of `gu` (element `(r, c)` at `r * stride + off + c * col`, columns in `e`
+/// blocks of `[gate i | up i]`) → `[e, n, i]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn swiglu(gu: &Tensor, n: usize, e: usize, i: usize, stride: usize, off: usize, col: usize) -> Result<Tensor> {
     let dev = cuda_dev(gu)?;
-    if gu.elem_count() != n * e * 2 * i {
+    if gu.elem_count() < n.saturating_sub(1) * stride + off + (e * 2 * i - 1) * col + 1 {
         return Err(err("swiglu: size does not match"));
     }
     let gp = ptr(gu, DType::BF16)?;
@@ -175,52 +206,110 @@ pub(crate) fn swiglu(gu: &Tensor, n: usize, e: usize, i: usize) -> Result<Tensor
     let op = out.device_ptr(out.stream()).0;
     let func = dev.get_or_load_custom_func("ml_swiglu_bf16", MODULE, PTX)?;
     let (n_i, e_i, i_i) = (i32_of(n, "rows")?, i32_of(e, "experts")?, i32_of(i, "intermediate")?);
+    let (s_i, o_i, c_i) = (i32_of(stride, "stride")?, i32_of(off, "offset")?, i32_of(col, "column stride")?);
     let mut b = func.builder();
     b.arg(&gp);
     b.arg(&op);
     b.arg(&n_i);
     b.arg(&e_i);
     b.arg(&i_i);
+    b.arg(&s_i);
+    b.arg(&o_i);
+    b.arg(&c_i);
     let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: reads 2 * total and writes total bf16 values, sizes checked above.
     unsafe { b.launch(cfg) }.w()?;
     Ok(wrap(out, &dev, &[e, n, i]))
 }
 
-/// Mixes expert outputs with the router's weights (see `ml_combine_bf16`): `y` is `[e, n, h]`
-/// (every expert on every row, `per_pair = false`) or `[n * k, h]` (the chosen pairs). `packed` is
-/// the router's `[n, p]` rows with the weights at `w_off` and the ids right after them.
-pub(crate) fn combine(y: &Tensor, packed: &Tensor, n: usize, h: usize, k: usize, w_off: usize, per_pair: bool) -> Result<Tensor> {
+/// Mixes expert outputs with the router's weights (see `ml_combine_bf16`). `packed` is one layer's
+/// planar routing of `n` rows and `e` experts. `y` is `[e, n, h]` (every expert on every row) when
+/// `pos` is `None`, else `[rows, h]` with pair `n * k + j` at row `pos[n * k + j]` (i32).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn combine(y: &Tensor, packed: &Tensor, pos: Option<&Tensor>, n: usize, e: usize, h: usize, k: usize) -> Result<Tensor> {
     let dev = cuda_dev(y)?;
-    let p = packed.elem_count() / n.max(1);
-    if packed.elem_count() != n * p || w_off + 2 * k > p || y.elem_count() % (n * h) != 0 {
+    if packed.elem_count() != n * (2 * e + 2 * k) || y.elem_count() % h.max(1) != 0 {
         return Err(err("combine: sizes do not match"));
     }
-    if per_pair && y.elem_count() != n * k * h {
-        return Err(err("combine: pair rows do not match"));
-    }
+    let rows = y.elem_count() / h.max(1);
+    let pp = match pos {
+        None if rows == e * n => 0,
+        Some(p) if p.elem_count() == n * k => ptr(p, DType::U32)?,
+        _ => return Err(err("combine: expert rows do not match")),
+    };
     let yp = ptr(y, DType::BF16)?;
-    let pp = ptr(packed, DType::F32)?;
+    let base = ptr(packed, DType::F32)?;
+    let wp = base + (2 * n * e * 4) as u64;
+    let ip = wp + (n * k * 4) as u64;
     let total = n * h;
     let out = unsafe { dev.alloc::<bf16>(total) }?;
     let op = out.device_ptr(out.stream()).0;
     let func = dev.get_or_load_custom_func("ml_combine_bf16", MODULE, PTX)?;
-    let (n_i, h_i, k_i, p_i, w_i, pair_i) =
-        (i32_of(n, "rows")?, i32_of(h, "hidden")?, k as i32, i32_of(p, "packed")?, i32_of(w_off, "offset")?, i32::from(per_pair));
+    let (n_i, h_i, k_i) = (i32_of(n, "rows")?, i32_of(h, "hidden")?, k as i32);
     let mut b = func.builder();
     b.arg(&yp);
+    b.arg(&wp);
+    b.arg(&ip);
     b.arg(&pp);
     b.arg(&op);
     b.arg(&n_i);
     b.arg(&h_i);
     b.arg(&k_i);
-    b.arg(&p_i);
-    b.arg(&w_i);
-    b.arg(&pair_i);
     let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: expert ids come from the router kernel (< e), so every read row is inside y.
+    // SAFETY: expert ids come from the router kernel (< e) and positions from `group`, so every
+    // row read is inside y.
     unsafe { b.launch(cfg) }.w()?;
     Ok(wrap(out, &dev, &[n, h]))
+}
+
+/// Groups the `n * k` (token, expert) pairs of one layer by expert: returns the tokens' rows copied
+/// into `[e, cap, h]` (zero padded; `cap` = the busiest expert's count, read back to the host) and
+/// each pair's row in it (`[n * k]`, stored as u32).
+pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -> Result<(Tensor, Tensor, usize)> {
+    let dev = cuda_dev(x)?;
+    let (rows, h) = x.dims2()?;
+    if rows != n || packed.elem_count() != n * (2 * e + 2 * k) {
+        return Err(err("group: sizes do not match"));
+    }
+    let pairs = n * k;
+    let ids = ptr(packed, DType::F32)? + ((2 * n * e + n * k) * 4) as u64;
+    let counts = dev.alloc_zeros::<u32>(e)?;
+    let cp = counts.device_ptr(counts.stream()).0;
+    let pairs_i = i32_of(pairs, "pairs")?;
+    let func = dev.get_or_load_custom_func("ml_bucket_count", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&ids);
+    b.arg(&pairs_i);
+    b.arg(&cp);
+    let cfg = LaunchConfig { grid_dim: (grid_for(pairs, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: ids are expert indices < e written by the router kernel; counts has e entries.
+    unsafe { b.launch(cfg) }.w()?;
+    let counts_t = wrap(counts, &dev, &[e]);
+    let cap = counts_t.max(0)?.to_scalar::<u32>()? as usize; // one small read-back per layer
+    let cap = cap.max(1).div_ceil(8) * 8;
+    let fill = dev.alloc_zeros::<u32>(e)?;
+    let fp = fill.device_ptr(fill.stream()).0;
+    let pos = unsafe { dev.alloc::<u32>(pairs) }?;
+    let posp = pos.device_ptr(pos.stream()).0;
+    let xg = dev.alloc_zeros::<bf16>(e * cap * h)?;
+    let xgp = xg.device_ptr(xg.stream()).0;
+    let xp = ptr(x, DType::BF16)?;
+    let (k_i, h_i, c_i) = (k as i32, i32_of(h, "hidden")?, i32_of(cap, "capacity")?);
+    let func = dev.get_or_load_custom_func("ml_bucket_gather", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&ids);
+    b.arg(&xp);
+    b.arg(&fp);
+    b.arg(&posp);
+    b.arg(&xgp);
+    b.arg(&k_i);
+    b.arg(&h_i);
+    b.arg(&c_i);
+    let cfg = LaunchConfig { grid_dim: (pairs as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: each expert gets at most cap slots (cap >= its count), so every write is inside xg.
+    unsafe { b.launch(cfg) }.w()?;
+    drop(fill);
+    Ok((wrap(xg, &dev, &[e, cap, h]), wrap(pos, &dev, &[pairs]), cap))
 }
 
 /// Causal attention for short prefills without a cache: `q`, `k`, `v` hold rows `b * t + j` of
@@ -284,7 +373,7 @@ pub(crate) fn attention(
     b.arg(&h_i);
     b.arg(&scale);
     b.arg(&eager_i);
-    let cfg = LaunchConfig { grid_dim: ((batch * heads) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: ((batch * heads) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sizes checked above; t <= ATT_MAX_T fits the kernel's shared arrays.
     unsafe { b.launch(cfg) }.w()?;
     Ok(wrap(out, &dev, &[batch * t, width]))
