@@ -135,6 +135,7 @@ impl Rope {
 struct Attention {
     /// `[q; k; v]` projection rows in one tensor (fused CUDA path); `q_proj`, `k_proj`, `v_proj`
     /// are then views of it.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     qkv: Option<Tensor>,
     q_proj: Tensor,
     k_proj: Tensor,
@@ -351,6 +352,7 @@ struct SparseMoe {
     gate: Tensor,
     /// Fused CUDA path: `[E*2I + E, hidden]`, every expert's gate and up rows, then the router's;
     /// `gate` and the experts' `gate_up` are then views of it.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     gate_gu: Option<Tensor>,
     experts: ExpertWeights,
     num_experts: usize,
@@ -615,6 +617,7 @@ pub struct Olmoe {
     device: Device,
     dtype: DType,
     /// Whether the fused CUDA bf16 kernels can run this model.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     fused: bool,
 }
 
