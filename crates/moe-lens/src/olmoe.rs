@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::spy::{LayerSelection, RouterEvent, RouterSpy, Step};
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
 mod fused;
 
 /// Whether CUDA bf16 models run the fused kernels of `kernels/fused.cu` (default on).
@@ -135,7 +135,7 @@ impl Rope {
 struct Attention {
     /// `[q; k; v]` projection rows in one tensor (fused CUDA path); `q_proj`, `k_proj`, `v_proj`
     /// are then views of it.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
     qkv: Option<Tensor>,
     q_proj: Tensor,
     k_proj: Tensor,
@@ -195,7 +195,7 @@ impl Attention {
     }
 
     /// The fused CUDA bf16 path: `x` `[B*T, hidden]` → `[B*T, hidden]` (no KV cache, no clamp).
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
     #[allow(clippy::too_many_arguments)]
     fn forward_fused(
         &self,
@@ -352,7 +352,7 @@ struct SparseMoe {
     gate: Tensor,
     /// Fused CUDA path: `[E*2I + E, hidden]`, every expert's gate and up rows, then the router's;
     /// `gate` and the experts' `gate_up` are then views of it.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
     gate_gu: Option<Tensor>,
     experts: ExpertWeights,
     num_experts: usize,
@@ -377,7 +377,7 @@ impl RouterOut {
     }
 
     /// Views of one layer's planar routing (see [`RouterOut::packed`]); `top_k` back to u32.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
     fn from_packed(p: &Tensor, n: usize, e: usize, k: usize) -> Result<Self> {
         Ok(RouterOut {
             logits: p.narrow(0, 0, n * e)?.reshape((n, e))?,
@@ -557,7 +557,7 @@ impl SparseMoe {
     /// into `packed` (one layer's planar buffer). Short inputs run every expert densely (router
     /// logits from the same matmul as gate/up); longer ones group the pairs by expert and run one
     /// batched matmul per projection over the busiest expert's row count.
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
     fn moe_fused(&self, x: &Tensor, packed: &Tensor) -> Result<Tensor> {
         let (n, h) = x.dims2()?;
         let (e, i, k) = (self.num_experts, self.intermediate, self.k);
@@ -617,7 +617,7 @@ pub struct Olmoe {
     device: Device,
     dtype: DType,
     /// Whether the fused CUDA bf16 kernels can run this model.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
     fused: bool,
 }
 
@@ -858,7 +858,7 @@ impl Olmoe {
             Ok(RmsNorm { weight: w.get(name, &[size])?, eps: cfg.rms_norm_eps })
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
-        let fused = cfg!(feature = "cuda")
+        let fused = cfg!(any(feature = "cuda", moe_lens_cuda))
             && device.is_cuda()
             && dtype == DType::BF16
             && cfg.clip_qkv.is_none()
@@ -1007,7 +1007,7 @@ impl Olmoe {
         let selection = spy.as_ref().map(|s| s.layers()).unwrap_or(LayerSelection::Only(vec![]));
         selection.check(self.layers.len())?;
 
-        #[cfg(feature = "cuda")]
+        #[cfg(any(feature = "cuda", moe_lens_cuda))]
         if self.fused && cache.is_none() && FUSED.load(Ordering::Relaxed) && !legacy() {
             return self.forward_fused(input_ids, b, t, lengths, step, spy, &selection);
         }
@@ -1118,7 +1118,7 @@ impl Olmoe {
     /// The fused CUDA bf16 forward (no KV cache): RMSNorm with the residual add, one q/k/v matmul,
     /// one attention kernel for short inputs, one router kernel writing every layer's routing into
     /// one buffer, SwiGLU and the expert mix as single kernels; one host copy of the routing at the end.
-    #[cfg(feature = "cuda")]
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
     #[allow(clippy::too_many_arguments)]
     fn forward_fused(
         &self,

@@ -3,7 +3,7 @@
 //! batched (grouped-expert) path against the same reference. Needs a GPU: built only with
 //! `--features cuda`, and skipped when no CUDA device opens. The full-size comparison against
 //! transformers on a GPU is in bench/ (BENCHMARKS.md).
-#![cfg(feature = "cuda")]
+#![cfg(any(feature = "cuda", moe_lens_cuda))]
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
