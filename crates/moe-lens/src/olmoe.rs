@@ -1138,7 +1138,11 @@ impl Olmoe {
             Some(l) => Some(Tensor::from_vec(l.iter().map(|&v| v as u32).collect::<Vec<_>>(), l.len(), &self.device)?),
             None => None,
         };
-        let mask = if t > fused::ATT_MAX_T { self.mask(b, t, 0, lengths)? } else { None };
+        // the attention kernel takes heads of 128, no grouped kv heads, up to ATT_MAX_T positions;
+        // otherwise candle's ops run, and they need the mask
+        let cfg = &self.cfg;
+        let fused_attention = t <= fused::ATT_MAX_T && cfg.num_attention_heads == cfg.num_key_value_heads && cfg.head_dim == fused::ATT_D;
+        let mask = if fused_attention { None } else { self.mask(b, t, 0, lengths)? };
         let routing = fused::alloc_f32(&x, &[self.layers.len(), n * p])?; // every layer's routing
         let mut pending: Option<Tensor> = None; // the last expert output, not yet added
         for (l, layer) in self.layers.iter().enumerate() {
