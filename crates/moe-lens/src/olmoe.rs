@@ -684,7 +684,7 @@ impl Weights {
     /// The stored dtype and raw little-endian bytes of `name`, checking its shape.
     fn raw(&self, name: &str, shape: &[usize]) -> Result<(DType, &[u8])> {
         let Some(&i) = self.index.get(name) else {
-            return Err(Error::Weights { path: self.describe_dir(), msg: format!("tensor {name} is missing") });
+            return Err(self.missing(name));
         };
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
@@ -702,6 +702,14 @@ impl Weights {
 
     fn describe_dir(&self) -> PathBuf {
         self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new(".")).to_path_buf()
+    }
+
+    /// The error for a tensor that no weights file holds.
+    fn missing(&self, name: &str) -> Error {
+        Error::Weights {
+            path: self.describe_dir(),
+            msg: format!("tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?", self.files.len()),
+        }
     }
 
     /// Stacks `names` (all of `part` shape and one stored dtype) into one tensor `[names.len() *
@@ -733,11 +741,7 @@ impl Weights {
     /// Loads `name` on the CPU in `dtype`, checking its shape.
     pub(crate) fn get_cpu(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let Some(&i) = self.index.get(name) else {
-            let dir = self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new("."));
-            return Err(Error::Weights {
-                path: dir.to_path_buf(),
-                msg: format!("tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?", self.files.len()),
-            });
+            return Err(self.missing(name));
         };
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
