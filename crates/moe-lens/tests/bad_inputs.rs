@@ -341,7 +341,7 @@ fn table() -> Vec<Row> {
             edit_config(&d, |c| c["intermediate_size"] = 8.into());
             load_dir(&d).map(drop)
         }),
-        row!("wrong expert count: config says fewer than the weights have", Error::Config { .. }, "the weights have an expert 32", || {
+        row!("wrong expert count: config says fewer than the weights have", Error::Config { .. }, "the weights have an expert 32 in layer 0: the weights and config.json do not belong together", || {
             let d = copy_fixture("olmoe-narrow", "fewexperts");
             edit_config(&d, |c| c["num_experts"] = 32.into());
             load_dir(&d).map(drop)
@@ -351,7 +351,7 @@ fn table() -> Vec<Row> {
             edit_config(&d, |c| c["num_experts"] = 65.into());
             load_dir(&d).map(drop)
         }),
-        row!("wrong layer count: config says fewer than the weights have", Error::Config { .. }, "more layers", || {
+        row!("wrong layer count: config says fewer than the weights have", Error::Config { .. }, "use the config.json saved with these weights", || {
             let d = copy_fixture("olmoe-narrow", "fewlayers");
             edit_config(&d, |c| c["num_hidden_layers"] = 8.into());
             load_dir(&d).map(drop)
