@@ -47,26 +47,57 @@ lens = torch.randint(15, 41, (1000,), generator=g).tolist()
 sents = [torch.randint(2, 50000, (n,), generator=g) for n in lens]
 json.dump([s.tolist() for s in sents], open(os.path.join(work, "sents.json"), "w"))
 
-# transformers' own top-8 (the gate returns (logits, weights, indices) in 5.x; a Linear in 4.x)
+# transformers' own routing of the first 100 sentences: bf16 with its default attention (SDPA), bf16
+# with eager attention, and float32 with eager attention (logits kept) -- the last is the reference
+# for implementation errors, the first two show how much bf16 rounding alone moves the top-8.
 store = []
 def hook(mod, inp, out):
-    if isinstance(out, tuple):
-        logits, idx = out[0], out[2]
-    else:
-        logits = out; idx = torch.topk(torch.softmax(logits.float(), -1), 8, -1).indices
-    p = torch.softmax(logits.float(), -1).sort(-1, descending=True).values
-    store.append((idx.cpu(), (p[:, 7] - p[:, 8]).cpu()))
+    logits = out[0] if isinstance(out, tuple) else out
+    p = torch.softmax(logits.float(), -1)
+    idx = torch.topk(p, 8, -1).indices
+    store.append((idx.cpu(), logits.float().cpu()))
 for n, m in model.named_modules():
     if n.endswith("mlp.gate"):
         m.register_forward_hook(hook)
-ref, gaps = [], []
-with torch.no_grad():
-    for s in sents[:100]:
-        store.clear(); model(s[None].cuda())
-        ref.append([x[0].tolist() for x in store]); gaps += [x[1] for x in store]
-gaps = torch.cat(gaps)
-res["ref_rows"] = int(gaps.numel())
-res["gap8_9_median"] = float(gaps.median()); res["gap8_9_lt_1e-3_share"] = float((gaps < 1e-3).float().mean())
-json.dump(ref, open(os.path.join(work, "ref_bf16.json"), "w"))
+def refs(tag, keep_logits=False):
+    ref, lg = [], []
+    t = time.perf_counter()
+    with torch.no_grad():
+        for s in sents[:100]:
+            store.clear(); model(s[None].cuda())
+            ref.append([x[0].tolist() for x in store])
+            if keep_logits: lg.append([x[1].flatten().tolist() for x in store])
+    res[f"ref_{tag}_s"] = time.perf_counter() - t
+    json.dump(ref, open(os.path.join(work, f"ref_{tag}.json"), "w"))
+    if keep_logits: json.dump(lg, open(os.path.join(work, f"ref_{tag}_logits.json"), "w"))
+def set_attn(impl):
+    try:
+        model.set_attn_implementation(impl)
+    except Exception as e:
+        res[f"set_attn_{impl}_error"] = repr(e)[:200]; model.config._attn_implementation = impl
+    res.setdefault("attn_impls", []).append(model.config._attn_implementation)
+res["attn_default"] = str(model.config._attn_implementation)
+res["experts_impl"] = str(getattr(model.config, "_experts_implementation", None))
+refs("bf16")
+set_attn("eager"); refs("bf16_eager")
+model.float(); torch.cuda.empty_cache()
+refs("f32", keep_logits=True)
+# near-ties in the float32 reference: gap between the 8th and 9th expert, in probability and in
+# logit (against one bf16 step at the 8th logit's size)
+gp, gl, ulp = [], [], []
+for sent in json.load(open(os.path.join(work, "ref_f32_logits.json"))):
+    for layer in sent:
+        x = torch.tensor(layer).view(-1, 64)
+        srt = x.sort(-1, descending=True).values
+        p = torch.softmax(x, -1).sort(-1, descending=True).values
+        gp.append(p[:, 7] - p[:, 8]); gl.append(srt[:, 7] - srt[:, 8])
+        ulp.append(torch.pow(2.0, torch.floor(torch.log2(srt[:, 7].abs().clamp_min(1e-30))) - 7))
+gp, gl, ulp = torch.cat(gp), torch.cat(gl), torch.cat(ulp)
+res["ref_rows"] = int(gp.numel())
+res["gap8_9_median"] = float(gp.median()); res["gap8_9_lt_1e-3_share"] = float((gp < 1e-3).float().mean())
+res["gap8_9_lt_1e-4_share"] = float((gp < 1e-4).float().mean())
+res["logit_gap8_9_median"] = float(gl.median())
+for m in (1, 2, 4):
+    res[f"logit_gap8_9_lt_{m}_bf16_ulp_share"] = float((gl < m * ulp).float().mean())
 print("PREP", json.dumps(res), flush=True)
 json.dump(res, open(os.path.join(work, "prep.json"), "w"))

@@ -1,30 +1,45 @@
 #!/bin/bash
 # One device call: the Python lab's pipeline and ours on the same random full-size OLMoE, same card.
-# Needs the stripped CUDA binary at .devrun/moe-lens (see BENCHMARKS.md). Results under $OUT.
+#   BIN      our stripped CUDA binary (default .devrun/moe-lens)
+#   B        folder holding these scripts (default bench)
+#   PYLIB    optional folder put on PYTHONPATH (a trimmed bitsandbytes for the nf4 numbers)
+#   STEPS    which steps, in order (default: prep bf16 f32 seed nf4 q4k q8_0)
+# Results under $OUT (run.log, ours_*.json, seed_baseline.json, compare.json, prep.json).
 set -u
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; BIN=${BIN:-.devrun/moe-lens}
-QUANTS=${QUANTS:-"none q8_0 q4k"}
+[ -n "${PYLIB:-}" ] && export PYTHONPATH=$PYLIB
+OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; BIN=${BIN:-.devrun/moe-lens}; B=${B:-bench}
+STEPS=${STEPS:-"prep bf16 f32 seed nf4 q4k q8_0"}
 mkdir -p $W $OUT
 LOG=$OUT/run.log
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; nproc; } >> $LOG 2>&1
-[ -d $M ] || python3 bench/gpu_prep.py $M $W >> $LOG 2>&1
-cp $W/prep.json $OUT/prep.json 2>/dev/null
-ours() {
-  q=$1
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > $W/smi_$q.txt 2>/dev/null & SP=$!
-  $BIN bench --model $M --sents $W/sents.json --quant $q --device cuda --out $OUT/ours_$q.json \
-     --routing-out $W/route_$q.json --fresh --sweep ${BENCH_ARGS:-} >> $LOG 2>&1
-  echo "ours $q rc=$?" >> $LOG
+T0=$(date +%s)
+stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" >> $LOG; }
+compare() { python3 $B/compare.py $W $OUT >> $LOG 2>&1; }
+ours() {  # ours NAME ARGS...
+  name=$1; shift
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > $W/smi_$name.txt 2>/dev/null & SP=$!
+  $BIN bench --model $M --sents $W/sents.json --device cuda --out $OUT/ours_$name.json "$@" >> $LOG 2>&1
+  echo "ours $name rc=$?" >> $LOG
   kill $SP
 }
-for q in $QUANTS; do
-  ours $q
-  [ $q = none ] && python3 bench/compare.py $W $OUT >> $LOG 2>&1
-  if [ $q = none ] && [ -z "${NO_SEED:-}" ]; then
-    SEED_MODEL_DIR=$M OUT=$OUT python3 bench/seed_baseline.py >> $LOG 2>&1; echo "seed rc=$?" >> $LOG
-  fi
+for s in $STEPS; do
+  stamp $s
+  case $s in
+    prep) [ -d $M ] || python3 $B/gpu_prep.py $M $W >> $LOG 2>&1; cp $W/prep.json $OUT/prep.json 2>/dev/null ;;
+    bf16) ours none --quant none --routing-out $W/route_none.json --sweep --variants ${BENCH_ARGS:-}; compare ;;
+    f32) ours f32 --quant none --dtype f32 --only-routing --routing-out $W/route_f32.json --logits-out $W/logits_f32.json; compare ;;
+    seed) SEED_MODEL_DIR=$M OUT=$OUT python3 $B/seed_baseline.py >> $LOG 2>&1; echo "seed rc=$?" >> $LOG ;;
+    nf4) python3 $B/nf4_routing.py $M $W >> $LOG 2>&1; echo "nf4 rc=$?" >> $LOG; compare ;;
+    q4k|q8_0) ours $s --quant $s --routing-out $W/route_$s.json --fresh ${BENCH_ARGS:-}; compare ;;
+  esac
 done
-python3 bench/compare.py $W $OUT >> $LOG 2>&1
-grep -E "rc=|single|loop over|batched:|generate|load \(|COMPARE|bf16 \{|error|Error" $LOG | tail -60
+stamp done
+grep -E "rc=|^== |single|loop over|batched:|generate|load \(|error|Error" $LOG | tail -60
+python3 -c "
+import json; c=json.load(open('$OUT/compare.json'))
+for k,v in c.items():
+    if isinstance(v,dict) and 'top8_set_equal' in v: print(f\"{k:28s} eq {v['top8_set_equal']:.4f} ov {v['mean_top8_overlap']:.4f} top1 {v['top1_agree']:.4f}\")
+    else: print(k, v)
+" 2>&1 | tail -40

@@ -20,12 +20,14 @@ Needs nbclient and nbformat (the lab's virtual environment has them).
 
 import argparse
 import os
+import queue
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.util import ensure_async
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 DEP_TIMEOUT = int(os.environ.get("MOE_LENS_DEP_TIMEOUT", "900"))
@@ -84,14 +86,28 @@ class ProgressClient(NotebookClient):
 
     async def collect_late_stderr(self, cell, cell_index):
         """evcxr forwards a failing cell's error text (stderr) from a thread of its own, and it can
-        reach the front end only after the cell has finished: a notebook then shows it under the
-        NEXT cell. After a deliberate error example, run a short probe cell (not saved) and move
-        whatever stderr text it caught back to the example it belongs to."""
+        reach the front end only after the cell has finished: tagged with the finished cell (nbclient
+        has stopped listening for it and would drop it) or with the next one (a notebook then shows
+        it under the NEXT cell). After a deliberate error example: first read what is still in
+        flight for a moment, then run a short probe cell (not saved), and move the stderr text of
+        both back to the example it belongs to."""
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            try:
+                msg = await ensure_async(self.kc.iopub_channel.get_msg(timeout=0.2))
+            except queue.Empty:
+                continue
+            content = msg.get("content", {})
+            if msg.get("msg_type") == "stream" and content.get("name") == "stderr":
+                cell.outputs.append(nbformat.v4.new_output("stream", name="stderr", text=content.get("text", "")))
         probe = nbformat.v4.new_code_cell("std::thread::sleep(std::time::Duration::from_millis(300));")
         try:
             await super().async_execute_cell(probe, cell_index, None, False)
         except Exception:  # noqa: BLE001 - the probe's own trouble is not the notebook's
-            return
+            pass
+        finally:
+            # nbclient stores the cell it ran at self.nb.cells[cell_index]: put the example back.
+            self.nb.cells[cell_index] = cell
         late = [o for o in probe.get("outputs", []) if o.get("output_type") == "stream" and o.get("name") == "stderr"]
         cell.outputs.extend(late)
 

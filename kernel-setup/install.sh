@@ -23,6 +23,9 @@
 #   MOE_LENS_BUILD_DIR where those directories go (default /var/tmp/moe-lens-$USER; must not be
 #                     under the same top directory as the Rust toolchain, e.g. not under /home when
 #                     rustup lives in /home/you/.rustup)
+#   MOE_LENS_CUDA     auto (default) | 1 | 0: build the notebooks' moe-lens with CUDA. auto: yes when
+#                     nvidia-smi sees a GPU and nvcc is found (PATH, CUDA_HOME or /usr/local/cuda)
+#   CUDA_COMPUTE_CAP  the GPU's compute capability, e.g. 80 for A100/A30 (default: from nvidia-smi)
 #   MOE_LENS_SKIP_PREWARM=1  skip the pre-build (the first `:dep` cell then takes ~4 min once)
 #   MOE_LENS_REWARM=1 pre-build again even if it was done for this exact set-up
 #   MOE_LENS_WARMUP_TIMEOUT  seconds the pre-build may take (default 3600)
@@ -96,7 +99,11 @@ if command -v rustup >/dev/null 2>&1; then
     say "already installed"
   else
     say "rustup component add rust-src"
-    rustup component add rust-src
+    if ! rustup component add rust-src; then
+      # Cells still compile and run without it; only code completion in the notebook is missing.
+      say "WARNING: could not install rust-src (offline?): notebooks run, but without code completion;"
+      say "         run 'rustup component add rust-src' later to get it"
+    fi
   fi
 else
   sysroot=$(rustc --print sysroot)
@@ -158,6 +165,39 @@ else
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "GPU or CPU: how the notebooks' moe-lens is built (MOE_LENS_CUDA=${MOE_LENS_CUDA:-auto})" \
+  "CUDA needs nvcc (e.g. 'module load cuda', or CUDA_HOME=/path/to/cuda) and the GPU's CUDA_COMPUTE_CAP (80 for A100/A30, 90 for H100); or run with MOE_LENS_CUDA=0 for a CPU kernel"
+cuda_want=${MOE_LENS_CUDA:-auto}
+cuda=0; cuda_cap=""; nvcc_bin=""; gpu_name=""
+for cand in "$(command -v nvcc 2>/dev/null || true)" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" "${CUDA_PATH:+$CUDA_PATH/bin/nvcc}" /usr/local/cuda/bin/nvcc; do
+  if [ -n "$cand" ] && [ -x "$cand" ]; then nvcc_bin=$cand; break; fi
+done
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  cuda_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+fi
+cuda_cap=${CUDA_COMPUTE_CAP:-$cuda_cap}
+case "$cuda_want" in
+  0|no|off|cpu) say "CPU kernel (MOE_LENS_CUDA=$cuda_want)";;
+  1|yes|on|cuda)
+    [ -n "$nvcc_bin" ] || { echo "    MOE_LENS_CUDA=$cuda_want but nvcc was not found" >&2; false; }
+    [ -n "$cuda_cap" ] || { echo "    MOE_LENS_CUDA=$cuda_want but the compute capability is unknown: set CUDA_COMPUTE_CAP" >&2; false; }
+    cuda=1;;
+  auto|"")
+    if [ -n "$gpu_name" ] && [ -n "$nvcc_bin" ] && [ -n "$cuda_cap" ]; then cuda=1
+    elif [ -n "$gpu_name" ]; then
+      say "WARNING: found a GPU ($gpu_name) but no nvcc: the notebooks will run on the CPU."
+      say "         For the GPU: 'module load cuda' (or set CUDA_HOME) and run install.sh again."
+    else say "no GPU seen by nvidia-smi: CPU kernel"; fi;;
+  *) echo "    MOE_LENS_CUDA=$cuda_want: use auto, 1 or 0" >&2; false;;
+esac
+if [ "$cuda" = 1 ]; then
+  say "CUDA kernel: ${gpu_name:-GPU}, compute capability $cuda_cap, nvcc $nvcc_bin"
+  say "(the notebooks' :dep line is unchanged: the kernel adds RUSTFLAGS=\"--cfg moe_lens_cuda\", which turns on"
+  say " candle's CUDA backend; compiling its kernels adds 5-10 minutes to the pre-build below, once)"
 fi
 
 # ------------------------------------------------------------------------------------------------
@@ -229,6 +269,23 @@ if [ -n "\$build_root" ] && [ -z "\${EVCXR_TMPDIR:-}" ] && command -v flock >/de
     exec 9>&-
   done
 fi
+cuda=$cuda
+if [ "\$cuda" = 1 ]; then
+  # CUDA build of moe-lens (see kernel-setup/install.sh): evcxr sets RUSTFLAGS itself, so the flags
+  # go in through a ':build_env' line of a start-up file of this kernel's own, made from yours.
+  export PATH="$(dirname "${nvcc_bin:-/nonexistent/nvcc}"):\$PATH"
+  export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-$cuda_cap}"
+  user_cfg="\${EVCXR_CONFIG_DIR:-\${XDG_CONFIG_HOME:-\$HOME/.config}/evcxr}"
+  own_cfg="$home/kernel/evcxr-config"
+  mkdir -p "\$own_cfg"
+  for f in evcxr.toml prelude.rs; do
+    if [ -f "\$user_cfg/\$f" ]; then cp "\$user_cfg/\$f" "\$own_cfg/\$f"; else rm -f "\$own_cfg/\$f"; fi
+  done
+  { [ -f "\$user_cfg/init.evcxr" ] && grep -v '^[[:space:]]*:build_env[[:space:]]\+RUSTFLAGS=' "\$user_cfg/init.evcxr"
+    echo ":build_env RUSTFLAGS=-Cprefer-dynamic --cfg moe_lens_cuda"
+    echo ":build_env CUDA_COMPUTE_CAP=\$CUDA_COMPUTE_CAP"; } > "\$own_cfg/init.evcxr"
+  export EVCXR_CONFIG_DIR="\$own_cfg"
+fi
 exec "$evcxr_bin" "\$@"
 SH
 chmod +x "$wrapper.new"
@@ -263,7 +320,7 @@ if [ "${MOE_LENS_SKIP_PREWARM:-0}" != 1 ]; then
   dep=$("$venv/bin/python" "$here/execute.py" --dep-line "$repo/notebooks")
   say "dep line: $dep"
 fi
-key=$( { echo "${dep:-}"; echo "$evcxr_version"; rustc -vV; echo "${CARGO_HOME:-$HOME/.cargo}";
+key=$( { echo "${dep:-}"; echo "$evcxr_version"; echo "cuda=$cuda cap=$cuda_cap"; rustc -vV; echo "${CARGO_HOME:-$HOME/.cargo}";
          cat "$repo/Cargo.toml" "$repo/crates/moe-lens/Cargo.toml" "$repo/Cargo.lock" 2>/dev/null;
          find "$repo/crates/moe-lens/src" -type f -name '*.rs' | sort | xargs cat; } | sha256sum | cut -c1-16)
 stamp=$home/prewarm-$key.stamp

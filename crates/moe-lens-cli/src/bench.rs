@@ -54,6 +54,35 @@ pub struct BenchArgs {
     /// Skip the one-by-one loop over all sentences (slow on CPU).
     #[arg(long)]
     no_loop: bool,
+    /// Only load once and dump the routing of the first --routing-n sentences (no timings).
+    #[arg(long)]
+    only_routing: bool,
+    /// Where to write the router logits of the dumped sentences (JSON: [sentence][layer][row * E]).
+    #[arg(long)]
+    logits_out: Option<PathBuf>,
+    /// Also dump the routing of the bf16 variants (unfused, legacy rounding, eager scores) next to
+    /// --routing-out, as `<stem>_<variant>.json`.
+    #[arg(long)]
+    variants: bool,
+}
+
+/// Routing dumps of the forward-pass variants (see `--variants`).
+fn dump_variants(a: &BenchArgs, m: &Olmoe, sents: &[Vec<u32>], device: &Device, k: usize, layers: usize) -> Result<()> {
+    let Some(base) = &a.routing_out else { return Ok(()) };
+    let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("route").to_string();
+    let n = a.routing_n.min(sents.len());
+    for (name, fused, legacy, eager) in [("unfused", false, false, false), ("legacy", false, true, false), ("eager", true, false, true)] {
+        olmoe::set_fused(fused);
+        olmoe::set_legacy_rounding(legacy);
+        olmoe::set_eager_scores(eager);
+        let (dump, _) = dump_routing(m, &sents[..n], device, k, layers, false)?;
+        std::fs::write(base.with_file_name(format!("{stem}_{name}.json")), serde_json::to_string(&dump)?)?;
+    }
+    olmoe::set_fused(true);
+    olmoe::set_legacy_rounding(false);
+    olmoe::set_eager_scores(false);
+    apply_env_switches();
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -69,22 +98,121 @@ fn sync(d: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Counts, per layer, how often each expert is chosen, on the device; padding rows excluded.
+/// Counts, per layer, how often each expert is chosen; padding rows excluded. On a GPU the forward
+/// pass hands over routing already copied to the host (one copy per call), so counting is on the host.
 struct CountSpy {
-    counts: Vec<Tensor>,
-    valid: Option<Tensor>, // [N * k] f32, 1 for real rows
+    experts: usize,
+    counts: Vec<u64>, // [layer * experts + e]
 }
 
 impl RouterSpy for CountSpy {
     fn on_route(&mut self, ev: &RouterEvent<'_>) -> moe_lens::Result<()> {
-        let ids = ev.top_k.flatten_all()?;
-        let ones = match &self.valid {
-            Some(v) => v.clone(),
-            None => Tensor::ones(ids.dims1()?, DType::F32, ids.device())?,
-        };
-        let c = &mut self.counts[ev.layer];
-        *c = c.scatter_add(&ids, &ones, 0)?;
+        let (_, k) = ev.top_k.dims2()?;
+        let ids: Vec<u32> = ev.top_k.flatten_all()?.to_vec1()?;
+        let base = ev.layer * self.experts;
+        for (row, chosen) in ids.chunks(k.max(1)).enumerate() {
+            if !ev.is_real(row) {
+                continue;
+            }
+            for &e in chosen {
+                if let Some(c) = self.counts.get_mut(base + e as usize) {
+                    *c += 1;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// Top-k rows (and optionally logits) of the first sentences, traced one by one.
+fn dump_routing(m: &Olmoe, sents: &[Vec<u32>], device: &Device, k: usize, layers: usize, logits: bool) -> Result<(Vec<Vec<Vec<Vec<u32>>>>, Vec<Vec<Vec<f32>>>)> {
+    let mut dump = Vec::new();
+    let mut lg = Vec::new();
+    for s in sents {
+        let mut cache = RoutingCache::new();
+        m.forward(&Tensor::new(s.as_slice(), device)?.unsqueeze(0)?, None, None, Step::Prefill, Some(&mut cache))?;
+        let mut per_layer = Vec::new();
+        let mut per_layer_logits = Vec::new();
+        for l in 0..layers {
+            let r = &cache.get(l)?[0];
+            per_layer.push(r.top_k.chunks(k).map(<[u32]>::to_vec).collect::<Vec<_>>());
+            if logits {
+                per_layer_logits.push(r.logits.clone());
+            }
+        }
+        dump.push(per_layer);
+        lg.push(per_layer_logits);
+    }
+    Ok((dump, lg))
+}
+
+/// The fused CUDA kernels against candle's own ops on the same model: relative difference of the
+/// final hidden states (one sentence; one padded batch) and top-k agreement on 50 sentences; plus
+/// the unfused single-sentence timings.
+fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k: usize, layers: usize) -> Result<Value> {
+    let rel = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        let a = a.to_dtype(DType::F32)?;
+        let b = b.to_dtype(DType::F32)?;
+        let num = (&a - &b)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        let den = b.sqr()?.sum_all()?.to_scalar::<f32>()?;
+        Ok(f64::from(num / den.max(f32::MIN_POSITIVE)).sqrt())
+    };
+    let batch: Vec<&Vec<u32>> = sents.iter().take(8).collect();
+    let tmax = batch.iter().map(|s| s.len()).max().unwrap_or(1);
+    let mut ids = vec![1u32; batch.len() * tmax];
+    for (r, s) in batch.iter().enumerate() {
+        ids[r * tmax..r * tmax + s.len()].copy_from_slice(s);
+    }
+    let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+    let binput = Tensor::from_vec(ids, (batch.len(), tmax), device)?;
+    let n = 50.min(sents.len());
+    let mut outs = Vec::new();
+    let mut timings = Vec::new();
+    for on in [true, false] {
+        olmoe::set_fused(on);
+        let single = m.forward(input, None, None, Step::Prefill, None)?;
+        let padded = m.forward(&binput, None, Some(&lens), Step::Prefill, None)?;
+        let (dump, _) = dump_routing(m, &sents[..n], device, k, layers, false)?;
+        let mut ts = Vec::new();
+        for _ in 0..12 {
+            sync(device)?;
+            let t = Instant::now();
+            m.forward(input, None, None, Step::Prefill, None)?;
+            sync(device)?;
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        timings.push(median(ts));
+        outs.push((single, padded, dump));
+    }
+    olmoe::set_fused(true);
+    let (rows, same) = outs[0].2.iter().flatten().flatten().zip(outs[1].2.iter().flatten().flatten()).fold((0usize, 0usize), |(r, s), (a, b)| {
+        let mut a = a.clone();
+        let mut b = b.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        (r + 1, s + usize::from(a == b))
+    });
+    Ok(json!({
+        "single_hidden_rel_diff": rel(&outs[0].0, &outs[1].0)?,
+        "padded_batch_hidden_rel_diff": rel(&outs[0].1, &outs[1].1)?,
+        "top_k_rows": rows,
+        "top_k_sets_equal_share": same as f64 / rows.max(1) as f64,
+        "single_forward_ms_fused": timings[0],
+        "single_forward_ms_unfused": timings[1],
+    }))
+}
+
+/// Applies the forward-pass switches from the environment (for comparisons in one run).
+fn apply_env_switches() {
+    let flag = |k: &str| std::env::var(k).ok().map(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if let Some(on) = flag("MOE_LENS_FUSED") {
+        olmoe::set_fused(on);
+    }
+    if let Some(on) = flag("MOE_LENS_EAGER_SCORES") {
+        olmoe::set_eager_scores(on);
+    }
+    if let Some(on) = flag("MOE_LENS_LEGACY_ROUNDING") {
+        olmoe::set_legacy_rounding(on);
     }
 }
 
@@ -112,6 +240,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(n) = env("MOE_LENS_GGUF_PREFILL_MIN") {
         olmoe::set_gguf_prefill_min_tokens(n);
     }
+    apply_env_switches();
     let q: Quant = a.quant.parse()?;
     let device = a.device.parse::<DeviceChoice>()?.open()?;
     let dtype = match &a.dtype {
@@ -145,6 +274,33 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let total_tokens: usize = sents.iter().map(Vec::len).sum();
     res.insert("tokens".into(), json!(total_tokens));
     res.insert("spin_limit".into(), json!(std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok()));
+    for k in ["MOE_LENS_FUSED", "MOE_LENS_EAGER_SCORES", "MOE_LENS_LEGACY_ROUNDING"] {
+        res.insert(k.to_lowercase(), json!(std::env::var(k).ok()));
+    }
+    let layers = cfg.num_hidden_layers;
+    let e = cfg.num_experts;
+    let k = cfg.num_experts_per_tok;
+
+    if a.only_routing {
+        let t = Instant::now();
+        let (m, _) = load(&a, &cfg, &files, &device, dtype, q)?;
+        res.insert("load_s".into(), json!(t.elapsed().as_secs_f64()));
+        let n = a.routing_n.min(sents.len());
+        let (dump, lg) = dump_routing(&m, &sents[..n], &device, k, layers, a.logits_out.is_some())?;
+        if let Some(p) = &a.routing_out {
+            std::fs::write(p, serde_json::to_string(&dump)?)?;
+        }
+        if let Some(p) = &a.logits_out {
+            std::fs::write(p, serde_json::to_string(&lg)?)?;
+        }
+        if a.variants {
+            dump_variants(&a, &m, &sents, &device, k, layers)?;
+        }
+        let out = Value::Object(res);
+        std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
+        println!("{out}");
+        return Ok(());
+    }
 
     if a.fresh && q != Quant::None {
         let _ = std::fs::remove_file(quant::cache_path(&a.model, q));
@@ -178,15 +334,15 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             fwd_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
+    if !device.is_cpu() && dtype == DType::BF16 && std::env::var("MOE_LENS_FUSED").is_err() {
+        res.insert("fused_check".into(), fused_check(&m, &sents, &input, &device, k, layers)?);
+    }
     res.insert("single_trace_ms_median".into(), json!(median(trace_ms.clone())));
     res.insert("single_forward_ms_median".into(), json!(median(fwd_ms)));
     res.insert("single_trace_ms_all".into(), json!(trace_ms));
     eprintln!("single: trace {:.2} ms", median(trace_ms));
 
     // one by one, routing copied to the host (what a trace keeps); keep top-k for the dump
-    let layers = cfg.num_hidden_layers;
-    let e = cfg.num_experts;
-    let k = cfg.num_experts_per_tok;
     let mut dump: Vec<Vec<Vec<Vec<u32>>>> = Vec::new();
     let mut loop_counts = vec![0u64; layers * e];
     let loop_n = if a.no_loop { a.routing_n.min(sents.len()) } else { sents.len() };
@@ -222,43 +378,64 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     // batched with counting on the device: sentences sorted by length, right-padded
     let mut order: Vec<usize> = (0..sents.len()).collect();
     order.sort_by_key(|&i| sents[i].len());
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    for &i in &order {
-        let longest = sents[i].len(); // sorted: this one is the longest so far
-        if !cur.is_empty() && (cur.len() + 1) * longest > a.batch_tokens {
-            batches.push(std::mem::take(&mut cur));
+    let make_batches = |limit: usize| -> Vec<Vec<usize>> {
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut cur: Vec<usize> = Vec::new();
+        for &i in &order {
+            let longest = sents[i].len(); // sorted: this one is the longest so far
+            if !cur.is_empty() && (cur.len() + 1) * longest > limit {
+                batches.push(std::mem::take(&mut cur));
+            }
+            cur.push(i);
         }
-        cur.push(i);
-    }
-    if !cur.is_empty() {
-        batches.push(cur);
-    }
-    let run_batched = |m: &Olmoe| -> Result<(f64, Vec<f32>)> {
-        let mut spy = CountSpy { counts: (0..layers).map(|_| Tensor::zeros(e, DType::F32, &device)).collect::<std::result::Result<Vec<_>, _>>()?, valid: None };
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+        batches
+    };
+    let batches = make_batches(a.batch_tokens);
+    let run_batched_with = |m: &Olmoe, batches: &[Vec<usize>], count: bool| -> Result<(f64, Vec<f32>)> {
+        let mut spy = CountSpy { experts: e, counts: vec![0; layers * e] };
         sync(&device)?;
         let t = Instant::now();
-        for b in &batches {
+        for b in batches {
             let tmax = b.iter().map(|&i| sents[i].len()).max().unwrap_or(1);
             let mut ids = vec![1u32; b.len() * tmax];
-            let mut valid = vec![0f32; b.len() * tmax * k];
             let mut lens = Vec::with_capacity(b.len());
             for (r, &i) in b.iter().enumerate() {
                 let s = &sents[i];
                 ids[r * tmax..r * tmax + s.len()].copy_from_slice(s);
-                valid[r * tmax * k..(r * tmax + s.len()) * k].iter_mut().for_each(|v| *v = 1.0);
                 lens.push(s.len());
             }
             let input = Tensor::from_vec(ids, (b.len(), tmax), &device)?;
-            spy.valid = Some(Tensor::from_vec(valid, b.len() * tmax * k, &device)?);
             let lengths = if lens.iter().all(|&l| l == tmax) { None } else { Some(lens.as_slice()) };
-            m.forward(&input, None, lengths, Step::Prefill, Some(&mut spy))?;
+            if count {
+                m.forward(&input, None, lengths, Step::Prefill, Some(&mut spy))?;
+            } else {
+                m.forward(&input, None, lengths, Step::Prefill, None)?;
+            }
         }
-        let counts = Tensor::stack(&spy.counts, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        sync(&device)?;
+        let counts = spy.counts.iter().map(|&c| c as f32).collect();
         Ok((t.elapsed().as_secs_f64(), counts))
     };
+    let run_batched = |m: &Olmoe| run_batched_with(m, &batches, true);
     run_batched(&m)?; // warm-up (kernels of new shapes)
     let (batch_s, counts) = run_batched(&m)?;
+    if !device.is_cpu() && q == Quant::None {
+        // where the time goes: the same batches without the spy (no routing copied to the host),
+        // and other batch sizes
+        let (nospy_s, _) = run_batched_with(&m, &batches, false)?;
+        res.insert("batched_forward_only_s".into(), json!(nospy_s));
+        let mut by_size = serde_json::Map::new();
+        for limit in [2048usize, 8192, 16384] {
+            let bs = make_batches(limit);
+            run_batched_with(&m, &bs, true)?;
+            let (s, _) = run_batched_with(&m, &bs, true)?;
+            by_size.insert(limit.to_string(), json!({"calls": bs.len(), "s": s}));
+        }
+        res.insert("batched_by_batch_tokens".into(), Value::Object(by_size));
+    }
     res.insert("batched_s".into(), json!(batch_s));
     res.insert("batched_calls".into(), json!(batches.len()));
     res.insert("batch_tokens".into(), json!(a.batch_tokens));
@@ -330,6 +507,9 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         olmoe::set_dense_min_tokens(env("MOE_LENS_DENSE_MIN").unwrap_or(1));
         olmoe::set_gguf_prefill_min_tokens(env("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
         res.insert("sweep".into(), json!(rows));
+    }
+    if a.variants {
+        dump_variants(&a, &m, &sents, &device, k, layers)?;
     }
     let out = Value::Object(res);
     std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;

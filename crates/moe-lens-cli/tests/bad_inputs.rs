@@ -80,7 +80,7 @@ fn bad_invocations_fail_cleanly_with_what_to_do() {
         ("--device unknown", s(&["trace", "--model", &m, "--text", "hi", "--device", "tpu"]), &[], "cuda:N"),
         ("--device cuda on a CPU build", s(&["trace", "--model", &m, "--text", "hi", "--device", "cuda"]), &[], "--features cuda"),
         ("--quant unknown", trace(&["--text", "hi", "--quant", "q9"]), &[], "q8_0"),
-        ("--quant that the sizes do not allow", trace(&["--text", "hi", "--quant", "q4k"]), &[], "use q8_0"),
+        ("--quant that the sizes do not allow", trace(&["--text", "hi", "--quant", "q4k"]), &[], "without quantization (none)"),
         ("text over the context", trace(&["--text", &"word ".repeat(300)]), &[], "split it into sentences"),
         ("model directory missing", s(&["trace", "--model", "/no/such/dir", "--text", "hi"]), &[], "does not exist"),
         ("bad Hub id", s(&["trace", "--model", "owner/bad name", "--text", "hi"]), &[], "only letters, digits"),

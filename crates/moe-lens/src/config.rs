@@ -257,8 +257,8 @@ mod tests {
       "transformers_version":"4.43.0.dev0","use_cache":true,"vocab_size":50304}"#;
 
     #[test]
-    fn reads_the_hub_config_with_its_real_sizes() {
-        let c = parse(HUB).unwrap();
+    fn reads_the_hub_config_with_its_real_sizes() -> Result<()> {
+        let c = parse(HUB)?;
         assert_eq!((c.num_hidden_layers, c.num_experts, c.num_experts_per_tok), (16, 64, 8));
         assert_eq!((c.hidden_size, c.intermediate_size, c.head_dim), (2048, 1024, 128));
         assert_eq!(c.rms_norm_eps, 1e-5, "absent from the Hub file: transformers' default applies");
@@ -266,16 +266,18 @@ mod tests {
         assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
         assert!(!c.norm_topk_prob && !c.tie_word_embeddings && c.clip_qkv.is_none());
         assert_eq!(c.eos_token_id, Some(50279));
+        Ok(())
     }
 
     #[test]
-    fn reads_transformers5_keys() {
+    fn reads_transformers5_keys() -> Result<()> {
         let s = HUB
             .replace("\"rope_theta\":10000.0,", "\"rope_parameters\":{\"rope_theta\":500000.0,\"rope_type\":\"default\"},")
             .replace("\"torch_dtype\"", "\"dtype\"");
-        let c = parse(&s).unwrap();
+        let c = parse(&s)?;
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
+        Ok(())
     }
 
     #[test]

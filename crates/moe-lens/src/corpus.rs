@@ -522,20 +522,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tags() {
-        assert_eq!(normalize_lang("EN").unwrap(), "en");
-        assert_eq!(normalize_lang("ja-hira").unwrap(), "ja-Hira");
-        assert_eq!(normalize_lang("yue").unwrap(), "yue");
+    fn tags() -> std::result::Result<(), String> {
+        assert_eq!(normalize_lang("EN")?, "en");
+        assert_eq!(normalize_lang("ja-hira")?, "ja-Hira");
+        assert_eq!(normalize_lang("yue")?, "yue");
         for bad in ["", "e", "english", "en-US", "k1", "ko-", "??"] {
             assert!(normalize_lang(bad).is_err(), "{bad}");
         }
+        Ok(())
     }
 
     #[test]
-    fn csv_split() {
-        assert_eq!(split_csv("a,\"b, c\",\"d \"\"e\"\"\"").unwrap(), vec!["a", "b, c", "d \"e\""]);
-        assert_eq!(split_csv("a,,").unwrap(), vec!["a", "", ""]);
+    fn csv_split() -> std::result::Result<(), String> {
+        assert_eq!(split_csv("a,\"b, c\",\"d \"\"e\"\"\"")?, vec!["a", "b, c", "d \"e\""]);
+        assert_eq!(split_csv("a,,")?, vec!["a", "", ""]);
         assert!(split_csv("a,\"b").is_err());
         assert!(split_csv("a,\"b\"x").is_err());
+        Ok(())
     }
 }

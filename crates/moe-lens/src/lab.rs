@@ -125,6 +125,31 @@ pub fn load(model: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions::default())
 }
 
+/// Loads `model` on the default device with the quantization named by `quant`, as the notebooks'
+/// `MOE_LENS_QUANT` names it: `"none"`, `"q8_0"`, `"q4k"`, or `"auto"` (also `""`).
+///
+/// `"auto"` takes 4-bit experts (q4k) on a GPU when the model's sizes allow it (hidden and expert
+/// sizes multiples of 256, as OLMoE's are): the full OLMoE needs about 16 GB of GPU memory in bf16
+/// and about 6 GB with q4k experts, so a 12 GB GPU slice fits it, as the Python lab's 4-bit load
+/// does. On the CPU, and for small models (the demo and test models), `"auto"` keeps the
+/// checkpoint's weights. The printed `Lens` says which was chosen.
+pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
+    let files = hub::resolve(model)?;
+    let opts = LoadOptions::default();
+    let quant = match quant.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => {
+            let cfg = Config::from_file(&files.config)?;
+            let gpu = !opts.device.open()?.is_cpu();
+            let fits = cfg.hidden_size % 256 == 0 && cfg.intermediate_size % 256 == 0;
+            if gpu && fits { Quant::Q4K } else { Quant::None }
+        }
+        other => other.parse::<Quant>().map_err(|_| {
+            Error::invalid("quant", format!("{other:?}; use auto, none, q8_0 or q4k (MOE_LENS_QUANT in the notebooks)"))
+        })?,
+    };
+    Lens::from_files_quantized(files, &opts, quant)
+}
+
 impl Lens {
     /// Loads with explicit options.
     pub fn load_with(model: &str, opts: &LoadOptions) -> Result<Lens> {
@@ -307,7 +332,16 @@ impl fmt::Display for Lens {
             c.num_experts_per_tok,
             c.hidden_size,
             c.vocab_size
-        )
+        )?;
+        if let Some(q) = &self.quant {
+            let how = match (q.cache_hit, &q.cache_write_error) {
+                (true, _) => "from the cache",
+                (false, None) => "quantized now and cached",
+                (false, Some(_)) => "quantized now; the cache could not be written",
+            };
+            write!(f, "; experts in {} ({how})", q.quant)?;
+        }
+        Ok(())
     }
 }
 

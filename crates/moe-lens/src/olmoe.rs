@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
@@ -21,6 +21,35 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::spy::{LayerSelection, RouterEvent, RouterSpy, Step};
+
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
+mod fused;
+
+/// Whether CUDA bf16 models run the fused kernels of `kernels/fused.cu` (default on).
+static FUSED: AtomicBool = AtomicBool::new(true);
+/// Attention scores rounded to bf16 before the softmax, as transformers' eager attention does; off
+/// (the default): kept in float32, as its default SDPA kernels do.
+static EAGER_SCORES: AtomicBool = AtomicBool::new(false);
+/// Session 1's bf16 rounding (candle's fused RMSNorm applying the weight before the cast; expert
+/// weights applied before the down projection), kept only to measure the change.
+static LEGACY_ROUNDING: AtomicBool = AtomicBool::new(false);
+
+/// Turns the fused CUDA kernels on or off (for comparisons; on by default).
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+/// Rounds attention scores to bf16 as transformers' eager attention does (default: float32 scores,
+/// as its SDPA path). Only matters in bf16/f16.
+pub fn set_eager_scores(on: bool) {
+    EAGER_SCORES.store(on, Ordering::Relaxed);
+}
+/// Goes back to session 1's bf16 rounding (for measuring the change only; also turns fusion off).
+pub fn set_legacy_rounding(on: bool) {
+    LEGACY_ROUNDING.store(on, Ordering::Relaxed);
+}
+fn legacy() -> bool {
+    LEGACY_ROUNDING.load(Ordering::Relaxed)
+}
 
 /// `x @ w.T` for `x` of shape `[.., in]` and a weight `[out, in]`.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -43,9 +72,14 @@ struct RmsNorm {
 impl RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cuda() {
-            // one fused kernel (f32 statistics; the weight is applied before the cast back, one
-            // rounding fewer than transformers: within bf16 rounding of it)
-            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+            if legacy() {
+                return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+            }
+            // candle's kernel with a unit weight: f32 statistics, one cast back; then the weight in
+            // the model dtype, as transformers rounds
+            let ones = Tensor::ones(self.weight.dims1()?, x.dtype(), x.device())?;
+            let normed = candle_nn::ops::rms_norm(&x.contiguous()?, &ones, self.eps as f32)?;
+            return Ok(normed.broadcast_mul(&self.weight)?);
         }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
@@ -99,6 +133,10 @@ impl Rope {
 
 #[derive(Debug, Clone)]
 struct Attention {
+    /// `[q; k; v]` projection rows in one tensor (fused CUDA path); `q_proj`, `k_proj`, `v_proj`
+    /// are then views of it.
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+    qkv: Option<Tensor>,
     q_proj: Tensor,
     k_proj: Tensor,
     v_proj: Tensor,
@@ -143,7 +181,6 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
         let clip = |y: Tensor| -> Result<Tensor> {
             Ok(match self.clip_qkv {
                 Some(c) => y.clamp(-c, c)?,
@@ -154,7 +191,53 @@ impl Attention {
         let q = clip(self.q_norm.forward(&linear(x, &self.q_proj)?)?)?; // [B, T, heads*D]
         let k = clip(self.k_norm.forward(&linear(x, &self.k_proj)?)?)?; // [B, T, kv*D]
         let v = clip(linear(x, &self.v_proj)?)?; // [B, T, kv*D]
+        self.attend(q, k, v, rope, offset, mask, cache)
+    }
 
+    /// The fused CUDA bf16 path: `x` `[B*T, hidden]` → `[B*T, hidden]` (no KV cache, no clamp).
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        b: usize,
+        t: usize,
+        rope: &Rope,
+        lens: Option<&Tensor>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let n = b * t;
+        let Some(qkv_w) = &self.qkv else {
+            return Err(Error::Device("fused attention without a fused q/k/v weight".into()));
+        };
+        let (hd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let width = hd + 2 * kvd;
+        let qkv = x.matmul(&qkv_w.t()?)?; // [N, hd + 2 kvd]
+        // q and k norms in one launch: [N, hd] and [N, kvd]
+        let (q, _, k) = fused::rmsnorm(&qkv, n, hd, width, 0, None, &self.q_norm.weight, self.q_norm.eps, Some((kvd, hd, &self.k_norm.weight)))?;
+        let k = k.ok_or_else(|| Error::Device("fused RMSNorm returned no k".into()))?;
+        if t <= fused::ATT_MAX_T && self.heads == self.kv_heads && self.head_dim == fused::ATT_D {
+            let eager = EAGER_SCORES.load(Ordering::Relaxed);
+            let out = fused::attention((&q, hd, 0), (&k, kvd, 0), (&qkv, width, hd + kvd), &rope.cos_d, &rope.sin_d, lens, b, t, self.heads, eager)?;
+            return linear(&out, &self.o_proj); // [N, hidden]
+        }
+        let v = qkv.narrow(1, hd + kvd, kvd)?.reshape((b, t, kvd))?;
+        let out = self.attend(q.reshape((b, t, hd))?, k.reshape((b, t, kvd))?, v, rope, 0, mask, None)?;
+        Ok(out.reshape((n, hd))?)
+    }
+
+    /// Attention from projected, normed q, k, v `[B, T, heads*D]` (not yet rotated).
+    fn attend(
+        &self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        rope: &Rope,
+        offset: usize,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = q.dims3()?;
         let q = q.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?; // [B, heads, T, D]
         let k = k.reshape((b, t, self.kv_heads, self.head_dim))?.transpose(1, 2)?; // [B, kv, T, D]
         let v = v.reshape((b, t, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
@@ -187,8 +270,14 @@ impl Attention {
         let v = repeat(v)?;
 
         let scale = (self.head_dim as f64).powf(-0.5);
-        let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?; // [B, heads, T, S]
-        let scores = scores.to_dtype(DType::F32)?;
+        let scores = if q.dtype() == DType::F32 || legacy() || EAGER_SCORES.load(Ordering::Relaxed) {
+            // eager attention: q·k in the model dtype, scaled, then float32
+            (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?.to_dtype(DType::F32)?
+        } else {
+            // SDPA keeps scores in float32
+            let q32 = q.to_dtype(DType::F32)?.contiguous()?;
+            (q32.matmul(&k.t()?.to_dtype(DType::F32)?.contiguous()?)? * scale)?
+        }; // [B, heads, T, S] f32
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
@@ -261,6 +350,10 @@ impl std::fmt::Debug for ExpertWeights {
 struct SparseMoe {
     /// Router weight `[experts, hidden]`.
     gate: Tensor,
+    /// Fused CUDA path: `[E*2I + E, hidden]`, every expert's gate and up rows, then the router's;
+    /// `gate` and the experts' `gate_up` are then views of it.
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+    gate_gu: Option<Tensor>,
     experts: ExpertWeights,
     num_experts: usize,
     intermediate: usize,
@@ -274,6 +367,27 @@ struct RouterOut {
     probs: Tensor,   // [N, E] f32
     top_k: Tensor,   // [N, k] u32
     weights: Tensor, // [N, k] f32
+}
+
+impl RouterOut {
+    /// Planar f32 `[logits (N*E) | probs (N*E) | weights (N*k) | ids (N*k)]`, the fused router's layout.
+    fn packed(&self) -> Result<Tensor> {
+        let f = |t: &Tensor| t.flatten_all();
+        Ok(Tensor::cat(&[f(&self.logits)?, f(&self.probs)?, f(&self.weights)?, f(&self.top_k.to_dtype(DType::F32)?)?], 0)?)
+    }
+
+    /// Views of one layer's planar routing (see [`RouterOut::packed`]); `top_k` back to u32.
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+    fn from_packed(p: &Tensor, n: usize, e: usize, k: usize) -> Result<Self> {
+        Ok(RouterOut {
+            logits: p.narrow(0, 0, n * e)?.reshape((n, e))?,
+            probs: p.narrow(0, n * e, n * e)?.reshape((n, e))?,
+            // a fresh buffer: candle's grouped kernels read raw pointers and ignore a view's offset
+            // (`copy` would keep the offset)
+            weights: p.narrow(0, 2 * n * e, n * k)?.reshape((n, k))?.force_contiguous()?,
+            top_k: p.narrow(0, 2 * n * e + n * k, n * k)?.reshape((n, k))?.to_dtype(DType::U32)?,
+        })
+    }
 }
 
 impl SparseMoe {
@@ -361,8 +475,10 @@ impl SparseMoe {
         let mut s = 0;
         while s < n {
             let m = step.min(n - s);
-            // fresh copies: the grouped kernels read raw device pointers and ignore a view's offset
-            parts.push(f(&x.narrow(0, s, m)?.copy()?, &r.top_k.narrow(0, s, m)?.copy()?, &r.weights.narrow(0, s, m)?.copy()?)?);
+            // fresh buffers: the grouped kernels read raw device pointers and ignore a view's offset
+            // (`Tensor::copy` keeps the view's offset, so it is not enough)
+            let fresh = |t: &Tensor| t.narrow(0, s, m)?.force_contiguous();
+            parts.push(f(&fresh(x)?, &fresh(&r.top_k)?, &fresh(&r.weights)?)?);
             s += m;
         }
         Ok(Tensor::cat(&parts, 0)?)
@@ -378,9 +494,17 @@ impl SparseMoe {
         let g = candle_nn::ops::silu(&gu.narrow(2, 0, 1)?)?;
         let hid = (g * gu.narrow(2, 1, 1)?)?; // [N, E, 1, I]
         let dense_w = Tensor::zeros((n, e), DType::F32, x.device())?.scatter_add(&r.top_k, &r.weights, 1)?; // [N, E]
-        let hid = hid.broadcast_mul(&dense_w.to_dtype(x.dtype())?.reshape((n, e, 1, 1))?)?;
+        let dense_w = dense_w.to_dtype(x.dtype())?;
+        if legacy() {
+            let hid = hid.broadcast_mul(&dense_w.reshape((n, e, 1, 1))?)?;
+            let hid = hid.reshape((n, e, i))?.transpose(0, 1)?.contiguous()?; // [E, N, I]
+            let y = hid.matmul(&down.t()?)?; // [E, N, H]
+            return Ok(y.to_dtype(DType::F32)?.sum(0)?.to_dtype(x.dtype())?);
+        }
         let hid = hid.reshape((n, e, i))?.transpose(0, 1)?.contiguous()?; // [E, N, I]
         let y = hid.matmul(&down.t()?)?; // [E, N, H]
+        // as transformers: each expert's output times its weight in the model dtype, summed in f32
+        let y = y.broadcast_mul(&dense_w.t()?.reshape((e, n, 1))?)?;
         Ok(y.to_dtype(DType::F32)?.sum(0)?.to_dtype(x.dtype())?)
     }
 
@@ -392,9 +516,17 @@ impl SparseMoe {
         let gu = candle_nn::moe::moe_gemm(x, gate_up, &None, &sorted, &expert_ids, self.k, true)?; // [N*k, 2I]
         let g = candle_nn::ops::silu(&gu.narrow(1, 0, i)?)?;
         let hid = (g * gu.narrow(1, i, i)?)?.contiguous()?; // [N*k, I]
-        let w = w.flatten_all()?.contiguous()?;
-        let y = candle_nn::moe::moe_gemm(&hid, down, &Some(w), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
-        Ok(y.reshape((n, self.k, h))?.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?)
+        if legacy() {
+            let w = w.flatten_all()?.contiguous()?;
+            let y = candle_nn::moe::moe_gemm(&hid, down, &Some(w), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
+            return Ok(y.reshape((n, self.k, h))?.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?);
+        }
+        // unit weights (the kernel needs some to read pair rows), then as transformers: the output
+        // times the weight in the model dtype, summed over the k slots in f32
+        let ones = Tensor::ones(n * self.k, DType::F32, x.device())?;
+        let y = candle_nn::moe::moe_gemm(&hid, down, &Some(ones), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
+        let y = y.reshape((n, self.k, h))?.broadcast_mul(&w.to_dtype(x.dtype())?.reshape((n, self.k, 1))?)?;
+        Ok(y.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?)
     }
 
     /// CUDA, quantized experts: candle's grouped GGUF kernels.
@@ -420,6 +552,48 @@ impl SparseMoe {
         let y = candle_nn::moe::moe_gemm_gguf(&hid, down, &Some(w), &sorted, &expert_ids, self.k, prefill, act)?;
         Ok(y.reshape((n, self.k, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
+
+    /// The fused CUDA bf16 path: router and experts for `x` `[N, hidden]`; the routing is written
+    /// into `packed` (one layer's planar buffer). Short inputs run every expert densely (router
+    /// logits from the same matmul as gate/up); longer ones group the pairs by expert and run one
+    /// batched matmul per projection over the busiest expert's row count.
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    fn moe_fused(&self, x: &Tensor, packed: &Tensor) -> Result<Tensor> {
+        let (n, h) = x.dims2()?;
+        let (e, i, k) = (self.num_experts, self.intermediate, self.k);
+        let dense = n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed);
+        match (&self.experts, &self.gate_gu) {
+            (ExpertWeights::Dense { down, .. }, Some(ggu)) if dense => {
+                let w = e * 2 * i + e;
+                // (the transposed product W·xᵀ was tried: 13.1 ms per forward against 4.7, H200)
+                let out = x.matmul(&ggu.t()?)?; // [N, E*2I + E]: gate/up of every expert, then the router
+                fused::route(&out, w, 1, e * 2 * i, n, e, packed, k, self.norm_topk_prob)?;
+                let hid = fused::swiglu(&out, n, e, i, w, 0, 1)?; // [E, N, I]
+                let y = hid.matmul(&down.t()?)?; // [E, N, H]
+                fused::combine(&y, packed, None, n, e, h, k)
+            }
+            (ExpertWeights::Dense { gate_up, down }, _) => {
+                let logits = x.matmul(&self.gate.t()?)?; // [N, E]
+                fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
+                if dense {
+                    let gu = x.matmul(&gate_up.reshape((e * 2 * i, h))?.t()?)?; // [N, E*2I]
+                    let hid = fused::swiglu(&gu, n, e, i, e * 2 * i, 0, 1)?;
+                    let y = hid.matmul(&down.t()?)?;
+                    return fused::combine(&y, packed, None, n, e, h, k);
+                }
+                let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+                let gu = xg.matmul(&gate_up.t()?)?; // [E, C, 2I]
+                let hid = fused::swiglu(&gu, e * cap, 1, i, 2 * i, 0, 1)?.reshape((e, cap, i))?;
+                let y = hid.matmul(&down.t()?)?; // [E, C, H]
+                fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+            }
+            _ => {
+                let logits = x.matmul(&self.gate.t()?)?; // [N, E]
+                fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
+                self.experts(x, &RouterOut::from_packed(packed, n, e, k)?)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -442,6 +616,9 @@ pub struct Olmoe {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// Whether the fused CUDA bf16 kernels can run this model.
+    #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+    fused: bool,
 }
 
 /// Memory-mapped safetensors files with a name → file map, for errors that name the file.
@@ -504,14 +681,67 @@ impl Weights {
         self.files.iter().map(|(p, _)| p.clone()).collect()
     }
 
+    /// The stored dtype and raw little-endian bytes of `name`, checking its shape.
+    fn raw(&self, name: &str, shape: &[usize]) -> Result<(DType, &[u8])> {
+        let Some(&i) = self.index.get(name) else {
+            return Err(self.missing(name));
+        };
+        let (path, st) = &self.files[i];
+        let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
+        if view.shape() != shape {
+            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: view.shape().to_vec() });
+        }
+        let dtype = DType::try_from(view.dtype())
+            .map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: unsupported dtype ({e})") })?;
+        let n: usize = shape.iter().product();
+        if view.data().len() != n * dtype.size_in_bytes() {
+            return Err(Error::Weights { path: path.clone(), msg: format!("{name}: {} bytes for {n} values", view.data().len()) });
+        }
+        Ok((dtype, view.data()))
+    }
+
+    fn describe_dir(&self) -> PathBuf {
+        self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new(".")).to_path_buf()
+    }
+
+    /// The error for a tensor that no weights file holds.
+    fn missing(&self, name: &str) -> Error {
+        Error::Weights {
+            path: self.describe_dir(),
+            msg: format!("tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?", self.files.len()),
+        }
+    }
+
+    /// Stacks `names` (all of `part` shape and one stored dtype) into one tensor `[names.len() *
+    /// part[0], part[1]]` on the model device in the model dtype: the raw bytes are copied once,
+    /// in parallel, into one host buffer, uploaded in one transfer and converted on the device.
+    pub(crate) fn stack(&self, names: &[String], part: &[usize]) -> Result<Tensor> {
+        let parts = names.iter().map(|n| self.raw(n, part)).collect::<Result<Vec<_>>>()?;
+        let Some(&(dtype, _)) = parts.first() else {
+            return Err(Error::invalid("weights", "nothing to stack"));
+        };
+        if parts.iter().any(|(d, _)| *d != dtype) {
+            // mixed stored dtypes: one by one
+            let ts = names.iter().map(|n| self.get_cpu(n, part, self.dtype)).collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::cat(&ts, 0)?.to_device(&self.device)?);
+        }
+        let shape = (names.len() * part[0], part.iter().skip(1).product::<usize>());
+        let t = match dtype {
+            DType::BF16 => stack_raw::<half::bf16>(&parts, shape, &self.device)?,
+            DType::F16 => stack_raw::<half::f16>(&parts, shape, &self.device)?,
+            DType::F32 => stack_raw::<f32>(&parts, shape, &self.device)?,
+            _ => {
+                let ts = names.iter().map(|n| self.get_cpu(n, part, self.dtype)).collect::<Result<Vec<_>>>()?;
+                return Ok(Tensor::cat(&ts, 0)?.to_device(&self.device)?);
+            }
+        };
+        Ok(t.to_dtype(self.dtype)?)
+    }
+
     /// Loads `name` on the CPU in `dtype`, checking its shape.
     pub(crate) fn get_cpu(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let Some(&i) = self.index.get(name) else {
-            let dir = self.files.first().and_then(|(p, _)| p.parent()).unwrap_or(Path::new("."));
-            return Err(Error::Weights {
-                path: dir.to_path_buf(),
-                msg: format!("tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?", self.files.len()),
-            });
+            return Err(self.missing(name));
         };
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
@@ -523,6 +753,35 @@ impl Weights {
             .map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
         Ok(t.to_dtype(dtype)?)
     }
+}
+
+/// Copies equal-sized raw parts (stored as `T`) into one `T` buffer, several threads at once, and
+/// makes one tensor of it on `device`.
+fn stack_raw<T: candle_core::WithDType>(parts: &[(DType, &[u8])], shape: (usize, usize), device: &Device) -> Result<Tensor> {
+    let size = std::mem::size_of::<T>();
+    let per = parts.first().map_or(0, |(_, b)| b.len());
+    if parts.iter().any(|(_, b)| b.len() != per) || per % size != 0 || parts.len() * per != shape.0 * shape.1 * size {
+        return Err(Error::invalid("weights", "parts to stack differ in size"));
+    }
+    let mut buf: Vec<T> = vec![T::zero(); shape.0 * shape.1];
+    {
+        // SAFETY: T is a plain numeric type (bf16, f16 or f32) of `size` bytes with no invalid bit
+        // patterns; the byte view covers exactly the vector's initialised elements and is dropped
+        // before the vector is used again.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * size) };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let per_thread = parts.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            for (dst, src) in bytes.chunks_mut(per * per_thread).zip(parts.chunks(per_thread)) {
+                sc.spawn(move || {
+                    for (d, (_, s)) in dst.chunks_mut(per).zip(src) {
+                        d.copy_from_slice(s);
+                    }
+                });
+            }
+        });
+    }
+    Ok(Tensor::from_vec(buf, shape, device)?)
 }
 
 fn check_dtype(dtype: DType) -> Result<()> {
@@ -574,19 +833,14 @@ impl WeightSource for DenseSource<'_> {
     fn experts(&self, l: usize) -> Result<ExpertWeights> {
         let cfg = self.cfg;
         check_expert_count(self.w, cfg, l)?;
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let mut gate_up = Vec::with_capacity(cfg.num_experts);
-        let mut down = Vec::with_capacity(cfg.num_experts);
-        for x in 0..cfg.num_experts {
-            let q = format!("model.layers.{l}.mlp.experts.{x}");
-            let g = self.w.get_cpu(&format!("{q}.gate_proj.weight"), &[i, h], self.w.dtype)?;
-            let u = self.w.get_cpu(&format!("{q}.up_proj.weight"), &[i, h], self.w.dtype)?;
-            gate_up.push(Tensor::cat(&[&g, &u], 0)?);
-            down.push(self.w.get_cpu(&format!("{q}.down_proj.weight"), &[h, i], self.w.dtype)?);
-        }
+        let (h, i, e) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_experts);
+        let q = |x: usize, p: &str| format!("model.layers.{l}.mlp.experts.{x}.{p}.weight");
+        // gate_up [E, 2I, H]: each expert's gate rows, then its up rows; down [E, H, I]
+        let gu_names: Vec<String> = (0..e).flat_map(|x| [q(x, "gate_proj"), q(x, "up_proj")]).collect();
+        let down_names: Vec<String> = (0..e).map(|x| q(x, "down_proj")).collect();
         Ok(ExpertWeights::Dense {
-            gate_up: Tensor::stack(&gate_up, 0)?.to_device(&self.w.device)?,
-            down: Tensor::stack(&down, 0)?.to_device(&self.w.device)?,
+            gate_up: self.w.stack(&gu_names, &[i, h])?.reshape((e, 2 * i, h))?,
+            down: self.w.stack(&down_names, &[h, i])?.reshape((e, h, i))?,
         })
     }
 }
@@ -608,17 +862,48 @@ impl Olmoe {
             Ok(RmsNorm { weight: w.get(name, &[size])?, eps: cfg.rms_norm_eps })
         };
         let embed_tokens = w.get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let fused = cfg!(any(feature = "cuda", moe_lens_cuda))
+            && device.is_cuda()
+            && dtype == DType::BF16
+            && cfg.clip_qkv.is_none()
+            && cfg.num_experts <= 256
+            && cfg.num_experts_per_tok <= cfg.num_experts.min(32);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let experts = w.experts(l)?;
+            let gate = w.get(&format!("{p}.mlp.gate.weight"), &[e, h])?;
+            let (gate, gate_gu, experts) = match experts {
+                ExpertWeights::Dense { gate_up, down } if fused => {
+                    // one [gate/up of every expert; router] tensor: one matmul for short inputs
+                    let (ne, two_i, hh) = gate_up.dims3()?;
+                    let ggu = Tensor::cat(&[&gate_up.reshape((ne * two_i, hh))?, &gate], 0)?;
+                    drop(gate_up);
+                    let gate_up = ggu.narrow(0, 0, ne * two_i)?.reshape((ne, two_i, hh))?;
+                    let gate = ggu.narrow(0, ne * two_i, e)?;
+                    (gate, Some(ggu), ExpertWeights::Dense { gate_up, down })
+                }
+                other => (gate, None, other),
+            };
+            let q_proj = w.get(&format!("{p}.self_attn.q_proj.weight"), &[h, h])?;
+            let k_proj = w.get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?;
+            let v_proj = w.get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?;
+            let (qkv, q_proj, k_proj, v_proj) = if fused {
+                // one [q; k; v] tensor, the three projections as views of it
+                let qkv = Tensor::cat(&[&q_proj, &k_proj, &v_proj], 0)?;
+                let (q, k, v) = (qkv.narrow(0, 0, h)?, qkv.narrow(0, h, kv)?, qkv.narrow(0, h + kv, kv)?);
+                (Some(qkv), q, k, v)
+            } else {
+                (None, q_proj, k_proj, v_proj)
+            };
             layers.push(DecoderLayer {
                 name: Config::router_name(l),
                 input_layernorm: norm(&format!("{p}.input_layernorm.weight"), h)?,
                 self_attn: Attention {
-                    q_proj: w.get(&format!("{p}.self_attn.q_proj.weight"), &[h, h])?,
-                    k_proj: w.get(&format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                    v_proj: w.get(&format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                    qkv,
+                    q_proj,
+                    k_proj,
+                    v_proj,
                     o_proj: w.get(&format!("{p}.self_attn.o_proj.weight"), &[h, h])?,
                     q_norm: norm(&format!("{p}.self_attn.q_norm.weight"), h)?,
                     k_norm: norm(&format!("{p}.self_attn.k_norm.weight"), kv)?,
@@ -629,7 +914,8 @@ impl Olmoe {
                 },
                 post_attention_layernorm: norm(&format!("{p}.post_attention_layernorm.weight"), h)?,
                 mlp: SparseMoe {
-                    gate: w.get(&format!("{p}.mlp.gate.weight"), &[e, h])?,
+                    gate,
+                    gate_gu,
                     experts,
                     num_experts: e,
                     intermediate: cfg.intermediate_size,
@@ -663,6 +949,7 @@ impl Olmoe {
             rope: Rope::new(cfg, device, dtype)?,
             device: device.clone(),
             dtype,
+            fused,
         })
     }
 
@@ -687,6 +974,12 @@ impl Olmoe {
     /// - `cache`: keys/values of earlier positions; the new tokens continue them.
     /// - `lengths`: real length of each row when the batch is right-padded (no cache then).
     /// - `spy`: receives each selected layer's routing, tagged `step`.
+    ///
+    /// On the CPU each event is delivered as its layer runs. On a GPU the routing stays on the device
+    /// until the last layer and is then copied to the host in one transfer (one synchronisation per
+    /// call), so events arrive after the forward pass, in layer order, with CPU tensors; in batched
+    /// calls (`B > 1`) of the fused bf16 path only `top_k` and `weights` are copied, and `logits` and
+    /// `probs` are device tensors (read them with `to_vec*` only if you need them).
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -718,12 +1011,20 @@ impl Olmoe {
         let selection = spy.as_ref().map(|s| s.layers()).unwrap_or(LayerSelection::Only(vec![]));
         selection.check(self.layers.len())?;
 
+        #[cfg(any(feature = "cuda", moe_lens_cuda))]
+        if self.fused && cache.is_none() && FUSED.load(Ordering::Relaxed) && !legacy() {
+            return self.forward_fused(input_ids, b, t, lengths, step, spy, &selection);
+        }
         let mask = self.mask(b, t, offset, lengths)?;
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, t, self.cfg.hidden_size))?; // [B, T, hidden]
         let mut reported = 0usize;
+        // off the CPU, routing is kept on the device and copied to the host once, after the last layer
+        let on_host = self.device.is_cpu();
+        let mut routed: Vec<Tensor> = Vec::new();
+        let mut routed_layers: Vec<usize> = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().and_then(|c| c.layers.get_mut(l));
             let h = layer.input_layernorm.forward(&x)?;
@@ -734,7 +1035,10 @@ impl Olmoe {
             let flat = h.reshape((b * t, self.cfg.hidden_size))?; // [N, hidden]
             let r = layer.mlp.route(&flat)?;
             if let Some(s) = spy.as_mut() {
-                if selection.contains(l) {
+                if selection.contains(l) && !on_host {
+                    routed.push(r.packed()?.flatten_all()?);
+                    routed_layers.push(l);
+                } else if selection.contains(l) {
                     s.on_route(&RouterEvent {
                         layer: l,
                         name: &layer.name,
@@ -755,6 +1059,10 @@ impl Olmoe {
             x = (x + m.reshape((b, t, self.cfg.hidden_size))?)?;
         }
         if let Some(s) = spy.as_mut() {
+            if !routed.is_empty() {
+                let host: Vec<f32> = Tensor::cat(&routed, 0)?.to_vec1()?; // the one copy to the host
+                reported += self.deliver(&mut **s, &host, &routed_layers, step, b, t, offset, lengths)?;
+            }
             let wanted = selection.layers(self.layers.len()).len();
             if reported != wanted {
                 return Err(Error::Spy(format!("{wanted} layers were requested but {reported} reported")));
@@ -765,6 +1073,145 @@ impl Olmoe {
             c.len += t;
         }
         self.norm.forward(&x)
+    }
+
+    /// Hands routing copied to the host to `spy`: `host` holds, for each of `layers` in turn, the
+    /// planar routing of `[logits | probs | weights | ids]` (f32). Events carry CPU tensors.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &self,
+        spy: &mut dyn RouterSpy,
+        host: &[f32],
+        layers: &[usize],
+        step: Step,
+        b: usize,
+        t: usize,
+        offset: usize,
+        lengths: Option<&[usize]>,
+    ) -> Result<usize> {
+        let (e, k, n) = (self.cfg.num_experts, self.cfg.num_experts_per_tok, b * t);
+        let p = 2 * e + 2 * k;
+        for (j, &l) in layers.iter().enumerate() {
+            let block = host
+                .get(j * n * p..(j + 1) * n * p)
+                .ok_or_else(|| Error::Spy(format!("routing of layer {l} is missing from the host copy")))?;
+            // planar: logits, probs, weights, ids
+            let (logits, rest) = block.split_at(n * e);
+            let (probs, rest) = rest.split_at(n * e);
+            let (weights, ids) = rest.split_at(n * k);
+            let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+            let cpu = Device::Cpu;
+            let layer = self.layers.get(l).ok_or_else(|| Error::Spy(format!("no layer {l}")))?;
+            spy.on_route(&RouterEvent {
+                layer: l,
+                name: &layer.name,
+                step,
+                batch: b,
+                seq_len: t,
+                offset,
+                lengths,
+                logits: &Tensor::from_slice(logits, (n, e), &cpu)?,
+                probs: &Tensor::from_slice(probs, (n, e), &cpu)?,
+                top_k: &Tensor::from_vec(ids, (n, k), &cpu)?,
+                weights: &Tensor::from_slice(weights, (n, k), &cpu)?,
+            })?;
+        }
+        Ok(layers.len())
+    }
+
+    /// The fused CUDA bf16 forward (no KV cache): RMSNorm with the residual add, one q/k/v matmul,
+    /// one attention kernel for short inputs, one router kernel writing every layer's routing into
+    /// one buffer, SwiGLU and the expert mix as single kernels; one host copy of the routing at the end.
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_fused(
+        &self,
+        input_ids: &Tensor,
+        b: usize,
+        t: usize,
+        lengths: Option<&[usize]>,
+        step: Step,
+        mut spy: Option<&mut dyn RouterSpy>,
+        selection: &LayerSelection,
+    ) -> Result<Tensor> {
+        let (hs, e, k) = (self.cfg.hidden_size, self.cfg.num_experts, self.cfg.num_experts_per_tok);
+        let n = b * t;
+        let p = 2 * e + 2 * k;
+        let mut x = self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?; // [N, hidden]
+        let lens = match lengths {
+            Some(l) => Some(Tensor::from_vec(l.iter().map(|&v| v as u32).collect::<Vec<_>>(), l.len(), &self.device)?),
+            None => None,
+        };
+        // the attention kernel takes heads of 128, no grouped kv heads, up to ATT_MAX_T positions;
+        // otherwise candle's ops run, and they need the mask
+        let cfg = &self.cfg;
+        let fused_attention = t <= fused::ATT_MAX_T && cfg.num_attention_heads == cfg.num_key_value_heads && cfg.head_dim == fused::ATT_D;
+        let mask = if fused_attention { None } else { self.mask(b, t, 0, lengths)? };
+        let routing = fused::alloc_f32(&x, &[self.layers.len(), n * p])?; // every layer's routing
+        let mut pending: Option<Tensor> = None; // the last expert output, not yet added
+        for (l, layer) in self.layers.iter().enumerate() {
+            let ln = &layer.input_layernorm;
+            let (h, sum, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &ln.weight, ln.eps, None)?;
+            if let Some(s) = sum {
+                x = s;
+            }
+            let att = layer.self_attn.forward_fused(&h, b, t, &self.rope, lens.as_ref(), mask.as_ref())?; // [N, hidden]
+            let ln = &layer.post_attention_layernorm;
+            let (h, sum, _) = fused::rmsnorm(&x, n, hs, hs, 0, Some(&att), &ln.weight, ln.eps, None)?;
+            x = sum.ok_or_else(|| Error::Device("fused RMSNorm returned no sum".into()))?;
+            let packed = routing.get(l)?; // this layer's routing, a view
+            pending = Some(layer.mlp.moe_fused(&h, &packed)?);
+        }
+        let (out, _, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &self.norm.weight, self.norm.eps, None)?;
+        if let Some(s) = spy.as_mut() {
+            let wanted = selection.layers(self.layers.len());
+            if b > 1 && !wanted.is_empty() {
+                // batches: only the choices and weights come to the host (one copy); logits and
+                // probabilities stay on the device as views, read only by spies that ask for them
+                let l_all = self.layers.len();
+                let choices = routing.narrow(1, 2 * n * e, 2 * n * k)?.contiguous()?; // [L, 2Nk]
+                let host: Vec<f32> = choices.flatten_all()?.to_vec1()?;
+                let cpu = Device::Cpu;
+                for &l in &wanted {
+                    let block = host
+                        .get(l * 2 * n * k..(l + 1) * 2 * n * k)
+                        .ok_or_else(|| Error::Spy(format!("routing of layer {l} is missing")))?;
+                    let (weights, ids) = block.split_at(n * k);
+                    let ids: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+                    let dev_rows = routing.get(l)?;
+                    let layer = self.layers.get(l).ok_or_else(|| Error::Spy(format!("no layer {l} of {l_all}")))?;
+                    s.on_route(&RouterEvent {
+                        layer: l,
+                        name: &layer.name,
+                        step,
+                        batch: b,
+                        seq_len: t,
+                        offset: 0,
+                        lengths,
+                        logits: &dev_rows.narrow(0, 0, n * e)?.reshape((n, e))?,
+                        probs: &dev_rows.narrow(0, n * e, n * e)?.reshape((n, e))?,
+                        top_k: &Tensor::from_vec(ids, (n, k), &cpu)?,
+                        weights: &Tensor::from_slice(weights, (n, k), &cpu)?,
+                    })?;
+                }
+            } else if wanted.len() == self.layers.len() {
+                // the one copy to the host: all layers' routing at once
+                let host: Vec<f32> = routing.flatten_all()?.to_vec1()?;
+                self.deliver(&mut **s, &host, &wanted, step, b, t, 0, lengths)?;
+            } else if !wanted.is_empty() {
+                let host: Vec<f32> = routing.flatten_all()?.to_vec1()?;
+                let mut picked = Vec::with_capacity(wanted.len() * n * p);
+                for &l in &wanted {
+                    let block = host
+                        .get(l * n * p..(l + 1) * n * p)
+                        .ok_or_else(|| Error::Spy(format!("routing of layer {l} is missing")))?;
+                    picked.extend_from_slice(block);
+                }
+                self.deliver(&mut **s, &picked, &wanted, step, b, t, 0, lengths)?;
+            }
+            s.on_step_end(step)?;
+        }
+        Ok(out.reshape((b, t, hs))?)
     }
 
     /// Next-token logits (float32) from final hidden states `[B, T, hidden]`, for the last position.

@@ -157,7 +157,14 @@ fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {
         if v % b != 0 {
             return Err(Error::invalid(
                 "quant",
-                format!("{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: use q8_0 (blocks of 32) or no quantization"),
+                format!(
+                    "{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: {}",
+                    if cfg.hidden_size % 32 == 0 && cfg.intermediate_size % 32 == 0 {
+                        "use q8_0 (blocks of 32) or no quantization (none)"
+                    } else {
+                        "this model can only be loaded without quantization (none)"
+                    }
+                ),
             ));
         }
     }
@@ -515,10 +522,35 @@ fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<Strin
     if len < end {
         return Err(bad(format!("truncated: {len} bytes, the header describes {end}")));
     }
+    drop(r);
+    // several readers at once (each its own file handle): one reader was the larger part of a
+    // cached load
+    let names: Vec<&String> = content.tensor_infos.keys().collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let per = names.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<(String, QTensor)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(per)
+            .map(|chunk| {
+                let content = &content;
+                s.spawn(move || -> Result<Vec<(String, QTensor)>> {
+                    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+                    let mut r = BufReader::with_capacity(8 << 20, f);
+                    chunk
+                        .iter()
+                        .map(|name| {
+                            let t = content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
+                            Ok(((*name).clone(), t))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("a reader thread panicked".into())))).collect()
+    });
     let mut out = HashMap::new();
-    for name in content.tensor_infos.keys() {
-        let t = content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
-        out.insert(name.clone(), t);
+    for p in parts {
+        out.extend(p?);
     }
     Ok(out)
 }
@@ -573,6 +605,18 @@ impl WeightSource for GgufSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
         let t = self.take(&g, shape)?;
+        // unquantized tensors (norms, router, attention, embeddings): their bytes go to the device
+        // as they are and are converted there (a CPU round trip through f32 took seconds)
+        let raw = match t.dtype() {
+            GgmlDType::BF16 => Some(DType::BF16),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::F32 => Some(DType::F32),
+            _ => None,
+        };
+        if let (Some(dt), Device::Cuda(_)) = (raw, &self.device) {
+            let data = t.data()?;
+            return Ok(Tensor::from_raw_buffer(&data, dt, shape, &self.device)?.to_dtype(self.dtype)?);
+        }
         Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
     }
     fn has(&self, name: &str) -> bool {

@@ -367,16 +367,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn layer_refs_by_index_and_name() {
-        assert_eq!(LayerRef::from(14usize).index(16).unwrap(), 14);
-        assert_eq!(LayerRef::from("model.layers.14.mlp.gate").index(16).unwrap(), 14);
-        assert_eq!(LayerRef::from("3").index(16).unwrap(), 3);
+    fn layer_refs_by_index_and_name() -> Result<()> {
+        assert_eq!(LayerRef::from(14usize).index(16)?, 14);
+        assert_eq!(LayerRef::from("model.layers.14.mlp.gate").index(16)?, 14);
+        assert_eq!(LayerRef::from("3").index(16)?, 3);
         for bad in [LayerRef::from(16usize), LayerRef::from(-1), LayerRef::from("model.layers.x.mlp.gate"),
                     LayerRef::from("model.layers.32.mlp.gate"), LayerRef::from("")] {
             let e = bad.index(16).unwrap_err();
             assert!(matches!(e, Error::UnknownLayer { layers: 16, .. }), "{e}");
             assert!(e.to_string().contains("0..=15"), "{e}");
         }
+        Ok(())
     }
 
     #[test]

@@ -176,7 +176,7 @@ fn bad_device_and_dtype_strings() {
     assert!("tpu".parse::<DeviceChoice>().is_err());
     assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
     assert!(moe_lens::lab::parse_dtype("int4").is_err());
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(any(feature = "cuda", moe_lens_cuda)))]
     {
         let e = DeviceChoice::Cuda(0).open().unwrap_err();
         assert!(e.to_string().contains("--features cuda"), "{e}");

@@ -573,6 +573,51 @@ fn cell_data(d: &StudyData, li: usize, layer: usize, e: usize) -> Vec<(&'static 
 // Language × expert heatmap of one layer
 // ------------------------------------------------------------------------------------------------
 
+/// What every study chart has besides its own builder methods and `render(tooltips)`: `svg` (with a
+/// tooltip on every mark), `svg_still` (without), `save`, `evcxr_display`.
+macro_rules! chart_output {
+    ($ty:ty, $mark:literal, $file:literal) => {
+        impl $ty {
+            #[doc = concat!("The SVG document, with a tooltip on every ", $mark, ".")]
+            pub fn svg(&self) -> Result<String> {
+                self.render(true)
+            }
+
+            /// The same picture without the hover layer.
+            pub fn svg_still(&self) -> Result<String> {
+                self.render(false)
+            }
+
+            #[doc = concat!("Writes the SVG (with tooltips) to `path`, e.g. `", $file, "`.")]
+            pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+                save_svg(path.as_ref(), &self.svg()?)
+            }
+
+            /// Shows the figure in an evcxr notebook cell. Never panics.
+            pub fn evcxr_display(&self) {
+                show(self);
+            }
+        }
+    };
+}
+
+/// The picture half of a chart's [`Figure`] impl: the interactive and the still SVG.
+macro_rules! chart_figure {
+    () => {
+        fn to_html(&self) -> Result<String> {
+            Ok(html_of(self.svg()?))
+        }
+        fn to_still_svg(&self) -> Option<Result<String>> {
+            Some(self.svg_still())
+        }
+    };
+}
+
+chart_output!(LanguageHeatmap, "cell", "layer14-languages.svg");
+chart_output!(LayersOverview, "cell", "layers.svg");
+chart_output!(EffectiveExpertsPlot, "marker", "effective-experts.svg");
+chart_output!(TopExperts, "bar", "top-experts.svg");
+
 /// Languages × experts of one layer: each row is a language, each column an expert, the colour is
 /// the expert's share of that language's top-k selections (viridis, with a colour bar marking the
 /// uniform-routing share 1/64). To the right: each language's tokens and effective number of
@@ -628,26 +673,6 @@ impl LanguageHeatmap {
     /// The layer drawn.
     pub fn layer(&self) -> usize {
         self.layer
-    }
-
-    /// The SVG document, with a tooltip on every cell.
-    pub fn svg(&self) -> Result<String> {
-        self.render(true)
-    }
-
-    /// The same picture without the hover layer.
-    pub fn svg_still(&self) -> Result<String> {
-        self.render(false)
-    }
-
-    /// Writes the SVG (with tooltips) to `path`, e.g. `"layer14-languages.svg"`.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        save_svg(path.as_ref(), &self.svg()?)
-    }
-
-    /// Shows the figure in an evcxr notebook cell. Never panics.
-    pub fn evcxr_display(&self) {
-        show(self);
     }
 
     fn default_title(&self) -> String {
@@ -804,12 +829,7 @@ fn html_of(svg: String) -> String {
 }
 
 impl Figure for LanguageHeatmap {
-    fn to_html(&self) -> Result<String> {
-        Ok(html_of(self.svg()?))
-    }
-    fn to_still_svg(&self) -> Option<Result<String>> {
-        Some(self.svg_still())
-    }
+    chart_figure!();
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
@@ -881,26 +901,6 @@ impl LayersOverview {
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
         self
-    }
-
-    /// The SVG document, with a tooltip on every cell.
-    pub fn svg(&self) -> Result<String> {
-        self.render(true)
-    }
-
-    /// The same picture without the hover layer.
-    pub fn svg_still(&self) -> Result<String> {
-        self.render(false)
-    }
-
-    /// Writes the SVG (with tooltips) to `path`.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        save_svg(path.as_ref(), &self.svg()?)
-    }
-
-    /// Shows the figure in an evcxr notebook cell. Never panics.
-    pub fn evcxr_display(&self) {
-        show(self);
     }
 
     fn render(&self, tooltips: bool) -> Result<String> {
@@ -1036,12 +1036,7 @@ impl LayersOverview {
 }
 
 impl Figure for LayersOverview {
-    fn to_html(&self) -> Result<String> {
-        Ok(html_of(self.svg()?))
-    }
-    fn to_still_svg(&self) -> Option<Result<String>> {
-        Some(self.svg_still())
-    }
+    chart_figure!();
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
@@ -1109,26 +1104,6 @@ impl EffectiveExpertsPlot {
     pub fn values(&self, lang: &str) -> Result<Vec<f64>> {
         let li = self.data.pick(&Some(vec![lang.to_string()]))?[0];
         Ok((0..self.data.layers).map(|l| self.data.effective(li, l)).collect())
-    }
-
-    /// The SVG document, with a tooltip on every marker.
-    pub fn svg(&self) -> Result<String> {
-        self.render(true)
-    }
-
-    /// The same picture without the hover layer.
-    pub fn svg_still(&self) -> Result<String> {
-        self.render(false)
-    }
-
-    /// Writes the SVG (with tooltips) to `path`.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        save_svg(path.as_ref(), &self.svg()?)
-    }
-
-    /// Shows the figure in an evcxr notebook cell. Never panics.
-    pub fn evcxr_display(&self) {
-        show(self);
     }
 
     fn check_comparisons(&self) -> Result<()> {
@@ -1451,12 +1426,7 @@ impl EffectiveExpertsPlot {
 }
 
 impl Figure for EffectiveExpertsPlot {
-    fn to_html(&self) -> Result<String> {
-        Ok(html_of(self.svg()?))
-    }
-    fn to_still_svg(&self) -> Option<Result<String>> {
-        Some(self.svg_still())
-    }
+    chart_figure!();
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
@@ -1572,26 +1542,6 @@ impl TopExperts {
                 share: if sel > 0 { row[e] as f64 / sel as f64 } else { 0.0 },
             })
             .collect()
-    }
-
-    /// The SVG document, with a tooltip on every bar.
-    pub fn svg(&self) -> Result<String> {
-        self.render(true)
-    }
-
-    /// The same picture without the hover layer.
-    pub fn svg_still(&self) -> Result<String> {
-        self.render(false)
-    }
-
-    /// Writes the SVG (with tooltips) to `path`.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        save_svg(path.as_ref(), &self.svg()?)
-    }
-
-    /// Shows the figure in an evcxr notebook cell. Never panics.
-    pub fn evcxr_display(&self) {
-        show(self);
     }
 
     fn render(&self, tooltips: bool) -> Result<String> {
@@ -1756,12 +1706,7 @@ impl TopExperts {
 }
 
 impl Figure for TopExperts {
-    fn to_html(&self) -> Result<String> {
-        Ok(html_of(self.svg()?))
-    }
-    fn to_still_svg(&self) -> Option<Result<String>> {
-        Some(self.svg_still())
-    }
+    chart_figure!();
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let mut s = format!("Layer {}: most used experts (share of the language's tokens)", self.layer);

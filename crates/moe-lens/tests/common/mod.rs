@@ -1,3 +1,5 @@
-//! Helpers shared by integration tests.
+//! Helpers shared by integration tests (each test binary uses what it needs).
+#![allow(dead_code)]
 
 pub mod hubserver;
+pub mod xml;

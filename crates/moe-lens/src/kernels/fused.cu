@@ -1,0 +1,336 @@
+// Fused CUDA kernels for the bf16 OLMoE forward (moe-lens, src/olmoe_cuda.rs launches them).
+//
+// Each kernel rounds where transformers 5.17 (modeling_olmoe.py, integrations/moe.py grouped_mm
+// path) rounds in bfloat16, so that our bf16 routing follows theirs:
+//   RMSNorm   : f32 statistics, cast to bf16, then bf16(weight * normed)
+//   router    : bf16 logits -> f32 softmax -> top-k (descending) -> weights (renormalised if asked)
+//   SwiGLU    : bf16(bf16(silu_f32(gate)) * up)
+//   combine   : sum over the k slots, in f32, of bf16(bf16(y) * bf16(weight)); one bf16 rounding
+//   attention : rope in bf16 as `q*cos + rotate_half(q)*sin`; then either eager attention's
+//               rounding (scores bf16(bf16(q.k) * scale), f32 softmax, probabilities cast to bf16,
+//               P @ V in f32) or flash attention's, which SDPA uses for unpadded bf16 inputs (f32
+//               scores, unnormalised exp(s - max) cast to bf16 for P @ V, divided by the f32 sum
+//               at the end).
+//
+// Routing layout ("packed", per layer, planar f32): logits [N*E] | probs [N*E] | weights [N*k] |
+// expert ids as floats [N*k].
+//
+// Rebuild the PTX after editing (needs nvcc; see ../shared/notes/cuda.md):
+//   nvcc -arch=sm_90 -O3 -ptx -o fused.ptx fused.cu
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float b2f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 f2b(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ float rb(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2.approx, as flash attention's exp2f
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    return v;
+}
+
+// ------------------------------------------------------------------------------------------------
+// RMSNorm, optionally after a residual add.
+//   x      : [rows] rows of `cols`, row r starts at x + r * x_stride + x_off
+//   res    : optional [rows, cols] residual added first (x + res rounded to bf16, as torch's add);
+//            the sum is written to sum_out (contiguous [rows, cols]) when res is given
+//   out    : [rows, cols] contiguous: bf16(w * bf16(x * rsqrt(mean(x^2) + eps)))
+// One block per row, blockDim.x threads (a multiple of 32, at most 1024).
+// ------------------------------------------------------------------------------------------------
+extern "C" __global__ void ml_rmsnorm_bf16(const bf16* __restrict__ x, const bf16* __restrict__ res,
+                                           const bf16* __restrict__ w, bf16* __restrict__ out,
+                                           bf16* __restrict__ sum_out, int cols, int x_stride,
+                                           int x_off, float eps, const bf16* __restrict__ w2,
+                                           bf16* __restrict__ out2, int cols2, int x_off2) {
+    // blockIdx.y == 1: a second segment of the same rows (q and k norms in one launch)
+    if (blockIdx.y == 1) {
+        w = w2; out = out2; cols = cols2; x_off = x_off2; res = nullptr; sum_out = nullptr;
+    }
+    const int r = blockIdx.x;
+    const bf16* xr = x + (size_t)r * x_stride + x_off;
+    const bf16* rr = res ? res + (size_t)r * cols : nullptr;
+    bf16* sr = sum_out ? sum_out + (size_t)r * cols : nullptr;
+    float acc = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = b2f(xr[c]);
+        if (rr) {
+            v = rb(v + b2f(rr[c]));
+            sr[c] = f2b(v);
+        }
+        acc += v * v;
+    }
+    __shared__ float part[32];
+    acc = warp_sum(acc);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) part[wid] = acc;
+    __syncthreads();
+    if (wid == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        s = warp_sum(s);
+        if (lane == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float inv = rsqrtf(part[0] / (float)cols + eps);
+    bf16* o = out + (size_t)r * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = rr ? b2f(sr[c]) : b2f(xr[c]);
+        o[c] = f2b(b2f(w[c]) * rb(v * inv));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Router: one warp per row. logits bf16, element (r, e) at r * logits_stride + e * col_stride
+// -> packed f32, planar over the rows:
+//   [0, E)        logits (f32 copies of the bf16 logits)
+//   [E, 2E)       softmax probabilities (f32)
+//   [2E, 2E+k)    mixing weights of the chosen experts (renormalised if norm_topk)
+//   [2E+k, 2E+2k) chosen expert ids, best first, as floats (exact below 2^24)
+// Ties are broken towards the lower expert id. E <= 32 * 8, k <= E.
+// ------------------------------------------------------------------------------------------------
+#define ROUTE_MAX_PER_LANE 8
+extern "C" __global__ void ml_route_bf16(const bf16* __restrict__ logits, int logits_stride,
+                                         int col_stride, float* __restrict__ packed, int rows, int E,
+                                         int k, int norm_topk) {
+    const int warps = blockDim.x >> 5;
+    const int r = blockIdx.x * warps + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const bf16* lr = logits + (size_t)r * logits_stride;
+    float* lo = packed + (size_t)r * E;                      // logits
+    float* po = packed + (size_t)rows * E + (size_t)r * E;   // probs
+    float* wo = packed + (size_t)rows * 2 * E + (size_t)r * k;        // weights
+    float* io = packed + (size_t)rows * (2 * E + k) + (size_t)r * k;  // ids
+    float v[ROUTE_MAX_PER_LANE];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
+        int e = lane + 32 * m;
+        v[m] = e < E ? b2f(lr[(size_t)e * col_stride]) : -INFINITY;
+        mx = fmaxf(mx, v[m]);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
+    float s = 0.f;
+    float p[ROUTE_MAX_PER_LANE];
+#pragma unroll
+    for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
+        int e = lane + 32 * m;
+        p[m] = e < E ? expf(v[m] - mx) : 0.f;
+        s += p[m];
+    }
+    s = warp_sum(s);
+#pragma unroll
+    for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
+        int e = lane + 32 * m;
+        if (e < E) {
+            p[m] = p[m] / s;
+            lo[e] = v[m];
+            po[e] = p[m];
+        }
+    }
+    // top-k by repeated warp arg-max
+    unsigned taken = 0;  // bit m: this lane's element m is chosen
+    float wsum = 0.f;
+    for (int j = 0; j < k; j++) {
+        float best = -1.f;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
+            int e = lane + 32 * m;
+            if (e < E && !(taken & (1u << m)) && (p[m] > best || (p[m] == best && e < bi))) {
+                best = p[m];
+                bi = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float ob = __shfl_xor_sync(0xffffffff, best, o);
+            int oi = __shfl_xor_sync(0xffffffff, bi, o);
+            if (ob > best || (ob == best && oi < bi)) {
+                best = ob;
+                bi = oi;
+            }
+        }
+        if ((bi & 31) == lane) taken |= 1u << (bi >> 5);
+        wsum += best;
+        if (lane == 0) {
+            wo[j] = best;
+            io[j] = (float)bi;
+        }
+    }
+    if (norm_topk) {
+        __syncwarp();
+        for (int j = lane; j < k; j += 32) wo[j] = wo[j] / wsum;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// SwiGLU. gu: N rows (row n at n * row_stride + row_off), each E blocks of [gate I | up I] with
+// column c at c * col_stride (E = 1 for per-pair rows); out: [E, N, I] =
+// bf16(bf16(silu(gate)) * up), silu in f32.
+// ------------------------------------------------------------------------------------------------
+extern "C" __global__ void ml_swiglu_bf16(const bf16* __restrict__ gu, bf16* __restrict__ out, int N,
+                                          int E, int I, int row_stride, int row_off, int col_stride) {
+    const size_t total = (size_t)N * E * I;
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(t % I);
+        const size_t ne = t / I;  // n * E + e
+        const int e = (int)(ne % E);
+        const size_t n = ne / E;
+        const bf16* row = gu + n * (size_t)row_stride + row_off;
+        const size_t c = (size_t)e * 2 * I + i;
+        const float g = b2f(row[c * col_stride]);
+        const float u = b2f(row[(c + I) * col_stride]);
+        const float sg = rb(g / (1.0f + expf(-g)));
+        out[((size_t)e * N + n) * I + i] = f2b(sg * u);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Expert combine. out[n, h] = bf16( sum_j bf16( bf16(y_j[n, h]) * bf16(w[n, j]) ) ), f32 sum over
+// the k slots in slot order, where y_j is
+//   dense (pos null): y [E, N, H], expert ids[n, j]   -> y[ids[n, j] * N + n, h]
+//   grouped:          y [rows, H], row of pair n*k+j -> y[pos[n * k + j], h]
+// w and ids: [N, k] each (the router's weights and ids sections).
+// ------------------------------------------------------------------------------------------------
+extern "C" __global__ void ml_combine_bf16(const bf16* __restrict__ y, const float* __restrict__ w,
+                                           const float* __restrict__ ids, const int* __restrict__ pos,
+                                           bf16* __restrict__ out, int N, int H, int k) {
+    const size_t total = (size_t)N * H;
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        const int h = (int)(t % H);
+        const size_t n = t / H;
+        float acc = 0.f;
+        for (int j = 0; j < k; j++) {
+            const float wj = rb(w[n * k + j]);
+            const size_t row = pos ? (size_t)pos[n * k + j] : (size_t)ids[n * k + j] * N + n;
+            acc += rb(b2f(y[row * H + h]) * wj);
+        }
+        out[t] = f2b(acc);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Grouping (token, expert) pairs by expert for one batched matmul per projection.
+// ml_bucket_count: counts[e] += 1 for every pair (counts zeroed by the caller).
+// ml_bucket_gather: one block per pair p (token p / k): takes the next slot c of its expert,
+//   pos[p] = e * C + c, and copies the token's row into xg[e * C + c] (xg zeroed by the caller).
+// ------------------------------------------------------------------------------------------------
+extern "C" __global__ void ml_bucket_count(const float* __restrict__ ids, int pairs,
+                                           unsigned* __restrict__ counts) {
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += gridDim.x * blockDim.x)
+        atomicAdd(&counts[(int)ids[p]], 1u);
+}
+extern "C" __global__ void ml_bucket_gather(const float* __restrict__ ids, const bf16* __restrict__ x,
+                                            unsigned* __restrict__ fill, int* __restrict__ pos,
+                                            bf16* __restrict__ xg, int k, int H, int C) {
+    const int p = blockIdx.x;
+    __shared__ int dst;
+    if (threadIdx.x == 0) {
+        const int e = (int)ids[p];
+        const int c = (int)atomicAdd(&fill[e], 1u);
+        dst = e * C + c;
+        pos[p] = dst;
+    }
+    __syncthreads();
+    const bf16* src = x + (size_t)(p / k) * H;
+    bf16* d = xg + (size_t)dst * H;
+    for (int h = threadIdx.x; h < H; h += blockDim.x) d[h] = src[h];
+}
+
+// ------------------------------------------------------------------------------------------------
+// Causal attention for short prefills (no KV cache), one block of ATT_WARPS warps per (batch, head).
+//   q, k, v: row r = b*T + t of each at ptr + r * stride, heads*D values, head h at h*D (q and k
+//            already RMS-normed, not yet rotated)
+//   cos/sin: [>= T, D/2] bf16 tables
+//   lens  : [B] real lengths (keys at or past it are masked), or null (all T real)
+//   out   : [B, T, heads, D] bf16
+// D must be 128 and T <= ATT_MAX_T. eager = 1 rounds scores as eager attention does.
+// ------------------------------------------------------------------------------------------------
+#define ATT_D 128
+#define ATT_MAX_T 64
+#define ATT_WARPS 8
+extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16* __restrict__ kp,
+                                        const bf16* __restrict__ vp, int q_stride, int k_stride, int v_stride,
+                                        const bf16* __restrict__ cosb, const bf16* __restrict__ sinb,
+                                        const uint32_t* __restrict__ lens, bf16* __restrict__ out, int T,
+                                        int heads, float scale, int eager) {
+    const int b = blockIdx.x / heads, h = blockIdx.x % heads;
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    const int half = ATT_D / 2;
+    __shared__ bf16 ks[ATT_MAX_T][ATT_D];
+    __shared__ bf16 vs[ATT_MAX_T][ATT_D];
+    __shared__ float sc[ATT_WARPS][ATT_MAX_T];
+    const int len = lens ? (int)lens[b] : T;
+    // keys (rotated) and values into shared memory
+    for (int t = threadIdx.x; t < T * ATT_D; t += blockDim.x) {
+        const int j = t / ATT_D, d = t % ATT_D;
+        const bf16* kr = kp + (size_t)(b * T + j) * k_stride + (size_t)h * ATT_D;
+        const bf16* vr = vp + (size_t)(b * T + j) * v_stride + (size_t)h * ATT_D;
+        const int dc = d % half;
+        const float c = b2f(cosb[j * half + dc]), s = b2f(sinb[j * half + dc]);
+        const float x = b2f(kr[d]);
+        const float rot = d < half ? -b2f(kr[d + half]) : b2f(kr[d - half]);
+        ks[j][d] = f2b(rb(x * c) + rb(rot * s));
+        vs[j][d] = vr[d];
+    }
+    __syncthreads();
+    for (int i = wid; i < T; i += ATT_WARPS) {
+        const bf16* qr = qp + (size_t)(b * T + i) * q_stride + (size_t)h * ATT_D;
+        float q[4];
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            const int d = lane + 32 * m;
+            const int dc = d % half;
+            const float c = b2f(cosb[i * half + dc]), s = b2f(sinb[i * half + dc]);
+            const float x = b2f(qr[d]);
+            const float rot = d < half ? -b2f(qr[d + half]) : b2f(qr[d - half]);
+            q[m] = rb(rb(x * c) + rb(rot * s));
+        }
+        const int last = min(i, len - 1);  // keys 0..=last (padding rows see the real keys)
+        float mx = -INFINITY;
+        for (int j = 0; j <= last; j++) {
+            float p = 0.f;
+#pragma unroll
+            for (int m = 0; m < 4; m++) p += q[m] * b2f(ks[j][lane + 32 * m]);
+            p = warp_sum(p);
+            // eager: bf16 scores, scaled in bf16; flash: raw f32 scores (scaled inside exp2 below)
+            const float s = eager ? rb(rb(p) * scale) : p;
+            if (lane == 0) sc[wid][j] = s;
+            mx = fmaxf(mx, s);
+        }
+        __syncwarp();
+        float sum = 0.f;
+        const float sl2 = scale * 1.4426950408889634f;
+        for (int j = lane; j <= last; j += 32) {
+            const float e = eager ? expf(sc[wid][j] - mx) : fast_exp2(fmaf(sc[wid][j], sl2, -mx * sl2));
+            sc[wid][j] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        __syncwarp();
+        float o[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int j = 0; j <= last; j++) {
+            // eager: normalised probabilities in bf16; flash: unnormalised ones, divided at the end
+            const float pj = eager ? rb(sc[wid][j] / sum) : rb(sc[wid][j]);
+#pragma unroll
+            for (int m = 0; m < 4; m++) o[m] += pj * b2f(vs[j][lane + 32 * m]);
+        }
+        if (!eager) {
+#pragma unroll
+            for (int m = 0; m < 4; m++) o[m] = o[m] / sum;
+        }
+        bf16* orow = out + ((size_t)(b * T + i) * heads + h) * ATT_D;
+#pragma unroll
+        for (int m = 0; m < 4; m++) orow[lane + 32 * m] = f2b(o[m]);
+        __syncwarp();
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The notebooks' test (CI runs it after tests/test.sh): sets up the Rust kernel with
+# kernel-setup/install.sh (idempotent; about 30 minutes on a fresh 2-core machine, seconds later),
+# executes every notebook headlessly on the shipped demo model and on the random test checkpoint
+# (both have OLMoE's 16 layers x 64 experts, top-8), and checks what the executed notebooks show
+# (tests/check_notebooks.py). Executed copies go to OUT_DIR (default target/notebooks/).
+#
+#   tests/notebooks.sh [OUT_DIR]
+#
+# Then the browser check on the demo run: headless Chromium opens the executed notebook in
+# JupyterLab, untrusted and trusted, and as an HTML export (tests/browser-check.sh; installs the
+# Debian packages chromium and fonts-noto-cjk when missing, which needs root or sudo; skip it with
+# MOE_LENS_SKIP_BROWSER=1). Screenshots: OUT_DIR/demo/browser/*.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/notebooks}
+t0=$(date +%s)
+bash kernel-setup/install.sh
+export MOE_LENS_QUANT=${MOE_LENS_QUANT:-auto}
+for model in demo "$PWD/tests/fixtures/olmoe-narrow"; do
+  name=$(basename "$model")
+  rm -rf "${out:?}/$name"
+  MOE_LENS_MODEL=$model bash tests/run-notebooks.sh "$out/$name"
+  python3 tests/check_notebooks.py "$out/$name"
+done
+if [ "${MOE_LENS_SKIP_BROWSER:-0}" != 1 ]; then
+  bash tests/browser-check.sh "$out/demo"
+fi
+echo "notebooks.sh: all notebooks ran and passed the checks in $(( $(date +%s) - t0 )) s"
