@@ -484,7 +484,7 @@ pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), 
 /// for a cache, that it belongs to `expect`'s fingerprint and quantization).
 fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<String, QTensor>> {
     let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-    let (content, len, mut r) = read_header(path)?;
+    let (content, len, r) = read_header(path)?;
     if let Some((fp, quant)) = expect {
         let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
         if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
