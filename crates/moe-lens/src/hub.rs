@@ -991,7 +991,7 @@ impl Fetcher<'_> {
             );
         }
         let url = self.repo.url(file);
-        download_resumable(&url, self.ctx.s.token.as_deref(), &blob, meta.size() as u64, self.ctx.s.progress)?;
+        download_resumable(&url, self.ctx.s.token.as_deref(), &blob, meta.size() as u64, self.ctx.s.progress.then_some(file))?;
         if pointer.symlink_metadata().is_ok() {
             std::fs::remove_file(&pointer)?;
         }
@@ -1015,7 +1015,8 @@ pub const INCOMPLETE_SUFFIX: &str = ".incomplete";
 /// (status 200) is read from the start instead; a transfer that ends early keeps what arrived for
 /// the next run. The partial file is renamed to `blob` only when it has exactly `size` bytes. A
 /// lock file (`<blob>.lock`, `flock`) keeps two processes from writing the same partial file.
-fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, progress: bool) -> std::result::Result<(), ApiError> {
+/// `progress`: the file's name in the repository, to print progress lines under (`None`: quiet).
+fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, progress: Option<&str>) -> std::result::Result<(), ApiError> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let name = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = blob.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -1060,17 +1061,19 @@ fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, pr
             _ => 0,
         };
         if start == 0 && have > 0 {
-            if progress {
-                eprintln!("moe-lens: the server does not resume downloads; fetching {name} from the start");
+            if let Some(file) = progress {
+                eprintln!("moe-lens: the server does not resume downloads; fetching {file} from the start");
             }
             f.set_len(0)?;
-        } else if have > 0 && progress {
-            eprintln!("moe-lens: resuming a partial download at byte {have} of {size}");
+        } else if let (true, Some(file)) = (have > 0, progress) {
+            eprintln!("moe-lens: resuming {file} at byte {have} of {size}");
         }
         f.seek(SeekFrom::Start(start))?;
         let mut body = response.into_body().into_reader();
         let mut buf = vec![0u8; 1 << 20];
         let mut written = start;
+        let step = (size / 20).max(1 << 20); // a progress line every 5 % (at least every MiB)
+        let mut next_report = written + step;
         loop {
             let n = body.read(&mut buf)?;
             if n == 0 {
@@ -1080,6 +1083,15 @@ fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, pr
             written += n as u64;
             if written > size {
                 break;
+            }
+            if let (true, Some(file)) = (written >= next_report, progress) {
+                next_report = written + step;
+                eprintln!(
+                    "moe-lens: {file}: {:.0} % ({} of {} MB)",
+                    written as f64 * 100.0 / size.max(1) as f64,
+                    written >> 20,
+                    size >> 20
+                );
             }
         }
         f.flush()?;

@@ -184,10 +184,19 @@ impl Lens {
         }
         let device = opts.device.open()?;
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+        // the model builder reports a config that contradicts the weights under the placeholder
+        // path "config.json": name the real file and say what to do
+        let mismatch = |e: Error| match e {
+            Error::Config { path, msg } if path.as_os_str() == "config.json" => Error::Config {
+                path: files.config.clone(),
+                msg: format!("{msg}: the weights and config.json do not belong together; use the config.json saved with these weights"),
+            },
+            e => e,
+        };
         let (model, quant) = match quant {
-            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype)?, None),
+            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch)?, None),
             q => {
-                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q)?;
+                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q).map_err(mismatch)?;
                 (m, Some(r))
             }
         };

@@ -484,7 +484,7 @@ pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), 
 /// for a cache, that it belongs to `expect`'s fingerprint and quantization).
 fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<String, QTensor>> {
     let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-    let (content, len, mut r) = read_header(path)?;
+    let (content, len, r) = read_header(path)?;
     if let Some((fp, quant)) = expect {
         let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
         if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
@@ -508,6 +508,11 @@ fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<Strin
             .map(|n| n / info.ggml_dtype.block_size())
             .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size()))
             .and_then(|s| u64::try_from(s).ok());
+        // a tensor without elements makes candle build a slice from a dangling, unaligned pointer
+        // (undefined behaviour; an abort in debug builds such as evcxr's)
+        if size == Some(0) || info.shape.dims().contains(&0) {
+            return Err(bad(format!("tensor {name} has no elements (shape {:?}); the file is corrupt: delete it", info.shape.dims())));
+        }
         let tensor_end = size.and_then(|s| content.tensor_data_offset.checked_add(info.offset)?.checked_add(s));
         match tensor_end {
             Some(e) => end = end.max(e),

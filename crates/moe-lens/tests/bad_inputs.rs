@@ -341,7 +341,7 @@ fn table() -> Vec<Row> {
             edit_config(&d, |c| c["intermediate_size"] = 8.into());
             load_dir(&d).map(drop)
         }),
-        row!("wrong expert count: config says fewer than the weights have", Error::Config { .. }, "the weights have an expert 32", || {
+        row!("wrong expert count: config says fewer than the weights have", Error::Config { .. }, "the weights have an expert 32 in layer 0: the weights and config.json do not belong together", || {
             let d = copy_fixture("olmoe-narrow", "fewexperts");
             edit_config(&d, |c| c["num_experts"] = 32.into());
             load_dir(&d).map(drop)
@@ -351,7 +351,7 @@ fn table() -> Vec<Row> {
             edit_config(&d, |c| c["num_experts"] = 65.into());
             load_dir(&d).map(drop)
         }),
-        row!("wrong layer count: config says fewer than the weights have", Error::Config { .. }, "more layers", || {
+        row!("wrong layer count: config says fewer than the weights have", Error::Config { .. }, "use the config.json saved with these weights", || {
             let d = copy_fixture("olmoe-narrow", "fewlayers");
             edit_config(&d, |c| c["num_hidden_layers"] = 8.into());
             load_dir(&d).map(drop)
@@ -382,6 +382,9 @@ fn table() -> Vec<Row> {
             fs::write(p, b).unwrap();
         })),
         row!("GGUF file with general.alignment 0", Error::Weights { .. }, "delete it", || load_gguf_bytes("g-align", &gguf_with(&[("general.alignment", gguf_file::Value::U8(0))]))),
+        row!("GGUF with a tensor of no elements (found by fuzzing: candle aborted on it)", Error::Weights { .. }, "has no elements", || {
+            load_gguf_bytes("g-empty", &fs::read(root().join("fuzz/corpus/gguf_header/regression-zero-element-tensor")).unwrap())
+        }),
         row!("GGUF file that is not GGUF", Error::Weights { .. }, "not a readable GGUF file", || load_gguf_bytes("g-junk", b"PK\x03\x04 a zip file, say")),
         row!("GGUF of another architecture", Error::Config { .. }, "not \"olmoe\"", || load_gguf_bytes("g-arch", &gguf_with(&[("general.architecture", gguf_file::Value::String("llama".into()))]))),
         row!("GGUF with impossible sizes (head count 0)", Error::Config { .. }, "num_attention_heads is 0", || {

@@ -1,4 +1,4 @@
-//! Determinism on the CPU: the same text gives bit-identical router logits (and so identical top-k
+//! Determinism on the CPU (the two test checkpoints; batching also on the trained demo model): the same text gives bit-identical router logits (and so identical top-k
 //! and weights) across repeated runs and across fresh loads of the model. And what batching does:
 //! a sentence run alone and the same sentence inside a right-padded batch are compared bit by bit;
 //! the test prints the measured difference and holds it to what the README states (top-k the same,
@@ -77,8 +77,12 @@ impl RouterSpy for Rows {
 
 #[test]
 fn batching_changes_at_most_the_last_bits_never_the_experts() {
-    for model in ["olmoe-narrow", "olmoe-gqa"] {
-        let lens = load(model);
+    for model in ["olmoe-narrow", "olmoe-gqa", "demo"] {
+        let lens = if model == "demo" {
+            Lens::load_with("demo", &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap()
+        } else {
+            load(model)
+        };
         let ids: Vec<Vec<u32>> = TEXTS.iter().map(|t| lens.tokenize(t).unwrap().iter().map(|x| x.id).collect()).collect();
         let t_max = ids.iter().map(Vec::len).max().unwrap();
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
@@ -107,6 +111,22 @@ fn batching_changes_at_most_the_last_bits_never_the_experts() {
             "{model}: batched (4 sentences, right-padded to {t_max}) vs alone: {same_bits} of {rows} router rows bit-identical, \
              max |logit difference| {max_diff:e}, top-k different in {topk_diff} rows"
         );
+        // the same sentence 4 times (no padding) against alone: is it the batch or the padding?
+        let one = ids[0].as_slice();
+        let (mut alone, mut four) = (Rows::default(), Rows::default());
+        forward_padded(&lens, &[one], &mut alone).unwrap();
+        forward_padded(&lens, &[one, one, one, one], &mut four).unwrap();
+        let (mut same4, mut rows4) = (0usize, 0usize);
+        for layer in 0..alone.logits.len() {
+            for b in 0..4 {
+                for pos in 0..one.len() {
+                    rows4 += 1;
+                    let (a, c) = (&alone.logits[layer][pos], &four.logits[layer][b * one.len() + pos]);
+                    same4 += usize::from(a.iter().zip(c).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
+            }
+        }
+        eprintln!("{model}: one sentence 4 times unpadded vs alone: {same4} of {rows4} rows bit-identical");
         assert!(max_diff <= 5e-5, "{model}: batching moved a logit by {max_diff}");
         assert_eq!(topk_diff, 0, "{model}: batching changed an expert choice");
     }

@@ -149,15 +149,16 @@ fn serve(mut conn: TcpStream, st: &Arc<Mutex<State>>, repo: &str, commit: &str) 
         head.push_str(&format!("Content-Range: bytes {start}-{}/{size}\r\n", end.saturating_sub(1)));
     }
     head.push_str("\r\n");
-    conn.write_all(head.as_bytes())?;
     let body = &all[start..end];
     let n = match mode {
         Mode::CutAfter(n) if !probe => n.min(body.len()),
         _ => body.len(),
     };
+    // logged before anything is sent, so the client cannot be done before the log has the request
+    st.lock().unwrap().log.push(Hit { file, range_start: range.map(|r| r.0), probe, sent: n });
+    conn.write_all(head.as_bytes())?;
     conn.write_all(&body[..n])?;
     conn.flush()?;
-    st.lock().unwrap().log.push(Hit { file, range_start: range.map(|r| r.0), probe, sent: n });
     // drain nothing more; closing the socket ends the (possibly cut) transfer
     let _ = conn.shutdown(std::net::Shutdown::Both);
     let _ = reader.read(&mut [0u8; 1]);
