@@ -16,54 +16,23 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
+use common::fixture::{copy_fixture_to, cpu, edit_config, load_dir, root, scratch, scratch_root};
 use common::hubserver::HubServer;
 use moe_lens::hub::{self, HubSettings};
 use moe_lens::prelude::*;
 use moe_lens::quant::{self, Quant};
 use moe_lens::study::{Shard, Study};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Scratch space of this test process.
+/// Scratch space of this test process (removed when the table passes).
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("moe-lens-bad-{}", std::process::id())).join(name);
-    let _ = fs::remove_dir_all(&d);
-    fs::create_dir_all(&d).unwrap();
-    d
+    scratch("bad", name)
 }
 
 /// A private copy of a fixture model directory with the tokenizer, to break in one way.
 fn copy_fixture(name: &str, tag: &str) -> PathBuf {
-    let src = root().join("tests/fixtures").join(name);
-    let dst = tmp(tag);
-    for e in fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-    }
-    let tok = root().join("tests/data/tokenizer/tokenizer.json");
-    assert!(tok.exists(), "run tests/setup-data.sh first");
-    fs::copy(tok, dst.join("tokenizer.json")).unwrap();
-    dst
+    copy_fixture_to(name, tmp(tag))
 }
 
-fn cpu() -> LoadOptions {
-    LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }
-}
-
-fn load_dir(dir: &Path) -> Result<Lens> {
-    Lens::load_with(dir.to_str().unwrap(), &cpu())
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut v);
-    fs::write(p, serde_json::to_string(&v).unwrap()).unwrap();
-}
-
-/// The olmoe-gqa fixture (3 layers × 8 experts, context 256), loaded once.
 fn lens() -> &'static Lens {
     static L: OnceLock<Lens> = OnceLock::new();
     L.get_or_init(|| Lens::load_with(root().join("tests/fixtures/olmoe-gqa").to_str().unwrap(), &cpu()).unwrap())
@@ -496,6 +465,8 @@ fn every_bad_input_gives_its_typed_error_and_says_what_to_do() {
     eprintln!("{md}");
     eprintln!("{} rows", rows.len());
     assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    // the broken copies are ~150 MB a run: keep them only when a row failed, for inspection
+    let _ = fs::remove_dir_all(scratch_root("bad"));
 }
 
 /// The fuzz targets' regressions: inputs that once made a reader panic.

@@ -1,45 +1,19 @@
 //! Every bad input of the core gives a typed error with a message that says what to do, never a
 //! panic: the difference between a notebook cell that fails and a kernel that loses its model.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use common::fixture::{copy_fixture_to, edit_config, load_dir, scratch};
 
 use moe_lens::hub::{self, HubSettings};
 use moe_lens::prelude::*;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// A private copy of a fixture model directory (with the tokenizer), to break in one way.
 fn copy_fixture(name: &str, tag: &str) -> PathBuf {
-    let src = root().join("tests/fixtures").join(name);
-    let dst = std::env::temp_dir().join(format!("moe-lens-errors-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dst);
-    fs::create_dir_all(&dst).unwrap();
-    for e in fs::read_dir(&src).unwrap() {
-        let p = e.unwrap().path();
-        fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
-    }
-    let tok = root().join("tests/data/tokenizer/tokenizer.json");
-    assert!(tok.exists(), "run tests/setup-data.sh first");
-    fs::copy(tok, dst.join("tokenizer.json")).unwrap();
-    dst
-}
-
-fn cpu() -> LoadOptions {
-    LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }
-}
-
-fn load_dir(dir: &Path) -> Result<Lens> {
-    Lens::load_with(dir.to_str().unwrap(), &cpu())
-}
-
-fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-    f(&mut v);
-    fs::write(p, serde_json::to_string(&v).unwrap()).unwrap();
+    copy_fixture_to(name, scratch("errors", tag))
 }
 
 #[test]
