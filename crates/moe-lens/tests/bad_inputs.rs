@@ -146,8 +146,8 @@ fn gguf_with(meta: &[(&str, gguf_file::Value)]) -> Vec<u8> {
     buf.into_inner()
 }
 
-fn load_gguf_bytes(tag: &str, bytes: &[u8]) -> Result<()> {
-    let p = tmp(tag).join("model.gguf");
+fn load_gguf_bytes(dir: PathBuf, bytes: &[u8]) -> Result<()> {
+    let p = dir.join("model.gguf");
     fs::write(&p, bytes).unwrap();
     quant::load_gguf(&p, &Device::Cpu, DType::F32).map(drop)
 }
@@ -350,12 +350,12 @@ fn table() -> Vec<Row> {
             }
             fs::write(p, b).unwrap();
         })),
-        row!("GGUF file with general.alignment 0", Error::Weights { .. }, "delete it", || load_gguf_bytes("g-align", &gguf_with(&[("general.alignment", gguf_file::Value::U8(0))]))),
+        row!("GGUF file with general.alignment 0", Error::Weights { .. }, "delete it", || load_gguf_bytes(tmp("g-align"), &gguf_with(&[("general.alignment", gguf_file::Value::U8(0))]))),
         row!("GGUF with a tensor of no elements (found by fuzzing: candle aborted on it)", Error::Weights { .. }, "has no elements", || {
-            load_gguf_bytes("g-empty", &fs::read(root().join("fuzz/corpus/gguf_header/regression-zero-element-tensor")).unwrap())
+            load_gguf_bytes(tmp("g-empty"), &fs::read(root().join("fuzz/corpus/gguf_header/regression-zero-element-tensor")).unwrap())
         }),
-        row!("GGUF file that is not GGUF", Error::Weights { .. }, "not a readable GGUF file", || load_gguf_bytes("g-junk", b"PK\x03\x04 a zip file, say")),
-        row!("GGUF of another architecture", Error::Config { .. }, "not \"olmoe\"", || load_gguf_bytes("g-arch", &gguf_with(&[("general.architecture", gguf_file::Value::String("llama".into()))]))),
+        row!("GGUF file that is not GGUF", Error::Weights { .. }, "not a readable GGUF file", || load_gguf_bytes(tmp("g-junk"), b"PK\x03\x04 a zip file, say")),
+        row!("GGUF of another architecture", Error::Config { .. }, "not \"olmoe\"", || load_gguf_bytes(tmp("g-arch"), &gguf_with(&[("general.architecture", gguf_file::Value::String("llama".into()))]))),
         row!("GGUF with impossible sizes (head count 0)", Error::Config { .. }, "num_attention_heads is 0", || {
             let u = gguf_file::Value::U32;
             let meta = [
@@ -371,7 +371,7 @@ fn table() -> Vec<Row> {
             let t = candle_core::quantized::QTensor::quantize(&Tensor::zeros((64, 32), DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
             let mut buf = std::io::Cursor::new(Vec::new());
             gguf_file::write(&mut buf, &refs, &[("token_embd.weight", &t)]).unwrap();
-            load_gguf_bytes("g-heads", &buf.into_inner())
+            load_gguf_bytes(tmp("g-heads"), &buf.into_inner())
         }),
         row!("unknown quantization name", Error::InvalidArgument { .. }, "q8_0", || "q9".parse::<Quant>().map(drop)),
         // ---- the Hub and its cache
@@ -477,5 +477,6 @@ fn gguf_alignment_zero_panics_in_candle_but_not_here() {
     let candle = catch_unwind(|| gguf_file::Content::read(&mut std::io::Cursor::new(bytes.clone())).map(drop));
     assert!(candle.is_err(), "candle 0.11.1 panics on alignment 0 (if this fails, candle fixed it)");
     assert!(quant::check_gguf_header(&bytes, bytes.len() as u64).is_err());
-    assert!(matches!(load_gguf_bytes("reg-align", &bytes), Err(Error::Weights { .. })));
+    assert!(matches!(load_gguf_bytes(scratch("bad-regression", "align"), &bytes), Err(Error::Weights { .. })));
+    let _ = fs::remove_dir_all(scratch_root("bad-regression"));
 }
