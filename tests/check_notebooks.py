@@ -144,6 +144,19 @@ def check_common(ch, name, nb, dep_lines):
     ch.check(name, "no U+FFFD (replacement character) in any output", not fffd, f"cells {fffd}")
 
 
+def check_error_example(ch, name, cells, says):
+    """The cell tagged "raises-exception" shows the library's message (every fragment of `says`),
+    and the cell after it still has the variables and runs the model again."""
+    err = [(j, x) for j, x in enumerate(cells) if "raises-exception" in (x.get("metadata", {}).get("tags") or [])]
+    if ch.check(name, "the error example cell exists", bool(err)):
+        j, x = err[0]
+        out = cell_text(x)
+        ch.check(name, "the error example shows the library's message", all(f in out for f in says), out[:300])
+        after = cells[j + 1] if j + 1 < len(cells) else {}
+        ch.check(name, "variables survive the error and the model still runs",
+                 re.search(r"still here: .*traced [1-9]\d* more tokens", cell_text(after)) is not None, cell_text(after)[:200])
+
+
 def check_main(ch, name, nb):
     cells = nb["cells"]
 
@@ -221,15 +234,7 @@ def check_main(ch, name, nb):
         m = re.search(r"sum to between ([\d.]+) and ([\d.]+)", cell_text(c))
         ch.check(name, "top-8 weights sum to less than 1", m is not None and float(m.group(2)) < 1.0, cell_text(c)[:200])
 
-    err = [(j, x) for j, x in enumerate(cells) if "raises-exception" in (x.get("metadata", {}).get("tags") or [])]
-    if ch.check(name, "the error example cell exists", bool(err)):
-        j, x = err[0]
-        out = cell_text(x)
-        ch.check(name, "the error example shows the library's message", "unknown layer" in out and "16 router layers" in out, out[:300])
-        after = cells[j + 1] if j + 1 < len(cells) else {}
-        ch.check(name, "variables survive the error and the model still runs",
-                 re.search(r"still here: .*traced [1-9]\d* more tokens", cell_text(after)) is not None, cell_text(after)[:200])
-
+    check_error_example(ch, name, cells, ("unknown layer", "16 router layers"))
 
 def check_study(ch, name, nb):
     """02_Language_Experts.ipynb: the corpus, the scan, the four study pictures, the answer."""
@@ -270,15 +275,7 @@ def check_study(ch, name, nb):
         m = re.search(r"FEWER experts than English in (\d+) of 16 layers, MORE in (\d+), no clear difference in (\d+)", out)
         ch.check(name, "the answer covers all 16 layers", m is not None and sum(int(g) for g in m.groups()) == 16, out[:300])
         ch.check(name, "the answer names the model", "Model: " in out)
-    err = [(j, x) for j, x in enumerate(cells) if "raises-exception" in (x.get("metadata", {}).get("tags") or [])]
-    if ch.check(name, "the error example cell exists", bool(err)):
-        j, x = err[0]
-        out = cell_text(x)
-        ch.check(name, "the error example shows the library's message", "\"zh\"" in out and "it has: en, ja, ko" in out, out[:300])
-        after = cells[j + 1] if j + 1 < len(cells) else {}
-        ch.check(name, "variables survive the error and the model still runs",
-                 re.search(r"still here: .*traced [1-9]\d* more tokens", cell_text(after)) is not None, cell_text(after)[:200])
-
+    check_error_example(ch, name, cells, ("\"zh\"", "it has: en, ja, ko"))
 
 def main():
     if len(sys.argv) != 2:
