@@ -54,13 +54,23 @@ pub struct ModelFiles {
     /// The directory holding the files: the local directory (made absolute), or the cache snapshot
     /// `<cache>/models--{owner}--{name}/snapshots/{commit}`.
     pub dir: PathBuf,
-    /// `config.json`.
+    /// `config.json` (for a GGUF model, the GGUF file, whose metadata holds the config).
     pub config: PathBuf,
-    /// `tokenizer.json`.
+    /// `tokenizer.json` (for a GGUF model without one beside it, the GGUF file).
     pub tokenizer: PathBuf,
     /// The safetensors files: the shards named by the index (deduplicated, sorted by file name,
     /// which is their index order `model-0000i-of-0000n`), or the single `model.safetensors`.
     pub weights: Vec<PathBuf>,
+}
+
+impl ModelFiles {
+    /// The GGUF file, when the model is a llama.cpp GGUF file rather than a safetensors checkpoint.
+    pub fn gguf(&self) -> Option<&Path> {
+        match self.weights.as_slice() {
+            [one] if is_gguf_path(one) => Some(one),
+            _ => None,
+        }
+    }
 }
 
 /// The Hugging Face settings read from the environment, kept in a struct so tests need not touch
@@ -444,12 +454,15 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
     if path.is_dir() {
         return local_dir(&path, given);
     }
+    if path.is_file() && is_gguf_path(&path) {
+        return Ok(gguf_files(&path, given));
+    }
     if path.exists() {
         return Err(Error::InvalidArgument {
             what: "model",
             msg: format!(
                 "{} is a file, not a directory: pass the directory that holds config.json, \
-                 tokenizer.json and the weights",
+                 tokenizer.json and the weights, or a llama.cpp .gguf file",
                 path.display()
             ),
         });
@@ -470,6 +483,22 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether `path` names a GGUF file (by its extension, any case).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The files of a llama.cpp GGUF model: the file itself holds the config (in its metadata) and the
+/// weights; the tokenizer is the `tokenizer.json` beside it if there is one, else the file's own
+/// `tokenizer.ggml.*` metadata (then [`ModelFiles::tokenizer`] is the GGUF file too).
+fn gguf_files(path: &Path, given: &str) -> ModelFiles {
+    let path = absolute(path);
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let beside = dir.join(TOKENIZER_FILE);
+    let tokenizer = if beside.is_file() { beside } else { path.clone() };
+    ModelFiles { name: given.to_string(), dir, config: path.clone(), tokenizer, weights: vec![path] }
 }
 
 /// Returns the cache snapshot directory of `repo` (`owner/name`) at `revision` (a branch, tag or
@@ -525,7 +554,20 @@ fn local_missing(dir: &Path, part: MissingPart) -> Error {
                  tokenizer.json and {SINGLE_WEIGHTS_FILE} (or {INDEX_FILE} with its shards)",
                 dir.display()
             );
-            if dir.join("snapshots").is_dir() {
+            let ggufs: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_file() && is_gguf_path(p))
+                        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(first) = ggufs.first() {
+                hint.push_str(&format!(
+                    "; it holds the llama.cpp file {first}{}: pass that file's path instead",
+                    if ggufs.len() > 1 { format!(" and {} more", ggufs.len() - 1) } else { String::new() }
+                ));
+            } else if dir.join("snapshots").is_dir() {
                 hint.push_str(
                     "; this looks like a Hub cache folder (models--owner--name): pass the Hub id \
                      instead, or its snapshots/<commit> directory",

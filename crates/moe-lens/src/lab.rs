@@ -13,6 +13,7 @@
 //! ```
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
@@ -117,6 +118,8 @@ pub struct Lens {
     model: Olmoe,
     tokenizer: Tokenizer,
     quant: Option<QuantReport>,
+    /// For a llama.cpp GGUF model: the experts' block types as the file stores them.
+    gguf_experts: Option<String>,
 }
 
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`) or local directory, on the default
@@ -136,6 +139,16 @@ pub fn load(model: &str) -> Result<Lens> {
 pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
     let files = hub::resolve(model)?;
     let opts = LoadOptions::default();
+    if files.gguf().is_some() {
+        // a GGUF file's experts stay as the file stores them
+        let quant = match quant.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" | "none" => Quant::None,
+            other => other.parse::<Quant>().map_err(|_| {
+                Error::invalid("quant", format!("{other:?}; use auto, none, q8_0 or q4k (MOE_LENS_QUANT in the notebooks)"))
+            })?,
+        };
+        return Lens::from_files_quantized(files, &opts, quant);
+    }
     let quant = match quant.trim().to_ascii_lowercase().as_str() {
         "auto" | "" => {
             let cfg = Config::from_file(&files.config)?;
@@ -174,6 +187,9 @@ impl Lens {
 
     /// Loads from already resolved files, with quantized experts unless `quant` is `Quant::None`.
     pub fn from_files_quantized(files: ModelFiles, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
+        if let Some(path) = files.gguf() {
+            return Self::from_gguf(files.clone(), path, opts, quant);
+        }
         let cfg = Config::from_file(&files.config)?;
         let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
         if tokenizer.vocab_size() > cfg.vocab_size {
@@ -200,7 +216,44 @@ impl Lens {
                 (m, Some(r))
             }
         };
-        Ok(Lens { name: files.name.clone(), files, model, tokenizer, quant })
+        Ok(Lens { name: files.name.clone(), files, model, tokenizer, quant, gguf_experts: None })
+    }
+
+    /// Loads a llama.cpp OLMoE GGUF file (see [`quant::open_gguf`]): config from its metadata,
+    /// experts in the file's block types, the tokenizer from `tokenizer.json` beside the file or
+    /// else rebuilt from the file's metadata ([`Tokenizer::from_gguf_metadata`]).
+    fn from_gguf(files: ModelFiles, path: &Path, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
+        let path = path.to_path_buf();
+        if quant != Quant::None {
+            return Err(Error::invalid(
+                "quant",
+                format!(
+                    "{quant} for {}: a GGUF file's experts are already quantized as the file stores them; \
+                     load it with quant none (or auto)",
+                    path.display()
+                ),
+            ));
+        }
+        let device = opts.device.open()?;
+        let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let g = quant::open_gguf(&path, &device, dtype)?;
+        let tokenizer = if files.tokenizer == path {
+            Tokenizer::from_gguf_metadata(&g.metadata, &path)?
+        } else {
+            Tokenizer::from_file(&files.tokenizer)?
+        };
+        if tokenizer.vocab_size() > g.config.vocab_size {
+            return Err(Error::config(
+                &files.tokenizer,
+                format!(
+                    "the tokenizer has {} ids but {} embeds only {}: the tokenizer.json beside the file belongs to another model; remove it or use the model's own",
+                    tokenizer.vocab_size(),
+                    path.display(),
+                    g.config.vocab_size
+                ),
+            ));
+        }
+        Ok(Lens { name: files.name.clone(), files, model: g.model, tokenizer, quant: None, gguf_experts: Some(g.experts) })
     }
 
     /// The model as the user named it.
@@ -218,6 +271,11 @@ impl Lens {
     }
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+    /// The experts' block types as a llama.cpp GGUF file stores them (`"Q4_K, Q6_K"`), when the
+    /// model came from one.
+    pub fn gguf_experts(&self) -> Option<&str> {
+        self.gguf_experts.as_deref()
     }
     /// What the quantized load did (cache hit, cache path), when the experts are quantized.
     pub fn quant_report(&self) -> Option<&QuantReport> {
@@ -340,6 +398,10 @@ impl fmt::Display for Lens {
                 (false, Some(_)) => "quantized now; the cache could not be written",
             };
             write!(f, "; experts in {} ({how})", q.quant)?;
+        }
+        if let Some(t) = &self.gguf_experts {
+            let tok = if self.files.tokenizer == self.files.config { "its own metadata" } else { "tokenizer.json beside it" };
+            write!(f, "; llama.cpp GGUF file, experts in {t}, tokenizer from {tok}")?;
         }
         Ok(())
     }

@@ -367,7 +367,10 @@ fn read_header(path: &Path) -> Result<(gguf_file::Content, u64, BufReader<File>)
     // The metadata is at the start; 16 MiB holds any real header (the walker says if it needs more).
     let mut head = Vec::new();
     (&mut f).take(16 << 20).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
-    check_gguf_header(&head, len).map_err(unreadable)?;
+    walk_gguf_header(&head, len).map_err(|e| match e {
+        HeaderProblem::Corrupt(m) => unreadable(m),
+        HeaderProblem::Unsupported(m) => bad(m),
+    })?;
     f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     let mut r = BufReader::with_capacity(8 << 20, f);
     let content = gguf_file::Content::read(&mut r).map_err(|e| unreadable(e.to_string()))?;
@@ -379,6 +382,46 @@ fn read_header(path: &Path) -> Result<(gguf_file::Content, u64, BufReader<File>)
 /// or version and lengths that run past the end, with a reason. Does not allocate from the file's
 /// numbers. Public for the fuzz targets.
 pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), String> {
+    walk_gguf_header(head, file_len).map_err(|e| match e {
+        HeaderProblem::Corrupt(m) | HeaderProblem::Unsupported(m) => m,
+    })
+}
+
+/// What is wrong with a GGUF header.
+enum HeaderProblem {
+    /// Cut off or corrupt.
+    Corrupt(String),
+    /// Sound, but a tensor's block type is one candle cannot read (llama.cpp's i-quants, say).
+    Unsupported(String),
+}
+
+/// llama.cpp's names of the block types candle cannot read, by id.
+fn unsupported_block_type(id: u32) -> Option<&'static str> {
+    Some(match id {
+        4 | 5 => "Q4_2/Q4_3 (removed from llama.cpp)",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        0..=3 | 6..=15 | 30 => return None,
+        _ => "an unknown type",
+    })
+}
+
+fn walk_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), HeaderProblem> {
     struct Cur<'a> {
         b: &'a [u8],
         at: usize,
@@ -454,27 +497,57 @@ pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), 
             }
         }
     }
+    let corrupt = HeaderProblem::Corrupt;
     let mut c = Cur { b: head, at: 0, v1: false };
-    if c.take(4)? != b"GGUF" {
-        return Err("it does not start with the GGUF magic bytes".into());
+    if c.take(4).map_err(corrupt)? != b"GGUF" {
+        return Err(corrupt("it does not start with the GGUF magic bytes".into()));
     }
-    match c.u32()? {
+    match c.u32().map_err(corrupt)? {
         1 => c.v1 = true,
         2 | 3 => {}
-        v => return Err(format!("GGUF version {v} is not 1, 2 or 3")),
+        v => return Err(corrupt(format!("GGUF version {v} is not 1, 2 or 3"))),
     }
-    let _tensors = c.len()?;
-    let kvs = c.len()?;
+    let tensors = c.len().map_err(corrupt)?;
+    let kvs = c.len().map_err(corrupt)?;
     // every entry takes at least 5 bytes: more than the file holds is corrupt
     if kvs > file_len / 5 {
-        return Err(format!("the header claims {kvs} metadata entries, more than the file can hold"));
+        return Err(corrupt(format!("the header claims {kvs} metadata entries, more than the file can hold")));
     }
     for _ in 0..kvs {
-        let key = c.string()?.to_vec();
-        let t = c.u32()?;
-        let v = c.value(t, 0)?;
+        let key = c.string().map_err(corrupt)?.to_vec();
+        let t = c.u32().map_err(corrupt)?;
+        let v = c.value(t, 0).map_err(corrupt)?;
         if key == b"general.alignment" && t <= 5 && v == Some(0) {
-            return Err("general.alignment is 0".into());
+            return Err(corrupt("general.alignment is 0".into()));
+        }
+    }
+    // the tensor infos: name, dimensions, block type, offset. Walked only while they lie in `head`
+    // (candle reads them itself); what matters here is a block type candle cannot read, which it
+    // would report as an unknown dtype, as if the file were damaged.
+    if tensors > file_len / 20 {
+        return Err(corrupt(format!("the header claims {tensors} tensors, more than the file can hold")));
+    }
+    for _ in 0..tensors {
+        let Ok(name) = c.string().map(|n| String::from_utf8_lossy(n).into_owned()) else { return Ok(()) };
+        let Ok(n_dims) = c.u32() else { return Ok(()) };
+        if n_dims > 8 {
+            return Err(corrupt(format!("tensor {name} claims {n_dims} dimensions")));
+        }
+        for _ in 0..n_dims {
+            if c.len().is_err() {
+                return Ok(());
+            }
+        }
+        let Ok(t) = c.u32() else { return Ok(()) };
+        if let Some(kind) = unsupported_block_type(t) {
+            return Err(HeaderProblem::Unsupported(format!(
+                "tensor {name} is stored in block type {kind} (GGML type {t}), which moe-lens cannot \
+                 read (candle reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K…Q6_K): use a \
+                 Q4_K_M, Q5_K_M, Q6_K or Q8_0 file of the model, or load its safetensors checkpoint"
+            )));
+        }
+        if c.u64().is_err() {
+            return Ok(());
         }
     }
     Ok(())
@@ -641,7 +714,9 @@ impl WeightSource for GgufSource {
                     .map(|((g, u), d)| [g, u, d])
                     .collect(),
             )),
-            Device::Cuda(_) if quantized && grouped_kernel_supports(qt) && up.dtype() == qt && down.dtype() == qt => {
+            // llama.cpp's mixed files (Q4_K_M keeps some layers' down projection in Q6_K) are fine:
+            // each projection is its own grouped matmul
+            Device::Cuda(_) if [&gate, &up, &down].iter().all(|t| grouped_kernel_supports(t.dtype())) => {
                 let up_dev = |t: QTensor| -> Result<Arc<QTensor>> {
                     let shape = t.shape().clone();
                     Ok(Arc::new(QTensor::new(QStorage::from_data(t.data()?, &self.device, t.dtype())?, shape)?))
@@ -713,11 +788,61 @@ pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Con
 /// that candle's grouped CUDA kernels take (Q8_0, Q2K…Q6K) stay quantized on CUDA; others (Q4_0,
 /// float) are dequantized to `dtype` there. On the CPU every quantized type stays quantized.
 pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, Olmoe)> {
+    let g = open_gguf(path, device, dtype)?;
+    Ok((g.config, g.model))
+}
+
+/// A llama.cpp GGUF model as [`open_gguf`] loads it.
+pub struct GgufModel {
+    pub config: Config,
+    pub model: Olmoe,
+    /// The block type of the experts as the file stores them (`"Q4_K"`, `"Q8_0"`, `"BF16"`…; layers
+    /// that differ are listed after the first, e.g. `"Q4_K, Q6_K"`).
+    pub experts: String,
+    /// The file's metadata (its `tokenizer.ggml.*` entries rebuild the tokenizer).
+    pub metadata: HashMap<String, gguf_file::Value>,
+}
+
+/// Loads a llama.cpp OLMoE GGUF file like [`load_gguf`], keeping its metadata and the experts'
+/// block types.
+pub fn open_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel> {
     let (content, _, r) = read_header(path)?;
     let cfg = config_from_gguf(&content, path)?;
     drop(r);
+    let mut experts: Vec<String> = Vec::new();
+    for l in 0..cfg.num_hidden_layers {
+        for p in ["gate", "up", "down"] {
+            if let Some(info) = content.tensor_infos.get(&format!("blk.{l}.ffn_{p}_exps.weight")) {
+                let name = ggml_name(info.ggml_dtype).to_string();
+                if !experts.contains(&name) {
+                    experts.push(name);
+                }
+            }
+        }
+    }
     let tensors = read_gguf(path, None)?;
     let src = GgufSource::new(tensors, &cfg, device, dtype, path.to_path_buf());
     let model = Olmoe::build(&cfg, &src, device, dtype)?;
-    Ok((cfg, model))
+    Ok(GgufModel { config: cfg, model, experts: experts.join(", "), metadata: content.metadata })
+}
+
+/// llama.cpp's name of a block type.
+pub fn ggml_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
 }

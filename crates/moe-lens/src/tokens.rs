@@ -278,6 +278,106 @@ impl Tokenizer {
         Ok(Self::from_inner(inner, path.to_path_buf()))
     }
 
+    /// Rebuilds the Hugging Face tokenizer from a llama.cpp GGUF file's `tokenizer.ggml.*` metadata,
+    /// for a `.gguf` that has no `tokenizer.json` beside it.
+    ///
+    /// llama.cpp's converter stores OLMoE's byte-level BPE as `tokenizer.ggml.model = "gpt2"` with
+    /// the pre-tokenizer `"olmo"` (GPT-2's split pattern), its tokens (byte-level strings, added
+    /// tokens as plain text), token types and merges. This puts back what the original
+    /// `tokenizer.json` says around them: NFC normalisation, byte-level pre-tokenizer, post-processor
+    /// and decoder without a prefix space, control tokens as special added tokens and user-defined
+    /// ones as normal added tokens; the `[PADn]` fillers llama.cpp writes for unused ids are left
+    /// out. Other tokenizer kinds are refused with [`Error::Tokenizer`], which says to put the
+    /// model's `tokenizer.json` next to the file.
+    pub fn from_gguf_metadata(
+        metadata: &HashMap<String, candle_core::quantized::gguf_file::Value>,
+        path: &Path,
+    ) -> Result<Self> {
+        use candle_core::quantized::gguf_file::Value;
+        let fix = format!(
+            "put the model's tokenizer.json next to {} (for OLMoE, \
+             https://huggingface.co/allenai/OLMoE-1B-7B-0924/blob/main/tokenizer.json)",
+            path.display()
+        );
+        let bad = |what: String| Error::Tokenizer(format!("{}: {what}; {fix}", path.display()));
+        let string = |k: &str| metadata.get(k).and_then(|v| v.to_string().ok().cloned());
+        let array = |k: &str| -> Result<&Vec<Value>> {
+            match metadata.get(k) {
+                Some(Value::Array(a)) => Ok(a),
+                Some(_) => Err(bad(format!("{k} is not a list"))),
+                None => Err(bad(format!("the file has no {k}"))),
+            }
+        };
+        match string("tokenizer.ggml.model").as_deref() {
+            Some("gpt2") => {}
+            Some(other) => return Err(bad(format!("its tokenizer is of kind {other:?}, not OLMoE's byte-level BPE (\"gpt2\")"))),
+            None => return Err(bad("the file holds no tokenizer (no tokenizer.ggml.model)".into())),
+        }
+        // the pre-tokenizers whose split pattern is GPT-2's, which OLMoE's tokenizer.json uses
+        match string("tokenizer.ggml.pre").as_deref() {
+            Some("olmo" | "gpt-2") => {}
+            Some(other) => return Err(bad(format!("its pre-tokenizer is {other:?}, not OLMoE's \"olmo\""))),
+            None => return Err(bad("the file does not name its pre-tokenizer (tokenizer.ggml.pre)".into())),
+        }
+        let tokens = array("tokenizer.ggml.tokens")?;
+        let types = array("tokenizer.ggml.token_type")?;
+        let merges = array("tokenizer.ggml.merges")?;
+        if types.len() != tokens.len() {
+            return Err(bad(format!("{} tokens but {} token types", tokens.len(), types.len())));
+        }
+        // llama.cpp's token types
+        const NORMAL: i32 = 1;
+        const CONTROL: i32 = 3;
+        const USER_DEFINED: i32 = 4;
+        const UNUSED: i32 = 5;
+        let mut vocab = serde_json::Map::with_capacity(tokens.len());
+        let mut added = Vec::new();
+        for (id, (tok, ty)) in tokens.iter().zip(types).enumerate() {
+            let tok = tok.to_string().map_err(|_| bad(format!("token {id} is not a string")))?;
+            let ty = ty.to_i32().map_err(|_| bad(format!("the type of token {id} is not an integer")))?;
+            match ty {
+                UNUSED => continue,
+                NORMAL => {}
+                CONTROL | USER_DEFINED => {
+                    let special = ty == CONTROL;
+                    added.push(serde_json::json!({
+                        "id": id, "content": tok, "single_word": false, "lstrip": false, "rstrip": false,
+                        "normalized": !special, "special": special,
+                    }));
+                }
+                other => return Err(bad(format!("token {id} has type {other}, which a byte-level BPE does not use"))),
+            }
+            vocab.insert(tok.clone(), id.into());
+        }
+        let merges = merges
+            .iter()
+            .enumerate()
+            .map(|(i, m)| m.to_string().cloned().map_err(|_| bad(format!("merge {i} is not a string"))))
+            .collect::<Result<Vec<String>>>()?;
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "NFC"},
+            "pre_tokenizer": byte_level,
+            "post_processor": byte_level,
+            "decoder": byte_level,
+            "model": {
+                "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges,
+            },
+        });
+        let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| bad(format!("its tokenizer could not be rebuilt ({e})")))?;
+        let mut t = Self::from_inner(inner, path.to_path_buf());
+        if let Some(eos) = metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()) {
+            t.eos = Some(eos);
+        }
+        Ok(t)
+    }
+
     /// Gathers what the labels and offsets need from a loaded tokenizer.
     fn from_inner(inner: tokenizers::Tokenizer, path: PathBuf) -> Self {
         let added = inner

@@ -373,6 +373,28 @@ fn table() -> Vec<Row> {
             gguf_file::write(&mut buf, &refs, &[("token_embd.weight", &t)]).unwrap();
             load_gguf_bytes(tmp("g-heads"), &buf.into_inner())
         }),
+        row!("GGUF in a block type candle cannot read (llama.cpp's IQ4_XS)", Error::Weights { .. }, "use a Q4_K_M, Q5_K_M, Q6_K or Q8_0 file", || {
+            let t = candle_core::quantized::QTensor::quantize(&Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
+            let arch = gguf_file::Value::String("olmoe".into());
+            let mut buf = std::io::Cursor::new(Vec::new());
+            gguf_file::write(&mut buf, &[("general.architecture", &arch)], &[("blk.0.ffn_gate_exps.weight", &t)]).unwrap();
+            let mut b = buf.into_inner();
+            // the tensor info: name, 2 dims (u32 count, u64 each), then the type (0 = F32): make it 23
+            let name = b"blk.0.ffn_gate_exps.weight";
+            let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 2 * 8;
+            assert_eq!(b[at..at + 4], [0, 0, 0, 0]);
+            b[at] = 23;
+            load_gguf_bytes(tmp("g-iq4"), &b)
+        }),
+        row!("a quantization asked of a GGUF file", Error::InvalidArgument { .. }, "already quantized", || {
+            moe_lens::lab::load_with_quant(root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf").to_str().unwrap(), "q4k").map(drop)
+        }),
+        row!("a directory holding only a .gguf file", Error::MissingFile { .. }, "pass that file's path", || {
+            let d = tmp("g-dir");
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("olmoe-q4_k_m.gguf"), b"GGUF").unwrap();
+            hub::resolve_with(d.to_str().unwrap(), &hub_settings(&tmp("g-dir-cache"), true, None)).map(drop)
+        }),
         row!("unknown quantization name", Error::InvalidArgument { .. }, "q8_0", || "q9".parse::<Quant>().map(drop)),
         // ---- the Hub and its cache
         row!("offline without the model cached", Error::Offline { .. }, "download it once with network access", || {

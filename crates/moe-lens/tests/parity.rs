@@ -29,8 +29,7 @@ fn fixture(name: &str) -> (Lens, Value) {
     weights.sort();
     let files = ModelFiles { name: name.into(), dir: dir.clone(), config: dir.join("config.json"), tokenizer: tokenizer_path(), weights };
     let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures").join(format!("{name}.ref.json"))).unwrap()).unwrap();
-    (lens, r)
+    (lens, reference(name))
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
@@ -40,8 +39,16 @@ fn u32s(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures").join(format!("{name}.ref.json"))).unwrap()).unwrap()
+}
+
 fn check_model(name: &str) {
     let (lens, r) = fixture(name);
+    check_lens(name, &lens, &r);
+}
+
+fn check_lens(name: &str, lens: &Lens, r: &Value) {
     let cfg = lens.config().clone();
     assert_eq!(lens.hooks().len(), r["router_hooks"].as_u64().unwrap() as usize);
     let (mut worst_logit, mut worst_weight, mut worst_hidden) = (0f32, 0f32, 0f32);
@@ -104,6 +111,52 @@ fn check_model(name: &str) {
         .unwrap();
     let generated: Vec<u32> = run.generated().iter().map(|t| t.id).collect();
     assert_eq!(generated, u32s(&g["ids"]), "{name}: greedy generation");
+}
+
+/// llama.cpp's own converter (`convert_hf_to_gguf.py`, see tests/fixtures/llamacpp/README.md) made
+/// this GGUF from the narrow checkpoint's bf16 safetensors, tokenizer included: loaded by its path
+/// alone (config from the metadata, tokenizer rebuilt from `tokenizer.ggml.*`), it must compute what
+/// transformers computes on the checkpoint, as the safetensors do.
+#[test]
+fn llamacpp_bf16_gguf_matches_transformers() {
+    let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
+    let lens = Lens::load_with(path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+    assert_eq!(lens.files().tokenizer, lens.files().config, "no tokenizer.json beside the file: the tokenizer comes from its metadata");
+    assert_eq!(lens.gguf_experts(), Some("BF16"));
+    check_lens("olmoe-narrow", &lens, &reference("olmoe-narrow"));
+}
+
+/// The converter's `--outtype q8_0` file: experts' gate and up in Q8_0, their down projection in F16
+/// (rows of 16 are too short for Q8_0's blocks of 32), attention in Q8_0. Same tokens as
+/// transformers; routing close to its float32 routing.
+#[test]
+fn llamacpp_q8_0_gguf_routes_like_transformers() {
+    let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+    let lens = moe_lens::lab::load(path.to_str().unwrap()).unwrap();
+    assert_eq!(lens.gguf_experts(), Some("Q8_0, F16"));
+    let shown = lens.to_string();
+    assert!(shown.contains("llama.cpp GGUF") && shown.contains("Q8_0"), "{shown}");
+    let r = reference("olmoe-narrow");
+    let (mut overlap, mut top1, mut rows) = (0usize, 0usize, 0usize);
+    let k = lens.config().num_experts_per_tok;
+    for s in r["sentences"].as_array().unwrap() {
+        let text = s["text"].as_str().unwrap();
+        let trace = lens.trace(text).unwrap();
+        let ids: Vec<u32> = trace.tokens.iter().map(|t| t.id).collect();
+        assert_eq!(ids, u32s(&s["ids"]), "token ids of {text:?}");
+        for (ours, theirs) in trace.layers.iter().zip(s["layers"].as_array().unwrap()) {
+            for (t, row) in theirs["top_k"].as_array().unwrap().iter().enumerate() {
+                let want = u32s(row);
+                overlap += ours.top_k[t].iter().filter(|e| want.contains(e)).count();
+                top1 += usize::from(ours.top_k[t][0] == want[0]);
+                rows += 1;
+            }
+        }
+    }
+    let mean = overlap as f64 / (rows * k) as f64;
+    let top1 = top1 as f64 / rows as f64;
+    eprintln!("llama.cpp q8_0 GGUF vs transformers f32: mean top-{k} overlap {mean:.4}, top-1 agreement {top1:.4} over {rows} rows");
+    assert!(mean >= 0.9, "mean top-{k} overlap {mean}");
 }
 
 #[test]

@@ -469,3 +469,78 @@ fn garbage_file_is_a_tokenizer_error_naming_the_path() {
         other => panic!("expected a tokenizer error, got {other:?}"),
     }
 }
+
+/// The tokenizer rebuilt from a llama.cpp GGUF file's metadata (written by llama.cpp's own converter
+/// from OLMoE's tokenizer.json; tests/fixtures/llamacpp) must tokenize exactly as tokenizer.json
+/// does: the whole study corpus, the fuzz corpus, every added token and a few edge cases; and spell
+/// every id with the same bytes.
+#[test]
+fn tokenizer_rebuilt_from_llamacpp_gguf_equals_tokenizer_json() {
+    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+    let mut f = std::fs::File::open(&gguf).unwrap_or_else(|e| panic!("{}: {e}", gguf.display()));
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let rebuilt = Tokenizer::from_gguf_metadata(&content.metadata, &gguf).unwrap();
+    let json = tokenizer();
+    assert_eq!(rebuilt.vocab_size(), json.vocab_size());
+    assert_eq!(rebuilt.eos_id(), json.eos_id());
+
+    let mut texts: Vec<String> = Vec::new();
+    let corpus = std::fs::read_to_string(repo_root().join("crates/moe-lens/data/corpus/trilingual.tsv")).unwrap();
+    texts.extend(corpus.lines().skip(1).filter_map(|l| l.splitn(3, '\t').nth(2)).map(str::to_string));
+    assert!(texts.len() >= 1365, "{} corpus lines", texts.len());
+    let fuzz = repo_root().join("fuzz/corpus/tokens");
+    let mut fuzz_files = 0;
+    for e in std::fs::read_dir(&fuzz).unwrap() {
+        texts.push(String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned());
+        fuzz_files += 1;
+    }
+    assert!(fuzz_files >= 50, "{fuzz_files} fuzz inputs");
+    texts.extend(references().into_iter().map(|r| r.text));
+    for id in 0..json.vocab_size() as u32 {
+        let label = json.labels(&[id]).unwrap().remove(0);
+        if label.starts_with("<|") || label.contains("IP_ADDRESS") || label.trim().is_empty() {
+            texts.push(format!("x{}y", json.decode(&[id]).unwrap()));
+        }
+    }
+    texts.extend(
+        ["<|endoftext|>Hello<|padding|>", "a  b   c\t\td\n\n\ne", "  leading", "trailing   ", "|||IP_ADDRESS||| x", "e\u{301}te\u{301}", "", "   ", "\u{feff}"]
+            .map(str::to_string),
+    );
+    for text in &texts {
+        let (a, b) = match (rebuilt.encode(text), json.encode(text)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string(), "errors for {text:?}");
+                continue;
+            }
+            (a, b) => panic!("{text:?}: rebuilt {a:?}, tokenizer.json {b:?}"),
+        };
+        assert_eq!(ids(&a), ids(&b), "ids of {text:?}");
+        assert_eq!(offsets(&a), offsets(&b), "offsets of {text:?}");
+        assert_eq!(labels(&a), labels(&b), "labels of {text:?}");
+    }
+    for id in 0..json.vocab_size() as u32 {
+        assert_eq!(rebuilt.token_bytes(id).unwrap(), json.token_bytes(id).unwrap(), "bytes of id {id}");
+    }
+    eprintln!("{} texts tokenized alike, {} ids spelled alike", texts.len(), json.vocab_size());
+}
+
+/// A GGUF whose tokenizer is not OLMoE's byte-level BPE is refused with what to do.
+#[test]
+fn gguf_tokenizer_of_another_kind_is_refused() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+    let mut f = std::fs::File::open(&gguf).unwrap();
+    let mut meta = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap().metadata;
+    meta.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
+    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("\"llama\"") && err.contains("tokenizer.json next to"), "{err}");
+    meta.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
+    meta.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
+    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("qwen2"), "{err}");
+    meta.remove("tokenizer.ggml.merges");
+    meta.insert("tokenizer.ggml.pre".into(), V::String("olmo".into()));
+    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("tokenizer.ggml.merges"), "{err}");
+}
