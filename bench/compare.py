@@ -4,8 +4,8 @@ usage: python3 bench/compare.py WORK_DIR OUT_DIR
 
 Files in WORK_DIR (each a list over sentences of a list over layers of top-8 lists per token):
 ref_bf16 (transformers bf16, default attention), ref_bf16_eager, ref_f32 (float32, eager attention),
-route_<name> (ours: none = bf16, none_unfused, none_legacy, none_eager, f32, q8_0, q4k; nf4 =
-transformers + bitsandbytes). ref_f32_logits / logits_f32: router logits, [sentence][layer][row * 64]."""
+route_<name> (ours: none = bf16, none_unfused, none_legacy, none_eager, f32, q8_0, q4k, and
+gguf_q4km / gguf_bf16 = llama.cpp's files of the same model; nf4 = transformers + bitsandbytes). ref_f32_logits / logits_f32: router logits, [sentence][layer][row * 64]."""
 import json, os, sys
 work, out = sys.argv[1], sys.argv[2]
 J = lambda n: json.load(open(os.path.join(work, n))) if os.path.exists(os.path.join(work, n)) else None
@@ -20,7 +20,7 @@ res = {}
 refs = {k: J(f"ref_{k}.json") for k in ["bf16", "bf16_eager", "f32"]}
 refs = {k: v for k, v in refs.items() if v is not None}
 ours = {}
-for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q4k", "nf4"]:
+for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q4k", "nf4", "gguf_q4km", "gguf_bf16"]:
     r = J(f"route_{q}.json")
     if r is not None:
         ours[q] = r
@@ -32,7 +32,7 @@ for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q
         if v: res[f"{q}_smi_peak_MiB"] = max(v); res[f"{q}_smi_base_MiB"] = v[0]
 for a, b in [("bf16", "f32"), ("bf16_eager", "f32"), ("bf16", "bf16_eager")]:
     if a in refs and b in refs: res[f"hf_{a}_vs_hf_{b}"] = stats(refs[a], refs[b])
-for q in ["q8_0", "q4k", "none_legacy", "none_unfused"]:
+for q in ["q8_0", "q4k", "none_legacy", "none_unfused", "gguf_q4km", "gguf_bf16"]:
     if q in ours and "none" in ours: res[f"{q}_vs_ours_bf16"] = stats(ours[q], ours["none"])
 la, lb = J("logits_f32.json"), J("ref_f32_logits.json")
 if la is not None and lb is not None:

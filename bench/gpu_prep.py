@@ -4,6 +4,9 @@ and transformers' bf16 routing of the first 100 as the reference.
 
 usage: python3 bench/gpu_prep.py MODEL_DIR WORK_DIR     (env INIT=decisive|default, default decisive)
 
+DEVICE=cpu makes the model on the CPU instead (no GPU needed; other random draws, so other weights
+than the GPU's) and stops after the sentences: no transformers references.
+
 INIT=decisive re-draws every weight as tests/fixtures/make_fixtures.py's `init_weights` does
 (N(0, 1.5²/fan_in) for matrices, N(1, 0.2²) for norm weights, N(0, 1) embeddings), so router logits
 are O(1) and top-8 choices are not near-ties; transformers' own init gives tiny router logits."""
@@ -13,8 +16,9 @@ from transformers import OlmoeConfig, OlmoeForCausalLM
 
 model_dir, work = sys.argv[1], sys.argv[2]
 INIT = os.environ.get("INIT", "decisive")
+DEV = os.environ.get("DEVICE", "cuda")
 os.makedirs(work, exist_ok=True)
-res = {"transformers": transformers.__version__, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "init": INIT}
+res = {"transformers": transformers.__version__, "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu", "init": INIT}
 cfg = OlmoeConfig(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
                   num_attention_heads=16, num_key_value_heads=16, num_experts=64, num_experts_per_tok=8,
                   max_position_embeddings=4096, rope_theta=10000.0, norm_topk_prob=False, clip_qkv=None,
@@ -22,21 +26,22 @@ cfg = OlmoeConfig(vocab_size=50304, hidden_size=2048, intermediate_size=1024, nu
 torch.manual_seed(0)
 t = time.perf_counter()
 torch.set_default_dtype(torch.bfloat16)
-with torch.device("cuda"):
+with torch.device(DEV):
     model = OlmoeForCausalLM(cfg)
 torch.set_default_dtype(torch.float32)
 if INIT == "decisive":
-    g = torch.Generator(device="cuda").manual_seed(0)
+    g = torch.Generator(device=DEV).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
-                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g, device="cuda")
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g, device=DEV)
             elif "embed_tokens" in name:
-                v = torch.randn(p.shape, generator=g, device="cuda")
+                v = torch.randn(p.shape, generator=g, device=DEV)
             else:
-                v = torch.randn(p.shape, generator=g, device="cuda") * (1.5 / p.shape[-1] ** 0.5)
+                v = torch.randn(p.shape, generator=g, device=DEV) * (1.5 / p.shape[-1] ** 0.5)
             p.copy_(v.to(torch.bfloat16)); del v
-torch.cuda.synchronize(); res["init_s"] = time.perf_counter() - t
+if DEV == "cuda": torch.cuda.synchronize()
+res["init_s"] = time.perf_counter() - t
 model.eval()
 t = time.perf_counter(); model.save_pretrained(model_dir); res["save_s"] = time.perf_counter() - t
 res["files"] = sorted(os.listdir(model_dir))
@@ -46,6 +51,10 @@ g = torch.Generator().manual_seed(1)
 lens = torch.randint(15, 41, (1000,), generator=g).tolist()
 sents = [torch.randint(2, 50000, (n,), generator=g) for n in lens]
 json.dump([s.tolist() for s in sents], open(os.path.join(work, "sents.json"), "w"))
+if DEV != "cuda":
+    print("PREP", json.dumps(res), flush=True)
+    json.dump(res, open(os.path.join(work, "prep.json"), "w"))
+    sys.exit(0)
 
 # transformers' own routing of the first 100 sentences: bf16 with its default attention (SDPA), bf16
 # with eager attention, and float32 with eager attention (logits kept) -- the last is the reference

@@ -3,7 +3,13 @@
 #   BIN      our stripped CUDA binary (default .devrun/moe-lens)
 #   B        folder holding these scripts (default bench)
 #   PYLIB    optional folder put on PYTHONPATH (a trimmed bitsandbytes for the nf4 numbers)
-#   STEPS    which steps, in order (default: prep bf16 f32 seed nf4 q4k q8_0)
+#   STEPS    which steps, in order (default: prep bf16 f32 seed nf4 q4k q8_0; add gguf for the
+#            llama.cpp check below)
+#   LCPP     llama.cpp's convert_hf_to_gguf.py with its conversion/ and gguf-py/ (step gguf)
+#   QUANTIZE llama.cpp's llama-quantize binary (step gguf)
+#   TOK      OLMoE's tokenizer.json (step gguf: the converter needs it beside the model)
+# Step gguf: llama.cpp's converter makes a bf16 GGUF of the random model, llama-quantize makes the
+# Q4_K_M file users download, and we load both files as they are (routing, timings, GPU memory).
 # Results under $OUT (run.log, ours_*.json, seed_baseline.json, compare.json, prep.json).
 set -u
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
@@ -33,6 +39,21 @@ for s in $STEPS; do
     seed) SEED_MODEL_DIR=$M OUT=$OUT python3 $B/seed_baseline.py >> $LOG 2>&1; echo "seed rc=$?" >> $LOG ;;
     nf4) python3 $B/nf4_routing.py $M $W >> $LOG 2>&1; echo "nf4 rc=$?" >> $LOG; compare ;;
     q4k|q8_0) ours $s --quant $s --routing-out $W/route_$s.json --fresh ${BENCH_ARGS:-}; compare ;;
+    gguf)
+      if [ ! -f $W/olmoe-Q4_K_M.gguf ]; then
+        cp $TOK $M/tokenizer.json
+        PYTHONPATH=$LCPP/gguf-py:$LCPP${PYLIB:+:$PYLIB} python3 $LCPP/convert_hf_to_gguf.py $M --outtype bf16 \
+          --outfile $W/olmoe-bf16.gguf > $W/convert.log 2>&1; echo "convert rc=$?" >> $LOG; tail -3 $W/convert.log >> $LOG
+        stamp quantize
+        $QUANTIZE $W/olmoe-bf16.gguf $W/olmoe-Q4_K_M.gguf Q4_K_M $(nproc) > $W/quantize.log 2>&1; echo "quantize rc=$?" >> $LOG
+        grep -E "type +[a-z0-9_]+: +[0-9]+ tensors|model size|quant size" $W/quantize.log >> $LOG
+        ls -l $W/*.gguf >> $LOG
+        stamp gguf-ours
+      fi
+      KEEP=$M
+      M=$W/olmoe-Q4_K_M.gguf; ours gguf_q4km --routing-out $W/route_gguf_q4km.json --no-loop
+      M=$W/olmoe-bf16.gguf; ours gguf_bf16 --only-routing --routing-out $W/route_gguf_bf16.json
+      M=$KEEP; compare ;;
   esac
 done
 stamp done

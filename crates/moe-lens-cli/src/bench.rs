@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model directory: config.json and *.safetensors.
+    /// Model directory (config.json and *.safetensors), or a llama.cpp .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// JSON file: a list of sentences, each a list of token ids.
@@ -218,6 +218,11 @@ fn apply_env_switches() {
 
 fn load(a: &BenchArgs, cfg: &Config, files: &[PathBuf], device: &Device, dtype: DType, q: Quant) -> Result<(Olmoe, Value)> {
     let t = Instant::now();
+    if moe_lens::hub::is_gguf_path(&a.model) {
+        let g = quant::open_gguf(&a.model, device, dtype)?;
+        sync(device)?;
+        return Ok((g.model, json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.model, "experts": g.experts}})));
+    }
     let (m, rep) = match q {
         Quant::None => (Olmoe::load(cfg, files, device, dtype)?, Value::Null),
         q => {
@@ -248,6 +253,14 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         None if device.is_cpu() => DType::F32,
         None => DType::BF16,
     };
+    if moe_lens::hub::is_gguf_path(&a.model) {
+        // a llama.cpp GGUF file: its own config and block types
+        if q != Quant::None {
+            bail!("--quant {q} with a GGUF file: its experts are already quantized; leave --quant out");
+        }
+        let cfg = quant::gguf_config(&a.model)?;
+        return run_bench_with(a, cfg, vec![], q, device, dtype);
+    }
     let cfg = Config::from_file(a.model.join("config.json"))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.model)
         .with_context(|| format!("reading {}", a.model.display()))?
@@ -258,6 +271,11 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     if files.is_empty() {
         bail!("no .safetensors files in {}", a.model.display());
     }
+    run_bench_with(a, cfg, files, q, device, dtype)
+}
+
+fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, device: Device, dtype: DType) -> Result<()> {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
     let text = std::fs::read_to_string(&a.sents).with_context(|| format!("reading {}", a.sents.display()))?;
     let mut sents: Vec<Vec<u32>> = serde_json::from_str(&text).context("sentences: a JSON list of lists of token ids")?;
     if let Some(n) = a.limit {

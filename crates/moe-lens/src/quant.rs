@@ -792,6 +792,12 @@ pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, 
     Ok((g.config, g.model))
 }
 
+/// The config in a llama.cpp GGUF file's metadata (reads only the header).
+pub fn gguf_config(path: &Path) -> Result<Config> {
+    let (content, _, _) = read_header(path)?;
+    config_from_gguf(&content, path)
+}
+
 /// A llama.cpp GGUF model as [`open_gguf`] loads it.
 pub struct GgufModel {
     pub config: Config,
