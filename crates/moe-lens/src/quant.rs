@@ -661,9 +661,24 @@ fn grouped_kernel_supports(t: GgmlDType) -> bool {
     matches!(t, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K | GgmlDType::Q6K)
 }
 
+/// Whether candle's CPU matmul can take rows of `k` values in block type `t`. Its Q4_1, Q5_0 and
+/// Q5_1 dot products assert (in debug builds, which is what a notebook cell runs) an even number of
+/// blocks per row: rows of 32 in Q5_0, which llama-quantize writes for narrow models, would panic.
+/// OLMoE's own rows (2,048 and 1,024) are even; others are dequantized instead.
+fn cpu_matmul_takes(t: GgmlDType, k: usize) -> bool {
+    match t {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => (k / t.block_size()).is_multiple_of(2),
+        _ => true,
+    }
+}
+
 /// Splits a stacked `[E, n, k]` quantized tensor into E CPU matmuls.
 fn split_experts(t: &QTensor) -> Result<Vec<QMatMul>> {
     let (e, n, k) = t.shape().dims3()?;
+    if !cpu_matmul_takes(t.dtype(), k) {
+        let all = t.dequantize(&Device::Cpu)?; // [E, n, k] f32
+        return (0..e).map(|x| Ok(QMatMul::Tensor(all.get(x)?))).collect();
+    }
     let data = t.data()?;
     let per = data.len() / e.max(1);
     (0..e)

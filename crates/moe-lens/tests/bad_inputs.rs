@@ -387,7 +387,7 @@ fn table() -> Vec<Row> {
             load_gguf_bytes(tmp("g-iq4"), &b)
         }),
         row!("a quantization asked of a GGUF file", Error::InvalidArgument { .. }, "already quantized", || {
-            moe_lens::lab::load_with_quant(root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf").to_str().unwrap(), "q4k").map(drop)
+            moe_lens::lab::load_with_quant(root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf").to_str().unwrap(), "q4k").map(drop)
         }),
         row!("a directory holding only a .gguf file", Error::MissingFile { .. }, "pass that file's path", || {
             let d = tmp("g-dir");

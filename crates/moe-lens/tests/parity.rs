@@ -126,16 +126,18 @@ fn llamacpp_bf16_gguf_matches_transformers() {
     check_lens("olmoe-narrow", &lens, &reference("olmoe-narrow"));
 }
 
-/// The converter's `--outtype q8_0` file: experts' gate and up in Q8_0, their down projection in F16
-/// (rows of 16 are too short for Q8_0's blocks of 32), attention in Q8_0. Same tokens as
-/// transformers; routing close to its float32 routing.
+/// llama.cpp's `llama-quantize … Q4_K_M` of that file, the recipe behind most downloadable GGUFs.
+/// The narrow rows (32 and 16 wide) are shorter than a k-quant block, so llama-quantize fell back
+/// the way it does for such rows: experts' gate/up and attention in Q5_0, `attn_v` in Q8_0, the
+/// experts' down projection in F16, router and norms in F32. Same tokens as transformers; routing
+/// close to its float32 routing.
 #[test]
-fn llamacpp_q8_0_gguf_routes_like_transformers() {
-    let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+fn llamacpp_q4_k_m_gguf_routes_like_transformers() {
+    let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-Q4_K_M.gguf");
     let lens = moe_lens::lab::load(path.to_str().unwrap()).unwrap();
-    assert_eq!(lens.gguf_experts(), Some("Q8_0, F16"));
+    assert_eq!(lens.gguf_experts(), Some("Q5_0, F16"));
     let shown = lens.to_string();
-    assert!(shown.contains("llama.cpp GGUF") && shown.contains("Q8_0"), "{shown}");
+    assert!(shown.contains("llama.cpp GGUF") && shown.contains("Q5_0") && shown.contains("its own metadata"), "{shown}");
     let r = reference("olmoe-narrow");
     let (mut overlap, mut top1, mut rows) = (0usize, 0usize, 0usize);
     let k = lens.config().num_experts_per_tok;
@@ -155,8 +157,8 @@ fn llamacpp_q8_0_gguf_routes_like_transformers() {
     }
     let mean = overlap as f64 / (rows * k) as f64;
     let top1 = top1 as f64 / rows as f64;
-    eprintln!("llama.cpp q8_0 GGUF vs transformers f32: mean top-{k} overlap {mean:.4}, top-1 agreement {top1:.4} over {rows} rows");
-    assert!(mean >= 0.9, "mean top-{k} overlap {mean}");
+    eprintln!("llama.cpp Q4_K_M GGUF vs transformers f32: mean top-{k} overlap {mean:.4}, top-1 agreement {top1:.4} over {rows} rows");
+    assert!(mean >= 0.85, "mean top-{k} overlap {mean}");
 }
 
 #[test]

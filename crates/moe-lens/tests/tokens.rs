@@ -476,7 +476,7 @@ fn garbage_file_is_a_tokenizer_error_naming_the_path() {
 /// every id with the same bytes.
 #[test]
 fn tokenizer_rebuilt_from_llamacpp_gguf_equals_tokenizer_json() {
-    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
     let mut f = std::fs::File::open(&gguf).unwrap_or_else(|e| panic!("{}: {e}", gguf.display()));
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
     let rebuilt = Tokenizer::from_gguf_metadata(&content.metadata, &gguf).unwrap();
@@ -529,7 +529,7 @@ fn tokenizer_rebuilt_from_llamacpp_gguf_equals_tokenizer_json() {
 #[test]
 fn gguf_tokenizer_of_another_kind_is_refused() {
     use candle_core::quantized::gguf_file::Value as V;
-    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-q8_0.gguf");
+    let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
     let mut f = std::fs::File::open(&gguf).unwrap();
     let mut meta = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap().metadata;
     meta.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
