@@ -4,6 +4,7 @@ usage: python3 bench/compare.py WORK_DIR OUT_DIR
 
 Files in WORK_DIR (each a list over sentences of a list over layers of top-8 lists per token):
 ref_bf16 (transformers bf16, default attention), ref_bf16_eager, ref_f32 (float32, eager attention),
+ref_gguf_q4km_f32 / _bf16 (transformers on the Q4_K_M file's weights, bench/gguf_reference.py),
 route_<name> (ours: none = bf16, none_unfused, none_legacy, none_eager, f32, q8_0, q4k, and
 gguf_q4km / gguf_bf16 = llama.cpp's files of the same model; nf4 = transformers + bitsandbytes). ref_f32_logits / logits_f32: router logits, [sentence][layer][row * 64]."""
 import json, os, sys
@@ -17,10 +18,10 @@ def stats(a, b):
                 rows += 1; c = len(set(ra) & set(rb)); same += c == len(ra); ov += c / len(ra); top1 += ra[0] == rb[0]
     return {"rows": rows, "top8_set_equal": same / max(rows, 1), "mean_top8_overlap": ov / max(rows, 1), "top1_agree": top1 / max(rows, 1)}
 res = {}
-refs = {k: J(f"ref_{k}.json") for k in ["bf16", "bf16_eager", "f32"]}
+refs = {k: J(f"ref_{k}.json") for k in ["bf16", "bf16_eager", "f32", "gguf_q4km_f32", "gguf_q4km_bf16"]}
 refs = {k: v for k, v in refs.items() if v is not None}
 ours = {}
-for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q4k", "nf4", "gguf_q4km", "gguf_bf16"]:
+for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q4k", "nf4", "gguf_q4km", "gguf_bf16", "gguf_q4km_f32"]:
     r = J(f"route_{q}.json")
     if r is not None:
         ours[q] = r
@@ -30,7 +31,7 @@ for q in ["none", "none_unfused", "none_legacy", "none_eager", "f32", "q8_0", "q
     if os.path.exists(s):
         v = [int(x) for x in open(s).read().split() if x.strip().isdigit()]
         if v: res[f"{q}_smi_peak_MiB"] = max(v); res[f"{q}_smi_base_MiB"] = v[0]
-for a, b in [("bf16", "f32"), ("bf16_eager", "f32"), ("bf16", "bf16_eager")]:
+for a, b in [("bf16", "f32"), ("bf16_eager", "f32"), ("bf16", "bf16_eager"), ("gguf_q4km_f32", "f32"), ("gguf_q4km_bf16", "bf16"), ("gguf_q4km_bf16", "gguf_q4km_f32")]:
     if a in refs and b in refs: res[f"hf_{a}_vs_hf_{b}"] = stats(refs[a], refs[b])
 for q in ["q8_0", "q4k", "none_legacy", "none_unfused", "gguf_q4km", "gguf_bf16"]:
     if q in ours and "none" in ours: res[f"{q}_vs_ours_bf16"] = stats(ours[q], ours["none"])

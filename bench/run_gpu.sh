@@ -8,13 +8,16 @@
 #   LCPP     llama.cpp's convert_hf_to_gguf.py with its conversion/ and gguf-py/ (step gguf)
 #   QUANTIZE llama.cpp's llama-quantize binary (step gguf)
 #   TOK      OLMoE's tokenizer.json (step gguf: the converter needs it beside the model)
-# Step gguf: llama.cpp's converter makes a bf16 GGUF of the random model, llama-quantize makes the
-# Q4_K_M file users download, and we load both files as they are (routing, timings, GPU memory).
+# Steps gguf, gguf-bench, gguf-ref: llama.cpp's converter makes a bf16 GGUF of the random model and
+# llama-quantize the Q4_K_M file users download; we load both as they are (timings, GPU memory,
+# routing); transformers runs on the Q4_K_M file's weights dequantized by gguf-py (the reference
+# for what the file itself computes).
 # Results under $OUT (run.log, ours_*.json, seed_baseline.json, compare.json, prep.json).
 set -u
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
 [ -n "${PYLIB:-}" ] && export PYTHONPATH=$PYLIB
+LLPY=${PYLIB:+:$PYLIB}
 OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; BIN=${BIN:-.devrun/moe-lens}; B=${B:-bench}
 STEPS=${STEPS:-"prep bf16 f32 seed nf4 q4k q8_0"}
 mkdir -p $W $OUT
@@ -39,20 +42,25 @@ for s in $STEPS; do
     seed) SEED_MODEL_DIR=$M OUT=$OUT python3 $B/seed_baseline.py >> $LOG 2>&1; echo "seed rc=$?" >> $LOG ;;
     nf4) python3 $B/nf4_routing.py $M $W >> $LOG 2>&1; echo "nf4 rc=$?" >> $LOG; compare ;;
     q4k|q8_0) ours $s --quant $s --routing-out $W/route_$s.json --fresh ${BENCH_ARGS:-}; compare ;;
-    gguf)
+    gguf)  # llama.cpp's converter and llama-quantize make the files users download
       if [ ! -f $W/olmoe-Q4_K_M.gguf ]; then
         cp $TOK $M/tokenizer.json
-        PYTHONPATH=$LCPP/gguf-py:$LCPP${PYLIB:+:$PYLIB} python3 $LCPP/convert_hf_to_gguf.py $M --outtype bf16 \
+        PYTHONPATH=$LCPP/gguf-py$LLPY python3 $LCPP/convert_hf_to_gguf.py $M --outtype bf16 \
           --outfile $W/olmoe-bf16.gguf > $W/convert.log 2>&1; echo "convert rc=$?" >> $LOG; tail -3 $W/convert.log >> $LOG
         stamp quantize
         $QUANTIZE $W/olmoe-bf16.gguf $W/olmoe-Q4_K_M.gguf Q4_K_M $(nproc) > $W/quantize.log 2>&1; echo "quantize rc=$?" >> $LOG
-        grep -E "type +[a-z0-9_]+: +[0-9]+ tensors|model size|quant size" $W/quantize.log >> $LOG
         ls -l $W/*.gguf >> $LOG
-        stamp gguf-ours
-      fi
+      fi ;;
+    gguf-bench)  # ours on both files as they are: timings, GPU memory, routing
       KEEP=$M
       M=$W/olmoe-Q4_K_M.gguf; ours gguf_q4km --routing-out $W/route_gguf_q4km.json --no-loop
       M=$W/olmoe-bf16.gguf; ours gguf_bf16 --only-routing --routing-out $W/route_gguf_bf16.json
+      M=$KEEP; compare ;;
+    gguf-ref)  # transformers on the Q4_K_M file's weights, dequantized by llama.cpp's gguf-py
+      PYTHONPATH=$LCPP/gguf-py$LLPY python3 $B/gguf_reference.py $W/olmoe-Q4_K_M.gguf $M $W/sents.json $W gguf_q4km 100 cuda >> $LOG 2>&1
+      echo "gguf-ref rc=$?" >> $LOG
+      KEEP=$M; M=$W/olmoe-Q4_K_M.gguf
+      ours gguf_q4km_f32 --dtype f32 --only-routing --routing-out $W/route_gguf_q4km_f32.json
       M=$KEEP; compare ;;
   esac
 done
