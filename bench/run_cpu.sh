@@ -1,6 +1,7 @@
 #!/bin/bash
-# The CPU comparison on the device machine, restricted to 2 of its cores (taskset), as on a 2-core
-# server: moe-lens's quantized path (q4k, q8_0) against transformers bf16 with the lab's hooks, on
+# The CPU comparison, on the device machine restricted to 2 of its cores (taskset), or on a real
+# 2-core machine (set PATH to a Python with torch and transformers, WORK, BIN; prep there with
+# DEVICE=cpu): moe-lens's quantized path (q4k, q8_0) against transformers bf16 with the lab's hooks, on
 # the random full-size OLMoE of bench/gpu_prep.py and the same sentences. The quantized cache is
 # written first with all cores (quantizing 6.4B weights on 2 cores would take most of a call).
 #   BIN  our binary (a CUDA build runs on the CPU with --device cpu);  B  these scripts
@@ -11,7 +12,7 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; BIN=${BIN:-.devrun/moe-lens}; B=${B:-bench}; N=${N:-20}
 STEPS=${STEPS:-"prep quant ours torch"}
 mkdir -p $W $OUT; LOG=$OUT/run_cpu.log
-{ date -u; lscpu | grep -E "Model name|^CPU\(s\)|Flags" | cut -c1-400; free -g | head -2; } >> $LOG 2>&1
+{ date -u; lscpu | grep -E "Model name|^CPU\(s\)|Flags"; free -g | head -2; } >> $LOG 2>&1
 T0=$(date +%s); stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" >> $LOG; }
 two="taskset -c 0,1"
 for s in $STEPS; do

@@ -42,6 +42,12 @@ for s in $STEPS; do
     seed) SEED_MODEL_DIR=$M OUT=$OUT python3 $B/seed_baseline.py >> $LOG 2>&1; echo "seed rc=$?" >> $LOG ;;
     nf4) python3 $B/nf4_routing.py $M $W >> $LOG 2>&1; echo "nf4 rc=$?" >> $LOG; compare ;;
     q4k|q8_0) ours $s --quant $s --routing-out $W/route_$s.json --fresh ${BENCH_ARGS:-}; compare ;;
+    cold)  # loads after dropping the page cache (root on the device): the q4k cache, the bf16 safetensors
+      for q in q4k none; do
+        sync; echo 3 > /proc/sys/vm/drop_caches && echo "page cache dropped: $(free -m | awk '/Mem:/ {print $6}') MiB cached" >> $LOG
+        $BIN bench --model $M --sents $W/sents.json --device cuda --quant $q --only-routing --routing-n 1 \
+          --out $OUT/cold_$q.json >> $LOG 2>&1; echo "cold $q rc=$?" >> $LOG
+      done ;;
     gguf)  # llama.cpp's converter and llama-quantize make the files users download
       if [ ! -f $W/olmoe-Q4_K_M.gguf ]; then
         cp $TOK $M/tokenizer.json

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The notebooks' test (CI runs it after tests/test.sh): sets up the Rust kernel with
 # kernel-setup/install.sh (idempotent; about 30 minutes on a fresh 2-core machine, seconds later),
-# executes every notebook headlessly on the shipped demo model and on the random test checkpoint
-# (both have OLMoE's 16 layers x 64 experts, top-8), and checks what the executed notebooks show
+# executes every notebook headlessly on the shipped demo model, on the random test checkpoint and
+# on llama.cpp's Q4_K_M file of it (all have OLMoE's 16 layers x 64 experts, top-8), and checks what the executed notebooks show
 # (tests/check_notebooks.py). Executed copies go to OUT_DIR (default target/notebooks/).
 #
 #   tests/notebooks.sh [OUT_DIR]
@@ -17,7 +17,8 @@ out=${1:-target/notebooks}
 t0=$(date +%s)
 bash kernel-setup/install.sh
 export MOE_LENS_QUANT=${MOE_LENS_QUANT:-auto}
-for model in demo "$PWD/tests/fixtures/olmoe-narrow"; do
+# demo; the random test checkpoint; the same checkpoint as a llama.cpp Q4_K_M file (by its path)
+for model in demo "$PWD/tests/fixtures/olmoe-narrow" "$PWD/tests/fixtures/llamacpp/olmoe-narrow-Q4_K_M.gguf"; do
   name=$(basename "$model")
   rm -rf "${out:?}/$name"
   MOE_LENS_MODEL=$model bash tests/run-notebooks.sh "$out/$name"
