@@ -454,8 +454,21 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
     if path.is_dir() {
         return local_dir(&path, given);
     }
-    if path.is_file() && is_gguf_path(&path) {
-        return Ok(gguf_files(&path, given));
+    if is_gguf_path(&path) {
+        if path.is_file() {
+            return Ok(gguf_files(&path, given));
+        }
+        if !path.exists() {
+            return Err(Error::MissingFile {
+                path: absolute(&path),
+                what: "GGUF file",
+                hint: format!(
+                    "there is no such file (relative paths start from the working directory {}); \
+                     pass the path of a llama.cpp .gguf file of OLMoE",
+                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                ),
+            });
+        }
     }
     if path.exists() {
         return Err(Error::InvalidArgument {

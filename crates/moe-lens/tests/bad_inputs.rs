@@ -389,6 +389,9 @@ fn table() -> Vec<Row> {
         row!("a quantization asked of a GGUF file", Error::InvalidArgument { .. }, "already quantized", || {
             moe_lens::lab::load_with_quant(root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf").to_str().unwrap(), "q4k").map(drop)
         }),
+        row!("a .gguf path that does not exist", Error::MissingFile { .. }, "no such file", || {
+            hub::resolve_with(tmp("g-none").join("olmoe-q4_k_m.gguf").to_str().unwrap(), &hub_settings(&tmp("g-none-cache"), true, None)).map(drop)
+        }),
         row!("a directory holding only a .gguf file", Error::MissingFile { .. }, "pass that file's path", || {
             let d = tmp("g-dir");
             fs::create_dir_all(&d).unwrap();
