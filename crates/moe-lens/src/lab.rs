@@ -122,8 +122,9 @@ pub struct Lens {
     gguf_experts: Option<String>,
 }
 
-/// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`) or local directory, on the default
-/// device and dtype. Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
+/// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
+/// file, on the default device and dtype. Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE`
+/// and `HF_TOKEN`.
 pub fn load(model: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions::default())
 }
@@ -135,21 +136,14 @@ pub fn load(model: &str) -> Result<Lens> {
 /// sizes multiples of 256, as OLMoE's are): the full OLMoE needs about 16 GB of GPU memory in bf16
 /// and about 6 GB with q4k experts, so a 12 GB GPU slice fits it, as the Python lab's 4-bit load
 /// does. On the CPU, and for small models (the demo and test models), `"auto"` keeps the
-/// checkpoint's weights. The printed `Lens` says which was chosen.
+/// checkpoint's weights. A llama.cpp `.gguf` file keeps its experts as the file stores them (`auto`
+/// or `none`; asking it for `q8_0`/`q4k` is an error). The printed `Lens` says which was chosen.
 pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
     let files = hub::resolve(model)?;
     let opts = LoadOptions::default();
-    if files.gguf().is_some() {
-        // a GGUF file's experts stay as the file stores them
-        let quant = match quant.trim().to_ascii_lowercase().as_str() {
-            "auto" | "" | "none" => Quant::None,
-            other => other.parse::<Quant>().map_err(|_| {
-                Error::invalid("quant", format!("{other:?}; use auto, none, q8_0 or q4k (MOE_LENS_QUANT in the notebooks)"))
-            })?,
-        };
-        return Lens::from_files_quantized(files, &opts, quant);
-    }
     let quant = match quant.trim().to_ascii_lowercase().as_str() {
+        // a GGUF file's experts stay as the file stores them
+        "auto" | "" if files.gguf().is_some() => Quant::None,
         "auto" | "" => {
             let cfg = Config::from_file(&files.config)?;
             let gpu = !opts.device.open()?.is_cpu();
