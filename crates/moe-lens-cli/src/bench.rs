@@ -202,6 +202,11 @@ fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k
     }))
 }
 
+/// A whole number from the environment, if set and valid.
+fn env_usize(k: &str) -> Option<usize> {
+    std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Applies the forward-pass switches from the environment (for comparisons in one run).
 fn apply_env_switches() {
     let flag = |k: &str| std::env::var(k).ok().map(|v| v == "1" || v.eq_ignore_ascii_case("true"));
@@ -235,14 +240,13 @@ fn load(a: &BenchArgs, cfg: &Config, files: &[PathBuf], device: &Device, dtype: 
 }
 
 pub fn run_bench(a: BenchArgs) -> Result<()> {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-    if let Some(n) = env("MOE_LENS_DENSE_MAX") {
+    if let Some(n) = env_usize("MOE_LENS_DENSE_MAX") {
         olmoe::set_dense_max_tokens(n);
     }
-    if let Some(n) = env("MOE_LENS_DENSE_MIN") {
+    if let Some(n) = env_usize("MOE_LENS_DENSE_MIN") {
         olmoe::set_dense_min_tokens(n);
     }
-    if let Some(n) = env("MOE_LENS_GGUF_PREFILL_MIN") {
+    if let Some(n) = env_usize("MOE_LENS_GGUF_PREFILL_MIN") {
         olmoe::set_gguf_prefill_min_tokens(n);
     }
     apply_env_switches();
@@ -275,7 +279,6 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
 }
 
 fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, device: Device, dtype: DType) -> Result<()> {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
     let text = std::fs::read_to_string(&a.sents).with_context(|| format!("reading {}", a.sents.display()))?;
     let mut sents: Vec<Vec<u32>> = serde_json::from_str(&text).context("sentences: a JSON list of lists of token ids")?;
     if let Some(n) = a.limit {
@@ -522,8 +525,8 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
             rows.push(Value::Object(row));
         }
         olmoe::set_dense_max_tokens(keep);
-        olmoe::set_dense_min_tokens(env("MOE_LENS_DENSE_MIN").unwrap_or(1));
-        olmoe::set_gguf_prefill_min_tokens(env("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
+        olmoe::set_dense_min_tokens(env_usize("MOE_LENS_DENSE_MIN").unwrap_or(1));
+        olmoe::set_gguf_prefill_min_tokens(env_usize("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
         res.insert("sweep".into(), json!(rows));
     }
     if a.variants {
