@@ -1,4 +1,4 @@
-// Fused CUDA kernels for the bf16 OLMoE forward (moe-lens, src/olmoe_cuda.rs launches them).
+// Fused CUDA kernels for the bf16 OLMoE forward (moe-lens, src/olmoe/fused.rs launches them).
 //
 // Each kernel rounds where transformers 5.17 (modeling_olmoe.py, integrations/moe.py grouped_mm
 // path) rounds in bfloat16, so that our bf16 routing follows theirs:
@@ -15,8 +15,8 @@
 // Routing layout ("packed", per layer, planar f32): logits [N*E] | probs [N*E] | weights [N*k] |
 // expert ids as floats [N*k].
 //
-// Rebuild the PTX after editing (needs nvcc; see ../shared/notes/cuda.md):
-//   nvcc -arch=sm_90 -O3 -ptx -o fused.ptx fused.cu
+// Built to PTX by crates/moe-lens/build.rs in CUDA builds, for the build's CUDA_COMPUTE_CAP (as
+// `nvcc -O3 -ptx -arch=sm_$CAP`), so it loads on the GPU and driver it was built for.
 #include <cuda_bf16.h>
 #include <stdint.h>
 

@@ -1,4 +1,5 @@
-//! Launchers for the fused bf16 CUDA kernels of `src/kernels/fused.cu` (PTX built into the binary).
+//! Launchers for the fused bf16 CUDA kernels of `src/kernels/fused.cu` (PTX built by `build.rs` for
+//! the build's `CUDA_COMPUTE_CAP`, with the nvcc candle's kernels are built with, and embedded).
 //!
 //! Each function takes contiguous CUDA tensors, checks dtypes and sizes, and returns new tensors;
 //! everything stays on the device and on candle's one stream, so no call here synchronises.
@@ -11,7 +12,7 @@ use half::bf16;
 
 use crate::error::{Error, Result};
 
-const PTX: &str = include_str!("../kernels/fused.ptx");
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "moe_lens_fused";
 /// Longest sequence the fused attention kernel takes (its keys and values sit in shared memory).
 pub(crate) const ATT_MAX_T: usize = 64;
