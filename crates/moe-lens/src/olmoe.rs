@@ -303,6 +303,14 @@ static DENSE_MIN_TOKENS: AtomicUsize = AtomicUsize::new(1);
 /// dequantized weights on the matrix units) instead of its per-pair dot-product variant. H200 sweep:
 /// the dot-product variant wins up to 128 rows (Q4K 12.0 vs 21.4 ms at 25), the prefill from 256.
 static GGUF_PREFILL_MIN_TOKENS: AtomicUsize = AtomicUsize::new(160);
+/// Rows from which the quantized CUDA path expands its experts to bf16 (a few experts at a time,
+/// [`DEQUANT_EXPERTS`]) and runs the bf16 path's batched matmuls, instead of candle's grouped GGUF
+/// kernels: a batch this long reads every expert anyway, and the matrix units then do the work.
+static DEQUANT_MIN_TOKENS: AtomicUsize = AtomicUsize::new(256);
+/// Experts expanded to bf16 at once on that path: 16 × (2·1024 + 1024) × 2048 × 2 bytes = 192 MiB
+/// for OLMoE, on top of the 4-bit weights.
+#[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+const DEQUANT_EXPERTS: usize = 16;
 /// Rows per call of the grouped kernels: candle's CUDA sort keeps a row in shared memory (4 bytes per
 /// element, padded to a power of two), so rows × k must stay at or below 8192.
 const GROUPED_MAX_PAIRS: usize = 8192;
@@ -322,6 +330,11 @@ pub fn dense_max_tokens() -> usize {
 /// Sets the rows from which the quantized CUDA path uses the prefill kernel.
 pub fn set_gguf_prefill_min_tokens(n: usize) {
     GGUF_PREFILL_MIN_TOKENS.store(n, Ordering::Relaxed);
+}
+
+/// Sets the rows from which the quantized CUDA path expands experts to bf16 (`usize::MAX`: never).
+pub fn set_dequant_min_tokens(n: usize) {
+    DEQUANT_MIN_TOKENS.store(n, Ordering::Relaxed);
 }
 
 /// The experts of one layer, in one of three storage forms.
@@ -585,6 +598,25 @@ impl SparseMoe {
                 let gu = xg.matmul(&gate_up.t()?)?; // [E, C, 2I]
                 let hid = fused::swiglu(&gu, e * cap, 1, i, 2 * i, 0, 1)?.reshape((e, cap, i))?;
                 let y = hid.matmul(&down.t()?)?; // [E, C, H]
+                fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+            }
+            (ExpertWeights::QStacked { gate, up, down }, _)
+                if n >= DEQUANT_MIN_TOKENS.load(Ordering::Relaxed) && fused::can_dequant(&[gate.as_ref(), up.as_ref(), down.as_ref()]) =>
+            {
+                let logits = x.matmul(&self.gate.t()?)?; // [N, E]
+                fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
+                let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+                let y = Tensor::zeros((e, cap, h), x.dtype(), x.device())?; // [E, C, H], filled in place
+                for e0 in (0..e).step_by(DEQUANT_EXPERTS) {
+                    let ne = DEQUANT_EXPERTS.min(e - e0);
+                    let gate_up = fused::dequant_experts(&[(gate.as_ref(), 0), (up.as_ref(), i)], e0, ne, 2 * i)?; // [ne, 2I, H]
+                    let gu = xg.narrow(0, e0, ne)?.matmul(&gate_up.t()?)?; // [ne, C, 2I]
+                    drop(gate_up);
+                    let hid = fused::swiglu(&gu, ne * cap, 1, i, 2 * i, 0, 1)?.reshape((ne, cap, i))?;
+                    drop(gu);
+                    let down = fused::dequant_experts(&[(down.as_ref(), 0)], e0, ne, h)?; // [ne, H, I]
+                    y.slice_set(&hid.matmul(&down.t()?)?, 0, e0)?; // [ne, C, H] into experts e0..
+                }
                 fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
             }
             _ => {

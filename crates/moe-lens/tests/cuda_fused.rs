@@ -14,6 +14,8 @@ use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
 use serde_json::Value;
 
+mod kquant_model;
+
 /// The forward-pass switches are process-wide: one test at a time.
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -154,4 +156,59 @@ fn batched_grouped_path_matches_reference() {
     }
     olmoe::set_dense_max_tokens(256);
     olmoe::set_dense_min_tokens(1);
+}
+
+/// The quantized batched path that expands experts to bf16 (`set_dequant_min_tokens`) against
+/// candle's grouped GGUF kernels and against the f32 model on the CPU (our f32 path is checked
+/// against transformers in parity.rs), on a random checkpoint with k-quant sizes, Q4K and Q8_0.
+#[test]
+fn quantized_batched_dequant_path_keeps_the_f32_experts() {
+    use kquant_model::{make_checkpoint, Rng, K, L, V};
+    use moe_lens::quant::{self, Quant};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(dev) = cuda() else {
+        eprintln!("no CUDA device: skipped");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("moe-lens-cuda-deq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (cfg, files) = make_checkpoint(&dir);
+    // 24 sequences of 12..35 tokens, padded: 840 rows, past any threshold
+    let mut r = Rng(11);
+    let ids: Vec<Vec<u32>> = (0..24).map(|s| (0..12 + s).map(|_| 2 + (r.uniform() * (V - 2) as f64) as u32).collect()).collect();
+    let t = ids.iter().map(Vec::len).max().unwrap();
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let flat: Vec<u32> = ids.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(1u32, t - s.len()))).collect();
+    let run = |m: &Olmoe, d: &Device| {
+        let input = Tensor::from_vec(flat.clone(), (ids.len(), t), d).unwrap();
+        let mut spy = Rows { per_layer: vec![Vec::new(); L] };
+        m.forward(&input, None, Some(&lens), Step::Prefill, Some(&mut spy)).unwrap();
+        spy.per_layer
+    };
+    let overlap = |a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]| {
+        let (mut hit, mut n) = (0usize, 0usize);
+        for (la, lb) in a.iter().zip(b) {
+            assert_eq!(la.len(), lb.len());
+            for (ra, rb) in la.iter().zip(lb) {
+                hit += ra.iter().filter(|e| rb.contains(e)).count();
+                n += K;
+            }
+        }
+        hit as f64 / n as f64
+    };
+    let reference = run(&Olmoe::load(&cfg, &files, &Device::Cpu, DType::F32).unwrap(), &Device::Cpu);
+    for (q, floor) in [(Quant::Q8_0, 0.9), (Quant::Q4K, 0.8)] {
+        let (m, _) = quant::load_quantized(&cfg, &files, &dir, &dev, DType::BF16, q).unwrap();
+        olmoe::set_dequant_min_tokens(0);
+        let deq = run(&m, &dev);
+        olmoe::set_dequant_min_tokens(usize::MAX);
+        let grouped = run(&m, &dev);
+        olmoe::set_dequant_min_tokens(256);
+        let (od, og) = (overlap(&deq, &reference), overlap(&grouped, &reference));
+        eprintln!("{q:?} bf16 batched vs f32 CPU: dequantized to bf16 {od:.4}, candle's grouped GGUF kernels {og:.4}; between them {:.4}", overlap(&deq, &grouped));
+        assert!(od >= floor, "{q:?}: dequant path mean top-{K} overlap {od}");
+        // the same weights, with bf16 instead of 8-bit activations: not worse than candle's kernels
+        assert!(od >= og - 0.02, "{q:?}: dequant path {od} against grouped kernels {og}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

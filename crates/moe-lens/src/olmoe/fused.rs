@@ -7,6 +7,7 @@
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use half::bf16;
 
@@ -386,4 +387,99 @@ pub(crate) fn alloc_f32(like: &Tensor, dims: &[usize]) -> Result<Tensor> {
     let n: usize = dims.iter().product();
     let s = unsafe { dev.alloc::<f32>(n) }?;
     Ok(wrap(s, &dev, dims))
+}
+
+/// The dequantizing kernel of a ggml block type, if there is one (`ml_dequant_*_bf16`).
+fn dequant_kernel(t: GgmlDType) -> Option<&'static str> {
+    match t {
+        GgmlDType::Q8_0 => Some("ml_dequant_q8_0_bf16"),
+        GgmlDType::Q4K => Some("ml_dequant_q4_k_bf16"),
+        GgmlDType::Q6K => Some("ml_dequant_q6_k_bf16"),
+        _ => None,
+    }
+}
+
+/// Whether [`dequant_experts`] takes these stacked `[E, R, C]` quantized tensors (on a CUDA device).
+pub(crate) fn can_dequant(qs: &[&QTensor]) -> bool {
+    qs.iter().all(|q| dequant_kernel(q.dtype()).is_some() && q.device().is_cuda() && q.shape().dims().len() == 3)
+}
+
+/// Experts `e0 .. e0 + ne` of stacked quantized tensors, dequantized into one bf16 tensor
+/// `[ne, rows, C]`: each part `(q, off)` (`q` `[E, R, C]`) fills rows `off .. off + R` of every
+/// expert (gate and up side by side make the `[ne, 2I, H]` layout of the bf16 path).
+pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize, rows: usize) -> Result<Tensor> {
+    let Some((first, _)) = parts.first() else { return Err(err("dequant: no parts")) };
+    let Device::Cuda(dev) = first.device() else { return Err(err("dequant: weights are not on a CUDA device")) };
+    let c = first.shape().dims().last().copied().unwrap_or(0);
+    let out = unsafe { dev.alloc::<bf16>(ne * rows * c) }?;
+    let op = out.device_ptr(out.stream()).0;
+    for &(q, off) in parts {
+        let (e, r, cq) = q.shape().dims3()?;
+        let name = dequant_kernel(q.dtype()).ok_or_else(|| err(format!("dequant: no kernel for {:?}", q.dtype())))?;
+        let bs = q.dtype().block_size();
+        if cq != c || c % bs != 0 || e0 + ne > e || off + r > rows {
+            return Err(err(format!("dequant: [{e}, {r}, {cq}] does not fit experts {e0}+{ne} rows {off}+{r} of {rows}×{c}")));
+        }
+        let row_bytes = c / bs * q.dtype().type_size();
+        let src = q.device_ptr()? as u64 + (e0 * r * row_bytes) as u64;
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let (ne_i, r_i, c_i) = (i32_of(ne, "experts")?, i32_of(r, "rows")?, i32_of(c, "columns")?);
+        let (rb_i, rows_i, off_i) = (row_bytes as i64, i32_of(rows, "rows")?, i32_of(off, "row offset")?);
+        let mut b = func.builder();
+        b.arg(&src);
+        b.arg(&op);
+        b.arg(&ne_i);
+        b.arg(&r_i);
+        b.arg(&c_i);
+        b.arg(&rb_i);
+        b.arg(&rows_i);
+        b.arg(&off_i);
+        let total = ne * r * c;
+        let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: reads ne * r rows of row_bytes from expert e0 on (inside q, checked above) and
+        // writes rows off .. off + r of each of the ne experts of out.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(wrap(out, &dev, &[ne, rows, c]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our dequantizing kernels against candle's CPU dequantization (ggml's reference arithmetic)
+    /// of the same blocks, rounded to bf16: bit for bit, for whole tensors and for an expert range
+    /// written into one half of a wider tensor (the gate/up layout).
+    #[test]
+    fn dequant_kernels_match_candles_cpu_dequantization() -> Result<()> {
+        let Ok(dev) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: skipped");
+            return Ok(());
+        };
+        let (e, r, c) = (5, 6, 512);
+        let data: Vec<f32> = (0..e * r * c).map(|i| (i as f32 * 0.754_877_7).sin() * 2.0 + ((i * 31 % 17) as f32 - 8.0) * 0.05).collect();
+        let src = Tensor::from_vec(data, (e, r, c), &Device::Cpu)?;
+        let bits = |t: &Tensor| -> Result<Vec<u16>> {
+            Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<bf16>()?.iter().map(|x| x.to_bits()).collect())
+        };
+        for t in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let q_cpu = QTensor::quantize(&src, t)?;
+            let want = bits(&q_cpu.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?)?; // [e, r, c]
+            let q_gpu = QTensor::quantize(&src.to_device(&dev)?, t)?;
+            assert!(can_dequant(&[&q_gpu]), "{t:?}");
+            let got = bits(&dequant_experts(&[(&q_gpu, 0)], 0, e, r)?)?;
+            let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+            assert_eq!(diff, 0, "{t:?}: {diff} of {} values differ", want.len());
+            // experts 2..4 as the second half of [2, 2r, c]; the first half from the same tensor's experts 2..4
+            let got = bits(&dequant_experts(&[(&q_gpu, 0), (&q_gpu, r)], 2, 2, 2 * r)?)?;
+            for ee in 0..2 {
+                let w = &want[(2 + ee) * r * c..(3 + ee) * r * c];
+                let g = &got[ee * 2 * r * c..(ee + 1) * 2 * r * c];
+                assert!(g[..r * c] == *w && g[r * c..] == *w, "{t:?}: expert {} in the gate/up layout", 2 + ee);
+            }
+            // out of range is an error, not a read past the tensor
+            assert!(dequant_experts(&[(&q_gpu, 0)], 4, 2, r).is_err());
+        }
+        Ok(())
+    }
 }
