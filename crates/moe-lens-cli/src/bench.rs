@@ -499,6 +499,7 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
     if a.sweep && !device.is_cpu() {
         let mut rows = Vec::new();
         let keep = olmoe::dense_max_tokens();
+        let keep_dequant = olmoe::dequant_min_tokens();
         for n in [1usize, 4, 8, 25, 64, 128, 256, 512, 1024, 2048] {
             let ids: Vec<u32> = (0..n).map(|i| 2 + ((i * 7919 + 13) % 50000) as u32).collect();
             let x = ids_of(&ids)?;
@@ -532,7 +533,7 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
         olmoe::set_dense_max_tokens(keep);
         olmoe::set_dense_min_tokens(env_usize("MOE_LENS_DENSE_MIN").unwrap_or(1));
         olmoe::set_gguf_prefill_min_tokens(env_usize("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
-        olmoe::set_dequant_min_tokens(env_usize("MOE_LENS_DEQUANT_MIN").unwrap_or(256));
+        olmoe::set_dequant_min_tokens(keep_dequant);
         res.insert("sweep".into(), json!(rows));
     }
     if a.variants {

@@ -305,8 +305,10 @@ static DENSE_MIN_TOKENS: AtomicUsize = AtomicUsize::new(1);
 static GGUF_PREFILL_MIN_TOKENS: AtomicUsize = AtomicUsize::new(160);
 /// Rows from which the quantized CUDA path expands its experts to bf16 (a few experts at a time,
 /// [`DEQUANT_EXPERTS`]) and runs the bf16 path's batched matmuls, instead of candle's grouped GGUF
-/// kernels: a batch this long reads every expert anyway, and the matrix units then do the work.
-static DEQUANT_MIN_TOKENS: AtomicUsize = AtomicUsize::new(256);
+/// kernels: from a few dozen rows nearly every expert is read anyway, and the matrix units then do
+/// the work. H200 sweep, Q4K forward (BENCHMARKS.md): 25 rows 13.9 ms expanded vs 10.9 ms with the
+/// dot-product kernel, 64 rows 15.4 vs 24.6, 2,048 rows 123 vs 546 (prefill kernel); so 40.
+static DEQUANT_MIN_TOKENS: AtomicUsize = AtomicUsize::new(40);
 /// Experts expanded to bf16 at once on that path: 16 × (2·1024 + 1024) × 2048 × 2 bytes = 192 MiB
 /// for OLMoE, on top of the 4-bit weights.
 #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
@@ -335,6 +337,10 @@ pub fn set_gguf_prefill_min_tokens(n: usize) {
 /// Sets the rows from which the quantized CUDA path expands experts to bf16 (`usize::MAX`: never).
 pub fn set_dequant_min_tokens(n: usize) {
     DEQUANT_MIN_TOKENS.store(n, Ordering::Relaxed);
+}
+/// The current rows from which the quantized CUDA path expands experts to bf16.
+pub fn dequant_min_tokens() -> usize {
+    DEQUANT_MIN_TOKENS.load(Ordering::Relaxed)
 }
 
 /// The experts of one layer, in one of three storage forms.

@@ -197,13 +197,14 @@ fn quantized_batched_dequant_path_keeps_the_f32_experts() {
         hit as f64 / n as f64
     };
     let reference = run(&Olmoe::load(&cfg, &files, &Device::Cpu, DType::F32).unwrap(), &Device::Cpu);
+    let keep = olmoe::dequant_min_tokens();
     for (q, floor) in [(Quant::Q8_0, 0.9), (Quant::Q4K, 0.8)] {
         let (m, _) = quant::load_quantized(&cfg, &files, &dir, &dev, DType::BF16, q).unwrap();
         olmoe::set_dequant_min_tokens(0);
         let deq = run(&m, &dev);
         olmoe::set_dequant_min_tokens(usize::MAX);
         let grouped = run(&m, &dev);
-        olmoe::set_dequant_min_tokens(256);
+        olmoe::set_dequant_min_tokens(keep);
         let (od, og) = (overlap(&deq, &reference), overlap(&grouped, &reference));
         eprintln!("{q:?} bf16 batched vs f32 CPU: dequantized to bf16 {od:.4}, candle's grouped GGUF kernels {og:.4}; between them {:.4}", overlap(&deq, &grouped));
         assert!(od >= floor, "{q:?}: dequant path mean top-{K} overlap {od}");

@@ -343,25 +343,31 @@ extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16*
 //         the block size), rows one after another
 //   dst : value (e, r, c) at dst[(e * dst_rows + dst_off + r) * C + c] (so gate and up can fill
 //         the two halves of a [ne, 2I, H] gate/up tensor)
-// One thread per output value; each value is computed in f32 as ggml's reference does (no fused
-// multiply-add), then rounded to bf16.
+// Each value is computed in f32 as ggml's reference does (no fused multiply-add), then rounded to
+// bf16. C must be a multiple of 8 (block sizes are 32 and 256).
 // ------------------------------------------------------------------------------------------------
 __device__ __forceinline__ float ld_half(const uint8_t* p) {
     return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
 }
 
+// Each thread expands 8 consecutive values of one row (they share their block's scales) and
+// stores them as one 16-byte write. `v` is the first value's index in its row (a multiple of 8).
+
 // Q8_0: 34-byte blocks of 32 values: f16 d, int8 qs[32]; y = d * q
-__device__ __forceinline__ float deq_q8_0(const uint8_t* row, int c) {
-    const uint8_t* b = row + (c / 32) * 34;
-    return __fmul_rn(ld_half(b), (float)(int8_t)b[2 + c % 32]);
+__device__ __forceinline__ void deq8_q8_0(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 32) * 34;
+    const float d = ld_half(b);
+    const uint8_t* q = b + 2 + v % 32;
+#pragma unroll
+    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, (float)(int8_t)q[m]);
 }
 
 // Q4_K: 144-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of packed 6-bit scales and mins
 // (8 sub-blocks of 32), 128 bytes of nibbles. Values 64j..64j+31 are the low nibbles of qs[32j..],
-// 64j+32..64j+63 the high ones, with sub-block 2j and 2j+1's scale and min.
-__device__ __forceinline__ float deq_q4_k(const uint8_t* row, int c) {
-    const uint8_t* b = row + (c / 256) * 144;
-    const int v = c % 256, j = v / 64, hi = (v % 64) / 32, l = v % 32, s = 2 * j + hi;
+// 64j+32..64j+63 the high ones, with sub-block 2j and 2j+1's scale and min. y = d*sc*q - dmin*m.
+__device__ __forceinline__ void deq8_q4_k(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 256) * 144;
+    const int w = v % 256, j = w / 64, hi = (w % 64) / 32, l = w % 32, s = 2 * j + hi;
     const uint8_t* sc = b + 4;
     int scale, mn;
     if (s < 4) {
@@ -371,41 +377,49 @@ __device__ __forceinline__ float deq_q4_k(const uint8_t* row, int c) {
         scale = (sc[s + 4] & 0xF) | ((sc[s - 4] >> 6) << 4);
         mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
     }
-    const uint8_t q = b[16 + 32 * j + l];
-    const int nib = hi ? (q >> 4) : (q & 0xF);
     const float d1 = __fmul_rn(ld_half(b), (float)scale), m1 = __fmul_rn(ld_half(b + 2), (float)mn);
-    return __fsub_rn(__fmul_rn(d1, (float)nib), m1);
+    const uint2 raw = *reinterpret_cast<const uint2*>(b + 16 + 32 * j + l);  // 8-byte aligned
+    const uint8_t* q = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+    for (int m = 0; m < 8; m++) {
+        const int nib = hi ? (q[m] >> 4) : (q[m] & 0xF);
+        y[m] = __fsub_rn(__fmul_rn(d1, (float)nib), m1);
+    }
 }
 
 // Q6_K: 210-byte blocks of 256 values: ql[128] (low 4 bits), qh[64] (high 2 bits), int8
 // scales[16], f16 d. Per half n of 128 values, quarter t, lane l: the low bits are ql[64n + l +
 // 32(t&1)] (low nibble for t < 2, high for t >= 2), the high bits (qh[32n + l] >> 2t) & 3, the
 // scale scales[8n + l/16 + 2t]; y = d * scale * (q - 32).
-__device__ __forceinline__ float deq_q6_k(const uint8_t* row, int c) {
-    const uint8_t* b = row + (c / 256) * 210;
-    const int v = c % 256, n = v / 128, t = (v % 128) / 32, l = v % 32;
-    const uint8_t lo = b[64 * n + l + 32 * (t & 1)];
-    const int q = ((t < 2 ? (lo & 0xF) : (lo >> 4)) | (((b[128 + 32 * n + l] >> (2 * t)) & 3) << 4)) - 32;
-    const float sc = (float)(int8_t)b[192 + 8 * n + l / 16 + 2 * t];
-    return __fmul_rn(__fmul_rn(ld_half(b + 208), sc), (float)q);
+__device__ __forceinline__ void deq8_q6_k(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 256) * 210;
+    const int w = v % 256, n = w / 128, t = (w % 128) / 32, l = w % 32;
+    const float dsc = __fmul_rn(ld_half(b + 208), (float)(int8_t)b[192 + 8 * n + l / 16 + 2 * t]);
+#pragma unroll
+    for (int m = 0; m < 8; m++) {
+        const uint8_t lo = b[64 * n + l + m + 32 * (t & 1)];
+        const int q = ((t < 2 ? (lo & 0xF) : (lo >> 4)) | (((b[128 + 32 * n + l + m] >> (2 * t)) & 3) << 4)) - 32;
+        y[m] = __fmul_rn(dsc, (float)q);
+    }
 }
 
+// grid: (ceil(C / 8 / blockDim.x), ne * R); thread x of block (bx, row) expands values 8x.. of row.
 template <int TYPE>
 __device__ __forceinline__ void dequant_bf16(const uint8_t* __restrict__ src, bf16* __restrict__ dst, int ne,
                                              int R, int C, long long row_bytes, int dst_rows, int dst_off) {
-    const long long total = (long long)ne * R * C;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        const int c = (int)(i % C);
-        const long long er = i / C;  // e * R + r
-        const int e = (int)(er / R), r = (int)(er % R);
-        const uint8_t* row = src + er * row_bytes;
-        float y;
-        if (TYPE == 0) y = deq_q8_0(row, c);
-        else if (TYPE == 1) y = deq_q4_k(row, c);
-        else y = deq_q6_k(row, c);
-        dst[((long long)e * dst_rows + dst_off + r) * C + c] = f2b(y);
-    }
+    const int er = blockIdx.y;  // e * R + r
+    const int v = 8 * (blockIdx.x * blockDim.x + threadIdx.x);
+    if (er >= ne * R || v >= C) return;
+    const int e = er / R, r = er % R;
+    const uint8_t* row = src + (long long)er * row_bytes;
+    float y[8];
+    if (TYPE == 0) deq8_q8_0(row, v, y);
+    else if (TYPE == 1) deq8_q4_k(row, v, y);
+    else deq8_q6_k(row, v, y);
+    __align__(16) bf16 o[8];
+#pragma unroll
+    for (int m = 0; m < 8; m++) o[m] = f2b(y[m]);
+    *reinterpret_cast<uint4*>(dst + ((long long)e * dst_rows + dst_off + r) * C + v) = *reinterpret_cast<uint4*>(o);
 }
 extern "C" __global__ void ml_dequant_q8_0_bf16(const uint8_t* src, bf16* dst, int ne, int R, int C,
                                                 long long row_bytes, int dst_rows, int dst_off) {

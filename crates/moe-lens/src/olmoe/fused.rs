@@ -421,24 +421,36 @@ pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize,
             return Err(err(format!("dequant: [{e}, {r}, {cq}] does not fit experts {e0}+{ne} rows {off}+{r} of {rows}×{c}")));
         }
         let row_bytes = c / bs * q.dtype().type_size();
-        let src = q.device_ptr()? as u64 + (e0 * r * row_bytes) as u64;
+        if c % 8 != 0 || r > 65_535 {
+            return Err(err(format!("dequant: rows of {c} values, {r} rows per expert: not supported")));
+        }
         let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
-        let (ne_i, r_i, c_i) = (i32_of(ne, "experts")?, i32_of(r, "rows")?, i32_of(c, "columns")?);
-        let (rb_i, rows_i, off_i) = (row_bytes as i64, i32_of(rows, "rows")?, i32_of(off, "row offset")?);
-        let mut b = func.builder();
-        b.arg(&src);
-        b.arg(&op);
-        b.arg(&ne_i);
-        b.arg(&r_i);
-        b.arg(&c_i);
-        b.arg(&rb_i);
-        b.arg(&rows_i);
-        b.arg(&off_i);
-        let total = ne * r * c;
-        let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: reads ne * r rows of row_bytes from expert e0 on (inside q, checked above) and
-        // writes rows off .. off + r of each of the ne experts of out.
-        unsafe { b.launch(cfg) }.w()?;
+        // one block row per matrix row (grid y ≤ 65,535), each thread 8 values
+        let per_launch = (65_535 / r).max(1);
+        let threads = (c / 8).div_ceil(32).clamp(1, 8) as u32 * 32;
+        let mut s0 = 0;
+        while s0 < ne {
+            let n = per_launch.min(ne - s0);
+            let src = q.device_ptr()? as u64 + ((e0 + s0) * r * row_bytes) as u64;
+            let dst = op + (s0 * rows * c * 2) as u64;
+            let (n_i, r_i, c_i) = (i32_of(n, "experts")?, i32_of(r, "rows")?, i32_of(c, "columns")?);
+            let (rb_i, rows_i, off_i) = (row_bytes as i64, i32_of(rows, "rows")?, i32_of(off, "row offset")?);
+            let mut b = func.builder();
+            b.arg(&src);
+            b.arg(&dst);
+            b.arg(&n_i);
+            b.arg(&r_i);
+            b.arg(&c_i);
+            b.arg(&rb_i);
+            b.arg(&rows_i);
+            b.arg(&off_i);
+            let grid_x = (c / 8).div_ceil(threads as usize) as u32;
+            let cfg = LaunchConfig { grid_dim: (grid_x, (n * r) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: reads n * r rows of row_bytes from expert e0 + s0 on (inside q, checked above)
+            // and writes rows off .. off + r of experts s0 .. s0 + n of out.
+            unsafe { b.launch(cfg) }.w()?;
+            s0 += n;
+        }
     }
     Ok(wrap(out, &dev, &[ne, rows, c]))
 }
