@@ -689,23 +689,31 @@ fn split_experts(t: &QTensor) -> Result<Vec<QMatMul>> {
         .collect()
 }
 
-impl WeightSource for GgufSource {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
-        let t = self.take(&g, shape)?;
-        // unquantized tensors (norms, router, attention, embeddings): their bytes go to the device
-        // as they are and are converted there (a CPU round trip through f32 took seconds)
+impl GgufSource {
+    /// A tensor of the file on the model's device in the model dtype. Float tensors (bf16, f16,
+    /// f32: norms, router, and everything in a float GGUF) go to the device as their bytes and are
+    /// converted there; expanding a bf16 GGUF's experts to f32 on the host first took 34 s and
+    /// twice the file's size in RAM. Quantized ones are dequantized on the CPU.
+    fn float_or_dequantized(&self, t: &QTensor, shape: &[usize]) -> Result<Tensor> {
         let raw = match t.dtype() {
             GgmlDType::BF16 => Some(DType::BF16),
             GgmlDType::F16 => Some(DType::F16),
             GgmlDType::F32 => Some(DType::F32),
             _ => None,
         };
-        if let (Some(dt), Device::Cuda(_)) = (raw, &self.device) {
+        if let Some(dt) = raw {
             let data = t.data()?;
             return Ok(Tensor::from_raw_buffer(&data, dt, shape, &self.device)?.to_dtype(self.dtype)?);
         }
         Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
+        let t = self.take(&g, shape)?;
+        self.float_or_dequantized(&t, shape)
     }
     fn has(&self, name: &str) -> bool {
         gguf_name(name).is_some_and(|g| self.tensors.lock().map(|m| m.contains_key(&g)).unwrap_or(false))
@@ -738,11 +746,10 @@ impl WeightSource for GgufSource {
                 };
                 Ok(ExpertWeights::QStacked { gate: up_dev(gate)?, up: up_dev(up)?, down: up_dev(down)? })
             }
-            // anything else (float GGUFs, Q4_0 on CUDA, Metal): dequantize to the model dtype
+            // anything else (float GGUFs, Q4_0 on CUDA, Metal): the model dtype
             _ => {
-                let deq = |t: &QTensor| -> Result<Tensor> { Ok(t.dequantize(&Device::Cpu)?.to_dtype(self.dtype)?) };
-                let gate_up = Tensor::cat(&[&deq(&gate)?, &deq(&up)?], 1)?; // [E, 2I, H]
-                Ok(ExpertWeights::Dense { gate_up: gate_up.to_device(&self.device)?, down: deq(&down)?.to_device(&self.device)? })
+                let gate_up = Tensor::cat(&[&self.float_or_dequantized(&gate, &[e, i, h])?, &self.float_or_dequantized(&up, &[e, i, h])?], 1)?; // [E, 2I, H]
+                Ok(ExpertWeights::Dense { gate_up, down: self.float_or_dequantized(&down, &[e, h, i])? })
             }
         }
     }
