@@ -313,6 +313,10 @@ static DEQUANT_MIN_TOKENS: AtomicUsize = AtomicUsize::new(40);
 /// for OLMoE, on top of the 4-bit weights.
 #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
 const DEQUANT_EXPERTS: usize = 16;
+/// Rows per call of that path: the grouped activations and outputs (`[E, C, H]` each, C about
+/// rows × k / E) stay near 2 × 4096 × 8 × 2048 × 2 bytes = 256 MiB however long the batch.
+#[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
+const DEQUANT_MAX_ROWS: usize = 4096;
 /// Rows per call of the grouped kernels: candle's CUDA sort keeps a row in shared memory (4 bytes per
 /// element, padded to a power of two), so rows × k must stay at or below 8192.
 const GROUPED_MAX_PAIRS: usize = 8192;
@@ -572,6 +576,27 @@ impl SparseMoe {
         Ok(y.reshape((n, self.k, h))?.sum(1)?.to_dtype(x.dtype())?)
     }
 
+    /// Quantized experts for a batch (CUDA): the rows grouped by expert, then 16 experts at a time
+    /// expanded to bf16 and run as batched matmuls, as the bf16 path does; `packed` holds the
+    /// routing of `x`'s `n` rows.
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    fn expanded(&self, x: &Tensor, packed: &Tensor, n: usize, [gate, up, down]: [&Arc<QTensor>; 3]) -> Result<Tensor> {
+        let (e, i, k, h) = (self.num_experts, self.intermediate, self.k, x.dim(1)?);
+        let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+        let y = Tensor::zeros((e, cap, h), x.dtype(), x.device())?; // [E, C, H], filled in place
+        for e0 in (0..e).step_by(DEQUANT_EXPERTS) {
+            let ne = DEQUANT_EXPERTS.min(e - e0);
+            let gate_up = fused::dequant_experts(&[(gate.as_ref(), 0), (up.as_ref(), i)], e0, ne, 2 * i)?; // [ne, 2I, H]
+            let gu = xg.narrow(0, e0, ne)?.matmul(&gate_up.t()?)?; // [ne, C, 2I]
+            drop(gate_up);
+            let hid = fused::swiglu(&gu, ne * cap, 1, i, 2 * i, 0, 1)?.reshape((ne, cap, i))?;
+            drop(gu);
+            let down = fused::dequant_experts(&[(down.as_ref(), 0)], e0, ne, h)?; // [ne, H, I]
+            y.slice_set(&hid.matmul(&down.t()?)?, 0, e0)?; // [ne, C, H] into experts e0..
+        }
+        fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+    }
+
     /// The fused CUDA bf16 path: router and experts for `x` `[N, hidden]`; the routing is written
     /// into `packed` (one layer's planar buffer). Short inputs run every expert densely (router
     /// logits from the same matmul as gate/up); longer ones group the pairs by expert and run one
@@ -611,19 +636,19 @@ impl SparseMoe {
             {
                 let logits = x.matmul(&self.gate.t()?)?; // [N, E]
                 fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
-                let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
-                let y = Tensor::zeros((e, cap, h), x.dtype(), x.device())?; // [E, C, H], filled in place
-                for e0 in (0..e).step_by(DEQUANT_EXPERTS) {
-                    let ne = DEQUANT_EXPERTS.min(e - e0);
-                    let gate_up = fused::dequant_experts(&[(gate.as_ref(), 0), (up.as_ref(), i)], e0, ne, 2 * i)?; // [ne, 2I, H]
-                    let gu = xg.narrow(0, e0, ne)?.matmul(&gate_up.t()?)?; // [ne, C, 2I]
-                    drop(gate_up);
-                    let hid = fused::swiglu(&gu, ne * cap, 1, i, 2 * i, 0, 1)?.reshape((ne, cap, i))?;
-                    drop(gu);
-                    let down = fused::dequant_experts(&[(down.as_ref(), 0)], e0, ne, h)?; // [ne, H, I]
-                    y.slice_set(&hid.matmul(&down.t()?)?, 0, e0)?; // [ne, C, H] into experts e0..
+                if n <= DEQUANT_MAX_ROWS {
+                    return self.expanded(x, packed, n, [gate, up, down]);
                 }
-                fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+                // long batches in row chunks, so the grouped activations stay bounded
+                let mut outs = Vec::new();
+                for s in (0..n).step_by(DEQUANT_MAX_ROWS) {
+                    let m = DEQUANT_MAX_ROWS.min(n - s);
+                    let part = |start: usize, width: usize| packed.narrow(0, start + s * width, m * width);
+                    // this chunk's planar routing: logits | probs | weights | ids of rows s..s+m
+                    let sub = Tensor::cat(&[part(0, e)?, part(n * e, e)?, part(2 * n * e, k)?, part(2 * n * e + n * k, k)?], 0)?;
+                    outs.push(self.expanded(&x.narrow(0, s, m)?, &sub, m, [gate, up, down])?);
+                }
+                Ok(Tensor::cat(&outs, 0)?)
             }
             _ => {
                 let logits = x.matmul(&self.gate.t()?)?; // [N, E]

@@ -173,9 +173,10 @@ fn quantized_batched_dequant_path_keeps_the_f32_experts() {
     let dir = std::env::temp_dir().join(format!("moe-lens-cuda-deq-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (cfg, files) = make_checkpoint(&dir);
-    // 24 sequences of 12..35 tokens, padded: 840 rows, past any threshold
+    // 130 sequences of 12..35 tokens, padded: 4,550 rows, past the threshold and past the 4,096
+    // rows the expanded path takes per call (so it runs in two row chunks)
     let mut r = Rng(11);
-    let ids: Vec<Vec<u32>> = (0..24).map(|s| (0..12 + s).map(|_| 2 + (r.uniform() * (V - 2) as f64) as u32).collect()).collect();
+    let ids: Vec<Vec<u32>> = (0..130).map(|s| (0..12 + s % 24).map(|_| 2 + (r.uniform() * (V - 2) as f64) as u32).collect()).collect();
     let t = ids.iter().map(Vec::len).max().unwrap();
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
     let flat: Vec<u32> = ids.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(1u32, t - s.len()))).collect();
