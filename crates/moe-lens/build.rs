@@ -11,12 +11,14 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/kernels/fused.cu");
-    for v in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "PATH"] {
-        println!("cargo:rerun-if-env-changed={v}");
-    }
     let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some() || std::env::var_os("CARGO_CFG_MOE_LENS_CUDA").is_some();
     if !cuda {
         return;
+    }
+    // only CUDA builds depend on these (a CPU build, e.g. a notebook's, must not rebuild moe-lens
+    // because PATH changed)
+    for v in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "PATH"] {
+        println!("cargo:rerun-if-env-changed={v}");
     }
     if let Err(e) = build_ptx() {
         // a build script reports by failing the build, with what to do

@@ -186,17 +186,7 @@ fn quantized_batched_dequant_path_keeps_the_f32_experts() {
         m.forward(&input, None, Some(&lens), Step::Prefill, Some(&mut spy)).unwrap();
         spy.per_layer
     };
-    let overlap = |a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]| {
-        let (mut hit, mut n) = (0usize, 0usize);
-        for (la, lb) in a.iter().zip(b) {
-            assert_eq!(la.len(), lb.len());
-            for (ra, rb) in la.iter().zip(lb) {
-                hit += ra.iter().filter(|e| rb.contains(e)).count();
-                n += K;
-            }
-        }
-        hit as f64 / n as f64
-    };
+    let overlap = |a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]| kquant_model::overlap(a, b).0;
     let reference = run(&Olmoe::load(&cfg, &files, &Device::Cpu, DType::F32).unwrap(), &Device::Cpu);
     let keep = olmoe::dequant_min_tokens();
     for (q, floor) in [(Quant::Q8_0, 0.9), (Quant::Q4K, 0.8)] {

@@ -11,7 +11,7 @@ use moe_lens::quant::{self, Quant};
 use moe_lens::spy::{spy_fn, Step};
 
 mod kquant_model;
-use kquant_model::{make_checkpoint, Rng, E, H, K, L, V};
+use kquant_model::{make_checkpoint, overlap, Rng, E, H, K, L, V};
 
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("moe-lens-quant-{tag}-{}", std::process::id()));
@@ -40,20 +40,6 @@ fn routing(m: &Olmoe) -> (Vec<Vec<Vec<u32>>>, Vec<f32>) {
         all.extend(rows);
     }
     (all, logits0)
-}
-
-/// Mean |A ∩ B| / k over rows, and the share of rows with the same top-1.
-fn overlap(a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]) -> (f64, f64) {
-    let (mut sum, mut top1, mut n) = (0.0, 0.0, 0.0);
-    for (la, lb) in a.iter().zip(b) {
-        for (ra, rb) in la.iter().zip(lb) {
-            let common = ra.iter().filter(|e| rb.contains(e)).count();
-            sum += common as f64 / ra.len() as f64;
-            top1 += f64::from(u8::from(ra[0] == rb[0]));
-            n += 1.0;
-        }
-    }
-    (sum / n, top1 / n)
 }
 
 #[test]

@@ -76,3 +76,18 @@ pub fn make_checkpoint(dir: &Path) -> (Config, Vec<PathBuf>) {
     (Config::from_file(&cfg_path).unwrap(), vec![st])
 }
 
+/// Mean |A ∩ B| / k over rows, and the share of rows with the same top-1.
+pub fn overlap(a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]) -> (f64, f64) {
+    let (mut sum, mut top1, mut n) = (0.0, 0.0, 0.0);
+    assert_eq!(a.len(), b.len(), "different numbers of routing events");
+    for (la, lb) in a.iter().zip(b) {
+        assert_eq!(la.len(), lb.len(), "different numbers of rows");
+        for (ra, rb) in la.iter().zip(lb) {
+            let common = ra.iter().filter(|e| rb.contains(e)).count();
+            sum += common as f64 / ra.len() as f64;
+            top1 += f64::from(u8::from(ra[0] == rb[0]));
+            n += 1.0;
+        }
+    }
+    (sum / n, top1 / n)
+}
