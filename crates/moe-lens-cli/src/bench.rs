@@ -246,9 +246,6 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     if let Some(n) = env_usize("MOE_LENS_DENSE_MIN") {
         olmoe::set_dense_min_tokens(n);
     }
-    if let Some(n) = env_usize("MOE_LENS_GGUF_PREFILL_MIN") {
-        olmoe::set_gguf_prefill_min_tokens(n);
-    }
     if let Some(n) = env_usize("MOE_LENS_DEQUANT_MIN") {
         olmoe::set_dequant_min_tokens(n);
     }
@@ -505,16 +502,16 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
             let x = ids_of(&ids)?;
             let mut row = serde_json::Map::new();
             row.insert("tokens".into(), json!(n));
-            // (name, dense_max, gguf_prefill_min, dequant_min)
-            let modes: &[(&str, usize, usize, usize)] = if q == Quant::None {
-                &[("dense", usize::MAX, 0, usize::MAX), ("grouped", 0, 0, usize::MAX)]
+            // (name, dense_max, dequant_min): bf16 every expert densely or grouped; quantized
+            // through our block-reading matmul (qmm) or expanded to bf16 for cuBLAS
+            let modes: &[(&str, usize, usize)] = if q == Quant::None {
+                &[("dense", usize::MAX, usize::MAX), ("grouped", 0, usize::MAX)]
             } else {
-                &[("gguf_prefill", 0, 1, usize::MAX), ("gguf_vec", 0, usize::MAX, usize::MAX), ("dequant_bf16", 0, usize::MAX, 0)]
+                &[("qmm", 0, usize::MAX), ("dequant_bf16", 0, 0)]
             };
-            for &(name, dense, pre, deq) in modes {
+            for &(name, dense, deq) in modes {
                 olmoe::set_dense_max_tokens(dense);
                 olmoe::set_dense_min_tokens(0);
-                olmoe::set_gguf_prefill_min_tokens(pre);
                 olmoe::set_dequant_min_tokens(deq);
                 let mut ts = Vec::new();
                 for i in 0..6 {
@@ -532,7 +529,6 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
         }
         olmoe::set_dense_max_tokens(keep);
         olmoe::set_dense_min_tokens(env_usize("MOE_LENS_DENSE_MIN").unwrap_or(1));
-        olmoe::set_gguf_prefill_min_tokens(env_usize("MOE_LENS_GGUF_PREFILL_MIN").unwrap_or(160));
         olmoe::set_dequant_min_tokens(keep_dequant);
         res.insert("sweep".into(), json!(rows));
     }

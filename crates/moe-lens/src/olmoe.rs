@@ -51,6 +51,22 @@ fn legacy() -> bool {
     LEGACY_ROUNDING.load(Ordering::Relaxed)
 }
 
+/// Expert `e` of a layer's stacked quantized experts, expanded by our kernels into `dtype` (bf16
+/// as the fused path rounds its weights; f32 exactly as ggml dequantizes; f16 through f32):
+/// `([2I, H]` gate rows then up rows, `[H, I]` down).
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
+fn dequant_expert(dtype: DType, [gate, up, down]: [&Arc<QTensor>; 3], e: usize, i: usize) -> Result<(Tensor, Tensor)> {
+    let via = if dtype == DType::BF16 { DType::BF16 } else { DType::F32 };
+    let h = down.shape().dims3()?.1;
+    let gu = fused::dequant_experts_as(&[(gate.as_ref(), 0), (up.as_ref(), i)], e, 1, 2 * i, via)?.squeeze(0)?; // [2I, H]
+    let d = fused::dequant_experts_as(&[(down.as_ref(), 0)], e, 1, h, via)?.squeeze(0)?; // [H, I]
+    Ok((gu.to_dtype(dtype)?, d.to_dtype(dtype)?))
+}
+#[cfg(not(any(feature = "cuda", moe_lens_cuda)))]
+fn dequant_expert(_: DType, _: [&Arc<QTensor>; 3], _: usize, _: usize) -> Result<(Tensor, Tensor)> {
+    Err(Error::Unsupported("stacked quantized experts run only in a CUDA build".into()))
+}
+
 /// `x @ w.T` for `x` of shape `[.., in]` and a weight `[out, in]`.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
@@ -291,23 +307,18 @@ impl Attention {
 
 /// Tokens (rows of one forward call) up to which the CUDA bf16/f16 path runs every expert densely
 /// through cuBLAS (all weights are read once either way, and the dense pass has no sort); above it,
-/// candle's grouped expert kernel runs only the chosen (token, expert) pairs. H200 sweep
-/// (BENCHMARKS.md): dense faster up to 256 rows, grouped from 512; change it with
-/// [`set_dense_max_tokens`].
+/// the chosen (token, expert) pairs are grouped by expert (fused path: batched matmuls; otherwise
+/// one matmul per used expert). H200 sweep (BENCHMARKS.md): dense faster up to 256 rows, grouped
+/// from 512; change it with [`set_dense_max_tokens`].
 static DENSE_MAX_TOKENS: AtomicUsize = AtomicUsize::new(256);
-/// Below this many rows the grouped kernel runs instead (a decode step touches only k experts).
+/// Below this many rows the grouped path runs instead (a decode step touches only k experts).
 /// Measured on an H200 (BENCHMARKS.md): even at 1 row the dense pass was faster (5.7 vs 6.6 ms per
-/// forward), because candle's grouped kernel is slow at small m; so 1.
+/// forward); so 1.
 static DENSE_MIN_TOKENS: AtomicUsize = AtomicUsize::new(1);
-/// Rows from which the quantized CUDA path uses the grouped kernel's prefill variant (tiles of
-/// dequantized weights on the matrix units) instead of its per-pair dot-product variant. H200 sweep:
-/// the dot-product variant wins up to 128 rows (Q4K 12.0 vs 21.4 ms at 25), the prefill from 256.
-static GGUF_PREFILL_MIN_TOKENS: AtomicUsize = AtomicUsize::new(160);
 /// Rows from which the quantized CUDA path expands its experts to bf16 (a few experts at a time,
-/// [`DEQUANT_EXPERTS`]) and runs the bf16 path's batched matmuls, instead of candle's grouped GGUF
-/// kernels: from a few dozen rows nearly every expert is read anyway, and the matrix units then do
-/// the work. H200 sweep, Q4K forward (BENCHMARKS.md): 25 rows 13.9 ms expanded vs 10.9 ms with the
-/// dot-product kernel, 64 rows 15.4 vs 24.6, 2,048 rows 123 vs 546 (prefill kernel); so 40.
+/// [`DEQUANT_EXPERTS`]) and runs the bf16 path's batched matmuls, instead of our matmul that reads
+/// the blocks directly (`ml_qmm_*`): from a few dozen rows nearly every expert is read anyway, and
+/// the matrix units then do the work (BENCHMARKS.md has the sweep).
 static DEQUANT_MIN_TOKENS: AtomicUsize = AtomicUsize::new(40);
 /// Experts expanded to bf16 at once on that path: 16 × (2·1024 + 1024) × 2048 × 2 bytes = 192 MiB
 /// for OLMoE, on top of the 4-bit weights.
@@ -317,9 +328,6 @@ const DEQUANT_EXPERTS: usize = 16;
 /// rows × k / E) stay near 2 × 4096 × 8 × 2048 × 2 bytes = 256 MiB however long the batch.
 #[cfg_attr(not(any(feature = "cuda", moe_lens_cuda)), allow(dead_code))]
 const DEQUANT_MAX_ROWS: usize = 4096;
-/// Rows per call of the grouped kernels: candle's CUDA sort keeps a row in shared memory (4 bytes per
-/// element, padded to a power of two), so rows × k must stay at or below 8192.
-const GROUPED_MAX_PAIRS: usize = 8192;
 
 /// Sets the dense/grouped switch of the CUDA bf16 path (see `DENSE_MAX_TOKENS`); 0 always groups.
 pub fn set_dense_max_tokens(n: usize) {
@@ -333,11 +341,6 @@ pub fn set_dense_min_tokens(n: usize) {
 pub fn dense_max_tokens() -> usize {
     DENSE_MAX_TOKENS.load(Ordering::Relaxed)
 }
-/// Sets the rows from which the quantized CUDA path uses the prefill kernel.
-pub fn set_gguf_prefill_min_tokens(n: usize) {
-    GGUF_PREFILL_MIN_TOKENS.store(n, Ordering::Relaxed);
-}
-
 /// Sets the rows from which the quantized CUDA path expands experts to bf16 (`usize::MAX`: never).
 pub fn set_dequant_min_tokens(n: usize) {
     DEQUANT_MIN_TOKENS.store(n, Ordering::Relaxed);
@@ -425,20 +428,14 @@ impl SparseMoe {
         Ok(RouterOut { logits, probs, top_k, weights })
     }
 
-    /// Mixes the chosen experts' outputs for `x` `[N, hidden]`.
+    /// Mixes the chosen experts' outputs for `x` `[N, hidden]` (the path without the fused kernels:
+    /// the CPU, float32 and float16 models, and `set_fused(false)`).
     fn experts(&self, x: &Tensor, r: &RouterOut) -> Result<Tensor> {
         let (n, _) = x.dims2()?;
         let on_gpu = x.device().is_cuda();
         match &self.experts {
-            ExpertWeights::Dense { gate_up, down } if on_gpu => {
-                if n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) {
-                    self.dense_all(x, r, gate_up, down)
-                } else {
-                    self.chunked(x, r, |x, top_k, w| self.grouped(x, top_k, w, gate_up, down))
-                }
-            }
-            ExpertWeights::QStacked { gate, up, down } => {
-                self.chunked(x, r, |x, top_k, w| self.grouped_q(x, top_k, w, gate, up, down))
+            ExpertWeights::Dense { gate_up, down } if on_gpu && n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) => {
+                self.dense_all(x, r, gate_up, down)
             }
             ExpertWeights::Dense { gate_up, down } => self.per_expert(x, r, |e, xs| {
                 let w = gate_up.get(e)?; // [2I, H]
@@ -446,6 +443,20 @@ impl SparseMoe {
                 let u = linear(xs, &w.narrow(0, self.intermediate, self.intermediate)?)?;
                 linear(&(g * u)?, &down.get(e)?)
             }),
+            ExpertWeights::QStacked { gate, up, down } => {
+                // bf16 (generation with a KV cache, `set_fused(false)`): the fused path's expert kernels
+                #[cfg(any(feature = "cuda", moe_lens_cuda))]
+                if x.dtype() == DType::BF16 {
+                    return self.quantized_rows(&x.contiguous()?, &r.packed()?, n, [gate, up, down]);
+                }
+                self.per_expert(x, r, |e, xs| {
+                // this expert's three matrices expanded by our kernels, in the model's dtype
+                let (gu, d) = dequant_expert(x.dtype(), [gate, up, down], e, self.intermediate)?;
+                let g = candle_nn::ops::silu(&linear(xs, &gu.narrow(0, 0, self.intermediate)?)?)?;
+                let u = linear(xs, &gu.narrow(0, self.intermediate, self.intermediate)?)?;
+                linear(&(g * u)?, &d)
+                })
+            }
             ExpertWeights::QPerExpert(v) => self.per_expert(x, r, |e, xs| {
                 let [gq, uq, dq] = v.get(e).ok_or_else(|| Error::Spy(format!("no expert {e}")))?;
                 let g = candle_nn::ops::silu(&xs.apply(gq)?)?;
@@ -468,7 +479,8 @@ impl SparseMoe {
             }
         }
         let weights = r.weights.to_dtype(x.dtype())?.flatten_all()?; // [N * k]
-        let mut out = x.zeros_like()?;
+        // as transformers: each output times its weight in the model dtype, summed in f32
+        let mut out = Tensor::zeros(x.shape(), DType::F32, x.device())?;
         for e in 0..self.num_experts {
             if rows[e].is_empty() {
                 continue;
@@ -476,35 +488,10 @@ impl SparseMoe {
             let idx = Tensor::new(rows[e].as_slice(), x.device())?;
             let w = weights.index_select(&Tensor::new(slots[e].as_slice(), x.device())?, 0)?; // [m]
             let y = f(e, &x.index_select(&idx, 0)?)?; // [m, hidden]
-            let y = y.broadcast_mul(&w.unsqueeze(1)?)?;
+            let y = y.broadcast_mul(&w.unsqueeze(1)?)?.to_dtype(DType::F32)?;
             out = out.index_add(&idx, &y, 0)?;
         }
-        Ok(out)
-    }
-
-    /// Runs `f` over row chunks small enough for candle's CUDA sort, and concatenates.
-    fn chunked(
-        &self,
-        x: &Tensor,
-        r: &RouterOut,
-        f: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let step = (GROUPED_MAX_PAIRS / self.k.max(1)).max(1);
-        if n <= step {
-            return f(x, &r.top_k, &r.weights);
-        }
-        let mut parts = Vec::new();
-        let mut s = 0;
-        while s < n {
-            let m = step.min(n - s);
-            // fresh buffers: the grouped kernels read raw device pointers and ignore a view's offset
-            // (`Tensor::copy` keeps the view's offset, so it is not enough)
-            let fresh = |t: &Tensor| t.narrow(0, s, m)?.force_contiguous();
-            parts.push(f(&fresh(x)?, &fresh(&r.top_k)?, &fresh(&r.weights)?)?);
-            s += m;
-        }
-        Ok(Tensor::cat(&parts, 0)?)
+        Ok(out.to_dtype(x.dtype())?)
     }
 
     /// CUDA, short inputs: every expert on every row with cuBLAS (the weights are read once, as the
@@ -531,58 +518,13 @@ impl SparseMoe {
         Ok(y.to_dtype(DType::F32)?.sum(0)?.to_dtype(x.dtype())?)
     }
 
-    /// CUDA, longer inputs: candle's grouped kernel on (token, expert) pairs sorted by expert.
-    fn grouped(&self, x: &Tensor, top_k: &Tensor, w: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Tensor> {
-        let (n, h) = x.dims2()?;
-        let i = self.intermediate;
-        let (expert_ids, sorted) = top_k.flatten_all()?.sort_last_dim(true)?;
-        let gu = candle_nn::moe::moe_gemm(x, gate_up, &None, &sorted, &expert_ids, self.k, true)?; // [N*k, 2I]
-        let g = candle_nn::ops::silu(&gu.narrow(1, 0, i)?)?;
-        let hid = (g * gu.narrow(1, i, i)?)?.contiguous()?; // [N*k, I]
-        if legacy() {
-            let w = w.flatten_all()?.contiguous()?;
-            let y = candle_nn::moe::moe_gemm(&hid, down, &Some(w), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
-            return Ok(y.reshape((n, self.k, h))?.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?);
-        }
-        // unit weights (the kernel needs some to read pair rows), then as transformers: the output
-        // times the weight in the model dtype, summed over the k slots in f32
-        let ones = Tensor::ones(n * self.k, DType::F32, x.device())?;
-        let y = candle_nn::moe::moe_gemm(&hid, down, &Some(ones), &sorted, &expert_ids, self.k, true)?; // [N*k, H]
-        let y = y.reshape((n, self.k, h))?.broadcast_mul(&w.to_dtype(x.dtype())?.reshape((n, self.k, 1))?)?;
-        Ok(y.to_dtype(DType::F32)?.sum(1)?.to_dtype(x.dtype())?)
-    }
-
-    /// CUDA, quantized experts: candle's grouped GGUF kernels.
-    fn grouped_q(
-        &self,
-        x: &Tensor,
-        top_k: &Tensor,
-        w: &Tensor,
-        gate: &QTensor,
-        up: &QTensor,
-        down: &QTensor,
-    ) -> Result<Tensor> {
-        let (n, h) = x.dims2()?;
-        let prefill = n >= GGUF_PREFILL_MIN_TOKENS.load(Ordering::Relaxed);
-        // the prefill kernel takes bf16/f16 activations, the other f32
-        let act = if x.dtype() == DType::F16 { DType::F16 } else { DType::BF16 };
-        let xs = x.to_dtype(DType::F32)?;
-        let (expert_ids, sorted) = top_k.flatten_all()?.sort_last_dim(true)?;
-        let g = candle_nn::moe::moe_gemm_gguf(&xs, gate, &None, &sorted, &expert_ids, self.k, prefill, act)?;
-        let u = candle_nn::moe::moe_gemm_gguf(&xs, up, &None, &sorted, &expert_ids, self.k, prefill, act)?;
-        let hid = (candle_nn::ops::silu(&g)? * u)?; // [N*k, I] f32
-        let w = w.flatten_all()?.contiguous()?;
-        let y = candle_nn::moe::moe_gemm_gguf(&hid, down, &Some(w), &sorted, &expert_ids, self.k, prefill, act)?;
-        Ok(y.reshape((n, self.k, h))?.sum(1)?.to_dtype(x.dtype())?)
-    }
-
     /// Quantized experts for a batch (CUDA): the rows grouped by expert, then 16 experts at a time
     /// expanded to bf16 and run as batched matmuls, as the bf16 path does; `packed` holds the
     /// routing of `x`'s `n` rows.
     #[cfg(any(feature = "cuda", moe_lens_cuda))]
     fn expanded(&self, x: &Tensor, packed: &Tensor, n: usize, [gate, up, down]: [&Arc<QTensor>; 3]) -> Result<Tensor> {
         let (e, i, k, h) = (self.num_experts, self.intermediate, self.k, x.dim(1)?);
-        let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+        let fused::Grouped { xg, pos, cap, .. } = fused::group(x, packed, n, e, k)?; // xg [E, C, H]
         let y = Tensor::zeros((e, cap, h), x.dtype(), x.device())?; // [E, C, H], filled in place
         for e0 in (0..e).step_by(DEQUANT_EXPERTS) {
             let ne = DEQUANT_EXPERTS.min(e - e0);
@@ -595,6 +537,44 @@ impl SparseMoe {
             y.slice_set(&hid.matmul(&down.t()?)?, 0, e0)?; // [ne, C, H] into experts e0..
         }
         fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
+    }
+
+    /// Quantized experts on bf16 rows (CUDA), routed in `packed`: short inputs through our matmul
+    /// that reads the blocks ([`Self::short_quantized`]), batches expanded to bf16
+    /// ([`Self::expanded`]), long batches in row chunks of the latter.
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    fn quantized_rows(&self, x: &Tensor, packed: &Tensor, n: usize, w: [&Arc<QTensor>; 3]) -> Result<Tensor> {
+        let (e, k) = (self.num_experts, self.k);
+        if n < DEQUANT_MIN_TOKENS.load(Ordering::Relaxed) {
+            return self.short_quantized(x, packed, n, w);
+        }
+        if n <= DEQUANT_MAX_ROWS {
+            return self.expanded(x, packed, n, w);
+        }
+        // long batches in row chunks, so the grouped activations stay bounded
+        let mut outs = Vec::new();
+        for s in (0..n).step_by(DEQUANT_MAX_ROWS) {
+            let m = DEQUANT_MAX_ROWS.min(n - s);
+            let part = |start: usize, width: usize| packed.narrow(0, start + s * width, m * width);
+            // this chunk's planar routing: logits | probs | weights | ids of rows s..s+m
+            let sub = Tensor::cat(&[part(0, e)?, part(n * e, e)?, part(2 * n * e, k)?, part(2 * n * e + n * k, k)?], 0)?;
+            outs.push(self.expanded(&x.narrow(0, s, m)?, &sub, m, w)?);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+
+    /// Quantized experts for short inputs (CUDA): the rows grouped by expert, then our matmul that
+    /// reads the quantized blocks directly (`ml_qmm_*`), so each used expert is read once at its
+    /// packed size and unused experts not at all; `packed` holds the routing of `x`'s `n` rows.
+    #[cfg(any(feature = "cuda", moe_lens_cuda))]
+    fn short_quantized(&self, x: &Tensor, packed: &Tensor, n: usize, [gate, up, down]: [&Arc<QTensor>; 3]) -> Result<Tensor> {
+        let (e, i, k, h) = (self.num_experts, self.intermediate, self.k, x.dim(1)?);
+        let g = fused::group(x, packed, n, e, k)?; // xg [E, C, H]
+        let gu = fused::qmm(&[(gate.as_ref(), 0), (up.as_ref(), i)], &g.xg, &g.counts, 2 * i)?; // [E, C, 2I]
+        let hid = fused::swiglu(&gu, e * g.cap, 1, i, 2 * i, 0, 1)?.reshape((e, g.cap, i))?; // [E, C, I]
+        drop(gu);
+        let y = fused::qmm(&[(down.as_ref(), 0)], &hid, &g.counts, h)?; // [E, C, H]
+        fused::combine(&y.reshape((e * g.cap, h))?, packed, Some(&g.pos), n, e, h, k)
     }
 
     /// The fused CUDA bf16 path: router and experts for `x` `[N, hidden]`; the routing is written
@@ -625,32 +605,18 @@ impl SparseMoe {
                     let y = hid.matmul(&down.t()?)?;
                     return fused::combine(&y, packed, None, n, e, h, k);
                 }
-                let (xg, pos, cap) = fused::group(x, packed, n, e, k)?; // [E, C, H]
+                let fused::Grouped { xg, pos, cap, .. } = fused::group(x, packed, n, e, k)?; // xg [E, C, H]
                 let gu = xg.matmul(&gate_up.t()?)?; // [E, C, 2I]
                 let hid = fused::swiglu(&gu, e * cap, 1, i, 2 * i, 0, 1)?.reshape((e, cap, i))?;
                 let y = hid.matmul(&down.t()?)?; // [E, C, H]
                 fused::combine(&y.reshape((e * cap, h))?, packed, Some(&pos), n, e, h, k)
             }
-            (ExpertWeights::QStacked { gate, up, down }, _)
-                if n >= DEQUANT_MIN_TOKENS.load(Ordering::Relaxed) && fused::can_dequant(&[gate.as_ref(), up.as_ref(), down.as_ref()]) =>
-            {
+            (ExpertWeights::QStacked { gate, up, down }, _) => {
                 let logits = x.matmul(&self.gate.t()?)?; // [N, E]
                 fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
-                if n <= DEQUANT_MAX_ROWS {
-                    return self.expanded(x, packed, n, [gate, up, down]);
-                }
-                // long batches in row chunks, so the grouped activations stay bounded
-                let mut outs = Vec::new();
-                for s in (0..n).step_by(DEQUANT_MAX_ROWS) {
-                    let m = DEQUANT_MAX_ROWS.min(n - s);
-                    let part = |start: usize, width: usize| packed.narrow(0, start + s * width, m * width);
-                    // this chunk's planar routing: logits | probs | weights | ids of rows s..s+m
-                    let sub = Tensor::cat(&[part(0, e)?, part(n * e, e)?, part(2 * n * e, k)?, part(2 * n * e + n * k, k)?], 0)?;
-                    outs.push(self.expanded(&x.narrow(0, s, m)?, &sub, m, [gate, up, down])?);
-                }
-                Ok(Tensor::cat(&outs, 0)?)
+                self.quantized_rows(x, packed, n, [gate, up, down])
             }
-            _ => {
+            (ExpertWeights::QPerExpert(_), _) => {
                 let logits = x.matmul(&self.gate.t()?)?; // [N, E]
                 fused::route(&logits, e, 1, 0, n, e, packed, k, self.norm_topk_prob)?;
                 self.experts(x, &RouterOut::from_packed(packed, n, e, k)?)

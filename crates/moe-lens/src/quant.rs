@@ -656,9 +656,13 @@ impl GgufSource {
     }
 }
 
-/// Whether candle's grouped CUDA kernels take this block type.
-fn grouped_kernel_supports(t: GgmlDType) -> bool {
-    matches!(t, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q5K | GgmlDType::Q6K)
+/// Whether our CUDA kernels read this block type (`ml_qmm_*`, `ml_dequant_*` in `kernels/fused.cu`;
+/// the list `olmoe::fused::kernel_type` keeps). Other block types are expanded to the model dtype
+/// at load. (candle's own grouped GGUF kernels are not used: they live in a library compiled to
+/// machine code for one GPU architecture only, and on any other GPU they returned garbage or
+/// aborted the process — BENCHMARKS.md, "A30 build".)
+fn our_kernels_read(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K | GgmlDType::Q4_0 | GgmlDType::Q5K)
 }
 
 /// Whether candle's CPU matmul can take rows of `k` values in block type `t`. Its Q4_1, Q5_0 and
@@ -739,14 +743,14 @@ impl WeightSource for GgufSource {
             )),
             // llama.cpp's mixed files (Q4_K_M keeps some layers' down projection in Q6_K) are fine:
             // each projection is its own grouped matmul
-            Device::Cuda(_) if [&gate, &up, &down].iter().all(|t| grouped_kernel_supports(t.dtype())) => {
+            Device::Cuda(_) if [&gate, &up, &down].iter().all(|t| our_kernels_read(t.dtype())) => {
                 let up_dev = |t: QTensor| -> Result<Arc<QTensor>> {
                     let shape = t.shape().clone();
                     Ok(Arc::new(QTensor::new(QStorage::from_data(t.data()?, &self.device, t.dtype())?, shape)?))
                 };
                 Ok(ExpertWeights::QStacked { gate: up_dev(gate)?, up: up_dev(up)?, down: up_dev(down)? })
             }
-            // anything else (float GGUFs, Q4_0 on CUDA, Metal): the model dtype
+            // anything else (float GGUFs, block types our kernels do not read, Metal): the model dtype
             _ => {
                 let gate_up = Tensor::cat(&[&self.float_or_dequantized(&gate, &[e, i, h])?, &self.float_or_dequantized(&up, &[e, i, h])?], 1)?; // [E, 2I, H]
                 Ok(ExpertWeights::Dense { gate_up, down: self.float_or_dequantized(&down, &[e, h, i])? })

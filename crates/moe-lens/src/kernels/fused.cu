@@ -403,9 +403,67 @@ __device__ __forceinline__ void deq8_q6_k(const uint8_t* row, int v, float* y) {
     }
 }
 
-// grid: (ceil(C / 8 / blockDim.x), ne * R); thread x of block (bx, row) expands values 8x.. of row.
+// Q4_0: 18-byte blocks of 32 values: f16 d, 16 bytes of nibbles; values 0..15 are the low nibbles
+// of qs[0..16], 16..31 the high ones; y = d * (q - 8).
+__device__ __forceinline__ void deq8_q4_0(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 32) * 18;
+    const float d = ld_half(b);
+    const int w = v % 32, hi = w / 16;
+    const uint8_t* q = b + 2 + w % 16;
+#pragma unroll
+    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, (float)((hi ? (q[m] >> 4) : (q[m] & 0xF)) - 8));
+}
+
+// Q5_K: 176-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of scales and mins (as Q4_K),
+// qh[32] (the fifth bits), qs[128] (nibbles as Q4_K). Value 64j + 32hi + l: nibble of qs[32j + l]
+// (low for hi = 0) plus bit (2j + hi) of qh[l] as 16; y = d*sc*q - dmin*m.
+__device__ __forceinline__ void deq8_q5_k(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 256) * 176;
+    const int w = v % 256, j = w / 64, hi = (w % 64) / 32, l = w % 32, s = 2 * j + hi;
+    const uint8_t* sc = b + 4;
+    int scale, mn;
+    if (s < 4) {
+        scale = sc[s] & 63;
+        mn = sc[s + 4] & 63;
+    } else {
+        scale = (sc[s + 4] & 0xF) | ((sc[s - 4] >> 6) << 4);
+        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    }
+    const float d1 = __fmul_rn(ld_half(b), (float)scale), m1 = __fmul_rn(ld_half(b + 2), (float)mn);
+    const uint8_t* qh = b + 16;
+    const uint8_t* q = b + 48 + 32 * j + l;
+#pragma unroll
+    for (int m = 0; m < 8; m++) {
+        const int nib = (hi ? (q[m] >> 4) : (q[m] & 0xF)) + (((qh[l + m] >> s) & 1) << 4);
+        y[m] = __fsub_rn(__fmul_rn(d1, (float)nib), m1);
+    }
+}
+
+// Block types by number, as the launchers name them: 0 Q8_0, 1 Q4_K, 2 Q6_K, 3 Q4_0, 4 Q5_K.
 template <int TYPE>
-__device__ __forceinline__ void dequant_bf16(const uint8_t* __restrict__ src, bf16* __restrict__ dst, int ne,
+__device__ __forceinline__ void deq8(const uint8_t* row, int v, float* y) {
+    if (TYPE == 0) deq8_q8_0(row, v, y);
+    else if (TYPE == 1) deq8_q4_k(row, v, y);
+    else if (TYPE == 2) deq8_q6_k(row, v, y);
+    else if (TYPE == 3) deq8_q4_0(row, v, y);
+    else deq8_q5_k(row, v, y);
+}
+
+__device__ __forceinline__ void store8(bf16* dst, const float* y) {
+    __align__(16) bf16 o[8];
+#pragma unroll
+    for (int m = 0; m < 8; m++) o[m] = f2b(y[m]);
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<uint4*>(o);
+}
+__device__ __forceinline__ void store8(float* dst, const float* y) {
+    *reinterpret_cast<float4*>(dst) = make_float4(y[0], y[1], y[2], y[3]);
+    *reinterpret_cast<float4*>(dst + 4) = make_float4(y[4], y[5], y[6], y[7]);
+}
+
+// grid: (ceil(C / 8 / blockDim.x), ne * R); thread x of block (bx, row) expands values 8x.. of row.
+// OUT is bf16 (the batched bf16 path) or float (float32 models: ggml's values exactly).
+template <int TYPE, typename OUT>
+__device__ __forceinline__ void dequant_rows(const uint8_t* __restrict__ src, OUT* __restrict__ dst, int ne,
                                              int R, int C, long long row_bytes, int dst_rows, int dst_off) {
     const int er = blockIdx.y;  // e * R + r
     const int v = 8 * (blockIdx.x * blockDim.x + threadIdx.x);
@@ -413,23 +471,100 @@ __device__ __forceinline__ void dequant_bf16(const uint8_t* __restrict__ src, bf
     const int e = er / R, r = er % R;
     const uint8_t* row = src + (long long)er * row_bytes;
     float y[8];
-    if (TYPE == 0) deq8_q8_0(row, v, y);
-    else if (TYPE == 1) deq8_q4_k(row, v, y);
-    else deq8_q6_k(row, v, y);
-    __align__(16) bf16 o[8];
+    deq8<TYPE>(row, v, y);
+    store8(dst + ((long long)e * dst_rows + dst_off + r) * C + v, y);
+}
+#define ML_DEQUANT(NAME, TYPE)                                                                           \
+    extern "C" __global__ void ml_dequant_##NAME##_bf16(const uint8_t* src, bf16* dst, int ne, int R, int C, \
+                                                        long long row_bytes, int dst_rows, int dst_off) {    \
+        dequant_rows<TYPE, bf16>(src, dst, ne, R, C, row_bytes, dst_rows, dst_off);                       \
+    }                                                                                                    \
+    extern "C" __global__ void ml_dequant_##NAME##_f32(const uint8_t* src, float* dst, int ne, int R, int C, \
+                                                       long long row_bytes, int dst_rows, int dst_off) {     \
+        dequant_rows<TYPE, float>(src, dst, ne, R, C, row_bytes, dst_rows, dst_off);                      \
+    }
+ML_DEQUANT(q8_0, 0)
+ML_DEQUANT(q4_k, 1)
+ML_DEQUANT(q6_k, 2)
+ML_DEQUANT(q4_0, 3)
+ML_DEQUANT(q5_k, 4)
+
+// ------------------------------------------------------------------------------------------------
+// Quantized experts for short inputs (a sentence, a decode step): the matmul reads the ggml blocks
+// and dequantizes inside the dot product, so each used expert's weights are read once, at their
+// packed size, and experts nobody chose are not read at all.
+//   src    : expert 0's first row; expert e's row r at src + e * expert_bytes + r * row_bytes,
+//            rows of K values
+//   xg     : [E, C, K] bf16, the rows routed to each expert (ml_bucket_gather's layout)
+//   counts : [E] rows of each expert (rows c >= counts[e] are padding and are skipped)
+//   out    : value (e, c, r) at out[(e * C + c) * out_stride + out_off + r]
+// out = bf16( sum_v bf16(W_e[r, v]) * xg[e, c, v] ), the sum in f32: the products of the batched
+// path, which expands the same weights to bf16 for cuBLAS (only the order of the sum differs).
+// One warp per weight row (QMM_WARPS rows per block); each lane takes 8 consecutive values of every
+// 256, so a warp reads one Q4_K/Q5_K/Q6_K block (or 8 Q8_0/Q4_0 blocks) per step. The expert's rows
+// are taken `tile` at a time (tile <= QMM_TILE, tile * K bf16 in dynamic shared memory, shared by
+// the block's warps), their sums in registers; the weights are re-read (from L1/L2) for each
+// further tile. grid: (ceil(R / QMM_WARPS), E); block: 32 * QMM_WARPS threads.
+// K must be a multiple of 8 and of the block size.
+// ------------------------------------------------------------------------------------------------
+#define QMM_WARPS 8
+#define QMM_TILE 8
+template <int TYPE>
+__device__ __forceinline__ void qmm(const uint8_t* __restrict__ src, long long expert_bytes, long long row_bytes,
+                                    int R, int K, const bf16* __restrict__ xg, const unsigned* __restrict__ counts,
+                                    int C, bf16* __restrict__ out, int out_stride, int out_off, int tile) {
+    extern __shared__ __align__(16) bf16 xs[];  // [tile, K]
+    const int e = blockIdx.y;
+    const int cnt = min((int)counts[e], C);
+    if (cnt == 0) return;  // the same for the whole block
+    const int lane = threadIdx.x & 31, r = blockIdx.x * QMM_WARPS + (threadIdx.x >> 5);
+    const bool live = r < R;
+    const uint8_t* row = src + (long long)e * expert_bytes + (long long)(live ? r : 0) * row_bytes;
+    const bf16* xe = xg + (size_t)e * C * K;
+    for (int c0 = 0; c0 < cnt; c0 += tile) {
+        const int nt = min(tile, cnt - c0);
+        __syncthreads();  // the previous tile is no longer read
+        for (int j = threadIdx.x; j < nt * K / 8; j += blockDim.x)
+            reinterpret_cast<uint4*>(xs)[j] = reinterpret_cast<const uint4*>(xe + (size_t)c0 * K)[j];
+        __syncthreads();
+        if (!live) continue;
+        float acc[QMM_TILE];
 #pragma unroll
-    for (int m = 0; m < 8; m++) o[m] = f2b(y[m]);
-    *reinterpret_cast<uint4*>(dst + ((long long)e * dst_rows + dst_off + r) * C + v) = *reinterpret_cast<uint4*>(o);
+        for (int t = 0; t < QMM_TILE; t++) acc[t] = 0.f;
+        for (int v = 8 * lane; v < K; v += 256) {
+            float w[8];
+            deq8<TYPE>(row, v, w);
+#pragma unroll
+            for (int m = 0; m < 8; m++) w[m] = rb(w[m]);
+#pragma unroll
+            for (int t = 0; t < QMM_TILE; t++) {
+                if (t < nt) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(xs + (size_t)t * K + v);
+                    const bf16* xv = reinterpret_cast<const bf16*>(&raw);
+                    float s = 0.f;
+#pragma unroll
+                    for (int m = 0; m < 8; m++) s = fmaf(w[m], b2f(xv[m]), s);
+                    acc[t] += s;
+                }
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < QMM_TILE; t++) {
+            if (t < nt) {  // the same for the whole warp
+                const float s = warp_sum(acc[t]);
+                if (lane == 0) out[((size_t)e * C + c0 + t) * out_stride + out_off + r] = f2b(s);
+            }
+        }
+    }
 }
-extern "C" __global__ void ml_dequant_q8_0_bf16(const uint8_t* src, bf16* dst, int ne, int R, int C,
-                                                long long row_bytes, int dst_rows, int dst_off) {
-    dequant_bf16<0>(src, dst, ne, R, C, row_bytes, dst_rows, dst_off);
-}
-extern "C" __global__ void ml_dequant_q4_k_bf16(const uint8_t* src, bf16* dst, int ne, int R, int C,
-                                                long long row_bytes, int dst_rows, int dst_off) {
-    dequant_bf16<1>(src, dst, ne, R, C, row_bytes, dst_rows, dst_off);
-}
-extern "C" __global__ void ml_dequant_q6_k_bf16(const uint8_t* src, bf16* dst, int ne, int R, int C,
-                                                long long row_bytes, int dst_rows, int dst_off) {
-    dequant_bf16<2>(src, dst, ne, R, C, row_bytes, dst_rows, dst_off);
-}
+#define ML_QMM(NAME, TYPE)                                                                                     \
+    extern "C" __global__ void ml_qmm_##NAME(const uint8_t* src, long long expert_bytes, long long row_bytes,   \
+                                             int R, int K, const bf16* xg, const unsigned* counts, int C,      \
+                                             bf16* out, int out_stride, int out_off, int tile) {               \
+        qmm<TYPE>(src, expert_bytes, row_bytes, R, K, xg, counts, C, out, out_stride, out_off, tile);         \
+    }
+ML_QMM(q8_0, 0)
+ML_QMM(q4_k, 1)
+ML_QMM(q6_k, 2)
+ML_QMM(q4_0, 3)
+ML_QMM(q5_k, 4)

@@ -264,10 +264,20 @@ pub(crate) fn combine(y: &Tensor, packed: &Tensor, pos: Option<&Tensor>, n: usiz
     Ok(wrap(out, &dev, &[n, h]))
 }
 
-/// Groups the `n * k` (token, expert) pairs of one layer by expert: returns the tokens' rows copied
-/// into `[e, cap, h]` (zero padded; `cap` = the busiest expert's count, read back to the host) and
-/// each pair's row in it (`[n * k]`, stored as u32).
-pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -> Result<(Tensor, Tensor, usize)> {
+/// The `n * k` (token, expert) pairs of one layer grouped by expert (see [`group`]).
+pub(crate) struct Grouped {
+    /// The tokens' rows, `[e, cap, h]` bf16, zero padded.
+    pub xg: Tensor,
+    /// Each pair's row in `xg` (`[n * k]` u32).
+    pub pos: Tensor,
+    /// Rows per expert in `xg`: the busiest expert's count (read back to the host), rounded up to 8.
+    pub cap: usize,
+    /// Each expert's count (`[e]` u32, on the device).
+    pub counts: Tensor,
+}
+
+/// Groups the `n * k` (token, expert) pairs of one layer by expert.
+pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -> Result<Grouped> {
     let dev = cuda_dev(x)?;
     let (rows, h) = x.dims2()?;
     if rows != n || packed.elem_count() != n * (2 * e + 2 * k) {
@@ -311,7 +321,7 @@ pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -
     // SAFETY: each expert gets at most cap slots (cap >= its count), so every write is inside xg.
     unsafe { b.launch(cfg) }.w()?;
     drop(fill);
-    Ok((wrap(xg, &dev, &[e, cap, h]), wrap(pos, &dev, &[pairs]), cap))
+    Ok(Grouped { xg: wrap(xg, &dev, &[e, cap, h]), pos: wrap(pos, &dev, &[pairs]), cap, counts: counts_t })
 }
 
 /// Causal attention for short prefills without a cache: `q`, `k`, `v` hold rows `b * t + j` of
@@ -389,42 +399,58 @@ pub(crate) fn alloc_f32(like: &Tensor, dims: &[usize]) -> Result<Tensor> {
     Ok(wrap(s, &dev, dims))
 }
 
-/// The dequantizing kernel of a ggml block type, if there is one (`ml_dequant_*_bf16`).
-fn dequant_kernel(t: GgmlDType) -> Option<&'static str> {
+/// The name our kernels give a ggml block type (`ml_dequant_{name}_bf16`, `ml_qmm_{name}`), for the
+/// types they read.
+fn kernel_type(t: GgmlDType) -> Option<&'static str> {
     match t {
-        GgmlDType::Q8_0 => Some("ml_dequant_q8_0_bf16"),
-        GgmlDType::Q4K => Some("ml_dequant_q4_k_bf16"),
-        GgmlDType::Q6K => Some("ml_dequant_q6_k_bf16"),
+        GgmlDType::Q8_0 => Some("q8_0"),
+        GgmlDType::Q4K => Some("q4_k"),
+        GgmlDType::Q6K => Some("q6_k"),
+        GgmlDType::Q4_0 => Some("q4_0"),
+        GgmlDType::Q5K => Some("q5_k"),
         _ => None,
     }
 }
 
-/// Whether [`dequant_experts`] takes these stacked `[E, R, C]` quantized tensors (on a CUDA device).
-pub(crate) fn can_dequant(qs: &[&QTensor]) -> bool {
-    qs.iter().all(|q| dequant_kernel(q.dtype()).is_some() && q.device().is_cuda() && q.shape().dims().len() == 3)
+/// The bytes of one row of `c` values of block type `t`, after checking that `c` is whole blocks
+/// and a multiple of 8 (our kernels take 8 values per thread).
+fn row_bytes(t: GgmlDType, c: usize) -> Result<usize> {
+    let bs = t.block_size();
+    if c % bs != 0 || c % 8 != 0 {
+        return Err(err(format!("rows of {c} values are not whole {t:?} blocks of {bs}")));
+    }
+    Ok(c / bs * t.type_size())
 }
 
-/// Experts `e0 .. e0 + ne` of stacked quantized tensors, dequantized into one bf16 tensor
-/// `[ne, rows, C]`: each part `(q, off)` (`q` `[E, R, C]`) fills rows `off .. off + R` of every
-/// expert (gate and up side by side make the `[ne, 2I, H]` layout of the bf16 path).
-pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize, rows: usize) -> Result<Tensor> {
+/// Experts `e0 .. e0 + ne` of stacked quantized tensors, dequantized into one tensor
+/// `[ne, rows, C]` of `dtype` (bf16, or f32 for float32 models): each part `(q, off)` (`q`
+/// `[E, R, C]`) fills rows `off .. off + R` of every expert (gate and up side by side make the
+/// `[ne, 2I, H]` layout of the bf16 path).
+pub(crate) fn dequant_experts_as(parts: &[(&QTensor, usize)], e0: usize, ne: usize, rows: usize, dtype: DType) -> Result<Tensor> {
     let Some((first, _)) = parts.first() else { return Err(err("dequant: no parts")) };
     let Device::Cuda(dev) = first.device() else { return Err(err("dequant: weights are not on a CUDA device")) };
     let c = first.shape().dims().last().copied().unwrap_or(0);
-    let out = unsafe { dev.alloc::<bf16>(ne * rows * c) }?;
-    let op = out.device_ptr(out.stream()).0;
+    let (out_bf16, out_f32) = match dtype {
+        DType::BF16 => (Some(unsafe { dev.alloc::<bf16>(ne * rows * c) }?), None),
+        DType::F32 => (None, Some(unsafe { dev.alloc::<f32>(ne * rows * c) }?)),
+        other => return Err(err(format!("dequant: to {other:?} (bf16 or f32 only)"))),
+    };
+    let (op, suffix) = match (&out_bf16, &out_f32) {
+        (Some(o), _) => (o.device_ptr(o.stream()).0, "bf16"),
+        (_, Some(o)) => (o.device_ptr(o.stream()).0, "f32"),
+        _ => return Err(err("dequant: no output")),
+    };
     for &(q, off) in parts {
         let (e, r, cq) = q.shape().dims3()?;
-        let name = dequant_kernel(q.dtype()).ok_or_else(|| err(format!("dequant: no kernel for {:?}", q.dtype())))?;
-        let bs = q.dtype().block_size();
-        if cq != c || c % bs != 0 || e0 + ne > e || off + r > rows {
+        let name = kernel_type(q.dtype()).ok_or_else(|| err(format!("dequant: no kernel for {:?}", q.dtype())))?;
+        if cq != c || e0 + ne > e || off + r > rows {
             return Err(err(format!("dequant: [{e}, {r}, {cq}] does not fit experts {e0}+{ne} rows {off}+{r} of {rows}×{c}")));
         }
-        let row_bytes = c / bs * q.dtype().type_size();
-        if c % 8 != 0 || r > 65_535 {
-            return Err(err(format!("dequant: rows of {c} values, {r} rows per expert: not supported")));
+        let row_bytes = row_bytes(q.dtype(), c)?;
+        if r > 65_535 {
+            return Err(err(format!("dequant: {r} rows per expert: not supported")));
         }
-        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+        let func = dev.get_or_load_custom_func(&format!("ml_dequant_{name}_{suffix}"), MODULE, PTX)?;
         // one block row per matrix row (grid y ≤ 65,535), each thread 8 values
         let per_launch = (65_535 / r).max(1);
         let threads = (c / 8).div_ceil(32).clamp(1, 8) as u32 * 32;
@@ -432,7 +458,7 @@ pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize,
         while s0 < ne {
             let n = per_launch.min(ne - s0);
             let src = q.device_ptr()? as u64 + ((e0 + s0) * r * row_bytes) as u64;
-            let dst = op + (s0 * rows * c * 2) as u64;
+            let dst = op + (s0 * rows * c * dtype.size_in_bytes()) as u64;
             let (n_i, r_i, c_i) = (i32_of(n, "experts")?, i32_of(r, "rows")?, i32_of(c, "columns")?);
             let (rb_i, rows_i, off_i) = (row_bytes as i64, i32_of(rows, "rows")?, i32_of(off, "row offset")?);
             let mut b = func.builder();
@@ -452,16 +478,94 @@ pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize,
             s0 += n;
         }
     }
-    Ok(wrap(out, &dev, &[ne, rows, c]))
+    Ok(match (out_bf16, out_f32) {
+        (Some(o), _) => wrap(o, &dev, &[ne, rows, c]),
+        (_, Some(o)) => wrap(o, &dev, &[ne, rows, c]),
+        _ => return Err(err("dequant: no output")),
+    })
+}
+
+/// [`dequant_experts_as`] to bf16.
+pub(crate) fn dequant_experts(parts: &[(&QTensor, usize)], e0: usize, ne: usize, rows: usize) -> Result<Tensor> {
+    dequant_experts_as(parts, e0, ne, rows, DType::BF16)
+}
+
+/// Quantized experts on grouped rows, reading the blocks inside the matmul (see `ml_qmm_*`): for
+/// the `[E, C, K]` bf16 rows `xg` of each expert (`counts` `[E]` u32 of them real, the rest padding),
+/// each part `(q, off)` (`q` `[E, R, K]`) writes `xg · W_eᵀ` into columns `off .. off + R` of the
+/// `[E, C, width]` bf16 result. Padding rows of the result are zero.
+pub(crate) fn qmm(parts: &[(&QTensor, usize)], xg: &Tensor, counts: &Tensor, width: usize) -> Result<Tensor> {
+    let dev = cuda_dev(xg)?;
+    let (e, cap, kdim) = xg.dims3()?;
+    if counts.elem_count() != e {
+        return Err(err("qmm: counts do not match the experts"));
+    }
+    let xp = ptr(xg, DType::BF16)?;
+    let cp = ptr(counts, DType::U32)?;
+    let out = dev.alloc_zeros::<bf16>(e * cap * width)?;
+    let op = out.device_ptr(out.stream()).0;
+    const WARPS: usize = 8; // QMM_WARPS
+    // rows of the activations in shared memory at a time: at most QMM_TILE (8), and 32 KiB
+    let tile = (16_384 / kdim.max(1)).clamp(1, 8);
+    let smem = u32::try_from(tile * kdim * 2).ok().filter(|&b| b <= 48 * 1024).ok_or_else(|| err(format!("qmm: rows of {kdim} values do not fit shared memory")))?;
+    for &(q, off) in parts {
+        let (qe, r, qk) = q.shape().dims3()?;
+        if qe != e || qk != kdim || off + r > width {
+            return Err(err(format!("qmm: weights [{qe}, {r}, {qk}] do not fit rows [{e}, {cap}, {kdim}] into columns {off}+{r} of {width}")));
+        }
+        let name = kernel_type(q.dtype()).ok_or_else(|| err(format!("qmm: no kernel for {:?}", q.dtype())))?;
+        let rb = row_bytes(q.dtype(), kdim)?;
+        let func = dev.get_or_load_custom_func(&format!("ml_qmm_{name}"), MODULE, PTX)?;
+        let src = q.device_ptr()? as u64;
+        let (eb, rb_i) = ((r * rb) as i64, rb as i64);
+        let (r_i, k_i, c_i, w_i, o_i) = (i32_of(r, "rows")?, i32_of(kdim, "columns")?, i32_of(cap, "capacity")?, i32_of(width, "width")?, i32_of(off, "offset")?);
+        let mut b = func.builder();
+        b.arg(&src);
+        b.arg(&eb);
+        b.arg(&rb_i);
+        b.arg(&r_i);
+        b.arg(&k_i);
+        b.arg(&xp);
+        b.arg(&cp);
+        b.arg(&c_i);
+        b.arg(&op);
+        b.arg(&w_i);
+        b.arg(&o_i);
+        let tile_i = tile as i32;
+        b.arg(&tile_i);
+        let grid_y = u32::try_from(e).map_err(|_| err("qmm: too many experts"))?;
+        let cfg = LaunchConfig { grid_dim: (r.div_ceil(WARPS) as u32, grid_y, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: smem };
+        // SAFETY: q holds e experts of r rows of rb bytes (its shape and block type, checked above);
+        // xg holds e * cap rows of kdim bf16 and the kernel reads rows below min(counts[e], cap),
+        // tile of them at a time into smem = tile * kdim bf16 of shared memory;
+        // out holds e * cap rows of width, written at columns off .. off + r <= width.
+        unsafe { b.launch(cfg) }.w()?;
+    }
+    Ok(wrap(out, &dev, &[e, cap, width]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Block types our kernels read, all of them: each test covers every one.
+    const TYPES: [GgmlDType; 5] = [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q4_0, GgmlDType::Q5K];
+
+    /// Quantized on the CPU by candle (ggml's reference code), then its bytes put on the GPU as
+    /// the loader does.
+    fn quantized_pair(src: &Tensor, t: GgmlDType, dev: &Device) -> Result<(QTensor, QTensor)> {
+        let q_cpu = QTensor::quantize(src, t)?;
+        let q_gpu = QTensor::new(candle_core::quantized::QStorage::from_data(q_cpu.data()?, dev, t)?, src.shape().clone())?;
+        Ok((q_cpu, q_gpu))
+    }
+
+    fn test_values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.754_877_7 + seed).sin() * 2.0 + ((i * 31 % 17) as f32 - 8.0) * 0.05).collect()
+    }
+
     /// Our dequantizing kernels against candle's CPU dequantization (ggml's reference arithmetic)
-    /// of the same blocks, rounded to bf16: bit for bit, for whole tensors and for an expert range
-    /// written into one half of a wider tensor (the gate/up layout).
+    /// of the same blocks: bit for bit in f32, and rounded to bf16, for whole tensors and for an
+    /// expert range written into one half of a wider tensor (the gate/up layout).
     #[test]
     fn dequant_kernels_match_candles_cpu_dequantization() -> Result<()> {
         let Ok(dev) = Device::new_cuda(0) else {
@@ -469,16 +573,18 @@ mod tests {
             return Ok(());
         };
         let (e, r, c) = (5, 6, 512);
-        let data: Vec<f32> = (0..e * r * c).map(|i| (i as f32 * 0.754_877_7).sin() * 2.0 + ((i * 31 % 17) as f32 - 8.0) * 0.05).collect();
-        let src = Tensor::from_vec(data, (e, r, c), &Device::Cpu)?;
+        let src = Tensor::from_vec(test_values(e * r * c, 0.0), (e, r, c), &Device::Cpu)?;
         let bits = |t: &Tensor| -> Result<Vec<u16>> {
             Ok(t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<bf16>()?.iter().map(|x| x.to_bits()).collect())
         };
-        for t in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
-            let q_cpu = QTensor::quantize(&src, t)?;
+        for t in TYPES {
+            let (q_cpu, q_gpu) = quantized_pair(&src, t, &dev)?;
+            let want32: Vec<u32> = q_cpu.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
+            let got32: Vec<u32> = dequant_experts_as(&[(&q_gpu, 0)], 0, e, r, DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
+            let diff = got32.iter().zip(&want32).filter(|(a, b)| a != b).count();
+            assert_eq!(diff, 0, "{t:?} f32: {diff} of {} values differ", want32.len());
             let want = bits(&q_cpu.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?)?; // [e, r, c]
-            let q_gpu = QTensor::quantize(&src.to_device(&dev)?, t)?;
-            assert!(can_dequant(&[&q_gpu]), "{t:?}");
+            assert!(kernel_type(t).is_some(), "{t:?}");
             let got = bits(&dequant_experts(&[(&q_gpu, 0)], 0, e, r)?)?;
             let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
             assert_eq!(diff, 0, "{t:?}: {diff} of {} values differ", want.len());
@@ -491,6 +597,63 @@ mod tests {
             }
             // out of range is an error, not a read past the tensor
             assert!(dequant_experts(&[(&q_gpu, 0)], 4, 2, r).is_err());
+        }
+        Ok(())
+    }
+
+    /// The quantized matmul for short inputs against the CPU: candle dequantizes the same blocks
+    /// (ggml's reference arithmetic), the weights and rows are rounded to bf16 as the kernel's
+    /// products are, and the sums are taken in f64. Every block type, experts with no rows, more
+    /// rows than one register tile (8), both halves of a gate/up result; the padding rows stay 0.
+    #[test]
+    fn qmm_matches_the_cpu_on_every_block_type() -> Result<()> {
+        let Ok(dev) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: skipped");
+            return Ok(());
+        };
+        let (e, r, kdim, cap) = (6, 40, 512, 24);
+        // rows per expert: none, one, a tile, more than two tiles, ...
+        let counts: Vec<u32> = vec![0, 1, 8, 19, 3, 24];
+        let xs = test_values(e * cap * kdim, 1.3);
+        let mut xv = vec![0f32; e * cap * kdim];
+        for ee in 0..e {
+            for c in 0..counts[ee] as usize {
+                let o = (ee * cap + c) * kdim;
+                xv[o..o + kdim].copy_from_slice(&xs[o..o + kdim]);
+            }
+        }
+        let x = Tensor::from_vec(xv, (e, cap, kdim), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let x_rounded: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let xg = x.to_device(&dev)?;
+        let counts_t = Tensor::new(counts.as_slice(), &dev)?;
+        for t in TYPES {
+            let src = Tensor::from_vec(test_values(e * r * kdim, 0.7), (e, r, kdim), &Device::Cpu)?;
+            let (q_cpu, q_gpu) = quantized_pair(&src, t, &dev)?;
+            let w: Vec<f32> = q_cpu.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            // the same weights in both halves of a [e, cap, 2r] result
+            let got: Vec<f32> = qmm(&[(&q_gpu, 0), (&q_gpu, r)], &xg, &counts_t, 2 * r)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            let (mut worst, mut checked) = (0f64, 0usize);
+            for ee in 0..e {
+                for c in 0..cap {
+                    for half in 0..2 {
+                        for rr in 0..r {
+                            let g = got[(ee * cap + c) * 2 * r + half * r + rr] as f64;
+                            if c >= counts[ee] as usize {
+                                assert_eq!(g, 0.0, "{t:?}: padding row {c} of expert {ee}");
+                                continue;
+                            }
+                            let want: f64 = (0..kdim).map(|v| w[(ee * r + rr) * kdim + v] as f64 * x_rounded[(ee * cap + c) * kdim + v] as f64).sum();
+                            // one bf16 rounding of the result (2^-8 relative), and f32 sums
+                            let tol = want.abs() * 2f64.powi(-8) + 1e-3;
+                            worst = worst.max((g - want).abs() / tol);
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+            eprintln!("{t:?}: {checked} values, worst error {worst:.3} of the tolerance");
+            assert!(worst <= 1.0, "{t:?}: an output is off by {worst:.2}× the tolerance");
+            assert!(qmm(&[(&q_gpu, r)], &xg, &counts_t, r).is_err(), "{t:?}: columns past the result are refused");
         }
         Ok(())
     }
