@@ -86,12 +86,24 @@ pub enum Error {
     #[error("{}:{line}: {msg}", path.display())]
     Corpus { path: PathBuf, line: usize, msg: String },
 
-    /// The device ran out of memory (a CUDA or Metal allocation failed). The model stays loaded;
-    /// a smaller request usually works.
-    #[error("out of memory on the {device} ({msg}): use a shorter text or a smaller batch (--batch), \
-             a smaller dtype (bf16) or quantized experts (--quant q8_0), free the GPU of other work, \
-             or run on the CPU (--device cpu)")]
-    OutOfMemory { device: String, msg: String },
+    /// The device ran out of memory (a CUDA or Metal allocation failed), with what was being done,
+    /// the numbers where they are known, and what will work. A model that was already loaded stays
+    /// loaded; a smaller request usually works.
+    #[error("out of memory on the {device} while {during}{}: {advice} [{cause}]", oom_numbers(*needed, *free, *total))]
+    OutOfMemory {
+        device: String,
+        /// What was being done: "loading the model", "running the model".
+        during: String,
+        /// Bytes the step needs, where estimated.
+        needed: Option<u64>,
+        /// Free and total bytes of the device when the error was made, where the driver says.
+        free: Option<u64>,
+        total: Option<u64>,
+        /// The one or two things that will work here.
+        advice: String,
+        /// The driver's or library's own words, one line, no backtrace.
+        cause: String,
+    },
 
     /// An error inside the tensor library.
     #[error("tensor computation failed: {0}")]
@@ -103,10 +115,66 @@ pub enum Error {
 /// everything else stays [`Error::Candle`].
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
+        let e = without_backtrace(e);
         match oom_device(&e) {
-            Some(device) => Error::OutOfMemory { device: device.to_string(), msg: e.to_string() },
+            Some(device) => Error::OutOfMemory {
+                device: device.to_string(),
+                during: "running the model".into(),
+                needed: None,
+                free: None,
+                total: None,
+                advice: "trace a shorter text, scan with a smaller batch (--batch), or free the GPU of other work; \
+                         the loaded model is kept"
+                    .into(),
+                cause: one_line(&e.to_string()),
+            },
             None => Error::Candle(e),
         }
+    }
+}
+
+/// `e` without the backtraces candle attaches when `RUST_BACKTRACE` is set: a message a student
+/// reads never carries a stack of `<unknown>` frames.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error as C;
+    match e {
+        C::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        C::Context { inner, context } => C::Context { inner: Box::new(without_backtrace(*inner)), context },
+        C::WithPath { inner, path } => C::WithPath { inner: Box::new(without_backtrace(*inner)), path },
+        e => e,
+    }
+}
+
+/// The first line of a library's message, trimmed (the rest is context a user does not need).
+fn one_line(s: &str) -> String {
+    let first = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let mut out: String = first.chars().take(200).collect();
+    if out.len() < first.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// Formats a byte count as GiB with one decimal (`13.9 GiB`).
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// `": it needs about X, Y of Z are free"`, with whatever is known.
+fn oom_numbers(needed: Option<u64>, free: Option<u64>, total: Option<u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = needed {
+        parts.push(format!("it needs about {}", gib(n)));
+    }
+    match (free, total) {
+        (Some(f), Some(t)) => parts.push(format!("{} of {} are free", gib(f), gib(t))),
+        (Some(f), None) => parts.push(format!("{} are free", gib(f))),
+        _ => {}
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
     }
 }
 
@@ -144,6 +212,10 @@ fn io_hint(e: &std::io::Error) -> &'static str {
 }
 
 impl Error {
+    /// Whether this is an out-of-memory error of a device.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::OutOfMemory { .. })
+    }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelFiles};
+use crate::memory;
 use crate::olmoe::Olmoe;
 use crate::quant::{self, Quant, QuantReport};
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
@@ -109,6 +110,96 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// `None`: f32 on the CPU, bf16 on a GPU.
     pub dtype: Option<DType>,
+}
+
+/// What a safetensors load will take on its device, checked before anything is allocated and
+/// used to explain an out-of-memory error during the load.
+struct LoadFit<'a> {
+    device: &'a Device,
+    quant: Quant,
+    /// Weights on the device, bytes.
+    need: u64,
+    /// The same model with 4-bit experts, for the advice.
+    need_q4k: u64,
+    /// Whether the model's sizes allow q4k (multiples of 256).
+    q4k_ok: bool,
+}
+
+impl<'a> LoadFit<'a> {
+    fn new(cfg: &Config, device: &'a Device, dtype: DType, quant: Quant) -> Self {
+        let per_value = |q: Quant| match q {
+            Quant::None => dtype.size_in_bytes() as f64,
+            Quant::Q8_0 => 34.0 / 32.0,
+            Quant::Q4K => 144.0 / 256.0,
+        };
+        // the non-expert weights stay in the model dtype (bf16 on a GPU)
+        let need = memory::weight_bytes(cfg, dtype, per_value(quant));
+        let need_q4k = memory::weight_bytes(cfg, dtype, per_value(Quant::Q4K));
+        let q4k_ok = cfg.hidden_size % 256 == 0 && cfg.intermediate_size % 256 == 0;
+        LoadFit { device, quant, need, need_q4k, q4k_ok }
+    }
+
+    /// What will work when this load does not fit.
+    fn advice(&self, free: Option<u64>) -> String {
+        let fits = |b: u64| free.is_none_or(|f| b + memory::GPU_LOAD_MARGIN <= f);
+        let other = "free the GPU of other work (nvidia-smi shows what holds it), choose another GPU \
+                     (--device cuda:N, or CUDA_VISIBLE_DEVICES for a MIG slice), or run on the CPU (--device cpu)";
+        if self.quant != Quant::Q4K && self.q4k_ok && fits(self.need_q4k) {
+            format!(
+                "load it with 4-bit experts, which need about {}: --quant q4k on the command line, \
+                 MOE_LENS_QUANT=q4k or load_with_quant(model, \"q4k\") in a notebook",
+                crate::error::gib(self.need_q4k)
+            )
+        } else if self.quant != Quant::Q4K && self.q4k_ok {
+            format!("even 4-bit experts (--quant q4k, about {}) would not fit: {other}", crate::error::gib(self.need_q4k))
+        } else {
+            other.to_string()
+        }
+    }
+
+    /// Refuses a GPU load whose weights alone exceed the device's free memory, before allocating.
+    fn check(&self) -> Result<()> {
+        let Some((free, total)) = memory::device_memory(self.device) else { return Ok(()) };
+        if self.need + memory::GPU_LOAD_MARGIN <= free {
+            return Ok(());
+        }
+        Err(Error::OutOfMemory {
+            device: "GPU".into(),
+            during: format!("loading the model with {} experts", self.quant_label()),
+            needed: Some(self.need + memory::GPU_LOAD_MARGIN),
+            free: Some(free),
+            total: Some(total),
+            advice: self.advice(Some(free)),
+            cause: "checked before loading; nothing was allocated".into(),
+        })
+    }
+
+    fn quant_label(&self) -> &'static str {
+        match self.quant {
+            Quant::None => "unquantized",
+            Quant::Q8_0 => "q8_0",
+            Quant::Q4K => "q4k",
+        }
+    }
+
+    /// An out-of-memory error during the load, with the numbers and the advice of this load.
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory { device, cause, .. } => {
+                let (free, total) = memory::device_memory(self.device).unzip();
+                Error::OutOfMemory {
+                    device,
+                    during: format!("loading the model with {} experts", self.quant_label()),
+                    needed: Some(self.need + memory::GPU_LOAD_MARGIN),
+                    free,
+                    total,
+                    advice: self.advice(free),
+                    cause,
+                }
+            }
+            e => e,
+        }
+    }
 }
 
 /// A loaded model with its tokenizer: the object notebook cells work with.
@@ -203,10 +294,13 @@ impl Lens {
             },
             e => e,
         };
+        let fit = LoadFit::new(&cfg, &device, dtype, quant);
+        fit.check()?;
         let (model, quant) = match quant {
-            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch)?, None),
+            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch).map_err(|e| fit.explain(e))?, None),
             q => {
-                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q).map_err(mismatch)?;
+                let (m, r) =
+                    quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q).map_err(mismatch).map_err(|e| fit.explain(e))?;
                 (m, Some(r))
             }
         };
@@ -230,7 +324,23 @@ impl Lens {
         }
         let device = opts.device.open()?;
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
-        let g = quant::open_gguf(&path, &device, dtype)?;
+        let g = quant::open_gguf(&path, &device, dtype).map_err(|e| match e {
+            Error::OutOfMemory { device: d, needed, cause, .. } => {
+                let (free, total) = memory::device_memory(&device).unzip();
+                Error::OutOfMemory {
+                    device: d,
+                    during: format!("loading {}", path.display()),
+                    needed,
+                    free,
+                    total,
+                    advice: "use a file with smaller experts (Q4_K_M rather than Q8_0 or bf16), free the GPU of other work \
+                             (nvidia-smi shows what holds it), or choose another GPU (--device cuda:N)"
+                        .into(),
+                    cause,
+                }
+            }
+            e => e,
+        })?;
         let tokenizer = if files.tokenizer == path {
             Tokenizer::from_gguf_metadata(&g.metadata, &path)?
         } else {
@@ -458,5 +568,50 @@ impl fmt::Display for Hooks {
             self.k,
             if self.norm_topk_prob { "renormalised to sum 1" } else { "not renormalised" }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn olmoe() -> Config {
+        Config::from_json(
+            r#"{"model_type":"olmoe","vocab_size":50304,"hidden_size":2048,"intermediate_size":1024,
+            "num_hidden_layers":16,"num_attention_heads":16,"num_key_value_heads":16,"num_experts":64,
+            "num_experts_per_tok":8,"norm_topk_prob":false,"max_position_embeddings":4096,"rope_theta":10000.0,
+            "clip_qkv":null,"tie_word_embeddings":false,"torch_dtype":"bfloat16"}"#,
+            Path::new("config.json"),
+        )
+        .expect("OLMoE's config")
+    }
+
+    /// The driver's out-of-memory error during a bf16 load of OLMoE on a 12 GB slice (a CPU-side
+    /// stand-in for the driver's error): the numbers, 4-bit experts first, no advice that cannot
+    /// work here (q8_0 is larger than q4k, `trace` has no --batch, the model already is bf16).
+    #[test]
+    fn a_bf16_load_that_does_not_fit_says_q4k_with_numbers() {
+        let cfg = olmoe();
+        let fit = LoadFit::new(&cfg, &Device::Cpu, DType::BF16, Quant::None);
+        let driver = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let e = fit.explain(Error::from(driver));
+        let Error::OutOfMemory { needed, advice, .. } = &e else { panic!("not an out-of-memory error: {e:?}") };
+        assert_eq!(*needed, Some(2 * 6_919_161_856 + memory::GPU_LOAD_MARGIN));
+        assert!(advice.contains("--quant q4k") && advice.contains("MOE_LENS_QUANT=q4k"), "{advice}");
+        let text = e.to_string();
+        assert!(text.contains("while loading the model with unquantized experts (it needs about 13.4 GiB)"), "{text}");
+        assert!(text.contains("about 4.3 GiB"), "{text}");
+        for wrong in ["q8_0", "--batch", "smaller dtype"] {
+            assert!(!text.contains(wrong), "{wrong:?} in: {text}");
+        }
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+        // with the driver's free memory known: 11.5 GiB free, q4k fits; 3 GiB free, nothing does
+        let free = |g: f64| Some((g * (1u64 << 30) as f64) as u64);
+        assert!(fit.advice(free(11.5)).starts_with("load it with 4-bit experts"));
+        let none_fits = fit.advice(free(3.0));
+        assert!(none_fits.starts_with("even 4-bit experts") && none_fits.contains("--device"), "{none_fits}");
+        // a q4k load that does not fit does not suggest q4k again
+        let q = LoadFit::new(&cfg, &Device::Cpu, DType::BF16, Quant::Q4K).advice(free(3.0));
+        assert!(!q.contains("--quant") && q.contains("free the GPU"), "{q}");
     }
 }

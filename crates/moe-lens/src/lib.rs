@@ -8,6 +8,7 @@ pub mod corpus;
 pub mod error;
 pub mod hub;
 pub mod lab;
+pub mod memory;
 pub mod olmoe;
 pub mod plot;
 pub mod quant;

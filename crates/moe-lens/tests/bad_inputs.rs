@@ -442,8 +442,15 @@ fn table() -> Vec<Row> {
         row!("GPU out of memory (CUDA's error as candle reports it; no GPU in CI)", Error::OutOfMemory { .. }, "smaller batch", || {
             Err(candle_core::Error::Cuda(Box::new(std::io::Error::other("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"))).into())
         }),
-        row!("GPU out of memory inside cuBLAS", Error::OutOfMemory { .. }, "--device cpu", || {
+        row!("GPU out of memory inside cuBLAS", Error::OutOfMemory { .. }, "free the GPU of other work", || {
             Err(candle_core::Error::Msg("cublas error: CUBLAS_STATUS_ALLOC_FAILED".into()).into())
+        }),
+        row!("GPU out of memory with candle's backtrace attached (RUST_BACKTRACE set)", Error::OutOfMemory { .. }, "[CUDA_ERROR_OUT_OF_MEMORY]", || {
+            let e = candle_core::Error::WithBacktrace {
+                inner: Box::new(candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into())),
+                backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+            };
+            Err(e.into())
         }),
         // ---- scans
         row!("--shard out of range (3/3)", Error::InvalidArgument { what: "shard", .. }, "i must be less than n", || Shard::parse("3/3").map(drop)),
@@ -460,6 +467,13 @@ fn table() -> Vec<Row> {
             moe_lens::study::scan(lens(), &s, &ScanOptions { batch_size: 0, progress: false, ..Default::default() }).map(drop)
         }),
     ]
+}
+
+/// A stack trace in a message: `<unknown>` frames, or numbered frame lines (`  12: candle_core::…`).
+fn looks_like_backtrace(text: &str) -> bool {
+    text.contains("<unknown>")
+        || text.contains("stack backtrace")
+        || text.lines().any(|l| l.trim_start().split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())))
 }
 
 #[test]
@@ -482,6 +496,8 @@ fn every_bad_input_gives_its_typed_error_and_says_what_to_do() {
                     failures.push(format!("{}: expected {}, got {e:?}", r.input, r.kind));
                 } else if !text.contains(r.says) {
                     failures.push(format!("{}: message lacks {:?}: {text}", r.input, r.says));
+                } else if looks_like_backtrace(&text) {
+                    failures.push(format!("{}: the message carries a backtrace: {text}", r.input));
                 }
                 md.push_str(&format!("| {} | `{}` | {} |\n", r.input, r.kind.split(['(', ' ', '{']).next().unwrap_or(r.kind), text.replace('|', "\\|").replace('\n', " ")));
             }
