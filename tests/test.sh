@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup-data.sh
+# the code as rustfmt writes it (rustfmt.toml), before anything is built
+cargo fmt --all --check
 cargo test --workspace --locked "$@"

@@ -11,7 +11,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=src/kernels/fused.cu");
-    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some() || std::env::var_os("CARGO_CFG_MOE_LENS_CUDA").is_some();
+    let cuda =
+        std::env::var_os("CARGO_FEATURE_CUDA").is_some() || std::env::var_os("CARGO_CFG_MOE_LENS_CUDA").is_some();
     if !cuda {
         return;
     }
@@ -30,7 +31,8 @@ fn main() {
 fn build_ptx() -> Result<(), String> {
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?).join("fused.ptx");
     let cap = compute_cap()?;
-    let nvcc = nvcc().ok_or("nvcc not found: put it on PATH, or set NVCC or CUDA_HOME (the cuda feature needs it anyway)")?;
+    let nvcc =
+        nvcc().ok_or("nvcc not found: put it on PATH, or set NVCC or CUDA_HOME (the cuda feature needs it anyway)")?;
     let status = Command::new(&nvcc)
         .args(["-O3", "-ptx", &format!("-arch=sm_{cap}"), "-o"])
         .arg(&out)
@@ -51,7 +53,9 @@ fn compute_cap() -> Result<String, String> {
             let o = Command::new("nvidia-smi")
                 .args(["--query-gpu=compute_cap", "--format=csv,noheader"])
                 .output()
-                .map_err(|_| "set CUDA_COMPUTE_CAP (80 for A100/A30, 90 for H100/H200): no nvidia-smi to ask".to_string())?;
+                .map_err(|_| {
+                    "set CUDA_COMPUTE_CAP (80 for A100/A30, 90 for H100/H200): no nvidia-smi to ask".to_string()
+                })?;
             String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string()
         }
     };
@@ -66,7 +70,8 @@ fn nvcc() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NVCC") {
         return Some(PathBuf::from(p));
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("nvcc")).find(|p| p.is_file()));
     on_path.or_else(|| {
         ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"]
             .iter()

@@ -10,9 +10,9 @@ use clap::Args;
 use moe_lens::config::Config;
 use moe_lens::lab::{parse_dtype, DeviceChoice};
 use moe_lens::olmoe::{self, Olmoe};
+use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::quant::{self, Quant};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
-use moe_lens::prelude::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 #[derive(Args)]
@@ -71,7 +71,9 @@ fn dump_variants(a: &BenchArgs, m: &Olmoe, sents: &[Vec<u32>], device: &Device, 
     let Some(base) = &a.routing_out else { return Ok(()) };
     let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("route").to_string();
     let n = a.routing_n.min(sents.len());
-    for (name, fused, legacy, eager) in [("unfused", false, false, false), ("legacy", false, true, false), ("eager", true, false, true)] {
+    for (name, fused, legacy, eager) in
+        [("unfused", false, false, false), ("legacy", false, true, false), ("eager", true, false, true)]
+    {
         olmoe::set_fused(fused);
         olmoe::set_legacy_rounding(legacy);
         olmoe::set_eager_scores(eager);
@@ -125,7 +127,14 @@ impl RouterSpy for CountSpy {
 }
 
 /// Top-k rows (and optionally logits) of the first sentences, traced one by one.
-fn dump_routing(m: &Olmoe, sents: &[Vec<u32>], device: &Device, k: usize, layers: usize, logits: bool) -> Result<(Vec<Vec<Vec<Vec<u32>>>>, Vec<Vec<Vec<f32>>>)> {
+fn dump_routing(
+    m: &Olmoe,
+    sents: &[Vec<u32>],
+    device: &Device,
+    k: usize,
+    layers: usize,
+    logits: bool,
+) -> Result<(Vec<Vec<Vec<Vec<u32>>>>, Vec<Vec<Vec<f32>>>)> {
     let mut dump = Vec::new();
     let mut lg = Vec::new();
     for s in sents {
@@ -149,7 +158,14 @@ fn dump_routing(m: &Olmoe, sents: &[Vec<u32>], device: &Device, k: usize, layers
 /// The fused CUDA kernels against candle's own ops on the same model: relative difference of the
 /// final hidden states (one sentence; one padded batch) and top-k agreement on 50 sentences; plus
 /// the unfused single-sentence timings.
-fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k: usize, layers: usize) -> Result<Value> {
+fn fused_check(
+    m: &Olmoe,
+    sents: &[Vec<u32>],
+    input: &Tensor,
+    device: &Device,
+    k: usize,
+    layers: usize,
+) -> Result<Value> {
     let rel = |a: &Tensor, b: &Tensor| -> Result<f64> {
         let a = a.to_dtype(DType::F32)?;
         let b = b.to_dtype(DType::F32)?;
@@ -185,13 +201,16 @@ fn fused_check(m: &Olmoe, sents: &[Vec<u32>], input: &Tensor, device: &Device, k
         outs.push((single, padded, dump));
     }
     olmoe::set_fused(true);
-    let (rows, same) = outs[0].2.iter().flatten().flatten().zip(outs[1].2.iter().flatten().flatten()).fold((0usize, 0usize), |(r, s), (a, b)| {
-        let mut a = a.clone();
-        let mut b = b.clone();
-        a.sort_unstable();
-        b.sort_unstable();
-        (r + 1, s + usize::from(a == b))
-    });
+    let (rows, same) = outs[0].2.iter().flatten().flatten().zip(outs[1].2.iter().flatten().flatten()).fold(
+        (0usize, 0usize),
+        |(r, s), (a, b)| {
+            let mut a = a.clone();
+            let mut b = b.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            (r + 1, s + usize::from(a == b))
+        },
+    );
     Ok(json!({
         "single_hidden_rel_diff": rel(&outs[0].0, &outs[1].0)?,
         "padded_batch_hidden_rel_diff": rel(&outs[0].1, &outs[1].1)?,
@@ -221,18 +240,31 @@ fn apply_env_switches() {
     }
 }
 
-fn load(a: &BenchArgs, cfg: &Config, files: &[PathBuf], device: &Device, dtype: DType, q: Quant) -> Result<(Olmoe, Value)> {
+fn load(
+    a: &BenchArgs,
+    cfg: &Config,
+    files: &[PathBuf],
+    device: &Device,
+    dtype: DType,
+    q: Quant,
+) -> Result<(Olmoe, Value)> {
     let t = Instant::now();
     if moe_lens::hub::is_gguf_path(&a.model) {
         let g = quant::open_gguf(&a.model, device, dtype)?;
         sync(device)?;
-        return Ok((g.model, json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.model, "experts": g.experts}})));
+        return Ok((
+            g.model,
+            json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.model, "experts": g.experts}}),
+        ));
     }
     let (m, rep) = match q {
         Quant::None => (Olmoe::load(cfg, files, device, dtype)?, Value::Null),
         q => {
             let (m, r) = quant::load_quantized(cfg, files, &a.model, device, dtype, q)?;
-            (m, json!({"cache": r.cache, "cache_hit": r.cache_hit, "cache_rejected": r.cache_rejected, "cache_write_error": r.cache_write_error}))
+            (
+                m,
+                json!({"cache": r.cache, "cache_hit": r.cache_hit, "cache_rejected": r.cache_rejected, "cache_write_error": r.cache_write_error}),
+            )
         }
     };
     sync(device)?;
@@ -278,9 +310,17 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     run_bench_with(a, cfg, files, q, device, dtype)
 }
 
-fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, device: Device, dtype: DType) -> Result<()> {
+fn run_bench_with(
+    a: BenchArgs,
+    cfg: Config,
+    files: Vec<PathBuf>,
+    q: Quant,
+    device: Device,
+    dtype: DType,
+) -> Result<()> {
     let text = std::fs::read_to_string(&a.sents).with_context(|| format!("reading {}", a.sents.display()))?;
-    let mut sents: Vec<Vec<u32>> = serde_json::from_str(&text).context("sentences: a JSON list of lists of token ids")?;
+    let mut sents: Vec<Vec<u32>> =
+        serde_json::from_str(&text).context("sentences: a JSON list of lists of token ids")?;
     if let Some(n) = a.limit {
         sents.truncate(n);
     }
@@ -336,7 +376,8 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
 
     let ids_of = |s: &[u32]| -> Result<Tensor> { Ok(Tensor::new(s, &device)?.unsqueeze(0)?) };
     // single sentence of 25 tokens, as the Python lab
-    let single: Vec<u32> = sents.iter().find(|s| s.len() >= 25).map(|s| s[..25].to_vec()).unwrap_or_else(|| sents[0].clone());
+    let single: Vec<u32> =
+        sents.iter().find(|s| s.len() >= 25).map(|s| s[..25].to_vec()).unwrap_or_else(|| sents[0].clone());
     let input = ids_of(&single)?;
     let mut trace_ms = Vec::new();
     let mut fwd_ms = Vec::new();
@@ -482,7 +523,13 @@ fn run_bench_with(a: BenchArgs, cfg: Config, files: Vec<PathBuf>, q: Quant, devi
             let logits = m.next_token_logits(&hidden)?.flatten_all()?;
             let next = logits.argmax(0)?.to_scalar::<u32>()?;
             out.push(next);
-            hidden = m.forward(&Tensor::new(&[next], &device)?.unsqueeze(0)?, Some(&mut kv), None, Step::Decode(n), Some(&mut cache))?;
+            hidden = m.forward(
+                &Tensor::new(&[next], &device)?.unsqueeze(0)?,
+                Some(&mut kv),
+                None,
+                Step::Decode(n),
+                Some(&mut cache),
+            )?;
         }
         sync(&device)?;
         Ok((t.elapsed().as_secs_f64(), out))

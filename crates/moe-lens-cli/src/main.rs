@@ -107,9 +107,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let lens = match quant {
                 moe_lens::quant::Quant::None => load(&model, &device, dtype.as_deref())?,
                 q => {
-                    let opts =
-                        LoadOptions { device: device.parse::<DeviceChoice>()?, dtype: dtype.as_deref().map(parse_dtype).transpose()? };
-                    Lens::load_quantized(&model, &opts, q).with_context(|| format!("loading {model} with {q} experts"))?
+                    let opts = LoadOptions {
+                        device: device.parse::<DeviceChoice>()?,
+                        dtype: dtype.as_deref().map(parse_dtype).transpose()?,
+                    };
+                    Lens::load_quantized(&model, &opts, q)
+                        .with_context(|| format!("loading {model} with {q} experts"))?
                 }
             };
             let layers = lens.config().num_hidden_layers;

@@ -10,7 +10,9 @@ use clap::Args;
 use moe_lens::corpus::{self, Sentence};
 use moe_lens::lab::{parse_dtype, DeviceChoice, Lens, LoadOptions};
 use moe_lens::study::checkpoint::{self, DirResult, DirScan, RunInfo, ScanEvent};
-use moe_lens::study::{CompareOptions, ScanOptions, Scanner, Shard, COUNTS_FILE, METRICS_CSV, METRICS_FILE, ROUTES_FILE};
+use moe_lens::study::{
+    CompareOptions, ScanOptions, Scanner, Shard, COUNTS_FILE, METRICS_CSV, METRICS_FILE, ROUTES_FILE,
+};
 
 #[derive(Args, Debug)]
 pub struct ScanArgs {
@@ -142,23 +144,39 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         Some(s) => Shard::parse(s)?,
         None => Shard::ALL,
     };
-    let lang = a.lang.as_deref().map(corpus::normalize_lang).transpose().map_err(|m| anyhow::anyhow!("invalid --lang: {m}"))?;
-    let sentences = load_sentences(&a.corpus, lang.as_deref()).with_context(|| format!("loading the corpus {}", a.corpus))?;
+    let lang = a
+        .lang
+        .as_deref()
+        .map(corpus::normalize_lang)
+        .transpose()
+        .map_err(|m| anyhow::anyhow!("invalid --lang: {m}"))?;
+    let sentences =
+        load_sentences(&a.corpus, lang.as_deref()).with_context(|| format!("loading the corpus {}", a.corpus))?;
     let run = RunInfo {
         model: a.model.clone(),
         corpus: a.corpus.clone(),
         corpus_fingerprint: corpus::fingerprint(&sentences),
         corpus_sentences: sentences.len(),
         lang,
-        dtype: a.dtype.as_deref().map(parse_dtype).transpose()?.map(|d| format!("{d:?}").to_ascii_lowercase()).unwrap_or_default(),
+        dtype: a
+            .dtype
+            .as_deref()
+            .map(parse_dtype)
+            .transpose()?
+            .map(|d| format!("{d:?}").to_ascii_lowercase())
+            .unwrap_or_default(),
         by_script: a.by_script,
         skip_common: a.skip_common,
     };
     // refuse another run's directory before spending time on loading the model
     checkpoint::check_dir(&a.out, &run, shard)?;
-    let opts = LoadOptions { device: a.device.parse::<DeviceChoice>()?, dtype: a.dtype.as_deref().map(parse_dtype).transpose()? };
+    let opts = LoadOptions {
+        device: a.device.parse::<DeviceChoice>()?,
+        dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
+    };
     let lens = Lens::load_with(&a.model, &opts).with_context(|| format!("loading {}", a.model))?;
-    let scan_opts = ScanOptions { batch_size: a.batch, by_script: a.by_script, skip_common: a.skip_common, progress: false };
+    let scan_opts =
+        ScanOptions { batch_size: a.batch, by_script: a.by_script, skip_common: a.skip_common, progress: false };
     let throttle = std::env::var("MOE_LENS_SCAN_THROTTLE_MS").ok().and_then(|v| v.parse::<u64>().ok());
     let range = shard.range(sentences.len());
     let mut progress = Progress::new();
@@ -166,7 +184,11 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
     let mut on_event = |ev: ScanEvent<'_, '_>| match ev {
         ScanEvent::Start { scanner, resumed, complete } => {
             if complete {
-                eprintln!("scan: {} is already complete ({} sentences); writing its outputs again", dir.display(), scanner.done());
+                eprintln!(
+                    "scan: {} is already complete ({} sentences); writing its outputs again",
+                    dir.display(),
+                    scanner.done()
+                );
             } else if resumed {
                 eprintln!("scan: continuing {} at {}/{} sentences", dir.display(), scanner.done(), scanner.total());
             } else {
@@ -191,7 +213,8 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let job = DirScan { run, shard, options: scan_opts, reference: a.report.reference.clone(), compare: a.report.options() };
+    let job =
+        DirScan { run, shard, options: scan_opts, reference: a.report.reference.clone(), compare: a.report.options() };
     let res = checkpoint::scan_to_dir(&lens, &sentences, &job, &a.out, &mut on_event)?;
     progress.finish();
     print_summary(&a.out, &res, "scan");

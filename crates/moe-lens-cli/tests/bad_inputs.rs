@@ -50,7 +50,8 @@ fn bad_invocations_fail_cleanly_with_what_to_do() {
     std::fs::create_dir_all(&empty_cache).unwrap();
     let p = |x: &Path| x.to_string_lossy().into_owned();
     let scan = |corpus: &str, out: &str, extra: &[&str]| {
-        let mut v = s(&["scan", "--model", &m, "--corpus", corpus, "--out", out, "--device", "cpu", "--replicates", "10"]);
+        let mut v =
+            s(&["scan", "--model", &m, "--corpus", corpus, "--out", out, "--device", "cpu", "--replicates", "10"]);
         v.extend(s(extra));
         v
     };
@@ -65,26 +66,56 @@ fn bad_invocations_fail_cleanly_with_what_to_do() {
         ("--shard out of range", scan(&p(&good), &p(&w.join("o1")), &["--shard", "4/4"]), &[], "i must be less than n"),
         ("--shard with 0 shards", scan(&p(&good), &p(&w.join("o2")), &["--shard", "0/0"]), &[], "at least 1"),
         ("--shard not i/n", scan(&p(&good), &p(&w.join("o3")), &["--shard", "first"]), &[], "write it as i/n"),
-        ("output directory not writable (a file in the way)", scan(&p(&good), &p(&a_file.join("out")), &[]), &[], "a part of the path is a file"),
+        (
+            "output directory not writable (a file in the way)",
+            scan(&p(&good), &p(&a_file.join("out")), &[]),
+            &[],
+            "a part of the path is a file",
+        ),
         ("output path is a file", scan(&p(&good), &p(&a_file), &[]), &[], "a-file"),
         ("corpus file missing", scan(&p(&w.join("nope.tsv")), &p(&w.join("o4")), &[]), &[], "check the path"),
         ("invalid UTF-8 in the corpus", scan(&p(&bad_utf8), &p(&w.join("o5")), &[]), &[], "bad.tsv:3: not valid UTF-8"),
-        ("unknown language tag in the corpus", scan(&p(&bad_tag), &p(&w.join("o6")), &[]), &[], "2- or 3-letter ISO 639"),
+        (
+            "unknown language tag in the corpus",
+            scan(&p(&bad_tag), &p(&w.join("o6")), &[]),
+            &[],
+            "2- or 3-letter ISO 639",
+        ),
         (".txt corpus without --lang", scan(&p(&txt), &p(&w.join("o7")), &[]), &[], "--lang"),
-        ("--lang that is not a tag", scan(&p(&txt), &p(&w.join("o8")), &["--lang", "Korean"]), &[], "not a language tag"),
+        (
+            "--lang that is not a tag",
+            scan(&p(&txt), &p(&w.join("o8")), &["--lang", "Korean"]),
+            &[],
+            "not a language tag",
+        ),
         ("--batch 0", scan(&p(&good), &p(&w.join("o9")), &["--batch", "0"]), &[], "at least 1"),
         ("empty --text", trace(&["--text", " "]), &[], "give at least one visible character"),
         ("--layer out of range", trace(&["--text", "hi", "--layer", "3"]), &[], "0..=2"),
         ("--layer not a name", trace(&["--text", "hi", "--layer", "router"]), &[], "unknown layer"),
         ("--dtype unknown", trace(&["--text", "hi", "--dtype", "int4"]), &[], "use f32, bf16 or f16"),
         ("--device unknown", s(&["trace", "--model", &m, "--text", "hi", "--device", "tpu"]), &[], "cuda:N"),
-        ("--device cuda on a CPU build", s(&["trace", "--model", &m, "--text", "hi", "--device", "cuda"]), &[], "--features cuda"),
+        (
+            "--device cuda on a CPU build",
+            s(&["trace", "--model", &m, "--text", "hi", "--device", "cuda"]),
+            &[],
+            "--features cuda",
+        ),
         ("--quant unknown", trace(&["--text", "hi", "--quant", "q9"]), &[], "q8_0"),
-        ("--quant that the sizes do not allow", trace(&["--text", "hi", "--quant", "q4k"]), &[], "without quantization (none)"),
+        (
+            "--quant that the sizes do not allow",
+            trace(&["--text", "hi", "--quant", "q4k"]),
+            &[],
+            "without quantization (none)",
+        ),
         ("text over the context", trace(&["--text", &"word ".repeat(300)]), &[], "split it into sentences"),
         ("model directory missing", s(&["trace", "--model", "/no/such/dir", "--text", "hi"]), &[], "does not exist"),
         ("bad Hub id", s(&["trace", "--model", "owner/bad name", "--text", "hi"]), &[], "only letters, digits"),
-        ("offline without the model cached", s(&["trace", "--model", "allenai/OLMoE-1B-7B-0924", "--text", "hi"]), &offline, "download it once with network access"),
+        (
+            "offline without the model cached",
+            s(&["trace", "--model", "allenai/OLMoE-1B-7B-0924", "--text", "hi"]),
+            &offline,
+            "download it once with network access",
+        ),
         ("merge of a directory that is no scan", s(&["merge", "--out", &p(&w.join("m")), &p(&w)]), &[], "state.json"),
     ];
     let mut failures = Vec::new();

@@ -30,10 +30,13 @@ fn keys(v: &Value) -> Vec<&str> {
 #[test]
 fn json_is_the_export_schema_with_transformers_routing() {
     let model = fixture();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/olmoe-narrow.ref.json")).unwrap()).unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/olmoe-narrow.ref.json")).unwrap())
+            .unwrap();
     let s = &reference["sentences"][0];
     let text = s["text"].as_str().unwrap();
-    let (ok, out, err) = moe_lens(&["trace", "--model", model.to_str().unwrap(), "--text", text, "--device", "cpu", "--format", "json"]);
+    let (ok, out, err) =
+        moe_lens(&["trace", "--model", model.to_str().unwrap(), "--text", text, "--device", "cpu", "--format", "json"]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(out.trim()).expect("one JSON document on stdout");
     assert_eq!(keys(&v), ["layers", "model", "text", "tokens"]);
@@ -70,7 +73,8 @@ fn table_shows_one_layer_default_last() {
     assert!(out.contains("16 router hooks"), "{out}");
     assert!(out.contains("model.layers.15.mlp.gate"), "{out}");
     assert!(out.contains("Hello"), "{out}");
-    let (ok, out, _) = moe_lens(&["trace", "--model", m, "--text", "Hello", "--device", "cpu", "--layer", "model.layers.14.mlp.gate"]);
+    let (ok, out, _) =
+        moe_lens(&["trace", "--model", m, "--text", "Hello", "--device", "cpu", "--layer", "model.layers.14.mlp.gate"]);
     assert!(ok && out.contains("model.layers.14.mlp.gate"), "{out}");
 }
 

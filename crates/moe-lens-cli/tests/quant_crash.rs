@@ -157,18 +157,26 @@ fn killed_while_quantizing_or_writing_the_cache_never_leaves_a_cache_that_loads_
         child.wait().unwrap();
         // whatever the moment, the cache file is either absent or whole
         let left = cache.join("moe-lens.q8_0.gguf");
-        let tmp_left = std::fs::read_dir(&cache).map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(".tmp."))).unwrap_or(false);
+        let tmp_left = std::fs::read_dir(&cache)
+            .map(|d| d.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(".tmp.")))
+            .unwrap_or(false);
         mid_write += usize::from(tmp_left);
         let after_write_now = left.exists();
         after_write += usize::from(after_write_now);
         if left.exists() {
-            assert!(std::fs::read(&left).unwrap() == std::fs::read(&cache_file).unwrap(), "a kill at {at:?} left a partial cache file");
+            assert!(
+                std::fs::read(&left).unwrap() == std::fs::read(&cache_file).unwrap(),
+                "a kill at {at:?} left a partial cache file"
+            );
         }
         let again = run_ok(&mut trace(&model, &cache));
         assert!(again == reference, "after a kill at {at:?} the routing differs from an uninterrupted run");
         // a rebuild cleans up the temporary file a killed writer left (it can be gigabytes)
         if !after_write_now {
-            let tmp_now = std::fs::read_dir(&cache).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().contains(".tmp."));
+            let tmp_now = std::fs::read_dir(&cache)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp."));
             assert!(!tmp_now, "a temporary cache file was left behind after the rebuild");
         }
         let _ = std::fs::remove_dir_all(&cache);

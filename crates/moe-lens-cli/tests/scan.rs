@@ -20,7 +20,10 @@ fn root() -> PathBuf {
 
 fn model(name: &str) -> String {
     let dir = root().join("tests/fixtures").join(name);
-    assert!(dir.join("tokenizer.json").exists(), "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)");
+    assert!(
+        dir.join("tokenizer.json").exists(),
+        "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)"
+    );
     dir.to_string_lossy().into_owned()
 }
 

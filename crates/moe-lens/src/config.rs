@@ -91,8 +91,14 @@ impl Config {
 
     /// Parses `config.json` text; `path` is only used in error messages.
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawConfig = serde_json::from_str(text)
-            .map_err(|e| Error::config(path, format!("not valid config JSON ({e}): the file is damaged or cut off; copy or download config.json again")))?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| {
+            Error::config(
+                path,
+                format!(
+                    "not valid config JSON ({e}): the file is damaged or cut off; copy or download config.json again"
+                ),
+            )
+        })?;
         raw.check(path)
     }
 
@@ -155,10 +161,16 @@ impl RawConfig {
         let num_experts = need(self.num_experts, "num_experts")?;
         let k = need(self.num_experts_per_tok, "num_experts_per_tok")?;
         if hidden_size % heads != 0 {
-            return Err(Error::config(path, format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}")));
+            return Err(Error::config(
+                path,
+                format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {heads}"),
+            ));
         }
         if heads % kv_heads != 0 {
-            return Err(Error::config(path, format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")));
+            return Err(Error::config(
+                path,
+                format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"),
+            ));
         }
         let head_dim = hidden_size / heads;
         if let Some(hd) = self.head_dim {
@@ -180,12 +192,18 @@ impl RawConfig {
         }
         if let Some(act) = self.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(Error::Unsupported(format!("{}: hidden_act {act:?}; OLMoE experts use silu", path.display())));
+                return Err(Error::Unsupported(format!(
+                    "{}: hidden_act {act:?}; OLMoE experts use silu",
+                    path.display()
+                )));
             }
         }
         if let Some(s) = &self.rope_scaling {
             if !s.is_null() {
-                return Err(Error::Unsupported(format!("{}: rope_scaling {s} (only plain RoPE is implemented)", path.display())));
+                return Err(Error::Unsupported(format!(
+                    "{}: rope_scaling {s} (only plain RoPE is implemented)",
+                    path.display()
+                )));
             }
         }
         let mut rope_theta = self.rope_theta;
@@ -203,7 +221,8 @@ impl RawConfig {
                 rope_theta = Some(t);
             }
         }
-        let rope_theta = rope_theta.ok_or_else(|| Error::config(path, "no rope_theta (top-level or in rope_parameters)"))?;
+        let rope_theta =
+            rope_theta.ok_or_else(|| Error::config(path, "no rope_theta (top-level or in rope_parameters)"))?;
         if !(rope_theta.is_finite() && rope_theta > 1.0) {
             return Err(Error::config(path, format!("rope_theta {rope_theta} must be a finite number above 1")));
         }
@@ -272,7 +291,10 @@ mod tests {
     #[test]
     fn reads_transformers5_keys() -> Result<()> {
         let s = HUB
-            .replace("\"rope_theta\":10000.0,", "\"rope_parameters\":{\"rope_theta\":500000.0,\"rope_type\":\"default\"},")
+            .replace(
+                "\"rope_theta\":10000.0,",
+                "\"rope_parameters\":{\"rope_theta\":500000.0,\"rope_type\":\"default\"},",
+            )
             .replace("\"torch_dtype\"", "\"dtype\"");
         let c = parse(&s)?;
         assert_eq!(c.rope_theta, 500000.0);
@@ -284,7 +306,8 @@ mod tests {
     fn refuses_what_it_does_not_run() {
         let e = parse(&HUB.replace("\"olmoe\"", "\"mixtral\"")).unwrap_err();
         assert!(matches!(e, Error::Unsupported(_)) && e.to_string().contains("mixtral"), "{e}");
-        let s = HUB.replace("\"rope_theta\":10000.0,", "\"rope_parameters\":{\"rope_theta\":1e4,\"rope_type\":\"yarn\"},");
+        let s =
+            HUB.replace("\"rope_theta\":10000.0,", "\"rope_parameters\":{\"rope_theta\":1e4,\"rope_type\":\"yarn\"},");
         let e = parse(&s).unwrap_err();
         assert!(e.to_string().contains("yarn"), "{e}");
         let e = parse(&HUB.replace("\"intermediate_size\":1024,", "")).unwrap_err();

@@ -281,10 +281,7 @@ fn lines<'a>(bytes: &'a [u8], path: &'a Path) -> impl Iterator<Item = Result<(us
             Err(e) => Err(corpus_err(
                 path,
                 n,
-                format!(
-                    "not valid UTF-8 (bad byte at column {}): save the file as UTF-8",
-                    e.valid_up_to() + 1
-                ),
+                format!("not valid UTF-8 (bad byte at column {}): save the file as UTF-8", e.valid_up_to() + 1),
             )),
         }
     })
@@ -434,7 +431,14 @@ pub fn parse_delimited(bytes: &[u8], delim: u8, path: &Path, stem: &str) -> Resu
         c.push(n, id, &fields[lang_col], &fields[text_col])?;
     }
     if header.is_none() {
-        return Err(corpus_err(path, 0, format!("the file is empty: a {kind} corpus starts with a header line such as id{}lang{}text", delim as char, delim as char)));
+        return Err(corpus_err(
+            path,
+            0,
+            format!(
+                "the file is empty: a {kind} corpus starts with a header line such as id{}lang{}text",
+                delim as char, delim as char
+            ),
+        ));
     }
     c.finish()
 }
@@ -452,7 +456,13 @@ fn parse_header(fields: &[String], path: &Path, n: usize, kind: &str) -> Result<
             _ => continue,
         };
         if slot.is_some() {
-            return Err(corpus_err(path, n, format!("the header names the {name:?} column twice (or both of lang/language or text/sentence): keep one")));
+            return Err(corpus_err(
+                path,
+                n,
+                format!(
+                    "the header names the {name:?} column twice (or both of lang/language or text/sentence): keep one"
+                ),
+            ));
         }
         *slot = Some(i);
     }
@@ -487,16 +497,29 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path, stem: &str) -> Result<Vec<Sentence
             continue;
         }
         let row: JsonRow = serde_json::from_str(line).map_err(|e| {
-            corpus_err(path, n, format!("not a JSON object of the form {{\"id\": \"s1\", \"lang\": \"ko\", \"text\": \"…\"}} ({e})"))
+            corpus_err(
+                path,
+                n,
+                format!("not a JSON object of the form {{\"id\": \"s1\", \"lang\": \"ko\", \"text\": \"…\"}} ({e})"),
+            )
         })?;
-        let lang = row.lang.ok_or_else(|| corpus_err(path, n, "the object has no \"lang\": add the language tag, e.g. \"lang\": \"ko\""))?;
-        let text = row.text.ok_or_else(|| corpus_err(path, n, "the object has no \"text\": add the sentence as \"text\""))?;
+        let lang = row.lang.ok_or_else(|| {
+            corpus_err(path, n, "the object has no \"lang\": add the language tag, e.g. \"lang\": \"ko\"")
+        })?;
+        let text =
+            row.text.ok_or_else(|| corpus_err(path, n, "the object has no \"text\": add the sentence as \"text\""))?;
         let id = match row.id {
             None | Some(serde_json::Value::Null) => format!("{stem}:{n}"),
             Some(serde_json::Value::String(s)) if s.trim().is_empty() => format!("{stem}:{n}"),
             Some(serde_json::Value::String(s)) => s.trim().to_string(),
             Some(serde_json::Value::Number(x)) if x.is_u64() || x.is_i64() => x.to_string(),
-            Some(other) => return Err(corpus_err(path, n, format!("\"id\" is {other}: give a string or an integer, or leave it out"))),
+            Some(other) => {
+                return Err(corpus_err(
+                    path,
+                    n,
+                    format!("\"id\" is {other}: give a string or an integer, or leave it out"),
+                ))
+            }
         };
         c.push(n, id, &lang, &text)?;
     }

@@ -44,8 +44,10 @@ pub enum Error {
     Weights { path: PathBuf, msg: String },
 
     /// A tensor has a shape other than the config implies.
-    #[error("tensor {name} has shape {found:?} but the config implies {expected:?}: the weights and \
-             config.json do not belong together")]
+    #[error(
+        "tensor {name} has shape {found:?} but the config implies {expected:?}: the weights and \
+             config.json do not belong together"
+    )]
     TensorShape { name: String, expected: Vec<usize>, found: Vec<usize> },
 
     /// The tokenizer cannot be loaded or cannot encode/decode.

@@ -128,9 +128,7 @@ impl HubSettings {
     /// - `endpoint`: `HF_ENDPOINT` without a trailing `/` (a Hub mirror), as Python reads it.
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Self {
         let var = |key: &str| get(key).filter(|v| !v.is_empty());
-        let home = var("HOME")
-            .or_else(|| var("USERPROFILE"))
-            .map(PathBuf::from);
+        let home = var("HOME").or_else(|| var("USERPROFILE")).map(PathBuf::from);
         let expand = |value: String| expand_user(&value, home.as_deref());
 
         let hf_home = match var("HF_HOME") {
@@ -148,9 +146,7 @@ impl HubSettings {
             None => hf_home.join("hub"),
         };
 
-        let offline = var("HF_HUB_OFFLINE")
-            .or_else(|| var("TRANSFORMERS_OFFLINE"))
-            .is_some_and(|v| is_truthy(&v));
+        let offline = var("HF_HUB_OFFLINE").or_else(|| var("TRANSFORMERS_OFFLINE")).is_some_and(|v| is_truthy(&v));
 
         let token = var("HF_TOKEN")
             .and_then(|t| clean_token(&t))
@@ -160,43 +156,27 @@ impl HubSettings {
                     Some(p) => expand(p),
                     None => hf_home.join("token"),
                 };
-                std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|t| clean_token(&t))
+                std::fs::read_to_string(path).ok().and_then(|t| clean_token(&t))
             });
 
         let progress = match get("MOE_LENS_NO_PROGRESS") {
             None => true,
             Some(v) => is_falsy(&v),
         };
-        let endpoint = var("HF_ENDPOINT")
-            .map(|e| e.trim().trim_end_matches('/').to_string())
-            .filter(|e| !e.is_empty());
+        let endpoint = var("HF_ENDPOINT").map(|e| e.trim().trim_end_matches('/').to_string()).filter(|e| !e.is_empty());
 
-        HubSettings {
-            cache_dir,
-            offline,
-            token,
-            progress,
-            endpoint,
-        }
+        HubSettings { cache_dir, offline, token, progress, endpoint }
     }
 }
 
 /// `1`, `true`, `yes`, `on` (any case, surrounding spaces ignored), as Python's `_is_true`.
 fn is_truthy(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "1" | "true" | "yes" | "on"
-    )
+    matches!(value.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }
 
 /// Empty, `0`, `false`, `no`, `off` (any case).
 fn is_falsy(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "" | "0" | "false" | "no" | "off"
-    )
+    matches!(value.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off")
 }
 
 /// A token with line breaks and surrounding whitespace removed; `None` when nothing is left.
@@ -212,10 +192,7 @@ fn expand_user(value: &str, home: Option<&Path>) -> PathBuf {
         if value == "~" {
             return home.to_path_buf();
         }
-        if let Some(rest) = value
-            .strip_prefix("~/")
-            .or_else(|| value.strip_prefix("~\\"))
-        {
+        if let Some(rest) = value.strip_prefix("~/").or_else(|| value.strip_prefix("~\\")) {
             return home.join(rest);
         }
     }
@@ -258,12 +235,7 @@ impl HubId {
         let mut parts = repo.split('/');
         let (owner, name) = match (parts.next(), parts.next(), parts.next()) {
             (Some(owner), Some(name), None) => (owner, name),
-            _ => {
-                return Err(invalid_id(
-                    id,
-                    "a Hub id has the form owner/name (exactly one '/')".to_string(),
-                ))
-            }
+            _ => return Err(invalid_id(id, "a Hub id has the form owner/name (exactly one '/')".to_string())),
         };
         check_id_part(id, "owner", owner)?;
         check_id_part(id, "name", name)?;
@@ -274,11 +246,7 @@ impl HubId {
                 rev.to_string()
             }
         };
-        Ok(HubId {
-            owner: owner.to_string(),
-            name: name.to_string(),
-            revision,
-        })
+        Ok(HubId { owner: owner.to_string(), name: name.to_string(), revision })
     }
 
     /// `owner/name`, without the revision.
@@ -309,9 +277,7 @@ impl fmt::Display for HubId {
 }
 
 fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The example appended to every "not a model" message.
@@ -337,13 +303,8 @@ fn check_id_part(id: &str, which: &str, part: &str) -> Result<()> {
         Some(format!("the {which} is empty"))
     } else if part.chars().count() > 96 {
         Some(format!("the {which} is longer than 96 characters"))
-    } else if let Some(c) = part
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        Some(format!(
-            "the {which} contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"
-        ))
+    } else if let Some(c) = part.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        Some(format!("the {which} contains {c:?}; only letters, digits, '.', '_' and '-' are allowed"))
     } else if part.starts_with(['-', '.']) || part.ends_with(['-', '.']) {
         Some(format!("the {which} starts or ends with '-' or '.'"))
     } else if part.contains("--") || part.contains("..") {
@@ -362,9 +323,8 @@ fn check_revision(id: &str, rev: &str) -> Result<()> {
         Some("the revision after '@' is empty".to_string())
     } else if rev.len() > 256 {
         Some("the revision is longer than 256 characters".to_string())
-    } else if let Some(c) = rev
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '/')))
+    } else if let Some(c) =
+        rev.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '/')))
     {
         Some(format!(
             "the revision contains {c:?}; a branch, tag or commit uses letters, digits, '.', '_', \
@@ -376,10 +336,7 @@ fn check_revision(id: &str, rev: &str) -> Result<()> {
         || rev.ends_with('/')
         || rev.split('/').any(|c| c == ".")
     {
-        Some(
-            "the revision contains \"..\", \"//\", a \".\" part or a leading/trailing '/'"
-                .to_string(),
-        )
+        Some("the revision contains \"..\", \"//\", a \".\" part or a leading/trailing '/'".to_string())
     } else {
         None
     };
@@ -428,10 +385,7 @@ pub fn resolve(model: &str) -> Result<ModelFiles> {
 pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
     let given = model.trim();
     if given.is_empty() {
-        return Err(Error::InvalidArgument {
-            what: "model",
-            msg: format!("the model is empty: {}", model_example()),
-        });
+        return Err(Error::InvalidArgument { what: "model", msg: format!("the model is empty: {}", model_example()) });
     }
     // `demo`: the small model shipped in this crate's data/demo (see its README.md).
     if given.eq_ignore_ascii_case("demo") {
@@ -447,9 +401,7 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
         }
         return local_dir(dir, given);
     }
-    let home = std::env::var_os("HOME")
-        .or_else(|| std::env::var_os("USERPROFILE"))
-        .map(PathBuf::from);
+    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")).map(PathBuf::from);
     let path = expand_user(given, home.as_deref());
     if path.is_dir() {
         return local_dir(&path, given);
@@ -482,18 +434,16 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
     }
     match HubId::parse(given) {
         Ok(id) => resolve_hub(&id, given, s),
-        Err(_) if looks_like_path(given) => {
-            Err(Error::MissingFile {
-                path: absolute(&path),
-                what: "model directory",
-                hint: format!(
+        Err(_) if looks_like_path(given) => Err(Error::MissingFile {
+            path: absolute(&path),
+            what: "model directory",
+            hint: format!(
                 "the directory does not exist (relative paths start from the working directory \
                  {}); {}",
                 std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
                 model_example()
             ),
-            })
-        }
+        }),
         Err(e) => Err(e),
     }
 }
@@ -519,11 +469,7 @@ fn gguf_files(path: &Path, given: &str) -> ModelFiles {
 /// (config.json, tokenizer.json and all weights), i.e. when [`resolve_with`] would succeed without
 /// network. Never touches the network; `None` for anything else, including invalid ids.
 pub fn cached_snapshot(repo: &str, revision: &str, s: &HubSettings) -> Option<PathBuf> {
-    let revision = if revision.is_empty() {
-        DEFAULT_REVISION
-    } else {
-        revision
-    };
+    let revision = if revision.is_empty() { DEFAULT_REVISION } else { revision };
     if repo.contains('@') {
         return None;
     }
@@ -586,15 +532,9 @@ fn local_missing(dir: &Path, part: MissingPart) -> Error {
                      instead, or its snapshots/<commit> directory",
                 );
             } else {
-                hint.push_str(&format!(
-                    "; or pass a Hub id such as {OLMOE_HUB_ID} to download the model"
-                ));
+                hint.push_str(&format!("; or pass a Hub id such as {OLMOE_HUB_ID} to download the model"));
             }
-            Error::MissingFile {
-                path: dir.join(CONFIG_FILE),
-                what: "config.json",
-                hint,
-            }
+            Error::MissingFile { path: dir.join(CONFIG_FILE), what: "config.json", hint }
         }
         MissingPart::Tokenizer => Error::MissingFile {
             path: dir.join(TOKENIZER_FILE),
@@ -684,44 +624,28 @@ fn inspect_dir(dir: &Path, name: &str) -> Result<Inspection> {
         }
         vec![single]
     };
-    Ok(Inspection::Complete(ModelFiles {
-        name: name.to_string(),
-        dir: dir.to_path_buf(),
-        config,
-        tokenizer,
-        weights,
-    }))
+    Ok(Inspection::Complete(ModelFiles { name: name.to_string(), dir: dir.to_path_buf(), config, tokenizer, weights }))
 }
 
 /// The shard files that a `model.safetensors.index.json` names, deduplicated and sorted by name.
 fn read_index(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let weights_err = |msg: String| Error::Weights {
-        path: index.to_path_buf(),
-        msg,
-    };
+    let weights_err = |msg: String| Error::Weights { path: index.to_path_buf(), msg };
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        weights_err(format!(
-            "not valid JSON ({e}); the file is damaged or truncated: download or copy it again"
-        ))
+        weights_err(format!("not valid JSON ({e}); the file is damaged or truncated: download or copy it again"))
     })?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| {
-            weights_err(
+    let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+        weights_err(
             "has no \"weight_map\" object (tensor name -> shard file): it is not a safetensors \
              index"
                 .to_string(),
         )
-        })?;
+    })?;
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| {
-            weights_err(format!(
-                "weight_map maps {tensor:?} to {file}, not to a file name"
-            ))
-        })?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| weights_err(format!("weight_map maps {tensor:?} to {file}, not to a file name")))?;
         if !is_safe_relative(file) {
             return Err(weights_err(format!(
                 "weight_map maps {tensor:?} to {file:?}, which is not a file inside the model \
@@ -731,9 +655,7 @@ fn read_index(index: &Path) -> Result<Vec<String>> {
         shards.insert(file.to_string());
     }
     if shards.is_empty() {
-        return Err(weights_err(
-            "weight_map is empty: it names no shard files".to_string(),
-        ));
+        return Err(weights_err("weight_map is empty: it names no shard files".to_string()));
     }
     Ok(shards.into_iter().collect())
 }
@@ -743,9 +665,7 @@ fn is_safe_relative(file: &str) -> bool {
     !file.is_empty()
         && !file.contains('\\')
         && !file.contains('\0')
-        && Path::new(file)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+        && Path::new(file).components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -780,15 +700,9 @@ fn lookup_cache(repo_dir: &Path, revision: &str) -> Result<CacheLookup> {
                 let what = if !repo_dir.is_dir() {
                     format!("the whole model: there is no {}", repo_dir.display())
                 } else if e.kind() == std::io::ErrorKind::NotFound {
-                    format!(
-                        "revision {revision}: the cache has {} but no refs/{revision}",
-                        repo_dir.display()
-                    )
+                    format!("revision {revision}: the cache has {} but no refs/{revision}", repo_dir.display())
                 } else {
-                    format!(
-                        "revision {revision}: {} cannot be read ({e})",
-                        ref_path.display()
-                    )
+                    format!("revision {revision}: {} cannot be read ({e})", ref_path.display())
                 };
                 return Ok(CacheLookup::Missing { what });
             }
@@ -796,15 +710,13 @@ fn lookup_cache(repo_dir: &Path, revision: &str) -> Result<CacheLookup> {
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
     if !snapshot.is_dir() {
-        return Ok(CacheLookup::Missing {
-            what: format!("snapshot {commit}: there is no {}", snapshot.display()),
-        });
+        return Ok(CacheLookup::Missing { what: format!("snapshot {commit}: there is no {}", snapshot.display()) });
     }
     Ok(match inspect_dir(&snapshot, "")? {
         Inspection::Complete(files) => CacheLookup::Complete(files),
-        Inspection::Missing(part) => CacheLookup::Missing {
-            what: format!("{} in {}", part.file(), snapshot.display()),
-        },
+        Inspection::Missing(part) => {
+            CacheLookup::Missing { what: format!("{} in {}", part.file(), snapshot.display()) }
+        }
     })
 }
 
@@ -820,11 +732,8 @@ fn resolve_hub(id: &HubId, given: &str, s: &HubSettings) -> Result<ModelFiles> {
         CacheLookup::Missing { what } => what,
     };
     if s.offline {
-        let revision = if id.revision == DEFAULT_REVISION {
-            String::new()
-        } else {
-            format!(" --revision {}", id.revision)
-        };
+        let revision =
+            if id.revision == DEFAULT_REVISION { String::new() } else { format!(" --revision {}", id.revision) };
         return Err(Error::Offline {
             model: given.to_string(),
             cache: cache.clone(),
@@ -838,9 +747,7 @@ fn resolve_hub(id: &HubId, given: &str, s: &HubSettings) -> Result<ModelFiles> {
         });
     }
     // hf-hub should not panic, but a panic here would take a notebook kernel's cell with it.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        download(id, given, &cache, s)
-    })) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| download(id, given, &cache, s))) {
         Ok(result) => result,
         Err(panic) => {
             let msg = panic
@@ -863,26 +770,15 @@ fn resolve_hub(id: &HubId, given: &str, s: &HubSettings) -> Result<ModelFiles> {
 
 /// Downloads what the snapshot of `id` lacks into `cache`, then reads the snapshot.
 fn download(id: &HubId, given: &str, cache: &Path, s: &HubSettings) -> Result<ModelFiles> {
-    let ctx = Ctx {
-        id,
-        given,
-        cache,
-        s,
-    };
+    let ctx = Ctx { id, given, cache, s };
     let hub_repo = Repo::with_revision(id.repo_id(), RepoType::Model, id.revision.clone());
-    let mut builder = ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_token(s.token.clone())
-        .with_progress(s.progress);
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(cache.to_path_buf())).with_token(s.token.clone()).with_progress(s.progress);
     if let Some(endpoint) = &s.endpoint {
         builder = builder.with_endpoint(endpoint.clone());
     }
     let api = builder.build().map_err(|e| ctx.error("(client)", e))?;
-    let fetcher = Fetcher {
-        ctx,
-        repo: api.repo(hub_repo.clone()),
-        api,
-        hub_repo,
-    };
+    let fetcher = Fetcher { ctx, repo: api.repo(hub_repo.clone()), api, hub_repo };
 
     let config = fetcher.fetch(CONFIG_FILE)?;
     fetcher.fetch(TOKENIZER_FILE)?;
@@ -948,8 +844,7 @@ impl Ctx<'_> {
                     .to_string()
             }
             (_, ApiError::LockAcquisition(_)) => {
-                "another process is downloading the same file: let it finish and run again"
-                    .to_string()
+                "another process is downloading the same file: let it finish and run again".to_string()
             }
             (_, ApiError::IoError(io)) if is_disk_error(io) => format!(
                 "writing into the cache at {} failed: check free disk space (OLMoE-1B-7B needs \
@@ -965,11 +860,7 @@ impl Ctx<'_> {
                   what is cached, or pass a local directory"
                 .to_string(),
         };
-        Error::Hub {
-            model: self.given.to_string(),
-            file: file.to_string(),
-            msg: format!("{e}; {hint}"),
-        }
+        Error::Hub { model: self.given.to_string(), file: file.to_string(), msg: format!("{e}; {hint}") }
     }
 }
 
@@ -1031,22 +922,23 @@ impl Fetcher<'_> {
             std::fs::remove_file(&pointer)?;
         }
         let blob = cache_repo.blob_path(meta.etag());
-        let blob_complete = std::fs::metadata(&blob)
-            .map(|m| m.is_file() && m.len() == meta.size() as u64)
-            .unwrap_or(false);
+        let blob_complete =
+            std::fs::metadata(&blob).map(|m| m.is_file() && m.len() == meta.size() as u64).unwrap_or(false);
         if blob_complete && link_blob(&blob, &pointer, file)? {
             update_ref()?;
             return Ok(pointer);
         }
         if self.ctx.s.progress {
-            eprintln!(
-                "moe-lens: downloading {file} of {} into {}",
-                self.ctx.id,
-                self.ctx.cache.display()
-            );
+            eprintln!("moe-lens: downloading {file} of {} into {}", self.ctx.id, self.ctx.cache.display());
         }
         let url = self.repo.url(file);
-        download_resumable(&url, self.ctx.s.token.as_deref(), &blob, meta.size() as u64, self.ctx.s.progress.then_some(file))?;
+        download_resumable(
+            &url,
+            self.ctx.s.token.as_deref(),
+            &blob,
+            meta.size() as u64,
+            self.ctx.s.progress.then_some(file),
+        )?;
         if pointer.symlink_metadata().is_ok() {
             std::fs::remove_file(&pointer)?;
         }
@@ -1071,7 +963,13 @@ pub const INCOMPLETE_SUFFIX: &str = ".incomplete";
 /// the next run. The partial file is renamed to `blob` only when it has exactly `size` bytes. A
 /// lock file (`<blob>.lock`, `flock`) keeps two processes from writing the same partial file.
 /// `progress`: the file's name in the repository, to print progress lines under (`None`: quiet).
-fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, progress: Option<&str>) -> std::result::Result<(), ApiError> {
+fn download_resumable(
+    url: &str,
+    token: Option<&str>,
+    blob: &Path,
+    size: u64,
+    progress: Option<&str>,
+) -> std::result::Result<(), ApiError> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let name = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let dir = blob.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -1086,7 +984,8 @@ fn download_resumable(url: &str, token: Option<&str>, blob: &Path, size: u64, pr
         have = 0;
     }
     if have < size {
-        let mut req = ureq::get(url).header("User-Agent", concat!("moe-lens/", env!("CARGO_PKG_VERSION"), "; rust/unknown"));
+        let mut req =
+            ureq::get(url).header("User-Agent", concat!("moe-lens/", env!("CARGO_PKG_VERSION"), "; rust/unknown"));
         if let Some(t) = token {
             req = req.header("Authorization", &format!("Bearer {t}"));
         }
@@ -1211,7 +1110,14 @@ fn is_disk_error(e: &std::io::Error) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         e.kind(),
-        K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem | K::NotADirectory | K::IsADirectory | K::AlreadyExists | K::FileTooLarge
+        K::StorageFull
+            | K::QuotaExceeded
+            | K::PermissionDenied
+            | K::ReadOnlyFilesystem
+            | K::NotADirectory
+            | K::IsADirectory
+            | K::AlreadyExists
+            | K::FileTooLarge
     )
 }
 

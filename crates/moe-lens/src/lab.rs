@@ -86,7 +86,9 @@ impl DeviceChoice {
             }
             DeviceChoice::Metal => {
                 if !candle_core::utils::metal_is_available() {
-                    return Err(Error::Device("this build has no Metal support: rebuild with `--features metal` on macOS".into()));
+                    return Err(Error::Device(
+                        "this build has no Metal support: rebuild with `--features metal` on macOS".into(),
+                    ));
                 }
                 Device::new_metal(0).map_err(|e| Error::Device(format!("cannot open metal: {e}")))
             }
@@ -151,7 +153,10 @@ impl<'a> LoadFit<'a> {
                 crate::error::gib(self.need_q4k)
             )
         } else if self.quant != Quant::Q4K && self.q4k_ok {
-            format!("even 4-bit experts (--quant q4k, about {}) would not fit: {other}", crate::error::gib(self.need_q4k))
+            format!(
+                "even 4-bit experts (--quant q4k, about {}) would not fit: {other}",
+                crate::error::gib(self.need_q4k)
+            )
         } else {
             other.to_string()
         }
@@ -239,7 +244,11 @@ pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
             let cfg = Config::from_file(&files.config)?;
             let gpu = !opts.device.open()?.is_cpu();
             let fits = cfg.hidden_size % 256 == 0 && cfg.intermediate_size % 256 == 0;
-            if gpu && fits { Quant::Q4K } else { Quant::None }
+            if gpu && fits {
+                Quant::Q4K
+            } else {
+                Quant::None
+            }
         }
         other => other.parse::<Quant>().map_err(|_| {
             Error::invalid("quant", format!("{other:?}; use auto, none, q8_0 or q4k (MOE_LENS_QUANT in the notebooks)"))
@@ -287,20 +296,25 @@ impl Lens {
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
         // the model builder reports a config that contradicts the weights under the placeholder
         // path "config.json": name the real file and say what to do
-        let mismatch = |e: Error| match e {
+        let mismatch = |e: Error| {
+            match e {
             Error::Config { path, msg } if path.as_os_str() == "config.json" => Error::Config {
                 path: files.config.clone(),
                 msg: format!("{msg}: the weights and config.json do not belong together; use the config.json saved with these weights"),
             },
             e => e,
+        }
         };
         let fit = LoadFit::new(&cfg, &device, dtype, quant);
         fit.check()?;
         let (model, quant) = match quant {
-            Quant::None => (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch).map_err(|e| fit.explain(e))?, None),
+            Quant::None => {
+                (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch).map_err(|e| fit.explain(e))?, None)
+            }
             q => {
-                let (m, r) =
-                    quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q).map_err(mismatch).map_err(|e| fit.explain(e))?;
+                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q)
+                    .map_err(mismatch)
+                    .map_err(|e| fit.explain(e))?;
                 (m, Some(r))
             }
         };
@@ -333,9 +347,10 @@ impl Lens {
                     needed,
                     free,
                     total,
-                    advice: "use a file with smaller experts (Q4_K_M rather than Q8_0 or bf16), free the GPU of other work \
+                    advice:
+                        "use a file with smaller experts (Q4_K_M rather than Q8_0 or bf16), free the GPU of other work \
                              (nvidia-smi shows what holds it), or choose another GPU (--device cuda:N)"
-                        .into(),
+                            .into(),
                     cause,
                 }
             }
@@ -357,7 +372,14 @@ impl Lens {
                 ),
             ));
         }
-        Ok(Lens { name: files.name.clone(), files, model: g.model, tokenizer, quant: None, gguf_experts: Some(g.experts) })
+        Ok(Lens {
+            name: files.name.clone(),
+            files,
+            model: g.model,
+            tokenizer,
+            quant: None,
+            gguf_experts: Some(g.experts),
+        })
     }
 
     /// The model as the user named it.
@@ -504,7 +526,8 @@ impl fmt::Display for Lens {
             write!(f, "; experts in {} ({how})", q.quant)?;
         }
         if let Some(t) = &self.gguf_experts {
-            let tok = if self.files.tokenizer == self.files.config { "its own metadata" } else { "tokenizer.json beside it" };
+            let tok =
+                if self.files.tokenizer == self.files.config { "its own metadata" } else { "tokenizer.json beside it" };
             write!(f, "; llama.cpp GGUF file, experts in {t}, tokenizer from {tok}")?;
         }
         Ok(())

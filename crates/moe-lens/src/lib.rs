@@ -24,11 +24,13 @@ pub mod prelude {
     pub use crate::config::Config;
     pub use crate::corpus::{self, Sentence};
     pub use crate::error::{Error, Result};
-    pub use crate::plot::{DisplayResult, Figure, Figures, Heatmap, Measure, StudyPlots, TopKTable, TracePlots, Values};
     pub use crate::lab::{load, load_with_quant, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
+    pub use crate::plot::{
+        DisplayResult, Figure, Figures, Heatmap, Measure, StudyPlots, TopKTable, TracePlots, Values,
+    };
     pub use crate::quant::Quant;
-    pub use crate::study::{CompareOptions, Comparison, ScanExt, ScanOptions, Study, Verdict};
     pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
+    pub use crate::study::{CompareOptions, Comparison, ScanExt, ScanOptions, Study, Verdict};
     pub use crate::tokens::{Script, Token, Tokenizer};
     pub use crate::trace::{LayerTrace, Trace, TraceExport};
     pub use candle_core::{DType, Device, Tensor};

@@ -8,7 +8,8 @@ use crate::config::Config;
 /// Parameters of the experts, and of everything else (attention, routers, norms, embeddings).
 pub fn param_counts(cfg: &Config) -> (u64, u64) {
     let u = |x: usize| x as u64;
-    let (h, i, e, l, v) = (u(cfg.hidden_size), u(cfg.intermediate_size), u(cfg.num_experts), u(cfg.num_hidden_layers), u(cfg.vocab_size));
+    let (h, i, e, l, v) =
+        (u(cfg.hidden_size), u(cfg.intermediate_size), u(cfg.num_experts), u(cfg.num_hidden_layers), u(cfg.vocab_size));
     let q = u(cfg.num_attention_heads * cfg.head_dim);
     let kv = u(cfg.num_key_value_heads * cfg.head_dim);
     let experts = l * e * 3 * h * i;

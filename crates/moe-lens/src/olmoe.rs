@@ -140,7 +140,8 @@ impl Rope {
     /// Rotates `x` `[B, heads, T, D]` for positions `offset..offset + T`.
     fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let t = x.dim(2)?;
-        let (cos, sin) = if x.dtype() == self.cos_d.dtype() { (&self.cos_d, &self.sin_d) } else { (&self.cos, &self.sin) };
+        let (cos, sin) =
+            if x.dtype() == self.cos_d.dtype() { (&self.cos_d, &self.sin_d) } else { (&self.cos, &self.sin) };
         let cos = cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         let sin = sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
@@ -229,12 +230,33 @@ impl Attention {
         let (hd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
         let width = hd + 2 * kvd;
         let qkv = x.matmul(&qkv_w.t()?)?; // [N, hd + 2 kvd]
-        // q and k norms in one launch: [N, hd] and [N, kvd]
-        let (q, _, k) = fused::rmsnorm(&qkv, n, hd, width, 0, None, &self.q_norm.weight, self.q_norm.eps, Some((kvd, hd, &self.k_norm.weight)))?;
+                                          // q and k norms in one launch: [N, hd] and [N, kvd]
+        let (q, _, k) = fused::rmsnorm(
+            &qkv,
+            n,
+            hd,
+            width,
+            0,
+            None,
+            &self.q_norm.weight,
+            self.q_norm.eps,
+            Some((kvd, hd, &self.k_norm.weight)),
+        )?;
         let k = k.ok_or_else(|| Error::Device("fused RMSNorm returned no k".into()))?;
         if t <= fused::ATT_MAX_T && self.heads == self.kv_heads && self.head_dim == fused::ATT_D {
             let eager = EAGER_SCORES.load(Ordering::Relaxed);
-            let out = fused::attention((&q, hd, 0), (&k, kvd, 0), (&qkv, width, hd + kvd), &rope.cos_d, &rope.sin_d, lens, b, t, self.heads, eager)?;
+            let out = fused::attention(
+                (&q, hd, 0),
+                (&k, kvd, 0),
+                (&qkv, width, hd + kvd),
+                &rope.cos_d,
+                &rope.sin_d,
+                lens,
+                b,
+                t,
+                self.heads,
+                eager,
+            )?;
             return linear(&out, &self.o_proj); // [N, hidden]
         }
         let v = qkv.narrow(1, hd + kvd, kvd)?.reshape((b, t, kvd))?;
@@ -278,9 +300,12 @@ impl Attention {
                 return Ok(y);
             }
             // [B, kv, S, D] -> [B, kv, rep, S, D] -> [B, heads, S, D]; head h reads kv head h / rep
-            Ok(y.unsqueeze(2)?
-                .expand((b, self.kv_heads, rep, s, self.head_dim))?
-                .reshape((b, self.heads, s, self.head_dim))?)
+            Ok(y.unsqueeze(2)?.expand((b, self.kv_heads, rep, s, self.head_dim))?.reshape((
+                b,
+                self.heads,
+                s,
+                self.head_dim,
+            ))?)
         };
         let k = repeat(k)?;
         let v = repeat(v)?;
@@ -399,7 +424,10 @@ impl RouterOut {
     /// Planar f32 `[logits (N*E) | probs (N*E) | weights (N*k) | ids (N*k)]`, the fused router's layout.
     fn packed(&self) -> Result<Tensor> {
         let f = |t: &Tensor| t.flatten_all();
-        Ok(Tensor::cat(&[f(&self.logits)?, f(&self.probs)?, f(&self.weights)?, f(&self.top_k.to_dtype(DType::F32)?)?], 0)?)
+        Ok(Tensor::cat(
+            &[f(&self.logits)?, f(&self.probs)?, f(&self.weights)?, f(&self.top_k.to_dtype(DType::F32)?)?],
+            0,
+        )?)
     }
 
     /// Views of one layer's planar routing (see [`RouterOut::packed`]); `top_k` back to u32.
@@ -434,7 +462,9 @@ impl SparseMoe {
         let (n, _) = x.dims2()?;
         let on_gpu = x.device().is_cuda();
         match &self.experts {
-            ExpertWeights::Dense { gate_up, down } if on_gpu && n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) => {
+            ExpertWeights::Dense { gate_up, down }
+                if on_gpu && n <= dense_max_tokens() && n >= DENSE_MIN_TOKENS.load(Ordering::Relaxed) =>
+            {
                 self.dense_all(x, r, gate_up, down)
             }
             ExpertWeights::Dense { gate_up, down } => self.per_expert(x, r, |e, xs| {
@@ -450,11 +480,11 @@ impl SparseMoe {
                     return self.quantized_rows(&x.contiguous()?, &r.packed()?, n, [gate, up, down]);
                 }
                 self.per_expert(x, r, |e, xs| {
-                // this expert's three matrices expanded by our kernels, in the model's dtype
-                let (gu, d) = dequant_expert(x.dtype(), [gate, up, down], e, self.intermediate)?;
-                let g = candle_nn::ops::silu(&linear(xs, &gu.narrow(0, 0, self.intermediate)?)?)?;
-                let u = linear(xs, &gu.narrow(0, self.intermediate, self.intermediate)?)?;
-                linear(&(g * u)?, &d)
+                    // this expert's three matrices expanded by our kernels, in the model's dtype
+                    let (gu, d) = dequant_expert(x.dtype(), [gate, up, down], e, self.intermediate)?;
+                    let g = candle_nn::ops::silu(&linear(xs, &gu.narrow(0, 0, self.intermediate)?)?)?;
+                    let u = linear(xs, &gu.narrow(0, self.intermediate, self.intermediate)?)?;
+                    linear(&(g * u)?, &d)
                 })
             }
             ExpertWeights::QPerExpert(v) => self.per_expert(x, r, |e, xs| {
@@ -479,7 +509,7 @@ impl SparseMoe {
             }
         }
         let weights = r.weights.to_dtype(x.dtype())?.flatten_all()?; // [N * k]
-        // as transformers: each output times its weight in the model dtype, summed in f32
+                                                                     // as transformers: each output times its weight in the model dtype, summed in f32
         let mut out = Tensor::zeros(x.shape(), DType::F32, x.device())?;
         for e in 0..self.num_experts {
             if rows[e].is_empty() {
@@ -513,7 +543,7 @@ impl SparseMoe {
         }
         let hid = hid.reshape((n, e, i))?.transpose(0, 1)?.contiguous()?; // [E, N, I]
         let y = hid.matmul(&down.t()?)?; // [E, N, H]
-        // as transformers: each expert's output times its weight in the model dtype, summed in f32
+                                         // as transformers: each expert's output times its weight in the model dtype, summed in f32
         let y = y.broadcast_mul(&dense_w.t()?.reshape((e, n, 1))?)?;
         Ok(y.to_dtype(DType::F32)?.sum(0)?.to_dtype(x.dtype())?)
     }
@@ -557,7 +587,8 @@ impl SparseMoe {
             let m = DEQUANT_MAX_ROWS.min(n - s);
             let part = |start: usize, width: usize| packed.narrow(0, start + s * width, m * width);
             // this chunk's planar routing: logits | probs | weights | ids of rows s..s+m
-            let sub = Tensor::cat(&[part(0, e)?, part(n * e, e)?, part(2 * n * e, k)?, part(2 * n * e + n * k, k)?], 0)?;
+            let sub =
+                Tensor::cat(&[part(0, e)?, part(n * e, e)?, part(2 * n * e, k)?, part(2 * n * e + n * k, k)?], 0)?;
             outs.push(self.expanded(&x.narrow(0, s, m)?, &sub, m, w)?);
         }
         Ok(Tensor::cat(&outs, 0)?)
@@ -567,7 +598,13 @@ impl SparseMoe {
     /// reads the quantized blocks directly (`ml_qmm_*`), so each used expert is read once at its
     /// packed size and unused experts not at all; `packed` holds the routing of `x`'s `n` rows.
     #[cfg(any(feature = "cuda", moe_lens_cuda))]
-    fn short_quantized(&self, x: &Tensor, packed: &Tensor, n: usize, [gate, up, down]: [&Arc<QTensor>; 3]) -> Result<Tensor> {
+    fn short_quantized(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        n: usize,
+        [gate, up, down]: [&Arc<QTensor>; 3],
+    ) -> Result<Tensor> {
         let (e, i, k, h) = (self.num_experts, self.intermediate, self.k, x.dim(1)?);
         let g = fused::group(x, packed, n, e, k)?; // xg [E, C, H]
         let gu = fused::qmm(&[(gate.as_ref(), 0), (up.as_ref(), i)], &g.xg, &g.counts, 2 * i)?; // [E, C, 2I]
@@ -718,13 +755,20 @@ impl Weights {
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
         if view.shape() != shape {
-            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: view.shape().to_vec() });
+            return Err(Error::TensorShape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
         }
         let dtype = DType::try_from(view.dtype())
             .map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: unsupported dtype ({e})") })?;
         let n: usize = shape.iter().product();
         if view.data().len() != n * dtype.size_in_bytes() {
-            return Err(Error::Weights { path: path.clone(), msg: format!("{name}: {} bytes for {n} values", view.data().len()) });
+            return Err(Error::Weights {
+                path: path.clone(),
+                msg: format!("{name}: {} bytes for {n} values", view.data().len()),
+            });
         }
         Ok((dtype, view.data()))
     }
@@ -737,7 +781,10 @@ impl Weights {
     fn missing(&self, name: &str) -> Error {
         Error::Weights {
             path: self.describe_dir(),
-            msg: format!("tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?", self.files.len()),
+            msg: format!(
+                "tensor {name} is in none of the {} weights files; is this an OLMoE checkpoint in the Hub's layout?",
+                self.files.len()
+            ),
         }
     }
 
@@ -775,7 +822,11 @@ impl Weights {
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| Error::Weights { path: path.clone(), msg: format!("{name}: {e}") })?;
         if view.shape() != shape {
-            return Err(Error::TensorShape { name: name.into(), expected: shape.to_vec(), found: view.shape().to_vec() });
+            return Err(Error::TensorShape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
         }
         let t = st
             .load(name, &Device::Cpu)
@@ -786,7 +837,11 @@ impl Weights {
 
 /// Copies equal-sized raw parts (stored as `T`) into one `T` buffer, several threads at once, and
 /// makes one tensor of it on `device`.
-fn stack_raw<T: candle_core::WithDType>(parts: &[(DType, &[u8])], shape: (usize, usize), device: &Device) -> Result<Tensor> {
+fn stack_raw<T: candle_core::WithDType>(
+    parts: &[(DType, &[u8])],
+    shape: (usize, usize),
+    device: &Device,
+) -> Result<Tensor> {
     let size = std::mem::size_of::<T>();
     let per = parts.first().map_or(0, |(_, b)| b.len());
     if parts.iter().any(|(_, b)| b.len() != per) || per % size != 0 || parts.len() * per != shape.0 * shape.1 * size {
@@ -1027,7 +1082,10 @@ impl Olmoe {
         }
         let max_id = input_ids.flatten_all()?.max(0)?.to_scalar::<u32>()?;
         if max_id as usize >= self.cfg.vocab_size {
-            return Err(Error::invalid("token id", format!("{max_id} is outside the vocabulary (size {})", self.cfg.vocab_size)));
+            return Err(Error::invalid(
+                "token id",
+                format!("{max_id} is outside the vocabulary (size {})", self.cfg.vocab_size),
+            ));
         }
         if let Some(l) = lengths {
             if cache.is_some() {
@@ -1045,10 +1103,8 @@ impl Olmoe {
             return self.forward_fused(input_ids, b, t, lengths, step, spy, &selection);
         }
         let mask = self.mask(b, t, offset, lengths)?;
-        let mut x = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?; // [B, T, hidden]
+        let mut x =
+            self.embed_tokens.index_select(&input_ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?; // [B, T, hidden]
         let mut reported = 0usize;
         // off the CPU, routing is kept on the device and copied to the host once, after the last layer
         let on_host = self.device.is_cpu();
@@ -1174,7 +1230,8 @@ impl Olmoe {
         // the attention kernel takes heads of 128, no grouped kv heads, up to ATT_MAX_T positions;
         // otherwise candle's ops run, and they need the mask
         let cfg = &self.cfg;
-        let fused_attention = t <= fused::ATT_MAX_T && cfg.num_attention_heads == cfg.num_key_value_heads && cfg.head_dim == fused::ATT_D;
+        let fused_attention =
+            t <= fused::ATT_MAX_T && cfg.num_attention_heads == cfg.num_key_value_heads && cfg.head_dim == fused::ATT_D;
         let mask = if fused_attention { None } else { self.mask(b, t, 0, lengths)? };
         let routing = fused::alloc_f32(&x, &[self.layers.len(), n * p])?; // every layer's routing
         let mut pending: Option<Tensor> = None; // the last expert output, not yet added

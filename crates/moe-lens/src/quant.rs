@@ -94,7 +94,8 @@ pub struct QuantReport {
 /// Where the cache of `quant` for the model in `model_dir` lives: `MOE_LENS_QUANT_CACHE_DIR` if set,
 /// else the model directory itself.
 pub fn cache_path(model_dir: &Path, quant: Quant) -> PathBuf {
-    let dir = std::env::var_os("MOE_LENS_QUANT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
+    let dir =
+        std::env::var_os("MOE_LENS_QUANT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
     dir.join(format!("moe-lens.{}.gguf", quant.name()))
 }
 
@@ -105,7 +106,11 @@ fn fingerprint(files: &[PathBuf]) -> String {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let (len, mtime) = std::fs::metadata(p)
             .map(|m| {
-                let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+                let t = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
                 (m.len(), t)
             })
             .unwrap_or((0, 0));
@@ -132,7 +137,8 @@ pub fn load_quantized(
     check_quantizable(cfg, qtype)?;
     let cache = cache_path(model_dir, quant);
     let fp = fingerprint(weight_files);
-    let mut report = QuantReport { quant, cache: cache.clone(), cache_hit: false, cache_rejected: None, cache_write_error: None };
+    let mut report =
+        QuantReport { quant, cache: cache.clone(), cache_hit: false, cache_rejected: None, cache_write_error: None };
     if cache.exists() {
         match read_gguf(&cache, Some((&fp, quant))) {
             Ok(tensors) => {
@@ -202,7 +208,8 @@ fn dense_names(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let (h, e) = (cfg.hidden_size, cfg.num_experts);
     let q = cfg.num_attention_heads * cfg.head_dim;
     let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
+    let mut v =
+        vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h]), ("model.norm.weight".into(), vec![h])];
     if !cfg.tie_word_embeddings {
         v.push(("lm_head.weight".into(), vec![cfg.vocab_size, h]));
     }
@@ -250,7 +257,10 @@ fn quantize_stack(ts: &[Tensor], qtype: GgmlDType) -> Result<QTensor> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(Error::Spy("quantization thread panicked".into())))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Spy("quantization thread panicked".into()))))
+            .collect()
     });
     let mut bytes = Vec::new();
     for p in parts {
@@ -276,7 +286,11 @@ fn quantize_checkpoint(cfg: &Config, weight_files: &[PathBuf], qtype: GgmlDType)
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     for l in 0..cfg.num_hidden_layers {
         check_expert_count(&w, cfg, l)?;
-        for (proj, short, shape) in [("gate_proj", "ffn_gate_exps", [i, h]), ("up_proj", "ffn_up_exps", [i, h]), ("down_proj", "ffn_down_exps", [h, i])] {
+        for (proj, short, shape) in [
+            ("gate_proj", "ffn_gate_exps", [i, h]),
+            ("up_proj", "ffn_up_exps", [i, h]),
+            ("down_proj", "ffn_down_exps", [h, i]),
+        ] {
             let ts = (0..cfg.num_experts)
                 .map(|x| w.get_cpu(&format!("model.layers.{l}.mlp.experts.{x}.{proj}.weight"), &shape, DType::F32))
                 .collect::<Result<Vec<_>>>()?;
@@ -347,7 +361,8 @@ fn remove_stale_temps(dir: &Path, cache: &Path) {
     for e in entries.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let gone = cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        let gone =
+            cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
         if gone {
             let _ = std::fs::remove_file(e.path());
         }
@@ -436,7 +451,9 @@ fn walk_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), Heade
                     self.at = e;
                     Ok(s)
                 }
-                None => Err(format!("the header runs past byte {} (cut off, or a length field is corrupt)", self.b.len())),
+                None => {
+                    Err(format!("the header runs past byte {} (cut off, or a length field is corrupt)", self.b.len()))
+                }
             }
         }
         fn u32(&mut self) -> std::result::Result<u32, String> {
@@ -584,12 +601,20 @@ fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<Strin
         // a tensor without elements makes candle build a slice from a dangling, unaligned pointer
         // (undefined behaviour; an abort in debug builds such as evcxr's)
         if size == Some(0) || info.shape.dims().contains(&0) {
-            return Err(bad(format!("tensor {name} has no elements (shape {:?}); the file is corrupt: delete it", info.shape.dims())));
+            return Err(bad(format!(
+                "tensor {name} has no elements (shape {:?}); the file is corrupt: delete it",
+                info.shape.dims()
+            )));
         }
         let tensor_end = size.and_then(|s| content.tensor_data_offset.checked_add(info.offset)?.checked_add(s));
         match tensor_end {
             Some(e) => end = end.max(e),
-            None => return Err(bad(format!("tensor {name}: its shape {:?} or offset is impossibly large; the file is corrupt: delete it", info.shape.dims()))),
+            None => {
+                return Err(bad(format!(
+                    "tensor {name}: its shape {:?} or offset is impossibly large; the file is corrupt: delete it",
+                    info.shape.dims()
+                )))
+            }
         }
     }
     if len < end {
@@ -612,7 +637,8 @@ fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<Strin
                     chunk
                         .iter()
                         .map(|name| {
-                            let t = content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
+                            let t =
+                                content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
                             Ok(((*name).clone(), t))
                         })
                         .collect()
@@ -650,7 +676,11 @@ impl GgufSource {
             .remove(gguf)
             .ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("tensor {gguf} is missing") })?;
         if t.shape().dims() != shape {
-            return Err(Error::TensorShape { name: gguf.into(), expected: shape.to_vec(), found: t.shape().dims().to_vec() });
+            return Err(Error::TensorShape {
+                name: gguf.into(),
+                expected: shape.to_vec(),
+                found: t.shape().dims().to_vec(),
+            });
         }
         Ok(t)
     }
@@ -715,7 +745,8 @@ impl GgufSource {
 
 impl WeightSource for GgufSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let g = gguf_name(name).ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
+        let g = gguf_name(name)
+            .ok_or_else(|| Error::Weights { path: self.path.clone(), msg: format!("no GGUF name for {name}") })?;
         let t = self.take(&g, shape)?;
         self.float_or_dequantized(&t, shape)
     }
@@ -752,7 +783,10 @@ impl WeightSource for GgufSource {
             }
             // anything else (float GGUFs, block types our kernels do not read, Metal): the model dtype
             _ => {
-                let gate_up = Tensor::cat(&[&self.float_or_dequantized(&gate, &[e, i, h])?, &self.float_or_dequantized(&up, &[e, i, h])?], 1)?; // [E, 2I, H]
+                let gate_up = Tensor::cat(
+                    &[&self.float_or_dequantized(&gate, &[e, i, h])?, &self.float_or_dequantized(&up, &[e, i, h])?],
+                    1,
+                )?; // [E, 2I, H]
                 Ok(ExpertWeights::Dense { gate_up, down: self.float_or_dequantized(&down, &[e, h, i])? })
             }
         }
@@ -762,7 +796,8 @@ impl WeightSource for GgufSource {
 /// Reads the model config from a llama.cpp GGUF file's metadata (arch `olmoe`). The values pass the
 /// same checks as a `config.json` ([`Config::from_json`]), so a damaged file is refused by name.
 pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Config> {
-    let arch = content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
+    let arch =
+        content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
     if arch != "olmoe" {
         return Err(Error::config(path, format!("GGUF architecture is {arch:?}, not \"olmoe\"")));
     }
@@ -770,10 +805,17 @@ pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Con
     let opt_u = |k: &str| -> Result<Option<u64>> {
         match get(k) {
             None => Ok(None),
-            Some(v) => v.to_u32().map(u64::from).or_else(|_| v.to_u64()).map(Some).map_err(|e| Error::config(path, format!("olmoe.{k}: {e}"))),
+            Some(v) => v
+                .to_u32()
+                .map(u64::from)
+                .or_else(|_| v.to_u64())
+                .map(Some)
+                .map_err(|e| Error::config(path, format!("olmoe.{k}: {e}"))),
         }
     };
-    let u = |k: &str| -> Result<u64> { opt_u(k)?.ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing"))) };
+    let u = |k: &str| -> Result<u64> {
+        opt_u(k)?.ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing")))
+    };
     let f = |k: &str, d: f64| get(k).and_then(|v| v.to_f32().ok()).map_or(d, f64::from);
     let vocab = content
         .tensor_infos

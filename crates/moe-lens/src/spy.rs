@@ -309,10 +309,7 @@ impl LayerRef {
             LayerRef::Index(i) => *i,
             LayerRef::Name(s) => {
                 let s = s.trim();
-                let num = s
-                    .strip_prefix("model.layers.")
-                    .and_then(|r| r.strip_suffix(".mlp.gate"))
-                    .unwrap_or(s);
+                let num = s.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".mlp.gate")).unwrap_or(s);
                 num.parse::<usize>().map_err(|_| unknown())?
             }
         };
@@ -371,8 +368,13 @@ mod tests {
         assert_eq!(LayerRef::from(14usize).index(16)?, 14);
         assert_eq!(LayerRef::from("model.layers.14.mlp.gate").index(16)?, 14);
         assert_eq!(LayerRef::from("3").index(16)?, 3);
-        for bad in [LayerRef::from(16usize), LayerRef::from(-1), LayerRef::from("model.layers.x.mlp.gate"),
-                    LayerRef::from("model.layers.32.mlp.gate"), LayerRef::from("")] {
+        for bad in [
+            LayerRef::from(16usize),
+            LayerRef::from(-1),
+            LayerRef::from("model.layers.x.mlp.gate"),
+            LayerRef::from("model.layers.32.mlp.gate"),
+            LayerRef::from(""),
+        ] {
             let e = bad.index(16).unwrap_err();
             assert!(matches!(e, Error::UnknownLayer { layers: 16, .. }), "{e}");
             assert!(e.to_string().contains("0..=15"), "{e}");

@@ -264,14 +264,13 @@ impl Tokenizer {
             },
             _ => Error::io(path, e),
         })?;
-        let mut inner = tokenizers::Tokenizer::from_bytes(&json)
-            .map_err(|e| {
-                Error::Tokenizer(format!(
-                    "{} is not a tokenizer file ({e}): use the tokenizer.json that came with the model (for OLMoE, \
+        let mut inner = tokenizers::Tokenizer::from_bytes(&json).map_err(|e| {
+            Error::Tokenizer(format!(
+                "{} is not a tokenizer file ({e}): use the tokenizer.json that came with the model (for OLMoE, \
                      https://huggingface.co/allenai/OLMoE-1B-7B-0924/blob/main/tokenizer.json)",
-                    path.display()
-                ))
-            })?;
+                path.display()
+            ))
+        })?;
         // A traced text is encoded whole, whatever the file says about truncation or padding.
         inner.with_truncation(None).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         inner.with_padding(None);
@@ -310,7 +309,9 @@ impl Tokenizer {
         };
         match string("tokenizer.ggml.model").as_deref() {
             Some("gpt2") => {}
-            Some(other) => return Err(bad(format!("its tokenizer is of kind {other:?}, not OLMoE's byte-level BPE (\"gpt2\")"))),
+            Some(other) => {
+                return Err(bad(format!("its tokenizer is of kind {other:?}, not OLMoE's byte-level BPE (\"gpt2\")")))
+            }
             None => return Err(bad("the file holds no tokenizer (no tokenizer.ggml.model)".into())),
         }
         // the pre-tokenizers whose split pattern is GPT-2's, which OLMoE's tokenizer.json uses
@@ -370,7 +371,8 @@ impl Tokenizer {
                 "vocab": vocab, "merges": merges,
             },
         });
-        let inner = tokenizers::Tokenizer::from_str(&json.to_string()).map_err(|e| bad(format!("its tokenizer could not be rebuilt ({e})")))?;
+        let inner = tokenizers::Tokenizer::from_str(&json.to_string())
+            .map_err(|e| bad(format!("its tokenizer could not be rebuilt ({e})")))?;
         let mut t = Self::from_inner(inner, path.to_path_buf());
         if let Some(eos) = metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()) {
             t.eos = Some(eos);
@@ -385,8 +387,7 @@ impl Tokenizer {
             .into_iter()
             .map(|(id, token)| (id, Added { content: token.content, special: token.special }))
             .collect();
-        let byte_level =
-            matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))).then(byte_level_alphabet);
+        let byte_level = matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))).then(byte_level_alphabet);
         let trim_offsets = match inner.get_post_processor() {
             Some(PostProcessorWrapper::ByteLevel(bl)) if bl.trim_offsets => Some(bl.add_prefix_space),
             _ => None,
@@ -560,10 +561,7 @@ impl Tokenizer {
     /// The vocabulary string of `id`, or [`Error::InvalidArgument`] if there is no such id.
     fn check_id(&self, id: u32) -> Result<String> {
         self.inner.id_to_token(id).ok_or_else(|| {
-            Error::invalid(
-                "token id",
-                format!("{id} is not in the vocabulary, which has {} ids", self.vocab_size),
-            )
+            Error::invalid("token id", format!("{id} is not in the vocabulary, which has {} ids", self.vocab_size))
         })
     }
 
@@ -662,12 +660,8 @@ struct Continuation {
 impl Continuation {
     /// Character position in the full text of the byte `at` of the stream (after the text).
     fn char_at(&self, stream: &Stream, at: usize) -> usize {
-        let before = stream
-            .units
-            .iter()
-            .zip(&self.of_unit)
-            .filter(|(unit, pos)| pos.is_some() && unit.end <= at)
-            .count();
+        let before =
+            stream.units.iter().zip(&self.of_unit).filter(|(unit, pos)| pos.is_some() && unit.end <= at).count();
         self.base + before
     }
 }
@@ -948,10 +942,7 @@ mod tests {
 
     #[test]
     fn invisible_characters_are_made_visible() {
-        assert_eq!(
-            labels(&[b" ", b"\n", b"\r", b"\t", b"\x1b", b"  "]),
-            ["␣", "↵", "␍", "⇥", "\\u{1b}", "␣␣"]
-        );
+        assert_eq!(labels(&[b" ", b"\n", b"\r", b"\t", b"\x1b", b"  "]), ["␣", "↵", "␍", "⇥", "\\u{1b}", "␣␣"]);
         assert_eq!(labels(&["\u{3000}".as_bytes(), "\u{200B}".as_bytes()]), ["\\u{3000}", "\\u{200b}"]);
     }
 
@@ -1009,10 +1000,7 @@ mod tests {
         assert_eq!(scripts(&[b" ", b"42", "。".as_bytes()]), [Script::Common; 3]);
         assert_eq!(scripts(&["ター".as_bytes(), "a안".as_bytes()]), [Script::Katakana, Script::Mixed]);
         assert_eq!(scripts(&["\u{301}".as_bytes(), b"e\xCC\x81"]), [Script::Common, Script::Latin]);
-        assert_eq!(
-            scripts(&[&[0xEC, 0x95], b"", &[0xFF, b' ']]),
-            [Script::Unknown, Script::Common, Script::Unknown]
-        );
+        assert_eq!(scripts(&[&[0xEC, 0x95], b"", &[0xFF, b' ']]), [Script::Unknown, Script::Common, Script::Unknown]);
     }
 
     #[test]
@@ -1046,16 +1034,8 @@ mod tests {
         bytes.sort_unstable();
         assert_eq!(bytes, (0..=255).collect::<Vec<u8>>());
         // GPT-2 facts: Ġ is the space, Ċ the newline, ĉ the tab; " 안" is written "Ġìķ" + "Ī".
-        let facts = [
-            ('Ġ', 0x20),
-            ('Ċ', 0x0A),
-            ('ĉ', 0x09),
-            ('ì', 0xEC),
-            ('ķ', 0x95),
-            ('Ī', 0x88),
-            ('A', b'A'),
-            ('Ń', 0xAD),
-        ];
+        let facts =
+            [('Ġ', 0x20), ('Ċ', 0x0A), ('ĉ', 0x09), ('ì', 0xEC), ('ķ', 0x95), ('Ī', 0x88), ('A', b'A'), ('Ń', 0xAD)];
         for (c, b) in facts {
             assert_eq!(alphabet.get(&c), Some(&b), "{c}");
         }
@@ -1146,9 +1126,6 @@ mod tests {
     fn token_serializes_script_as_its_name() {
         let token = Token { id: 7, label: "안…".into(), start: 1, end: 2, script: Script::Hangul };
         let json = serde_json::to_value(&token).ok();
-        assert_eq!(
-            json,
-            Some(serde_json::json!({"id": 7, "label": "안…", "start": 1, "end": 2, "script": "Hangul"}))
-        );
+        assert_eq!(json, Some(serde_json::json!({"id": 7, "label": "안…", "start": 1, "end": 2, "script": "Hangul"})));
     }
 }

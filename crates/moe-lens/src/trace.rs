@@ -87,15 +87,34 @@ impl std::fmt::Debug for Trace {
 impl Trace {
     /// Assembles a trace from the tokens and what a [`RoutingCache`] collected over one or more
     /// forward calls (prefill, then decode steps), checking that every token has a row in every layer.
-    pub fn assemble(model: &str, text: &str, tokens: Vec<Token>, prompt_len: usize, cache: RoutingCache, model_layers: usize) -> Result<Self> {
+    pub fn assemble(
+        model: &str,
+        text: &str,
+        tokens: Vec<Token>,
+        prompt_len: usize,
+        cache: RoutingCache,
+        model_layers: usize,
+    ) -> Result<Self> {
         let mut layers = Vec::new();
         let mut steps: Vec<(Step, Range<usize>)> = Vec::new();
         for (n, l) in cache.layers().into_iter().enumerate() {
             let entries: &[Routing] = cache.get(l)?;
-            let mut lt = LayerTrace { name: Config::router_name(l), logits: vec![], probs: vec![], top_k: vec![], weights: vec![] };
+            let mut lt = LayerTrace {
+                name: Config::router_name(l),
+                logits: vec![],
+                probs: vec![],
+                top_k: vec![],
+                weights: vec![],
+            };
             for r in entries {
                 if r.offset != lt.logits.len() {
-                    return Err(Error::Spy(format!("{}: {} starts at position {} but {} rows came before", lt.name, r.step, r.offset, lt.logits.len())));
+                    return Err(Error::Spy(format!(
+                        "{}: {} starts at position {} but {} rows came before",
+                        lt.name,
+                        r.step,
+                        r.offset,
+                        lt.logits.len()
+                    )));
                 }
                 if n == 0 {
                     steps.push((r.step, r.offset..r.offset + r.rows));
@@ -108,7 +127,12 @@ impl Trace {
                 }
             }
             if lt.logits.len() != tokens.len() {
-                return Err(Error::Spy(format!("{} has {} rows for {} tokens", lt.name, lt.logits.len(), tokens.len())));
+                return Err(Error::Spy(format!(
+                    "{} has {} rows for {} tokens",
+                    lt.name,
+                    lt.logits.len(),
+                    tokens.len()
+                )));
             }
             layers.push(lt);
         }
@@ -121,7 +145,10 @@ impl Trace {
         let idx = layer.index(self.model_layers)?;
         let name = Config::router_name(idx);
         self.layers.iter().find(|l| l.name == name).ok_or_else(|| {
-            Error::invalid("layer", format!("layer {idx} exists but was not captured in this trace (captured: {})", self.captured()))
+            Error::invalid(
+                "layer",
+                format!("layer {idx} exists but was not captured in this trace (captured: {})", self.captured()),
+            )
         })
     }
 
@@ -137,7 +164,12 @@ impl Trace {
 
     /// The export document (exact schema).
     pub fn export(&self) -> TraceExport {
-        TraceExport { model: self.model.clone(), text: self.text.clone(), tokens: self.tokens.clone(), layers: self.layers.clone() }
+        TraceExport {
+            model: self.model.clone(),
+            text: self.text.clone(),
+            tokens: self.tokens.clone(),
+            layers: self.layers.clone(),
+        }
     }
 
     /// The export as one JSON document.
@@ -162,7 +194,13 @@ impl Trace {
         for (i, (tok, (ids, ws))) in self.tokens.iter().zip(lt.top_k.iter().zip(&lt.weights)).enumerate() {
             let cells: Vec<String> = ids.iter().zip(ws).map(|(e, w)| format!("{e:>2} ({w:.3})")).collect();
             let mark = if i >= self.prompt_len { "*" } else { " " };
-            let _ = writeln!(s, "{i:>3}{mark}  {}  {:<8}  {}", pad_label(&tok.label, width), tok.script.name(), cells.join("  "));
+            let _ = writeln!(
+                s,
+                "{i:>3}{mark}  {}  {:<8}  {}",
+                pad_label(&tok.label, width),
+                tok.script.name(),
+                cells.join("  ")
+            );
         }
         if self.prompt_len < self.tokens.len() {
             let _ = writeln!(s, "* generated");
@@ -176,9 +214,20 @@ impl Trace {
 fn display_width(s: &str) -> usize {
     s.chars()
         .map(|c| match c as u32 {
-            0x1100..=0x115F | 0x2E80..=0x303E | 0x3041..=0x33FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF
-            | 0xA000..=0xA4CF | 0xAC00..=0xD7A3 | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFF60
-            | 0xFFE0..=0xFFE6 | 0x1F300..=0x1F64F | 0x1F900..=0x1F9FF | 0x20000..=0x3FFFD => 2,
+            0x1100..=0x115F
+            | 0x2E80..=0x303E
+            | 0x3041..=0x33FF
+            | 0x3400..=0x4DBF
+            | 0x4E00..=0x9FFF
+            | 0xA000..=0xA4CF
+            | 0xAC00..=0xD7A3
+            | 0xF900..=0xFAFF
+            | 0xFE30..=0xFE4F
+            | 0xFF00..=0xFF60
+            | 0xFFE0..=0xFFE6
+            | 0x1F300..=0x1F64F
+            | 0x1F900..=0x1F9FF
+            | 0x20000..=0x3FFFD => 2,
             _ => 1,
         })
         .sum()

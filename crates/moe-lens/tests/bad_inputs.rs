@@ -181,103 +181,263 @@ fn table() -> Vec<Row> {
     vec![
         // ---- text and layers
         row!("empty text", Error::EmptyText(_), "give at least one visible character", || lens().trace("").map(drop)),
-        row!("whitespace-only text", Error::EmptyText(_), "give at least one visible character", || lens().trace(" \n\t\u{3000} ").map(drop)),
-        row!("text over the context length (400 words, context 256)", Error::TextTooLong { max: 256, .. }, "split it", || lens().trace(&"word ".repeat(400)).map(drop)),
-        row!("generation that would run past the context", Error::TextTooLong { .. }, "shorten it", || lens().generate("Hello", 300).map(drop)),
-        row!("generation of usize::MAX new tokens", Error::InvalidArgument { what: "max_new_tokens", .. }, "ask for fewer new tokens", || lens().generate("Hello", usize::MAX).map(drop)),
-        row!("bootstrap with usize::MAX replicates", Error::InvalidArgument { what: "replicates", .. }, "use 2 to 1,000,000", || {
-            study().compare_with("ko", "en", &CompareOptions { replicates: usize::MAX, ..Default::default() }).map(drop)
-        }),
-        row!("unknown layer index 3 (of 3)", Error::UnknownLayer { layers: 3, .. }, "0..=2", || lens().trace("Hi")?.layer(3).map(drop)),
-        row!("unknown layer name model.layers.7.mlp.gate", Error::UnknownLayer { .. }, "model.layers.{i}.mlp.gate", || lens().trace("Hi")?.layer("model.layers.7.mlp.gate").map(drop)),
-        row!("not a layer name (\"gate\")", Error::UnknownLayer { .. }, "router layers", || lens().trace("Hi")?.layer("gate").map(drop)),
-        row!("capture of an unknown layer", Error::UnknownLayer { .. }, "0..=2", || lens().trace_layers("Hi", LayerSelection::Only(vec![1, 5])).map(drop)),
-        row!("a layer that exists but was not captured", Error::InvalidArgument { what: "layer", .. }, "not captured", || lens().trace_layers("Hi", LayerSelection::Only(vec![1]))?.layer(0).map(drop)),
-        row!("top-k table of layer 99", Error::UnknownLayer { .. }, "router layers", || lens().trace("Hi")?.top_k_table(99).map(drop)),
-        row!("token id outside the vocabulary", Error::InvalidArgument { what: "token id", .. }, "not in the vocabulary", || lens().tokenizer().decode(&[u32::MAX]).map(drop)),
+        row!("whitespace-only text", Error::EmptyText(_), "give at least one visible character", || lens()
+            .trace(" \n\t\u{3000} ")
+            .map(drop)),
+        row!(
+            "text over the context length (400 words, context 256)",
+            Error::TextTooLong { max: 256, .. },
+            "split it",
+            || lens().trace(&"word ".repeat(400)).map(drop)
+        ),
+        row!("generation that would run past the context", Error::TextTooLong { .. }, "shorten it", || lens()
+            .generate("Hello", 300)
+            .map(drop)),
+        row!(
+            "generation of usize::MAX new tokens",
+            Error::InvalidArgument { what: "max_new_tokens", .. },
+            "ask for fewer new tokens",
+            || lens().generate("Hello", usize::MAX).map(drop)
+        ),
+        row!(
+            "bootstrap with usize::MAX replicates",
+            Error::InvalidArgument { what: "replicates", .. },
+            "use 2 to 1,000,000",
+            || {
+                study()
+                    .compare_with("ko", "en", &CompareOptions { replicates: usize::MAX, ..Default::default() })
+                    .map(drop)
+            }
+        ),
+        row!("unknown layer index 3 (of 3)", Error::UnknownLayer { layers: 3, .. }, "0..=2", || lens()
+            .trace("Hi")?
+            .layer(3)
+            .map(drop)),
+        row!(
+            "unknown layer name model.layers.7.mlp.gate",
+            Error::UnknownLayer { .. },
+            "model.layers.{i}.mlp.gate",
+            || lens().trace("Hi")?.layer("model.layers.7.mlp.gate").map(drop)
+        ),
+        row!("not a layer name (\"gate\")", Error::UnknownLayer { .. }, "router layers", || lens()
+            .trace("Hi")?
+            .layer("gate")
+            .map(drop)),
+        row!("capture of an unknown layer", Error::UnknownLayer { .. }, "0..=2", || lens()
+            .trace_layers("Hi", LayerSelection::Only(vec![1, 5]))
+            .map(drop)),
+        row!(
+            "a layer that exists but was not captured",
+            Error::InvalidArgument { what: "layer", .. },
+            "not captured",
+            || lens().trace_layers("Hi", LayerSelection::Only(vec![1]))?.layer(0).map(drop)
+        ),
+        row!("top-k table of layer 99", Error::UnknownLayer { .. }, "router layers", || lens()
+            .trace("Hi")?
+            .top_k_table(99)
+            .map(drop)),
+        row!(
+            "token id outside the vocabulary",
+            Error::InvalidArgument { what: "token id", .. },
+            "not in the vocabulary",
+            || lens().tokenizer().decode(&[u32::MAX]).map(drop)
+        ),
         // ---- corpus files
-        row!("invalid UTF-8 in a TSV corpus (line 3)", Error::Corpus { line: 3, .. }, "save the file as UTF-8", || corpus_file("c.tsv", b"lang\ttext\nen\tfine\nko\t\xed\x95\n", None).map(drop)),
-        row!("invalid UTF-8 in a .txt corpus", Error::Corpus { line: 2, .. }, "save the file as UTF-8", || corpus_file("c.txt", b"ok\n\xff\xfe bad\n", Some("ko")).map(drop)),
-        row!("unknown language tag in a corpus (\"english\")", Error::Corpus { line: 2, .. }, "2- or 3-letter ISO 639 code", || corpus_file("c.tsv", "lang\ttext\nenglish\tHello\n".as_bytes(), None).map(drop)),
-        row!("unknown language tag for a .txt corpus (\"Korean\")", Error::InvalidArgument { what: "language", .. }, "such as en, ko or ja", || corpus_file("c.txt", b"hello\n", Some("Korean")).map(drop)),
-        row!("a language the scan has no tokens of (compare ko with xx)", Error::InvalidArgument { what: "language", .. }, "it has: en, ko", || study().compare("ko", "xx").map(drop)),
-        row!("malformed TSV line (2 columns under a 3-column header)", Error::Corpus { line: 3, .. }, "separate columns with tabs", || corpus_file("c.tsv", b"id\tlang\ttext\n1\ten\tok\n2\tjust text\n", None).map(drop)),
-        row!("malformed JSONL line", Error::Corpus { line: 2, .. }, "not a JSON object of the form", || corpus_file("c.jsonl", b"{\"lang\":\"en\",\"text\":\"ok\"}\n{\"lang\":\"en\", text}\n", None).map(drop)),
-        row!("unclosed quote in a CSV line", Error::Corpus { line: 2, .. }, "close the quote", || corpus_file("c.csv", b"lang,text\nen,\"open\n", None).map(drop)),
-        row!("the same id twice", Error::Corpus { line: 3, .. }, "was already used on line 2", || corpus_file("c.tsv", b"id\tlang\ttext\na\ten\tone\na\ten\ttwo\n", None).map(drop)),
-        row!("corpus header without a language column", Error::Corpus { line: 1, .. }, "needs a language column", || corpus_file("c.tsv", b"id\ttext\n1\thello\n", None).map(drop)),
-        row!("empty corpus file", Error::Corpus { .. }, "starts with a header line", || corpus_file("c.csv", b"", None).map(drop)),
-        row!("corpus row with an empty text", Error::Corpus { line: 1, .. }, "remove the row or give it a sentence", || corpus_file("c.jsonl", b"{\"lang\":\"en\",\"text\":\"  \"}\n", None).map(drop)),
-        row!("corpus file of an unknown format (.xlsx)", Error::InvalidArgument { what: "corpus file", .. }, "use .tsv or .csv", || corpus_file("c.xlsx", b"PK..", None).map(drop)),
-        row!(".txt corpus without a language", Error::InvalidArgument { what: "language", .. }, "--lang ko", || corpus_file("c.txt", b"hello\n", None).map(drop)),
-        row!("corpus file that does not exist", Error::Io { .. }, "check the path", || corpus::load_corpus(tmp("nocorpus").join("missing.tsv"), None).map(drop)),
-        // ---- model directories and config.json
-        row!("a config of another architecture (mixtral)", Error::Unsupported(_), "OLMoE checkpoints (model_type \"olmoe\") only", || {
-            let d = copy_fixture("olmoe-gqa", "arch");
-            edit_config(&d, |c| c["model_type"] = "mixtral".into());
-            load_dir(&d).map(drop)
+        row!("invalid UTF-8 in a TSV corpus (line 3)", Error::Corpus { line: 3, .. }, "save the file as UTF-8", || {
+            corpus_file("c.tsv", b"lang\ttext\nen\tfine\nko\t\xed\x95\n", None).map(drop)
         }),
+        row!("invalid UTF-8 in a .txt corpus", Error::Corpus { line: 2, .. }, "save the file as UTF-8", || {
+            corpus_file("c.txt", b"ok\n\xff\xfe bad\n", Some("ko")).map(drop)
+        }),
+        row!(
+            "unknown language tag in a corpus (\"english\")",
+            Error::Corpus { line: 2, .. },
+            "2- or 3-letter ISO 639 code",
+            || corpus_file("c.tsv", "lang\ttext\nenglish\tHello\n".as_bytes(), None).map(drop)
+        ),
+        row!(
+            "unknown language tag for a .txt corpus (\"Korean\")",
+            Error::InvalidArgument { what: "language", .. },
+            "such as en, ko or ja",
+            || corpus_file("c.txt", b"hello\n", Some("Korean")).map(drop)
+        ),
+        row!(
+            "a language the scan has no tokens of (compare ko with xx)",
+            Error::InvalidArgument { what: "language", .. },
+            "it has: en, ko",
+            || study().compare("ko", "xx").map(drop)
+        ),
+        row!(
+            "malformed TSV line (2 columns under a 3-column header)",
+            Error::Corpus { line: 3, .. },
+            "separate columns with tabs",
+            || corpus_file("c.tsv", b"id\tlang\ttext\n1\ten\tok\n2\tjust text\n", None).map(drop)
+        ),
+        row!("malformed JSONL line", Error::Corpus { line: 2, .. }, "not a JSON object of the form", || corpus_file(
+            "c.jsonl",
+            b"{\"lang\":\"en\",\"text\":\"ok\"}\n{\"lang\":\"en\", text}\n",
+            None
+        )
+        .map(drop)),
+        row!("unclosed quote in a CSV line", Error::Corpus { line: 2, .. }, "close the quote", || corpus_file(
+            "c.csv",
+            b"lang,text\nen,\"open\n",
+            None
+        )
+        .map(drop)),
+        row!("the same id twice", Error::Corpus { line: 3, .. }, "was already used on line 2", || corpus_file(
+            "c.tsv",
+            b"id\tlang\ttext\na\ten\tone\na\ten\ttwo\n",
+            None
+        )
+        .map(drop)),
+        row!(
+            "corpus header without a language column",
+            Error::Corpus { line: 1, .. },
+            "needs a language column",
+            || corpus_file("c.tsv", b"id\ttext\n1\thello\n", None).map(drop)
+        ),
+        row!("empty corpus file", Error::Corpus { .. }, "starts with a header line", || corpus_file(
+            "c.csv", b"", None
+        )
+        .map(drop)),
+        row!(
+            "corpus row with an empty text",
+            Error::Corpus { line: 1, .. },
+            "remove the row or give it a sentence",
+            || corpus_file("c.jsonl", b"{\"lang\":\"en\",\"text\":\"  \"}\n", None).map(drop)
+        ),
+        row!(
+            "corpus file of an unknown format (.xlsx)",
+            Error::InvalidArgument { what: "corpus file", .. },
+            "use .tsv or .csv",
+            || corpus_file("c.xlsx", b"PK..", None).map(drop)
+        ),
+        row!(".txt corpus without a language", Error::InvalidArgument { what: "language", .. }, "--lang ko", || {
+            corpus_file("c.txt", b"hello\n", None).map(drop)
+        }),
+        row!("corpus file that does not exist", Error::Io { .. }, "check the path", || corpus::load_corpus(
+            tmp("nocorpus").join("missing.tsv"),
+            None
+        )
+        .map(drop)),
+        // ---- model directories and config.json
+        row!(
+            "a config of another architecture (mixtral)",
+            Error::Unsupported(_),
+            "OLMoE checkpoints (model_type \"olmoe\") only",
+            || {
+                let d = copy_fixture("olmoe-gqa", "arch");
+                edit_config(&d, |c| c["model_type"] = "mixtral".into());
+                load_dir(&d).map(drop)
+            }
+        ),
         row!("broken config.json (cut off)", Error::Config { .. }, "not valid config JSON", || {
             let d = copy_fixture("olmoe-gqa", "brokencfg");
             fs::write(d.join("config.json"), "{\"model_type\": \"olmoe\",").unwrap();
             load_dir(&d).map(drop)
         }),
-        row!("config.json without a size (intermediate_size)", Error::Config { .. }, "intermediate_size is missing", || {
-            let d = copy_fixture("olmoe-gqa", "nosize");
-            edit_config(&d, |c| drop(c.as_object_mut().unwrap().remove("intermediate_size")));
-            load_dir(&d).map(drop)
-        }),
-        row!("config.json with an absurd size (num_experts 10^15)", Error::Config { .. }, "the file is damaged", || {
-            let d = copy_fixture("olmoe-gqa", "hugecfg");
-            edit_config(&d, |c| c["num_experts"] = 1_000_000_000_000_000u64.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("config.json with an absurd context (max_position_embeddings 10^12)", Error::Config { .. }, "the file is damaged", || {
-            let d = copy_fixture("olmoe-gqa", "hugectx");
-            edit_config(&d, |c| c["max_position_embeddings"] = 1_000_000_000_000u64.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("missing config.json", Error::MissingFile { what: "config.json", .. }, "model directory in the Hugging Face layout", || {
-            let d = copy_fixture("olmoe-gqa", "nocfg");
-            fs::remove_file(d.join("config.json")).unwrap();
-            load_dir(&d).map(drop)
-        }),
-        row!("missing tokenizer.json", Error::MissingFile { what: "tokenizer.json", .. }, "copy it next to config.json", || {
-            let d = copy_fixture("olmoe-gqa", "notok");
-            fs::remove_file(d.join("tokenizer.json")).unwrap();
-            load_dir(&d).map(drop)
-        }),
-        row!("tokenizer.json that is not a tokenizer", Error::Tokenizer(_), "use the tokenizer.json that came with the model", || {
-            let d = copy_fixture("olmoe-gqa", "badtok");
-            fs::write(d.join("tokenizer.json"), "{\"model\": 3}").unwrap();
-            load_dir(&d).map(drop)
-        }),
+        row!(
+            "config.json without a size (intermediate_size)",
+            Error::Config { .. },
+            "intermediate_size is missing",
+            || {
+                let d = copy_fixture("olmoe-gqa", "nosize");
+                edit_config(&d, |c| drop(c.as_object_mut().unwrap().remove("intermediate_size")));
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "config.json with an absurd size (num_experts 10^15)",
+            Error::Config { .. },
+            "the file is damaged",
+            || {
+                let d = copy_fixture("olmoe-gqa", "hugecfg");
+                edit_config(&d, |c| c["num_experts"] = 1_000_000_000_000_000u64.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "config.json with an absurd context (max_position_embeddings 10^12)",
+            Error::Config { .. },
+            "the file is damaged",
+            || {
+                let d = copy_fixture("olmoe-gqa", "hugectx");
+                edit_config(&d, |c| c["max_position_embeddings"] = 1_000_000_000_000u64.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "missing config.json",
+            Error::MissingFile { what: "config.json", .. },
+            "model directory in the Hugging Face layout",
+            || {
+                let d = copy_fixture("olmoe-gqa", "nocfg");
+                fs::remove_file(d.join("config.json")).unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "missing tokenizer.json",
+            Error::MissingFile { what: "tokenizer.json", .. },
+            "copy it next to config.json",
+            || {
+                let d = copy_fixture("olmoe-gqa", "notok");
+                fs::remove_file(d.join("tokenizer.json")).unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "tokenizer.json that is not a tokenizer",
+            Error::Tokenizer(_),
+            "use the tokenizer.json that came with the model",
+            || {
+                let d = copy_fixture("olmoe-gqa", "badtok");
+                fs::write(d.join("tokenizer.json"), "{\"model\": 3}").unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
         row!("vocab_size smaller than the tokenizer's", Error::Config { .. }, "do not belong together", || {
             let d = copy_fixture("olmoe-gqa", "vocab");
             edit_config(&d, |c| c["vocab_size"] = 1000.into());
             load_dir(&d).map(drop)
         }),
-        row!("missing shard (deleted)", Error::MissingFile { what: "weight shard", .. }, "copy every shard the index lists", || {
-            let d = copy_fixture("olmoe-narrow", "noshard");
-            fs::remove_file(d.join("model-00003-of-00004.safetensors")).unwrap();
-            load_dir(&d).map(drop)
-        }),
-        row!("index file naming a shard that is not there", Error::MissingFile { what: "weight shard", .. }, "names model-00009-of-00009.safetensors", || {
-            let d = copy_fixture("olmoe-narrow", "idxmissing");
-            let p = d.join("model.safetensors.index.json");
-            let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-            v["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors".into();
-            fs::write(&p, v.to_string()).unwrap();
-            load_dir(&d).map(drop)
-        }),
-        row!("index file naming a shard outside the directory (../x)", Error::Weights { .. }, "not a file inside the model directory", || {
-            let d = copy_fixture("olmoe-narrow", "idxescape");
-            let p = d.join("model.safetensors.index.json");
-            let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
-            v["weight_map"]["model.norm.weight"] = "../model.safetensors".into();
-            fs::write(&p, v.to_string()).unwrap();
-            load_dir(&d).map(drop)
-        }),
+        row!(
+            "missing shard (deleted)",
+            Error::MissingFile { what: "weight shard", .. },
+            "copy every shard the index lists",
+            || {
+                let d = copy_fixture("olmoe-narrow", "noshard");
+                fs::remove_file(d.join("model-00003-of-00004.safetensors")).unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "index file naming a shard that is not there",
+            Error::MissingFile { what: "weight shard", .. },
+            "names model-00009-of-00009.safetensors",
+            || {
+                let d = copy_fixture("olmoe-narrow", "idxmissing");
+                let p = d.join("model.safetensors.index.json");
+                let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+                v["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors".into();
+                fs::write(&p, v.to_string()).unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "index file naming a shard outside the directory (../x)",
+            Error::Weights { .. },
+            "not a file inside the model directory",
+            || {
+                let d = copy_fixture("olmoe-narrow", "idxescape");
+                let p = d.join("model.safetensors.index.json");
+                let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+                v["weight_map"]["model.norm.weight"] = "../model.safetensors".into();
+                fs::write(&p, v.to_string()).unwrap();
+                load_dir(&d).map(drop)
+            }
+        ),
         row!("index file that is not JSON", Error::Weights { .. }, "download or copy it again", || {
             let d = copy_fixture("olmoe-narrow", "idxjson");
             fs::write(d.join("model.safetensors.index.json"), "{\"weight_map\": {").unwrap();
@@ -300,62 +460,133 @@ fn table() -> Vec<Row> {
             fs::write(d.join("model.safetensors"), b"").unwrap();
             load_dir(&d).map(drop)
         }),
-        row!("no weights at all", Error::MissingFile { what: "weights", .. }, "copy the safetensors weights there", || {
-            let d = copy_fixture("olmoe-gqa", "noweights");
-            fs::remove_file(d.join("model.safetensors")).unwrap();
-            load_dir(&d).map(drop)
-        }),
-        row!("tensor of the wrong shape (config's intermediate_size from another model)", Error::TensorShape { .. }, "do not belong together", || {
-            let d = copy_fixture("olmoe-narrow", "shape");
-            edit_config(&d, |c| c["intermediate_size"] = 8.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("wrong expert count: config says fewer than the weights have", Error::Config { .. }, "the weights have an expert 32 in layer 0: the weights and config.json do not belong together", || {
-            let d = copy_fixture("olmoe-narrow", "fewexperts");
-            edit_config(&d, |c| c["num_experts"] = 32.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("wrong expert count: config says more than the weights have", Error::Weights { .. }, "is in none of the", || {
-            let d = copy_fixture("olmoe-narrow", "moreexperts");
-            edit_config(&d, |c| c["num_experts"] = 65.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("wrong layer count: config says fewer than the weights have", Error::Config { .. }, "use the config.json saved with these weights", || {
-            let d = copy_fixture("olmoe-narrow", "fewlayers");
-            edit_config(&d, |c| c["num_hidden_layers"] = 8.into());
-            load_dir(&d).map(drop)
-        }),
-        row!("a model path that is a file", Error::InvalidArgument { what: "model", .. }, "pass the directory that holds config.json", || {
-            Lens::load_with(root().join("tests/fixtures/olmoe-gqa/config.json").to_str().unwrap(), &cpu()).map(drop)
-        }),
-        row!("a model directory that does not exist", Error::MissingFile { what: "model directory", .. }, "Hub id such as", || load_dir(Path::new("/no/such/model/dir")).map(drop)),
-        // ---- quantized caches and GGUF files
-        row!("garbage quantized cache (the load rebuilds it)", Error::Weights { .. }, "not a readable GGUF file", || damaged_cache("q-garbage", |p| fs::write(p, b"GGUF garbage garbage garbage").unwrap())),
-        row!("truncated quantized cache (the load rebuilds it)", Error::Weights { .. }, "truncated", || damaged_cache("q-cut", |p| {
-            let b = fs::read(p).unwrap();
-            fs::write(p, &b[..b.len() * 2 / 3]).unwrap();
-        })),
-        row!("quantized cache with general.alignment 0 (the load rebuilds it)", Error::Weights { .. }, "general.alignment is 0", || damaged_cache("q-align", |p| {
-            fs::write(p, gguf_with(&[("general.alignment", gguf_file::Value::U32(0))])).unwrap()
-        })),
-        row!("quantized cache of other weights (the load rebuilds it)", Error::Weights { .. }, "made from other weight files", || damaged_cache("q-other", |p| {
-            // a valid cache, but for another checkpoint (its fingerprint differs)
-            let (dir, cfg, files) = q8_checkpoint("q-other-src");
-            let (_, rep) = quant::load_quantized(&cfg, &files, &dir, &Device::Cpu, DType::F32, Quant::Q8_0).unwrap();
-            let mut b = fs::read(&rep.cache).unwrap();
-            // same tensors, another source fingerprint
-            let fp = format!("model.safetensors:{}:", fs::metadata(&files[0]).unwrap().len());
-            if let Some(at) = b.windows(fp.len()).position(|w| w == fp.as_bytes()) {
-                b[at] = b'M';
+        row!(
+            "no weights at all",
+            Error::MissingFile { what: "weights", .. },
+            "copy the safetensors weights there",
+            || {
+                let d = copy_fixture("olmoe-gqa", "noweights");
+                fs::remove_file(d.join("model.safetensors")).unwrap();
+                load_dir(&d).map(drop)
             }
-            fs::write(p, b).unwrap();
-        })),
-        row!("GGUF file with general.alignment 0", Error::Weights { .. }, "delete it", || load_gguf_bytes(tmp("g-align"), &gguf_with(&[("general.alignment", gguf_file::Value::U8(0))]))),
-        row!("GGUF with a tensor of no elements (found by fuzzing: candle aborted on it)", Error::Weights { .. }, "has no elements", || {
-            load_gguf_bytes(tmp("g-empty"), &fs::read(root().join("fuzz/corpus/gguf_header/regression-zero-element-tensor")).unwrap())
-        }),
-        row!("GGUF file that is not GGUF", Error::Weights { .. }, "not a readable GGUF file", || load_gguf_bytes(tmp("g-junk"), b"PK\x03\x04 a zip file, say")),
-        row!("GGUF of another architecture", Error::Config { .. }, "not \"olmoe\"", || load_gguf_bytes(tmp("g-arch"), &gguf_with(&[("general.architecture", gguf_file::Value::String("llama".into()))]))),
+        ),
+        row!(
+            "tensor of the wrong shape (config's intermediate_size from another model)",
+            Error::TensorShape { .. },
+            "do not belong together",
+            || {
+                let d = copy_fixture("olmoe-narrow", "shape");
+                edit_config(&d, |c| c["intermediate_size"] = 8.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "wrong expert count: config says fewer than the weights have",
+            Error::Config { .. },
+            "the weights have an expert 32 in layer 0: the weights and config.json do not belong together",
+            || {
+                let d = copy_fixture("olmoe-narrow", "fewexperts");
+                edit_config(&d, |c| c["num_experts"] = 32.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "wrong expert count: config says more than the weights have",
+            Error::Weights { .. },
+            "is in none of the",
+            || {
+                let d = copy_fixture("olmoe-narrow", "moreexperts");
+                edit_config(&d, |c| c["num_experts"] = 65.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "wrong layer count: config says fewer than the weights have",
+            Error::Config { .. },
+            "use the config.json saved with these weights",
+            || {
+                let d = copy_fixture("olmoe-narrow", "fewlayers");
+                edit_config(&d, |c| c["num_hidden_layers"] = 8.into());
+                load_dir(&d).map(drop)
+            }
+        ),
+        row!(
+            "a model path that is a file",
+            Error::InvalidArgument { what: "model", .. },
+            "pass the directory that holds config.json",
+            || {
+                Lens::load_with(root().join("tests/fixtures/olmoe-gqa/config.json").to_str().unwrap(), &cpu()).map(drop)
+            }
+        ),
+        row!(
+            "a model directory that does not exist",
+            Error::MissingFile { what: "model directory", .. },
+            "Hub id such as",
+            || load_dir(Path::new("/no/such/model/dir")).map(drop)
+        ),
+        // ---- quantized caches and GGUF files
+        row!(
+            "garbage quantized cache (the load rebuilds it)",
+            Error::Weights { .. },
+            "not a readable GGUF file",
+            || damaged_cache("q-garbage", |p| fs::write(p, b"GGUF garbage garbage garbage").unwrap())
+        ),
+        row!("truncated quantized cache (the load rebuilds it)", Error::Weights { .. }, "truncated", || damaged_cache(
+            "q-cut",
+            |p| {
+                let b = fs::read(p).unwrap();
+                fs::write(p, &b[..b.len() * 2 / 3]).unwrap();
+            }
+        )),
+        row!(
+            "quantized cache with general.alignment 0 (the load rebuilds it)",
+            Error::Weights { .. },
+            "general.alignment is 0",
+            || damaged_cache("q-align", |p| {
+                fs::write(p, gguf_with(&[("general.alignment", gguf_file::Value::U32(0))])).unwrap()
+            })
+        ),
+        row!(
+            "quantized cache of other weights (the load rebuilds it)",
+            Error::Weights { .. },
+            "made from other weight files",
+            || damaged_cache("q-other", |p| {
+                // a valid cache, but for another checkpoint (its fingerprint differs)
+                let (dir, cfg, files) = q8_checkpoint("q-other-src");
+                let (_, rep) =
+                    quant::load_quantized(&cfg, &files, &dir, &Device::Cpu, DType::F32, Quant::Q8_0).unwrap();
+                let mut b = fs::read(&rep.cache).unwrap();
+                // same tensors, another source fingerprint
+                let fp = format!("model.safetensors:{}:", fs::metadata(&files[0]).unwrap().len());
+                if let Some(at) = b.windows(fp.len()).position(|w| w == fp.as_bytes()) {
+                    b[at] = b'M';
+                }
+                fs::write(p, b).unwrap();
+            })
+        ),
+        row!("GGUF file with general.alignment 0", Error::Weights { .. }, "delete it", || load_gguf_bytes(
+            tmp("g-align"),
+            &gguf_with(&[("general.alignment", gguf_file::Value::U8(0))])
+        )),
+        row!(
+            "GGUF with a tensor of no elements (found by fuzzing: candle aborted on it)",
+            Error::Weights { .. },
+            "has no elements",
+            || {
+                load_gguf_bytes(
+                    tmp("g-empty"),
+                    &fs::read(root().join("fuzz/corpus/gguf_header/regression-zero-element-tensor")).unwrap(),
+                )
+            }
+        ),
+        row!("GGUF file that is not GGUF", Error::Weights { .. }, "not a readable GGUF file", || load_gguf_bytes(
+            tmp("g-junk"),
+            b"PK\x03\x04 a zip file, say"
+        )),
+        row!("GGUF of another architecture", Error::Config { .. }, "not \"olmoe\"", || load_gguf_bytes(
+            tmp("g-arch"),
+            &gguf_with(&[("general.architecture", gguf_file::Value::String("llama".into()))])
+        )),
         row!("GGUF with impossible sizes (head count 0)", Error::Config { .. }, "num_attention_heads is 0", || {
             let u = gguf_file::Value::U32;
             let meta = [
@@ -368,29 +599,51 @@ fn table() -> Vec<Row> {
                 ("olmoe.expert_used_count", u(2)),
             ];
             let refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
-            let t = candle_core::quantized::QTensor::quantize(&Tensor::zeros((64, 32), DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
+            let t = candle_core::quantized::QTensor::quantize(
+                &Tensor::zeros((64, 32), DType::F32, &Device::Cpu).unwrap(),
+                candle_core::quantized::GgmlDType::F32,
+            )
+            .unwrap();
             let mut buf = std::io::Cursor::new(Vec::new());
             gguf_file::write(&mut buf, &refs, &[("token_embd.weight", &t)]).unwrap();
             load_gguf_bytes(tmp("g-heads"), &buf.into_inner())
         }),
-        row!("GGUF in a block type candle cannot read (llama.cpp's IQ4_XS)", Error::Weights { .. }, "use a Q4_K_M, Q5_K_M, Q6_K or Q8_0 file", || {
-            let t = candle_core::quantized::QTensor::quantize(&Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
-            let arch = gguf_file::Value::String("olmoe".into());
-            let mut buf = std::io::Cursor::new(Vec::new());
-            gguf_file::write(&mut buf, &[("general.architecture", &arch)], &[("blk.0.ffn_gate_exps.weight", &t)]).unwrap();
-            let mut b = buf.into_inner();
-            // the tensor info: name, 2 dims (u32 count, u64 each), then the type (0 = F32): make it 23
-            let name = b"blk.0.ffn_gate_exps.weight";
-            let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 2 * 8;
-            assert_eq!(b[at..at + 4], [0, 0, 0, 0]);
-            b[at] = 23;
-            load_gguf_bytes(tmp("g-iq4"), &b)
-        }),
+        row!(
+            "GGUF in a block type candle cannot read (llama.cpp's IQ4_XS)",
+            Error::Weights { .. },
+            "use a Q4_K_M, Q5_K_M, Q6_K or Q8_0 file",
+            || {
+                let t = candle_core::quantized::QTensor::quantize(
+                    &Tensor::zeros((4, 256), DType::F32, &Device::Cpu).unwrap(),
+                    candle_core::quantized::GgmlDType::F32,
+                )
+                .unwrap();
+                let arch = gguf_file::Value::String("olmoe".into());
+                let mut buf = std::io::Cursor::new(Vec::new());
+                gguf_file::write(&mut buf, &[("general.architecture", &arch)], &[("blk.0.ffn_gate_exps.weight", &t)])
+                    .unwrap();
+                let mut b = buf.into_inner();
+                // the tensor info: name, 2 dims (u32 count, u64 each), then the type (0 = F32): make it 23
+                let name = b"blk.0.ffn_gate_exps.weight";
+                let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4 + 2 * 8;
+                assert_eq!(b[at..at + 4], [0, 0, 0, 0]);
+                b[at] = 23;
+                load_gguf_bytes(tmp("g-iq4"), &b)
+            }
+        ),
         row!("a quantization asked of a GGUF file", Error::InvalidArgument { .. }, "already quantized", || {
-            moe_lens::lab::load_with_quant(root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf").to_str().unwrap(), "q4k").map(drop)
+            moe_lens::lab::load_with_quant(
+                root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf").to_str().unwrap(),
+                "q4k",
+            )
+            .map(drop)
         }),
         row!("a .gguf path that does not exist", Error::MissingFile { .. }, "no such file", || {
-            hub::resolve_with(tmp("g-none").join("olmoe-q4_k_m.gguf").to_str().unwrap(), &hub_settings(&tmp("g-none-cache"), true, None)).map(drop)
+            hub::resolve_with(
+                tmp("g-none").join("olmoe-q4_k_m.gguf").to_str().unwrap(),
+                &hub_settings(&tmp("g-none-cache"), true, None),
+            )
+            .map(drop)
         }),
         row!("a directory holding only a .gguf file", Error::MissingFile { .. }, "pass that file's path", || {
             let d = tmp("g-dir");
@@ -403,19 +656,31 @@ fn table() -> Vec<Row> {
         row!("offline without the model cached", Error::Offline { .. }, "download it once with network access", || {
             hub::resolve_with("allenai/OLMoE-1B-7B-0924", &hub_settings(&tmp("emptycache"), true, None)).map(drop)
         }),
-        row!("a bad Hub id (a/b/c)", Error::MissingFile { what: "model directory", .. }, "Hub id such as allenai/OLMoE-1B-7B-0924", || {
-            hub::resolve_with("a/b/c", &hub_settings(&tmp("badid"), true, None)).map(drop)
+        row!(
+            "a bad Hub id (a/b/c)",
+            Error::MissingFile { what: "model directory", .. },
+            "Hub id such as allenai/OLMoE-1B-7B-0924",
+            || { hub::resolve_with("a/b/c", &hub_settings(&tmp("badid"), true, None)).map(drop) }
+        ),
+        row!(
+            "a bad Hub id (space in the name)",
+            Error::InvalidArgument { what: "model", .. },
+            "only letters, digits",
+            || { hub::resolve_with("allenai/OLMoE 1B", &hub_settings(&tmp("badid2"), true, None)).map(drop) }
+        ),
+        row!(
+            "a bad Hub revision (owner/name@)",
+            Error::InvalidArgument { what: "model", .. },
+            "revision after '@' is empty",
+            || { hub::resolve_with("allenai/OLMoE-1B-7B-0924@", &hub_settings(&tmp("badrev"), true, None)).map(drop) }
+        ),
+        row!("an empty model name", Error::InvalidArgument { what: "model", .. }, "the model is empty", || {
+            hub::resolve_with("  ", &hub_settings(&tmp("emptyname"), true, None)).map(drop)
         }),
-        row!("a bad Hub id (space in the name)", Error::InvalidArgument { what: "model", .. }, "only letters, digits", || {
-            hub::resolve_with("allenai/OLMoE 1B", &hub_settings(&tmp("badid2"), true, None)).map(drop)
-        }),
-        row!("a bad Hub revision (owner/name@)", Error::InvalidArgument { what: "model", .. }, "revision after '@' is empty", || {
-            hub::resolve_with("allenai/OLMoE-1B-7B-0924@", &hub_settings(&tmp("badrev"), true, None)).map(drop)
-        }),
-        row!("an empty model name", Error::InvalidArgument { what: "model", .. }, "the model is empty", || hub::resolve_with("  ", &hub_settings(&tmp("emptyname"), true, None)).map(drop)),
         row!("a well-formed Hub id the Hub does not have", Error::Hub { .. }, "check the id", || {
             let server = HubServer::start("someone/else", vec![]);
-            hub::resolve_with("tiny-org/not-there", &hub_settings(&tmp("hub404"), false, Some(server.endpoint.clone()))).map(drop)
+            hub::resolve_with("tiny-org/not-there", &hub_settings(&tmp("hub404"), false, Some(server.endpoint.clone())))
+                .map(drop)
         }),
         row!("a download cut off half-way", Error::Hub { .. }, "continues where it stopped", || {
             let w = fs::read(root().join("tests/fixtures/olmoe-gqa/model.safetensors")).unwrap();
@@ -427,11 +692,19 @@ fn table() -> Vec<Row> {
             ];
             let server = HubServer::start("tiny-org/cut", files);
             server.set_mode("model.safetensors", common::hubserver::Mode::CutAfter(n / 2));
-            hub::resolve_with("tiny-org/cut", &hub_settings(&tmp("hubcut"), false, Some(server.endpoint.clone()))).map(drop)
+            hub::resolve_with("tiny-org/cut", &hub_settings(&tmp("hubcut"), false, Some(server.endpoint.clone())))
+                .map(drop)
         }),
         // ---- devices, dtypes, memory
-        row!("unknown device string (\"tpu\")", Error::InvalidArgument { what: "device", .. }, "use auto, cpu, cuda, cuda:N or metal", || "tpu".parse::<DeviceChoice>().map(drop)),
-        row!("unknown dtype (\"int4\")", Error::InvalidArgument { what: "dtype", .. }, "use f32, bf16 or f16", || moe_lens::lab::parse_dtype("int4").map(drop)),
+        row!(
+            "unknown device string (\"tpu\")",
+            Error::InvalidArgument { what: "device", .. },
+            "use auto, cpu, cuda, cuda:N or metal",
+            || "tpu".parse::<DeviceChoice>().map(drop)
+        ),
+        row!("unknown dtype (\"int4\")", Error::InvalidArgument { what: "dtype", .. }, "use f32, bf16 or f16", || {
+            moe_lens::lab::parse_dtype("int4").map(drop)
+        }),
         row!("CUDA asked of a CPU-only build", Error::Device(_), "--features cuda", || {
             if candle_core::utils::cuda_is_available() {
                 // a CUDA build: an index past the last GPU instead
@@ -439,32 +712,68 @@ fn table() -> Vec<Row> {
             }
             DeviceChoice::Cuda(0).open().map(drop)
         }),
-        row!("GPU out of memory (CUDA's error as candle reports it; no GPU in CI)", Error::OutOfMemory { .. }, "smaller batch", || {
-            Err(candle_core::Error::Cuda(Box::new(std::io::Error::other("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")"))).into())
-        }),
+        row!(
+            "GPU out of memory (CUDA's error as candle reports it; no GPU in CI)",
+            Error::OutOfMemory { .. },
+            "smaller batch",
+            || {
+                Err(candle_core::Error::Cuda(Box::new(std::io::Error::other(
+                    "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")",
+                )))
+                .into())
+            }
+        ),
         row!("GPU out of memory inside cuBLAS", Error::OutOfMemory { .. }, "free the GPU of other work", || {
             Err(candle_core::Error::Msg("cublas error: CUBLAS_STATUS_ALLOC_FAILED".into()).into())
         }),
-        row!("GPU out of memory with candle's backtrace attached (RUST_BACKTRACE set)", Error::OutOfMemory { .. }, "[CUDA_ERROR_OUT_OF_MEMORY]", || {
-            let e = candle_core::Error::WithBacktrace {
-                inner: Box::new(candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into())),
-                backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
-            };
-            Err(e.into())
-        }),
+        row!(
+            "GPU out of memory with candle's backtrace attached (RUST_BACKTRACE set)",
+            Error::OutOfMemory { .. },
+            "[CUDA_ERROR_OUT_OF_MEMORY]",
+            || {
+                let e = candle_core::Error::WithBacktrace {
+                    inner: Box::new(candle_core::Error::Msg("CUDA_ERROR_OUT_OF_MEMORY".into())),
+                    backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+                };
+                Err(e.into())
+            }
+        ),
         // ---- scans
-        row!("--shard out of range (3/3)", Error::InvalidArgument { what: "shard", .. }, "i must be less than n", || Shard::parse("3/3").map(drop)),
-        row!("--shard with 0 shards (1/0)", Error::InvalidArgument { what: "shard", .. }, "at least 1", || Shard::parse("1/0").map(drop)),
-        row!("--shard not of the form i/n (\"half\")", Error::InvalidArgument { what: "shard", .. }, "write it as i/n", || Shard::parse("half").map(drop)),
-        row!("a scan directory that is not one (load a study from an empty directory)", Error::InvalidArgument { what: "study", .. }, "give the --out directory of a `moe-lens scan`", || Study::load(tmp("notascan")).map(drop)),
-        row!("output directory not writable (a file where the directory should be)", Error::Io { .. }, "choose another path", || {
-            let d = tmp("outfile");
-            fs::write(d.join("taken"), b"a file").unwrap();
-            study().save(d.join("taken").join("scan"), &study().metrics())
+        row!(
+            "--shard out of range (3/3)",
+            Error::InvalidArgument { what: "shard", .. },
+            "i must be less than n",
+            || Shard::parse("3/3").map(drop)
+        ),
+        row!("--shard with 0 shards (1/0)", Error::InvalidArgument { what: "shard", .. }, "at least 1", || {
+            Shard::parse("1/0").map(drop)
         }),
+        row!(
+            "--shard not of the form i/n (\"half\")",
+            Error::InvalidArgument { what: "shard", .. },
+            "write it as i/n",
+            || Shard::parse("half").map(drop)
+        ),
+        row!(
+            "a scan directory that is not one (load a study from an empty directory)",
+            Error::InvalidArgument { what: "study", .. },
+            "give the --out directory of a `moe-lens scan`",
+            || Study::load(tmp("notascan")).map(drop)
+        ),
+        row!(
+            "output directory not writable (a file where the directory should be)",
+            Error::Io { .. },
+            "choose another path",
+            || {
+                let d = tmp("outfile");
+                fs::write(d.join("taken"), b"a file").unwrap();
+                study().save(d.join("taken").join("scan"), &study().metrics())
+            }
+        ),
         row!("scan batch size 0", Error::InvalidArgument { .. }, "batch", || {
             let s = vec![Sentence::new("1", "en", "Hello").unwrap()];
-            moe_lens::study::scan(lens(), &s, &ScanOptions { batch_size: 0, progress: false, ..Default::default() }).map(drop)
+            moe_lens::study::scan(lens(), &s, &ScanOptions { batch_size: 0, progress: false, ..Default::default() })
+                .map(drop)
         }),
     ]
 }
@@ -473,7 +782,9 @@ fn table() -> Vec<Row> {
 fn looks_like_backtrace(text: &str) -> bool {
     text.contains("<unknown>")
         || text.contains("stack backtrace")
-        || text.lines().any(|l| l.trim_start().split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())))
+        || text.lines().any(|l| {
+            l.trim_start().split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
 }
 
 #[test]
@@ -486,7 +797,11 @@ fn every_bad_input_gives_its_typed_error_and_says_what_to_do() {
         let got = catch_unwind(AssertUnwindSafe(|| (r.run)()));
         match got {
             Err(p) => {
-                let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
                 failures.push(format!("{}: PANICKED: {msg}", r.input));
             }
             Ok(Ok(())) => failures.push(format!("{}: accepted; expected {}", r.input, r.kind)),
@@ -499,7 +814,12 @@ fn every_bad_input_gives_its_typed_error_and_says_what_to_do() {
                 } else if looks_like_backtrace(&text) {
                     failures.push(format!("{}: the message carries a backtrace: {text}", r.input));
                 }
-                md.push_str(&format!("| {} | `{}` | {} |\n", r.input, r.kind.split(['(', ' ', '{']).next().unwrap_or(r.kind), text.replace('|', "\\|").replace('\n', " ")));
+                md.push_str(&format!(
+                    "| {} | `{}` | {} |\n",
+                    r.input,
+                    r.kind.split(['(', ' ', '{']).next().unwrap_or(r.kind),
+                    text.replace('|', "\\|").replace('\n', " ")
+                ));
             }
         }
     }

@@ -32,11 +32,16 @@ fn study() -> &'static Study {
     static STUDY: OnceLock<Study> = OnceLock::new();
     STUDY.get_or_init(|| {
         let dir = root().join("tests/fixtures/olmoe-narrow");
-        assert!(dir.join("tokenizer.json").exists(), "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)");
+        assert!(
+            dir.join("tokenizer.json").exists(),
+            "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)"
+        );
         let files = hub::local_dir(&dir, "olmoe-narrow").unwrap();
-        let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+        let lens =
+            Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
         let sentences = corpus::builtin().unwrap()[..36].to_vec();
-        let s = lens.scan(&sentences, &ScanOptions { batch_size: 8, progress: false, ..ScanOptions::default() }).unwrap();
+        let s =
+            lens.scan(&sentences, &ScanOptions { batch_size: 8, progress: false, ..ScanOptions::default() }).unwrap();
         assert_eq!(s.languages(), ["en", "ja", "ko"]);
         s
     })
@@ -44,7 +49,9 @@ fn study() -> &'static Study {
 
 fn comparison() -> &'static Comparison {
     static CMP: OnceLock<Comparison> = OnceLock::new();
-    CMP.get_or_init(|| study().compare_with("ko", "en", &CompareOptions { replicates: 200, ..CompareOptions::default() }).unwrap())
+    CMP.get_or_init(|| {
+        study().compare_with("ko", "en", &CompareOptions { replicates: 200, ..CompareOptions::default() }).unwrap()
+    })
 }
 
 /// `topk[lang][layer][expert]`, read out of the counts with plain loops.
@@ -92,14 +99,25 @@ fn parse_svg(svg: &str, class: &str) -> Vec<Elem> {
 fn drawn_rects(elems: &[Elem]) -> BTreeMap<(i64, i64, i64, i64), String> {
     elems
         .iter()
-        .filter(|e| e.name == "rect" && e.attr("class").is_none() && e.attr("stroke") == Some("none") && e.attr("fill") != Some("none"))
+        .filter(|e| {
+            e.name == "rect"
+                && e.attr("class").is_none()
+                && e.attr("stroke") == Some("none")
+                && e.attr("fill") != Some("none")
+        })
         .map(|e| ((e.num("x"), e.num("y"), e.num("width"), e.num("height")), e.attr("fill").unwrap_or("").to_string()))
         .collect()
 }
 
 /// Checks every `moe-lens-cell` against the independently computed table: one per language ×
 /// expert, the right count and share, a tooltip naming them, and a coloured cell under it.
-fn check_cells(cells: &[&Elem], drawn: &BTreeMap<(i64, i64, i64, i64), String>, t: &BTreeMap<String, Vec<Vec<u64>>>, layer: usize, langs: &[&str]) {
+fn check_cells(
+    cells: &[&Elem],
+    drawn: &BTreeMap<(i64, i64, i64, i64), String>,
+    t: &BTreeMap<String, Vec<Vec<u64>>>,
+    layer: usize,
+    langs: &[&str],
+) {
     assert_eq!(cells.len(), langs.len() * EXPERTS, "one cell per language × expert at layer {layer}");
     let mut seen = HashSet::new();
     for c in cells {
@@ -168,7 +186,10 @@ fn language_heatmap_has_one_cell_per_language_and_expert_with_the_right_numbers(
         }
     }
     // by hook name, the same picture
-    assert_eq!(s.language_heatmap("model.layers.14.mlp.gate").unwrap().svg().unwrap(), s.language_heatmap(14).unwrap().svg().unwrap());
+    assert_eq!(
+        s.language_heatmap("model.layers.14.mlp.gate").unwrap().svg().unwrap(),
+        s.language_heatmap(14).unwrap().svg().unwrap()
+    );
 }
 
 #[test]
@@ -218,20 +239,28 @@ fn overview_has_one_panel_per_layer_on_one_scale() {
     let t = table(&s.counts);
     let svg = s.layers_overview().unwrap().svg().unwrap();
     let elems = parse_svg(&svg, "moe-lens-layers-overview");
-    let panels: Vec<(usize, &Elem)> = elems.iter().enumerate().filter(|(_, e)| e.name == "g" && e.class() == "moe-lens-panel").collect();
+    let panels: Vec<(usize, &Elem)> =
+        elems.iter().enumerate().filter(|(_, e)| e.name == "g" && e.class() == "moe-lens-panel").collect();
     assert_eq!(panels.len(), LAYERS);
     let drawn = drawn_rects(&elems);
     let mut tops = 0;
     for (layer, (pi, p)) in panels.iter().enumerate() {
         assert_eq!(p.data("layer"), Some(layer.to_string().as_str()));
-        let cells: Vec<&Elem> = elems.iter().filter(|e| e.parent == Some(*pi) && e.class() == "moe-lens-cell").collect();
+        let cells: Vec<&Elem> =
+            elems.iter().filter(|e| e.parent == Some(*pi) && e.class() == "moe-lens-cell").collect();
         check_cells(&cells, &drawn, &t, layer, &["en", "ja", "ko"]);
         let texts: Vec<&str> = elems.iter().filter(|e| e.name == "text").map(|e| e.text.trim()).collect();
         assert!(texts.contains(&format!("layer {layer}").as_str()));
-        tops += cells.iter().filter(|c| drawn[&(c.num("x"), c.num("y"), c.num("width"), c.num("height"))].to_uppercase() == VIRIDIS_TOP).count();
+        tops += cells
+            .iter()
+            .filter(|c| drawn[&(c.num("x"), c.num("y"), c.num("width"), c.num("height"))].to_uppercase() == VIRIDIS_TOP)
+            .count();
     }
     // one scale for all panels: only the overall largest share(s) reach the top colour
-    let max = t.values().flat_map(|l| l.iter().map(|row| row.iter().copied().max().unwrap() as f64 / row.iter().sum::<u64>() as f64)).fold(0.0, f64::max);
+    let max = t
+        .values()
+        .flat_map(|l| l.iter().map(|row| row.iter().copied().max().unwrap() as f64 / row.iter().sum::<u64>() as f64))
+        .fold(0.0, f64::max);
     let at_max = t
         .values()
         .flat_map(|l| l.iter().flat_map(|row| row.iter().map(move |&n| n as f64 / row.iter().sum::<u64>() as f64)))
@@ -263,7 +292,10 @@ fn effective_points_are_the_metrics_values_on_a_linear_axis() {
     assert_eq!(points.len(), 3 * LAYERS);
     assert!(of_class(&elems, "moe-lens-diff").is_empty());
     // value ↔ pixel: one linear map for all points (fit on two, check the rest)
-    let (a, b) = (points.iter().min_by(|a, b| a.fd("value").total_cmp(&b.fd("value"))).unwrap(), points.iter().max_by(|a, b| a.fd("value").total_cmp(&b.fd("value"))).unwrap());
+    let (a, b) = (
+        points.iter().min_by(|a, b| a.fd("value").total_cmp(&b.fd("value"))).unwrap(),
+        points.iter().max_by(|a, b| a.fd("value").total_cmp(&b.fd("value"))).unwrap(),
+    );
     let slope = (b.f("cy") - a.f("cy")) / (b.fd("value") - a.fd("value"));
     assert!(slope < 0.0, "larger values are higher up");
     let mut xs_by_layer: BTreeMap<usize, HashSet<i64>> = BTreeMap::new();
@@ -271,7 +303,11 @@ fn effective_points_are_the_metrics_values_on_a_linear_axis() {
         let lang = p.data("lang").unwrap();
         let layer: usize = p.data("layer").unwrap().parse().unwrap();
         let v = p.fd("value");
-        assert!((v - m.effective(lang)[layer]).abs() < 1e-6, "{lang} {layer}: {v} vs metrics {}", m.effective(lang)[layer]);
+        assert!(
+            (v - m.effective(lang)[layer]).abs() < 1e-6,
+            "{lang} {layer}: {v} vs metrics {}",
+            m.effective(lang)[layer]
+        );
         // and the same number computed here from the counts: exp(−Σ p ln p)
         let row = &t[lang][layer];
         let n: u64 = row.iter().sum();
@@ -283,10 +319,13 @@ fn effective_points_are_the_metrics_values_on_a_linear_axis() {
         assert!(p.title.as_deref().unwrap().contains(&format!("effective number of experts {v:.2}")));
     }
     // x: one position per layer, increasing, equally spaced
-    let xs: Vec<i64> = xs_by_layer.values().map(|s| {
-        assert_eq!(s.len(), 1);
-        *s.iter().next().unwrap()
-    }).collect();
+    let xs: Vec<i64> = xs_by_layer
+        .values()
+        .map(|s| {
+            assert_eq!(s.len(), 1);
+            *s.iter().next().unwrap()
+        })
+        .collect();
     assert_eq!(xs.len(), LAYERS);
     assert!(xs.windows(3).all(|w| w[1] - w[0] == w[2] - w[1] && w[1] > w[0]));
     // values() gives the same numbers
@@ -310,7 +349,11 @@ fn comparison_panel_shows_each_layers_difference_and_interval() {
         let layer: usize = d.data("layer").unwrap().parse().unwrap();
         let lc = c.layer(layer).unwrap();
         assert_eq!((d.data("lang"), d.data("vs")), (Some("ko"), Some("en")));
-        assert!((d.fd("diff") - lc.diff).abs() < 1e-6 && (d.fd("low") - lc.ci_low).abs() < 1e-6 && (d.fd("high") - lc.ci_high).abs() < 1e-6);
+        assert!(
+            (d.fd("diff") - lc.diff).abs() < 1e-6
+                && (d.fd("low") - lc.ci_low).abs() < 1e-6
+                && (d.fd("high") - lc.ci_high).abs() < 1e-6
+        );
         assert!(lc.ci_low <= lc.diff + 1e-9 && lc.diff <= lc.ci_high + 1e-9);
         assert_eq!(d.data("verdict"), Some(lc.verdict.as_str()));
         let tip = d.title.as_deref().unwrap();
@@ -319,8 +362,10 @@ fn comparison_panel_shows_each_layers_difference_and_interval() {
         // the hover target spans the interval: taller for wider intervals
         assert!(d.num("height") >= 8);
     }
-    let widest = diffs.iter().max_by(|a, b| (a.fd("high") - a.fd("low")).total_cmp(&(b.fd("high") - b.fd("low")))).unwrap();
-    let narrowest = diffs.iter().min_by(|a, b| (a.fd("high") - a.fd("low")).total_cmp(&(b.fd("high") - b.fd("low")))).unwrap();
+    let widest =
+        diffs.iter().max_by(|a, b| (a.fd("high") - a.fd("low")).total_cmp(&(b.fd("high") - b.fd("low")))).unwrap();
+    let narrowest =
+        diffs.iter().min_by(|a, b| (a.fd("high") - a.fd("low")).total_cmp(&(b.fd("high") - b.fd("low")))).unwrap();
     assert!(widest.num("height") >= narrowest.num("height"));
     // the zero line and both panels' titles
     let texts: Vec<&str> = elems.iter().filter(|e| e.name == "text").map(|e| e.text.trim()).collect();
@@ -373,7 +418,10 @@ fn top_experts_are_each_languages_most_counted() {
     }
     // a bar per row is drawn in the language's colour (Korean vermillion)
     let drawn = drawn_rects(&elems);
-    assert!(drawn.values().filter(|f| f.to_uppercase() == "#D55E00").count() >= bars_api.iter().filter(|b| b.lang == "ko").count());
+    assert!(
+        drawn.values().filter(|f| f.to_uppercase() == "#D55E00").count()
+            >= bars_api.iter().filter(|b| b.lang == "ko").count()
+    );
 }
 
 #[test]
@@ -386,7 +434,8 @@ fn expert_table_counts_how_often_each_expert_serves_each_language() {
     assert_eq!(html.matches("<tr>").count(), 1 + 12);
     let experts = tab.experts().unwrap();
     // ordered by the average over the languages of the expert's share of the language's selections
-    let mean = |e: usize| -> f64 { t.values().map(|l| l[14][e] as f64 / l[14].iter().sum::<u64>() as f64).sum::<f64>() / 3.0 };
+    let mean =
+        |e: usize| -> f64 { t.values().map(|l| l[14][e] as f64 / l[14].iter().sum::<u64>() as f64).sum::<f64>() / 3.0 };
     assert!(experts.windows(2).all(|w| mean(w[0]) >= mean(w[1]) - 1e-12));
     let mut want: Vec<usize> = (0..EXPERTS).collect();
     want.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)).then(a.cmp(&b)));
@@ -423,15 +472,22 @@ fn bad_input_is_a_typed_error_not_a_panic() {
     assert!(s.top_experts(3, 5).unwrap().languages(["xx"]).bars().is_err());
     assert!(s.effective_experts_plot().unwrap().values("xx").is_err());
     for (lo, hi) in [(0.5, 0.1), (f64::NAN, 1.0), (0.0, f64::INFINITY), (0.2, 0.2)] {
-        assert!(matches!(s.language_heatmap(3).unwrap().range(lo, hi).svg(), Err(Error::InvalidArgument { what: "range", .. })));
+        assert!(matches!(
+            s.language_heatmap(3).unwrap().range(lo, hi).svg(),
+            Err(Error::InvalidArgument { what: "range", .. })
+        ));
         assert!(s.layers_overview().unwrap().range(lo, hi).svg().is_err());
     }
-    assert!(matches!(s.layers_overview().unwrap().columns(0).svg(), Err(Error::InvalidArgument { what: "columns", .. })));
+    assert!(matches!(
+        s.layers_overview().unwrap().columns(0).svg(),
+        Err(Error::InvalidArgument { what: "columns", .. })
+    ));
     // a comparison of another study, or of languages it does not have
     let mut other = s.clone();
     other.routes.truncate(30);
     other.counts = Counts::from_routes(&other.counts.model, LAYERS, EXPERTS, K, &other.routes).unwrap();
-    let foreign = other.compare_with("ko", "en", &CompareOptions { replicates: 20, ..CompareOptions::default() }).unwrap();
+    let foreign =
+        other.compare_with("ko", "en", &CompareOptions { replicates: 20, ..CompareOptions::default() }).unwrap();
     let e = s.effective_experts_plot().unwrap().with_comparison(&foreign).svg().unwrap_err();
     assert!(e.to_string().contains("another scan"), "{e}");
     let mut renamed = comparison().clone();
@@ -439,13 +495,19 @@ fn bad_input_is_a_typed_error_not_a_panic() {
     assert!(s.effective_experts_plot().unwrap().with_comparison(&renamed).svg().is_err());
     let mut deep = comparison().clone();
     deep.layers[0].layer = 99;
-    assert!(matches!(s.effective_experts_plot().unwrap().with_comparison(&deep).svg(), Err(Error::UnknownLayer { .. })));
+    assert!(matches!(
+        s.effective_experts_plot().unwrap().with_comparison(&deep).svg(),
+        Err(Error::UnknownLayer { .. })
+    ));
     let mut nan = comparison().clone();
     nan.layers[2].ci_high = f64::NAN;
     assert!(s.effective_experts_plot().unwrap().with_comparison(&nan).svg().is_err());
     // a failing figure shows a message in the notebook, no panic
     let out = evcxr_output(&s.language_heatmap(3).unwrap().languages(["zh"]));
-    assert!(out.starts_with("EVCXR_BEGIN_CONTENT text/plain\nerror: cannot draw this figure: invalid language"), "{out}");
+    assert!(
+        out.starts_with("EVCXR_BEGIN_CONTENT text/plain\nerror: cannot draw this figure: invalid language"),
+        "{out}"
+    );
 }
 
 /// Hand-made tables: an empty study, broken tables, one expert only, a language without tokens.
@@ -480,7 +542,10 @@ fn edge_cases_of_hand_made_tables() {
         empty.layers_overview().map(|_| ()),
     ] {
         let e = r.unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { what: "study", .. }) && e.to_string().contains("no counted tokens"), "{e}");
+        assert!(
+            matches!(e, Error::InvalidArgument { what: "study", .. }) && e.to_string().contains("no counted tokens"),
+            "{e}"
+        );
     }
     // tables that do not match their shape
     let mut broken = counts_json(&[("en", 1)], |_, _, e| u64::from(e < K), 2);
@@ -491,11 +556,15 @@ fn edge_cases_of_hand_made_tables() {
     assert!(EffectiveExpertsPlot::new(&broken).is_err());
     // every token of "aa" sent to experts 0..8, "bb" to 8..16, "zz" counted but without tokens:
     // shares 1/8, effective number 8, specialization 1; zz's row is grey (no selections)
-    let c = counts_json(&[("aa", 10), ("bb", 5), ("zz", 0)], |l, _, e| match l {
-        "aa" if e < 8 => 10,
-        "bb" if (8..16).contains(&e) => 5,
-        _ => 0,
-    }, 2);
+    let c = counts_json(
+        &[("aa", 10), ("bb", 5), ("zz", 0)],
+        |l, _, e| match l {
+            "aa" if e < 8 => 10,
+            "bb" if (8..16).contains(&e) => 5,
+            _ => 0,
+        },
+        2,
+    );
     let h = c.language_heatmap(1).unwrap();
     let svg = h.svg().unwrap();
     let elems = parse_svg(&svg, "moe-lens-lang-heatmap");
@@ -523,7 +592,11 @@ fn edge_cases_of_hand_made_tables() {
     assert!(top.svg().unwrap().contains("(only 8 experts chosen)"));
     parse_svg(&c.layers_overview().unwrap().svg().unwrap(), "moe-lens-layers-overview");
     // five languages: the panels of the overview grow to fit their headers and never overlap
-    let five = counts_json(&[("common", 9), ("en", 9), ("ja", 9), ("ko", 9), ("mixed", 9)], |_, l, e| if (e + l) % 8 == 0 { 9 } else { 0 }, 4);
+    let five = counts_json(
+        &[("common", 9), ("en", 9), ("ja", 9), ("ko", 9), ("mixed", 9)],
+        |_, l, e| if (e + l) % 8 == 0 { 9 } else { 0 },
+        4,
+    );
     let elems = parse_svg(&five.layers_overview().unwrap().svg().unwrap(), "moe-lens-layers-overview");
     let heads = of_class(&elems, "moe-lens-label");
     assert_eq!(heads.len(), 4);
@@ -537,7 +610,11 @@ fn edge_cases_of_hand_made_tables() {
     for (t, head) in texts.iter().zip(&heads) {
         // the last number of a header ends inside its panel (text ≈ 0.62 em per Latin character)
         let end = t.num("x") + (t.text.trim().chars().count() as f64 * 0.62 * 10.0).ceil() as i64;
-        assert!(end <= head.num("x") + head.num("width"), "header runs out of its panel: {end} > {}", head.num("x") + head.num("width"));
+        assert!(
+            end <= head.num("x") + head.num("width"),
+            "header runs out of its panel: {end} > {}",
+            head.num("x") + head.num("width")
+        );
     }
     // a language tag with XML specials (not a valid tag, but counts.json could say so)
     let odd = counts_json(&[("<b>&", 3)], |_, _, e| if e < K { 3 } else { 0 }, 1);
@@ -567,7 +644,10 @@ fn figures_display_in_a_notebook_and_save() {
     ] {
         let out = evcxr_output(&fig);
         assert!(out.starts_with("EVCXR_BEGIN_CONTENT text/html\n<div class=\"moe-lens-fig\""), "{name}");
-        assert!(out.contains("<img alt=\"moe-lens figure\"") && out.contains("<script>"), "{name}: still <img> plus swap script");
+        assert!(
+            out.contains("<img alt=\"moe-lens figure\"") && out.contains("<script>"),
+            "{name}: still <img> plus swap script"
+        );
         assert!(out.contains("EVCXR_BEGIN_CONTENT image/svg+xml\n<svg "), "{name}");
         assert!(out.contains("EVCXR_BEGIN_CONTENT text/plain\n"), "{name}");
         let still = fig.to_still_svg().unwrap().unwrap();
@@ -589,7 +669,11 @@ fn figures_display_in_a_notebook_and_save() {
     // combined with Figures
     let both = Figures::column().with(s.language_heatmap(0).unwrap()).with(s.language_heatmap(15).unwrap());
     let svg = both.svg().unwrap().unwrap();
-    assert_eq!(parse_xml(&svg).unwrap().iter().filter(|e| e.class() == "moe-lens-cell").count(), 0, "the combined still SVG has no hover layer");
+    assert_eq!(
+        parse_xml(&svg).unwrap().iter().filter(|e| e.class() == "moe-lens-cell").count(),
+        0,
+        "the combined still SVG has no hover layer"
+    );
     both.save(dir.join("lang-heatmaps.html")).unwrap();
     // text versions
     let text = s.effective_experts_plot().unwrap().with_comparison(c).to_text().unwrap();

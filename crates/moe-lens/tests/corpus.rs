@@ -134,7 +134,12 @@ fn invalid_utf8() {
 fn duplicate_ids() {
     let m = corpus_error("dup.tsv", b"id\tlang\ttext\na\ten\tone\nb\ten\ttwo\nc\ten\tthree\na\tko\tfour\n", None, 5);
     assert!(m.contains("\"a\" was already used on line 2"), "{m}");
-    corpus_error("dup.jsonl", b"{\"id\":\"1\",\"lang\":\"en\",\"text\":\"a\"}\n{\"id\":1,\"lang\":\"en\",\"text\":\"b\"}\n", None, 2);
+    corpus_error(
+        "dup.jsonl",
+        b"{\"id\":\"1\",\"lang\":\"en\",\"text\":\"a\"}\n{\"id\":1,\"lang\":\"en\",\"text\":\"b\"}\n",
+        None,
+        2,
+    );
 }
 
 #[test]

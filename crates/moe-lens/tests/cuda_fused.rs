@@ -33,7 +33,9 @@ fn load(device: &Device, dtype: DType) -> (Olmoe, Value) {
     weights.sort();
     let cfg = Config::from_file(dir.join("config.json")).unwrap();
     let m = Olmoe::load(&cfg, &weights, device, dtype).unwrap();
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/olmoe-narrow.ref.json")).unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/olmoe-narrow.ref.json")).unwrap())
+            .unwrap();
     (m, r)
 }
 
@@ -42,7 +44,12 @@ fn ids_of(s: &Value) -> Vec<u32> {
 }
 
 fn want_top_k(s: &Value, l: usize) -> Vec<Vec<u32>> {
-    s["layers"][l]["top_k"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()).collect()
+    s["layers"][l]["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
 }
 
 fn cuda() -> Option<Device> {
@@ -56,7 +63,14 @@ fn overlap_one_by_one(m: &Olmoe, r: &Value, device: &Device) -> f64 {
     for s in r["sentences"].as_array().unwrap() {
         let ids = ids_of(s);
         let mut cache = RoutingCache::new();
-        m.forward(&Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0).unwrap(), None, None, Step::Prefill, Some(&mut cache)).unwrap();
+        m.forward(
+            &Tensor::new(ids.as_slice(), device).unwrap().unsqueeze(0).unwrap(),
+            None,
+            None,
+            Step::Prefill,
+            Some(&mut cache),
+        )
+        .unwrap();
         for l in 0..m.config().num_hidden_layers {
             let ours = &cache.get(l).unwrap()[0];
             for (t, want) in want_top_k(s, l).iter().enumerate() {
@@ -179,10 +193,12 @@ fn quantized_paths_keep_the_f32_experts() {
     // 130 sequences of 12..35 tokens, padded: 4,550 rows, past the threshold and past the 4,096
     // rows the expanded path takes per call (so it runs in two row chunks)
     let mut r = Rng(11);
-    let ids: Vec<Vec<u32>> = (0..130).map(|s| (0..12 + s % 24).map(|_| 2 + (r.uniform() * (V - 2) as f64) as u32).collect()).collect();
+    let ids: Vec<Vec<u32>> =
+        (0..130).map(|s| (0..12 + s % 24).map(|_| 2 + (r.uniform() * (V - 2) as f64) as u32).collect()).collect();
     let t = ids.iter().map(Vec::len).max().unwrap();
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-    let flat: Vec<u32> = ids.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(1u32, t - s.len()))).collect();
+    let flat: Vec<u32> =
+        ids.iter().flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(1u32, t - s.len()))).collect();
     let run = |m: &Olmoe, d: &Device| {
         let input = Tensor::from_vec(flat.clone(), (ids.len(), t), d).unwrap();
         let mut spy = Rows { per_layer: vec![Vec::new(); L] };

@@ -42,11 +42,7 @@ fn eval_json() -> Value {
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number"))
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
 }
 
 fn jsd_table(ev: &Value, key: &str) -> BTreeMap<String, Vec<f64>> {
@@ -62,20 +58,12 @@ fn jsd_table(ev: &Value, key: &str) -> BTreeMap<String, Vec<f64>> {
 
 /// The held-out sentences, by the ids eval.json lists, from the shipped corpus.
 fn held_out(ev: &Value) -> Vec<Sentence> {
-    let all: BTreeMap<String, Sentence> = corpus::builtin()
-        .unwrap()
-        .into_iter()
-        .map(|s| (s.id.clone(), s))
-        .collect();
+    let all: BTreeMap<String, Sentence> = corpus::builtin().unwrap().into_iter().map(|s| (s.id.clone(), s)).collect();
     ev["held_out_ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|id| {
-            all.get(id.as_str().unwrap())
-                .unwrap_or_else(|| panic!("{id} is not in the corpus"))
-                .clone()
-        })
+        .map(|id| all.get(id.as_str().unwrap()).unwrap_or_else(|| panic!("{id} is not in the corpus")).clone())
         .collect()
 }
 
@@ -85,25 +73,12 @@ fn scanned() -> &'static (Value, Study) {
     CELL.get_or_init(|| {
         require_tokenizer();
         let ev = eval_json();
-        let lens = Lens::load_with(
-            "demo",
-            &LoadOptions {
-                device: DeviceChoice::Cpu,
-                dtype: Some(DType::F32),
-            },
-        )
-        .unwrap();
+        let lens =
+            Lens::load_with("demo", &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
         let sentences = held_out(&ev);
-        let mut study = study::scan(
-            &lens,
-            &sentences,
-            &ScanOptions {
-                batch_size: 16,
-                progress: false,
-                ..ScanOptions::default()
-            },
-        )
-        .unwrap();
+        let mut study =
+            study::scan(&lens, &sentences, &ScanOptions { batch_size: 16, progress: false, ..ScanOptions::default() })
+                .unwrap();
         study.sort();
         (ev, study)
     })
@@ -118,37 +93,21 @@ fn demo_resolves_to_the_shipped_model_with_olmoe_routing_shape() {
     assert_eq!(files.weights, vec![demo_dir().join("model.safetensors")]);
     assert_eq!(hub::resolve("  DeMo ").unwrap().dir, demo_dir());
     let bytes = std::fs::metadata(&files.weights[0]).unwrap().len();
-    assert!(
-        bytes <= 15_000_000,
-        "the demo weights grew to {bytes} bytes"
-    );
+    assert!(bytes <= 15_000_000, "the demo weights grew to {bytes} bytes");
 
     let lens = load("demo").unwrap();
     let hooks = lens.hooks();
     assert_eq!(hooks.len(), 16);
     assert_eq!(hooks.names[0], "model.layers.0.mlp.gate");
     assert_eq!(hooks.names[15], "model.layers.15.mlp.gate");
-    assert_eq!(
-        (hooks.experts, hooks.k, hooks.norm_topk_prob),
-        (64, 8, false)
-    );
+    assert_eq!((hooks.experts, hooks.k, hooks.norm_topk_prob), (64, 8, false));
     let c = lens.config();
     assert!(c.tie_word_embeddings);
-    assert_eq!(
-        (
-            c.vocab_size,
-            c.num_hidden_layers,
-            c.num_experts,
-            c.num_experts_per_tok
-        ),
-        (50304, 16, 64, 8)
-    );
+    assert_eq!((c.vocab_size, c.num_hidden_layers, c.num_experts, c.num_experts_per_tok), (50304, 16, 64, 8));
     assert_eq!(c.dtype.as_deref(), Some("bfloat16"));
 
     // It runs: every router reports 8 distinct experts for every token.
-    let trace = lens
-        .trace("저는 보통 여섯 시에 일어나요. I usually wake up at six.")
-        .unwrap();
+    let trace = lens.trace("저는 보통 여섯 시에 일어나요. I usually wake up at six.").unwrap();
     for layer in 0..16 {
         let lt = trace.layer(layer).unwrap();
         assert_eq!(lt.experts(), 64);
@@ -164,27 +123,19 @@ fn eval_json_describes_this_model_and_split() {
     assert_eq!(ev["config"]["num_experts_per_tok"], 8);
     assert_eq!(ev["eval"]["dtype"], "float32");
     let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(demo_dir().join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(demo_dir().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["tie_word_embeddings"], true);
     assert_eq!(config["torch_dtype"], "bfloat16");
     assert!(config.get("rope_theta").is_some() && config.get("rms_norm_eps").is_none());
     // Held out: whole triples (every 10th), never trained on; ids exist in the corpus.
     let sentences = held_out(&ev);
-    assert!(
-        sentences.len() >= 90,
-        "{} held-out sentences",
-        sentences.len()
-    );
+    assert!(sentences.len() >= 90, "{} held-out sentences", sentences.len());
     for s in &sentences {
         let n: u32 = s.id[..4].parse().unwrap();
         assert_eq!(n % 10, 0, "{} is not in a held-out triple", s.id);
     }
     for lang in ["en", "ko", "ja"] {
-        assert_eq!(
-            sentences.iter().filter(|s| s.lang == lang).count(),
-            sentences.len() / 3
-        );
+        assert_eq!(sentences.iter().filter(|s| s.lang == lang).count(), sentences.len() / 3);
     }
     assert!(ev["training"]["seconds"].as_f64().unwrap() > 0.0);
     assert!(ev["card"].as_str().is_some_and(|c| !c.is_empty()));
@@ -206,26 +157,14 @@ fn fresh_measurement_matches_the_model_card() {
     let mut moved_most = 0u64;
     for (li, lang) in study.counts.languages.iter().enumerate() {
         for layer in 0..layers {
-            let want: Vec<u64> = ev["counts"][lang][layer]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap())
-                .collect();
+            let want: Vec<u64> =
+                ev["counts"][lang][layer].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
             let got: Vec<u64> = (0..64).map(|e| study.counts.topk[[li, layer, e]]).collect();
             let total: u64 = want.iter().sum();
             assert_eq!(got.iter().sum::<u64>(), total);
-            let moved: u64 = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| a.abs_diff(*b))
-                .sum::<u64>()
-                / 2;
+            let moved: u64 = want.iter().zip(&got).map(|(a, b)| a.abs_diff(*b)).sum::<u64>() / 2;
             moved_most = moved_most.max(moved);
-            assert!(
-                moved * 100 <= total,
-                "layer {layer} {lang}: {moved} of {total} selections differ from eval.json"
-            );
+            assert!(moved * 100 <= total, "layer {layer} {lang}: {moved} of {total} selections differ from eval.json");
         }
     }
 
@@ -257,22 +196,13 @@ fn languages_separate_far_above_shuffled_labels() {
     let (ev, study) = scanned();
     let m = study.metrics();
     let layers = 16;
-    let fresh_max = |layer: usize| {
-        PAIRS
-            .iter()
-            .map(|(a, b)| m.jsd(layer, a, b).unwrap())
-            .fold(0.0, f64::max)
-    };
-    let (best_layer, best) = (0..layers)
-        .map(|l| (l, fresh_max(l)))
-        .fold((0, 0.0), |x, y| if y.1 > x.1 { y } else { x });
+    let fresh_max = |layer: usize| PAIRS.iter().map(|(a, b)| m.jsd(layer, a, b).unwrap()).fold(0.0, f64::max);
+    let (best_layer, best) =
+        (0..layers).map(|l| (l, fresh_max(l))).fold((0, 0.0), |x, y| if y.1 > x.1 { y } else { x });
 
     // The shuffled-label baseline, recomputed here from the per-sentence routes (20 permutations).
-    let per_sentence: Vec<(String, ndarray::Array2<u32>)> = study
-        .routes
-        .iter()
-        .map(|r| (r.langs[0].clone(), r.counts(64)))
-        .collect();
+    let per_sentence: Vec<(String, ndarray::Array2<u32>)> =
+        study.routes.iter().map(|r| (r.langs[0].clone(), r.counts(64))).collect();
     let mut rng = SplitMix64::new(7);
     let mut shuffled = vec![0.0f64; layers];
     let shuffles = 20;
@@ -294,20 +224,14 @@ fn languages_separate_far_above_shuffled_labels() {
                 }
                 t
             };
-            let worst = PAIRS
-                .iter()
-                .map(|(a, b)| metrics::jensen_shannon(&table(a), &table(b)).unwrap())
-                .fold(0.0, f64::max);
+            let worst =
+                PAIRS.iter().map(|(a, b)| metrics::jensen_shannon(&table(a), &table(b)).unwrap()).fold(0.0, f64::max);
             *s += worst / shuffles as f64;
         }
     }
     let shuffled_max = shuffled.iter().cloned().fold(0.0, f64::max);
     let card_shuffled = jsd_table(ev, "jsd_shuffled");
-    let card_shuffled_max = card_shuffled
-        .values()
-        .flatten()
-        .cloned()
-        .fold(0.0, f64::max);
+    let card_shuffled_max = card_shuffled.values().flatten().cloned().fold(0.0, f64::max);
     eprintln!("demo: largest JSD {best:.3} at layer {best_layer}; shuffled labels at most {shuffled_max:.3} here, {card_shuffled_max:.3} in eval.json");
 
     assert!(best >= 0.2, "largest language JSD is only {best:.3}");
@@ -317,18 +241,10 @@ fn languages_separate_far_above_shuffled_labels() {
     );
     assert!(best >= 5.0 * card_shuffled_max);
     // Both baselines are of the same size (both are small-sample noise of the same tables).
-    assert!(
-        (shuffled_max - card_shuffled_max).abs() <= 0.05,
-        "{shuffled_max} vs {card_shuffled_max}"
-    );
+    assert!((shuffled_max - card_shuffled_max).abs() <= 0.05, "{shuffled_max} vs {card_shuffled_max}");
     // Not only one layer: most layers separate the languages beyond any shuffle.
-    let separated = (0..layers)
-        .filter(|&l| fresh_max(l) > 2.0 * shuffled[l].max(card_shuffled_max))
-        .count();
-    assert!(
-        separated >= 8,
-        "only {separated} layers separate the languages"
-    );
+    let separated = (0..layers).filter(|&l| fresh_max(l) > 2.0 * shuffled[l].max(card_shuffled_max)).count();
+    assert!(separated >= 8, "only {separated} layers separate the languages");
 }
 
 /// The README's table: per layer, en-ko, en-ja, ko-ja.
@@ -336,12 +252,7 @@ fn readme_table() -> Vec<[f64; 3]> {
     let text = std::fs::read_to_string(demo_dir().join("README.md")).expect("data/demo/README.md");
     let mut rows = Vec::new();
     for line in text.lines() {
-        let cells: Vec<&str> = line
-            .trim()
-            .trim_matches('|')
-            .split('|')
-            .map(str::trim)
-            .collect();
+        let cells: Vec<&str> = line.trim().trim_matches('|').split('|').map(str::trim).collect();
         if cells.len() == 6 {
             if let Ok(layer) = cells[0].parse::<usize>() {
                 assert_eq!(layer, rows.len(), "README rows out of order");
@@ -350,10 +261,6 @@ fn readme_table() -> Vec<[f64; 3]> {
             }
         }
     }
-    assert_eq!(
-        rows.len(),
-        16,
-        "the README's JSD table should have 16 layers"
-    );
+    assert_eq!(rows.len(), 16, "the README's JSD table should have 16 layers");
     rows
 }

@@ -83,7 +83,8 @@ fn batching_changes_at_most_the_last_bits_never_the_experts() {
         } else {
             load(model)
         };
-        let ids: Vec<Vec<u32>> = TEXTS.iter().map(|t| lens.tokenize(t).unwrap().iter().map(|x| x.id).collect()).collect();
+        let ids: Vec<Vec<u32>> =
+            TEXTS.iter().map(|t| lens.tokenize(t).unwrap().iter().map(|x| x.id).collect()).collect();
         let t_max = ids.iter().map(Vec::len).max().unwrap();
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
         let mut batch = Rows::default();
@@ -167,7 +168,11 @@ fn thread_count_does_not_change_the_bits() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let got = text.split("DIGEST ").nth(1).map(|r| &r[..16.min(r.len())]).unwrap_or_else(|| panic!("child printed no digest: {text}"));
+        let got = text
+            .split("DIGEST ")
+            .nth(1)
+            .map(|r| &r[..16.min(r.len())])
+            .unwrap_or_else(|| panic!("child printed no digest: {text}"));
         assert_eq!(got, here, "RAYON_NUM_THREADS={threads} changed the router logits");
     }
 }

@@ -37,7 +37,13 @@ fn cache(tag: &str) -> PathBuf {
 }
 
 fn settings(cache: &Path, server: &HubServer) -> HubSettings {
-    HubSettings { cache_dir: cache.to_path_buf(), offline: false, token: None, progress: false, endpoint: Some(server.endpoint.clone()) }
+    HubSettings {
+        cache_dir: cache.to_path_buf(),
+        offline: false,
+        token: None,
+        progress: false,
+        endpoint: Some(server.endpoint.clone()),
+    }
 }
 
 fn partial(cache: &Path, bytes: &[u8]) -> PathBuf {
@@ -126,7 +132,8 @@ fn a_cut_off_blob_left_by_an_older_client_is_refused_then_continued() {
     // A complete-looking snapshot is used without network (its sizes cannot be known offline): the
     // load refuses the short file and says what to do.
     let got = hub::resolve_with(REPO, &s).unwrap();
-    let e = Lens::from_files(got.clone(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap_err();
+    let e =
+        Lens::from_files(got.clone(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap_err();
     assert!(matches!(e, Error::Weights { .. }) && e.to_string().contains("download it again"), "{e}");
     // When a download runs (here: tokenizer.json is missing too), the short file is not trusted: it
     // is continued from where it ends.

@@ -90,7 +90,9 @@ fn config_that_does_not_fit_the_weights() {
     fs::remove_dir_all(dir).ok();
 
     // fewer experts or layers than the weights have
-    for (tag, key, val, needle) in [("experts", "num_experts", 32, "expert 32"), ("layers", "num_hidden_layers", 8, "more layers")] {
+    for (tag, key, val, needle) in
+        [("experts", "num_experts", 32, "expert 32"), ("layers", "num_hidden_layers", 8, "more layers")]
+    {
         let dir = copy_fixture("olmoe-narrow", tag);
         edit_config(&dir, |c| c[key] = val.into());
         let e = load_dir(&dir).unwrap_err();
@@ -136,7 +138,10 @@ fn missing_tokenizer_and_offline_without_cache() {
     let e = hub::resolve_with("allenai/OLMoE-1B-7B-0924", &s).unwrap_err();
     assert!(matches!(e, Error::Offline { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("allenai/OLMoE-1B-7B-0924") && msg.contains(cache.to_str().unwrap()) && msg.contains("demo"), "{msg}");
+    assert!(
+        msg.contains("allenai/OLMoE-1B-7B-0924") && msg.contains(cache.to_str().unwrap()) && msg.contains("demo"),
+        "{msg}"
+    );
     fs::remove_dir_all(cache).ok();
 
     for bad in ["not a model", "a/b/c/", "/no/such/dir"] {

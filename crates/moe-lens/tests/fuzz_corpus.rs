@@ -56,14 +56,16 @@ const TINY_CONFIG: &str = r#"{"model_type":"olmoe","vocab_size":8,"hidden_size":
 
 #[test]
 fn tokens_corpus() {
-    let tok = Tokenizer::from_file(root().join("tests/data/tokenizer/tokenizer.json")).expect("run tests/setup-data.sh first");
+    let tok = Tokenizer::from_file(root().join("tests/data/tokenizer/tokenizer.json"))
+        .expect("run tests/setup-data.sh first");
     replay("tokens", |data| {
         let (ids_len, data) = match data {
             [a, rest @ ..] => ((*a as usize % 16) * 4, rest),
             [] => (0, data),
         };
         let (text, id_bytes) = data.split_at(data.len().saturating_sub(ids_len));
-        let ids: Vec<u32> = id_bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % 60000).collect();
+        let ids: Vec<u32> =
+            id_bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) % 60000).collect();
         let _ = tok.labels(&ids);
         let text = String::from_utf8_lossy(text);
         if let Ok(tokens) = tok.encode(&text) {

@@ -5,15 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use moe_lens::hub::{
-    cached_snapshot, local_dir, resolve_with, HubId, HubSettings, ModelFiles, DEFAULT_REVISION,
-};
+use moe_lens::hub::{cached_snapshot, local_dir, resolve_with, HubId, HubSettings, ModelFiles, DEFAULT_REVISION};
 use moe_lens::Error;
 
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/olmoe-narrow"
-);
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/olmoe-narrow");
 const SHARDS: [&str; 4] = [
     "model-00001-of-00004.safetensors",
     "model-00002-of-00004.safetensors",
@@ -29,10 +24,8 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = std::env::temp_dir().join(format!(
             "moe-lens-hub-{tag}-{}-{}-{nanos}",
             std::process::id(),
@@ -109,13 +102,7 @@ fn link(target: &Path, at: &Path) {
 }
 
 fn settings(cache: &Path, offline: bool) -> HubSettings {
-    HubSettings {
-        cache_dir: cache.to_path_buf(),
-        offline,
-        token: None,
-        progress: false,
-        endpoint: None,
-    }
+    HubSettings { cache_dir: cache.to_path_buf(), offline, token: None, progress: false, endpoint: None }
 }
 
 fn assert_snapshot_files(files: &ModelFiles, snapshot: &Path, name: &str) {
@@ -139,10 +126,7 @@ fn resolves_a_complete_snapshot_offline() {
     let s = settings(&cache, true);
     let files = resolve_with("acme/tiny", &s).unwrap();
     assert_snapshot_files(&files, &snapshot, "acme/tiny");
-    assert_eq!(
-        cached_snapshot("acme/tiny", "main", &s),
-        Some(snapshot.clone())
-    );
+    assert_eq!(cached_snapshot("acme/tiny", "main", &s), Some(snapshot.clone()));
     assert_eq!(cached_snapshot("acme/tiny", "", &s), Some(snapshot.clone()));
     assert_eq!(cached_snapshot("acme/tiny", "v2", &s), None);
     assert_eq!(cached_snapshot("acme/other", "main", &s), None);
@@ -164,21 +148,14 @@ fn a_commit_revision_maps_to_its_snapshot_directly() {
     let (cache, snapshot) = fake_cache(&tmp, &[]);
     // Without refs/main the commit still resolves; a named ref with a trailing newline too.
     std::fs::remove_file(cache.join("models--acme--tiny/refs/main")).unwrap();
-    std::fs::write(
-        cache.join("models--acme--tiny/refs/v1"),
-        format!("{COMMIT}\n"),
-    )
-    .unwrap();
+    std::fs::write(cache.join("models--acme--tiny/refs/v1"), format!("{COMMIT}\n")).unwrap();
     let s = settings(&cache, true);
     let name = format!("acme/tiny@{COMMIT}");
     let files = resolve_with(&name, &s).unwrap();
     assert_snapshot_files(&files, &snapshot, &name);
     let files = resolve_with("acme/tiny@v1", &s).unwrap();
     assert_snapshot_files(&files, &snapshot, "acme/tiny@v1");
-    assert!(matches!(
-        resolve_with("acme/tiny", &s),
-        Err(Error::Offline { .. })
-    ));
+    assert!(matches!(resolve_with("acme/tiny", &s), Err(Error::Offline { .. })));
 }
 
 #[test]
@@ -187,18 +164,13 @@ fn a_missing_shard_offline_names_model_cache_and_file() {
     let (cache, _) = fake_cache(&tmp, &["model-00003-of-00004.safetensors"]);
     let s = settings(&cache, true);
     let err = resolve_with("acme/tiny", &s).unwrap_err();
-    assert!(
-        matches!(&err, Error::Offline { model, cache: c, .. } if model == "acme/tiny" && *c == cache)
-    );
+    assert!(matches!(&err, Error::Offline { model, cache: c, .. } if model == "acme/tiny" && *c == cache));
     let msg = err.to_string();
     assert!(msg.contains("acme/tiny"), "{msg}");
     assert!(msg.contains(&cache.display().to_string()), "{msg}");
     assert!(msg.contains("model-00003-of-00004.safetensors"), "{msg}");
     assert!(msg.contains("huggingface-cli download acme/tiny"), "{msg}");
-    assert!(
-        msg.contains("HF_HUB_CACHE") && msg.contains("demo"),
-        "{msg}"
-    );
+    assert!(msg.contains("HF_HUB_CACHE") && msg.contains("demo"), "{msg}");
     assert_eq!(cached_snapshot("acme/tiny", "main", &s), None);
 }
 
@@ -231,10 +203,7 @@ fn an_absent_model_or_revision_offline_is_offline() {
     assert!(msg.contains("models--acme--absent"), "{msg}");
 
     let msg = resolve_with("acme/tiny@v2", &s).unwrap_err().to_string();
-    assert!(
-        msg.contains("refs/v2") && msg.contains("--revision v2"),
-        "{msg}"
-    );
+    assert!(msg.contains("refs/v2") && msg.contains("--revision v2"), "{msg}");
 
     let other = format!("acme/tiny@{}", "f".repeat(40));
     let msg = resolve_with(&other, &s).unwrap_err().to_string();
@@ -242,10 +211,7 @@ fn an_absent_model_or_revision_offline_is_offline() {
 
     // An empty cache directory that does not even exist.
     let s = settings(&tmp.path().join("nowhere"), true);
-    assert!(matches!(
-        resolve_with("acme/tiny", &s),
-        Err(Error::Offline { .. })
-    ));
+    assert!(matches!(resolve_with("acme/tiny", &s), Err(Error::Offline { .. })));
 }
 
 #[test]
@@ -287,61 +253,22 @@ fn local_dir_reports_what_is_missing() {
 
     std::fs::remove_file(dir.join("model-00002-of-00004.safetensors")).unwrap();
     let err = local_dir(&dir, "m").unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::MissingFile {
-                what: "weight shard",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { what: "weight shard", .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("model-00002-of-00004.safetensors"), "{msg}");
     assert!(msg.contains("model.safetensors.index.json"), "{msg}");
 
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let err = local_dir(&dir, "m").unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::MissingFile {
-                what: "tokenizer.json",
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("allenai/OLMoE-1B-7B-0924"),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { what: "tokenizer.json", .. }), "{err}");
+    assert!(err.to_string().contains("allenai/OLMoE-1B-7B-0924"), "{err}");
 
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = local_dir(&dir, "m").unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::MissingFile {
-                what: "config.json",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { what: "config.json", .. }), "{err}");
 
     let err = local_dir(&tmp.path().join("nope"), "m").unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::MissingFile {
-                what: "model directory",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { what: "model directory", .. }), "{err}");
 }
 
 #[test]
@@ -361,10 +288,7 @@ fn local_dir_rejects_bad_indexes() {
         std::fs::write(&index, bad).unwrap();
         let err = local_dir(&dir, "m").unwrap_err();
         assert!(matches!(&err, Error::Weights { .. }), "{bad}: {err}");
-        assert!(
-            err.to_string().contains("model.safetensors.index.json"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("model.safetensors.index.json"), "{err}");
     }
     // Shards named several times appear once, sorted by name.
     std::fs::write(
@@ -376,10 +300,7 @@ fn local_dir_rejects_bad_indexes() {
     let files = local_dir(&dir, "m").unwrap();
     assert_eq!(
         files.weights,
-        vec![
-            dir.join("model-00001-of-00004.safetensors"),
-            dir.join("model-00002-of-00004.safetensors")
-        ]
+        vec![dir.join("model-00001-of-00004.safetensors"), dir.join("model-00002-of-00004.safetensors")]
     );
 }
 
@@ -388,29 +309,13 @@ fn local_dir_with_single_or_no_weights() {
     let tmp = TempDir::new("local-single");
     let dir = tmp.path().join("m");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        Path::new(FIXTURE).join("config.json"),
-        dir.join("config.json"),
-    )
-    .unwrap();
+    std::fs::copy(Path::new(FIXTURE).join("config.json"), dir.join("config.json")).unwrap();
     std::fs::write(dir.join("tokenizer.json"), TOKENIZER).unwrap();
 
     let err = local_dir(&dir, "m").unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::MissingFile {
-                what: "weights",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(&err, Error::MissingFile { what: "weights", .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("model.safetensors.index.json") && msg.contains("model.safetensors"),
-        "{msg}"
-    );
+    assert!(msg.contains("model.safetensors.index.json") && msg.contains("model.safetensors"), "{msg}");
 
     std::fs::write(dir.join("model.safetensors"), b"not really weights").unwrap();
     let files = local_dir(&dir, "m").unwrap();
@@ -425,58 +330,28 @@ fn local_dir_with_single_or_no_weights() {
 fn hub_id_validation() {
     let hex = "a".repeat(40);
     let valid: Vec<(String, &str, &str, &str)> = vec![
-        (
-            "allenai/OLMoE-1B-7B-0924".into(),
-            "allenai",
-            "OLMoE-1B-7B-0924",
-            "main",
-        ),
+        ("allenai/OLMoE-1B-7B-0924".into(), "allenai", "OLMoE-1B-7B-0924", "main"),
         ("a/b".into(), "a", "b", "main"),
         ("acme/tiny@main".into(), "acme", "tiny", "main"),
         ("acme/tiny@v1.0".into(), "acme", "tiny", "v1.0"),
         ("acme/tiny@refs/pr/1".into(), "acme", "tiny", "refs/pr/1"),
-        (
-            "allenai/OLMoE-1B-7B-0924@step10000-tokens41B".into(),
-            "allenai",
-            "OLMoE-1B-7B-0924",
-            "step10000-tokens41B",
-        ),
+        ("allenai/OLMoE-1B-7B-0924@step10000-tokens41B".into(), "allenai", "OLMoE-1B-7B-0924", "step10000-tokens41B"),
         ("owner_1/name.v2_x".into(), "owner_1", "name.v2_x", "main"),
         (format!("acme/tiny@{hex}"), "acme", "tiny", hex.as_str()),
-        (
-            format!("{}/{}", "o".repeat(96), "n".repeat(96)),
-            "",
-            "",
-            "main",
-        ),
+        (format!("{}/{}", "o".repeat(96), "n".repeat(96)), "", "", "main"),
     ];
     for (id, owner, name, rev) in &valid {
         let parsed = HubId::parse(id).unwrap_or_else(|e| panic!("{id} should be valid: {e}"));
         if !owner.is_empty() {
-            assert_eq!(
-                (parsed.owner.as_str(), parsed.name.as_str()),
-                (*owner, *name),
-                "{id}"
-            );
+            assert_eq!((parsed.owner.as_str(), parsed.name.as_str()), (*owner, *name), "{id}");
         }
         assert_eq!(parsed.revision, *rev, "{id}");
     }
-    assert!(HubId::parse(&format!("acme/tiny@{hex}"))
-        .unwrap()
-        .revision_is_commit());
+    assert!(HubId::parse(&format!("acme/tiny@{hex}")).unwrap().revision_is_commit());
     assert!(!HubId::parse("acme/tiny").unwrap().revision_is_commit());
-    assert_eq!(
-        HubId::parse("acme/tiny").unwrap().revision,
-        DEFAULT_REVISION
-    );
-    assert_eq!(
-        HubId::parse("acme/tiny@v1").unwrap().to_string(),
-        "acme/tiny@v1"
-    );
-    assert_eq!(
-        HubId::parse("acme/tiny@main").unwrap().cache_folder(),
-        "models--acme--tiny"
-    );
+    assert_eq!(HubId::parse("acme/tiny").unwrap().revision, DEFAULT_REVISION);
+    assert_eq!(HubId::parse("acme/tiny@v1").unwrap().to_string(), "acme/tiny@v1");
+    assert_eq!(HubId::parse("acme/tiny@main").unwrap().cache_folder(), "models--acme--tiny");
 
     let long = format!("a/{}", "n".repeat(97));
     let invalid = [
@@ -510,13 +385,8 @@ fn hub_id_validation() {
         long.as_str(),
     ];
     for id in invalid {
-        let err = HubId::parse(id)
-            .err()
-            .unwrap_or_else(|| panic!("{id:?} should be invalid"));
-        assert!(
-            matches!(err, Error::InvalidArgument { what: "model", .. }),
-            "{id:?}: {err}"
-        );
+        let err = HubId::parse(id).err().unwrap_or_else(|| panic!("{id:?} should be invalid"));
+        assert!(matches!(err, Error::InvalidArgument { what: "model", .. }), "{id:?}: {err}");
     }
 }
 
@@ -526,39 +396,14 @@ fn resolve_rejects_what_is_neither_directory_nor_id() {
     let s = settings(&tmp.path().join("hub"), true);
 
     let err = resolve_with("not a model", &s).unwrap_err();
-    assert!(
-        matches!(err, Error::InvalidArgument { what: "model", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, Error::InvalidArgument { what: "model", .. }), "{err}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("neither an existing directory nor")
-            && msg.contains("allenai/OLMoE-1B-7B-0924"),
-        "{msg}"
-    );
-    assert!(matches!(
-        resolve_with("   ", &s),
-        Err(Error::InvalidArgument { .. })
-    ));
+    assert!(msg.contains("neither an existing directory nor") && msg.contains("allenai/OLMoE-1B-7B-0924"), "{msg}");
+    assert!(matches!(resolve_with("   ", &s), Err(Error::InvalidArgument { .. })));
 
-    for path in [
-        "/definitely/not/here",
-        "./nope",
-        "../nope",
-        "~/nope-moe-lens-xyz",
-        "a/b/c",
-    ] {
+    for path in ["/definitely/not/here", "./nope", "../nope", "~/nope-moe-lens-xyz", "a/b/c"] {
         let err = resolve_with(path, &s).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::MissingFile {
-                    what: "model directory",
-                    ..
-                }
-            ),
-            "{path}: {err}"
-        );
+        assert!(matches!(err, Error::MissingFile { what: "model directory", .. }), "{path}: {err}");
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 
@@ -601,10 +446,7 @@ fn odd_inputs_never_panic() {
 // ------------------------------------------------------------------------------------------
 
 fn from(vars: &[(&str, &str)]) -> HubSettings {
-    let map: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     HubSettings::from_lookup(&|k: &str| map.get(k).cloned())
 }
 
@@ -618,27 +460,12 @@ fn cache_dir_precedence_matches_python() {
     ];
     assert_eq!(from(&all).cache_dir, PathBuf::from("/c/hub-cache"));
     assert_eq!(from(&all[1..]).cache_dir, PathBuf::from("/c/hf-home/hub"));
-    assert_eq!(
-        from(&all[2..]).cache_dir,
-        PathBuf::from("/c/xdg/huggingface/hub")
-    );
-    assert_eq!(
-        from(&all[3..]).cache_dir,
-        PathBuf::from("/home/u/.cache/huggingface/hub")
-    );
+    assert_eq!(from(&all[2..]).cache_dir, PathBuf::from("/c/xdg/huggingface/hub"));
+    assert_eq!(from(&all[3..]).cache_dir, PathBuf::from("/home/u/.cache/huggingface/hub"));
     // The legacy name sits between HF_HUB_CACHE and HF_HOME; empty values count as unset; `~` expands.
-    assert_eq!(
-        from(&[("HUGGINGFACE_HUB_CACHE", "/legacy"), ("HF_HOME", "/h")]).cache_dir,
-        PathBuf::from("/legacy")
-    );
-    assert_eq!(
-        from(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/h")]).cache_dir,
-        PathBuf::from("/h/hub")
-    );
-    assert_eq!(
-        from(&[("HF_HOME", "~/hf"), ("HOME", "/home/u")]).cache_dir,
-        PathBuf::from("/home/u/hf/hub")
-    );
+    assert_eq!(from(&[("HUGGINGFACE_HUB_CACHE", "/legacy"), ("HF_HOME", "/h")]).cache_dir, PathBuf::from("/legacy"));
+    assert_eq!(from(&[("HF_HUB_CACHE", ""), ("HF_HOME", "/h")]).cache_dir, PathBuf::from("/h/hub"));
+    assert_eq!(from(&[("HF_HOME", "~/hf"), ("HOME", "/home/u")]).cache_dir, PathBuf::from("/home/u/hf/hub"));
 }
 
 #[test]
@@ -656,11 +483,7 @@ fn offline_progress_and_token() {
         ("", false),
         ("2", false),
     ] {
-        assert_eq!(
-            from(&[("HF_HUB_OFFLINE", v)]).offline,
-            expected,
-            "HF_HUB_OFFLINE={v:?}"
-        );
+        assert_eq!(from(&[("HF_HUB_OFFLINE", v)]).offline, expected, "HF_HUB_OFFLINE={v:?}");
     }
     assert!(!from(&[]).offline);
     assert!(from(&[("TRANSFORMERS_OFFLINE", "1")]).offline);
@@ -676,32 +499,18 @@ fn offline_progress_and_token() {
     assert_eq!(from(&[("HF_HOME", &home)]).token, None);
     // The token file under HF_HOME, trimmed.
     std::fs::write(tmp.path().join("token"), "  hf_fromfile\n").unwrap();
-    assert_eq!(
-        from(&[("HF_HOME", &home)]).token.as_deref(),
-        Some("hf_fromfile")
-    );
+    assert_eq!(from(&[("HF_HOME", &home)]).token.as_deref(), Some("hf_fromfile"));
     // The default token file is ~/.cache/huggingface/token.
     let user = tmp.path().join("user");
     std::fs::create_dir_all(user.join(".cache/huggingface")).unwrap();
     std::fs::write(user.join(".cache/huggingface/token"), "hf_default\n").unwrap();
     let user = user.display().to_string();
-    assert_eq!(
-        from(&[("HOME", &user)]).token.as_deref(),
-        Some("hf_default")
-    );
+    assert_eq!(from(&[("HOME", &user)]).token.as_deref(), Some("hf_default"));
     // HF_TOKEN wins over the file; an empty one does not count.
     let s = from(&[("HF_HOME", &home), ("HF_TOKEN", "hf_secret_env")]);
     assert_eq!(s.token.as_deref(), Some("hf_secret_env"));
-    assert_eq!(
-        from(&[("HF_HOME", &home), ("HF_TOKEN", " \n")])
-            .token
-            .as_deref(),
-        Some("hf_fromfile")
-    );
+    assert_eq!(from(&[("HF_HOME", &home), ("HF_TOKEN", " \n")]).token.as_deref(), Some("hf_fromfile"));
     // Debug never shows the token.
     let debug = format!("{s:?}");
-    assert!(
-        !debug.contains("hf_secret_env") && debug.contains("redacted"),
-        "{debug}"
-    );
+    assert!(!debug.contains("hf_secret_env") && debug.contains("redacted"), "{debug}");
 }

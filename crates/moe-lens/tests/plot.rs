@@ -138,7 +138,12 @@ fn tooltip_rects_sit_exactly_on_the_drawn_cells() {
     let elems = parse_xml(&svg).unwrap();
     let drawn: HashSet<(i64, i64, i64, i64)> = elems
         .iter()
-        .filter(|e| e.name == "rect" && e.attr("class").is_none() && e.attr("stroke") == Some("none") && e.attr("fill") != Some("none"))
+        .filter(|e| {
+            e.name == "rect"
+                && e.attr("class").is_none()
+                && e.attr("stroke") == Some("none")
+                && e.attr("fill") != Some("none")
+        })
         .map(|e| (e.num("x"), e.num("y"), e.num("width"), e.num("height")))
         .collect();
     for c in cells(&elems) {
@@ -181,14 +186,19 @@ fn one_top_k_marker_per_chosen_cell() {
     let svg = t.heatmap(14).unwrap().svg().unwrap();
     let elems = parse_xml(&svg).unwrap();
     let c = cells(&elems);
-    let chosen: HashSet<(i64, i64)> =
-        c.iter().filter(|e| e.title.as_deref().unwrap_or("").contains("chosen: rank")).map(|e| (e.num("x"), e.num("y"))).collect();
+    let chosen: HashSet<(i64, i64)> = c
+        .iter()
+        .filter(|e| e.title.as_deref().unwrap_or("").contains("chosen: rank"))
+        .map(|e| (e.num("x"), e.num("y")))
+        .collect();
     assert_eq!(chosen.len(), t.tokens.len() * K);
     let (w, h) = (c[0].num("width"), c[0].num("height"));
     // markers: hollow rectangles inset by one pixel in a cell
     let markers: Vec<(i64, i64)> = elems
         .iter()
-        .filter(|e| e.name == "rect" && e.attr("fill") == Some("none") && e.num("width") == w - 2 && e.num("height") == h - 2)
+        .filter(|e| {
+            e.name == "rect" && e.attr("fill") == Some("none") && e.num("width") == w - 2 && e.num("height") == h - 2
+        })
         .map(|e| (e.num("x") - 1, e.num("y") - 1))
         .filter(|p| chosen.contains(p) || c.iter().any(|e| (e.num("x"), e.num("y")) == *p))
         .collect();
@@ -213,7 +223,10 @@ fn korean_and_japanese_labels_are_verbatim_text() {
     }
     // the text asks for CJK fonts
     let fam = elems.iter().find(|e| e.name == "text").and_then(|e| e.attr("font-family")).unwrap();
-    assert!(fam.contains("Noto Sans CJK KR") && fam.contains("Noto Sans CJK JP") && fam.ends_with("sans-serif"), "{fam}");
+    assert!(
+        fam.contains("Noto Sans CJK KR") && fam.contains("Noto Sans CJK JP") && fam.ends_with("sans-serif"),
+        "{fam}"
+    );
 }
 
 #[test]
@@ -360,8 +373,10 @@ fn evcxr_output_has_html_and_svg_blocks() {
     assert_eq!(out.matches("EVCXR_BEGIN_CONTENT").count(), out.matches("\nEVCXR_END_CONTENT\n").count());
     // the html block shows the still picture as an <img> (survives an untrusted notebook's
     // sanitiser) and carries the interactive one in a script that swaps it in when trusted
-    let html_block = out.split("EVCXR_BEGIN_CONTENT text/html\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
-    let svg_block = out.split("EVCXR_BEGIN_CONTENT image/svg+xml\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
+    let html_block =
+        out.split("EVCXR_BEGIN_CONTENT text/html\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
+    let svg_block =
+        out.split("EVCXR_BEGIN_CONTENT image/svg+xml\n").nth(1).unwrap().split("\nEVCXR_END_CONTENT").next().unwrap();
     assert!(!svg_block.contains("moe-lens-cell"));
     parse_xml(svg_block).unwrap();
     let (img, swapped) = notebook_payloads(html_block);
@@ -393,7 +408,8 @@ fn top_k_table_html_and_text() {
     assert!(elems.iter().any(|e| e.name == "td" && e.text == "<&>\"'"));
     assert!(elems.iter().any(|e| e.name == "td" && e.text == "こんにちは"));
     // expert cells: one per chosen expert, shaded
-    let shaded = elems.iter().filter(|e| e.name == "td" && e.attr("style").unwrap_or("").contains("background:rgb(")).count();
+    let shaded =
+        elems.iter().filter(|e| e.name == "td" && e.attr("style").unwrap_or("").contains("background:rgb(")).count();
     assert_eq!(shaded, t.tokens.len() * K);
     let text = table.to_string();
     assert!(text.contains("녕하세요") && text.contains("Hangul"));
@@ -447,9 +463,46 @@ fn save_writes_example_svgs() {
     assert_eq!(back, h.svg().unwrap());
     // a realistic size: 40 tokens of three languages, 8 of them generated
     let words = [
-        "␣The", "␣quick", "␣brown", "␣fox", "␣jumps", "␣over", "␣the", "␣lazy", "␣dog", ".", "␣안", "녕", "하세요", "…안…", "␣세", "계",
-        "␣여러분", "!", "␣こんにちは", "世界", "。", "今日", "は", "良い", "天気", "です", "ね", "↵", "␣Mixture", "-of", "-", "Experts",
-        "␣route", "s", "␣tokens", "<|endoftext|>", "␣to", "␣8", "␣of", "␣64",
+        "␣The",
+        "␣quick",
+        "␣brown",
+        "␣fox",
+        "␣jumps",
+        "␣over",
+        "␣the",
+        "␣lazy",
+        "␣dog",
+        ".",
+        "␣안",
+        "녕",
+        "하세요",
+        "…안…",
+        "␣세",
+        "계",
+        "␣여러분",
+        "!",
+        "␣こんにちは",
+        "世界",
+        "。",
+        "今日",
+        "は",
+        "良い",
+        "天気",
+        "です",
+        "ね",
+        "↵",
+        "␣Mixture",
+        "-of",
+        "-",
+        "Experts",
+        "␣route",
+        "s",
+        "␣tokens",
+        "<|endoftext|>",
+        "␣to",
+        "␣8",
+        "␣of",
+        "␣64",
     ];
     let scripts = |w: &str| {
         if w.chars().any(|c| ('\u{AC00}'..='\u{D7A3}').contains(&c)) {

@@ -108,7 +108,8 @@ fn k_quants_refuse_rows_that_are_not_multiples_of_256() {
     let dir = tmpdir("dims");
     let (mut cfg, files) = make_checkpoint(&dir);
     cfg.intermediate_size = 128; // the files say 256: the dimension check comes first
-    let err = quant::load_quantized(&cfg, &files, &dir, &Device::Cpu, DType::F32, Quant::Q4K).err().map(|e| e.to_string());
+    let err =
+        quant::load_quantized(&cfg, &files, &dir, &Device::Cpu, DType::F32, Quant::Q4K).err().map(|e| e.to_string());
     assert!(err.as_deref().is_some_and(|e| e.contains("intermediate_size is 128")), "{err:?}");
     assert!("q9".parse::<Quant>().is_err());
     assert_eq!("Q4_K".parse::<Quant>().unwrap(), Quant::Q4K);

@@ -17,8 +17,8 @@ use moe_lens::corpus::{self, Sentence};
 use moe_lens::hub;
 use moe_lens::prelude::*;
 use moe_lens::study::{
-    self, metrics, CompareOptions, Counts, CountsJson, Metrics, ScanExt, ScanOptions, SentenceRoutes, Settings, Shard, Study,
-    Verdict,
+    self, metrics, CompareOptions, Counts, CountsJson, Metrics, ScanExt, ScanOptions, SentenceRoutes, Settings, Shard,
+    Study, Verdict,
 };
 use serde_json::Value;
 
@@ -28,7 +28,10 @@ fn root() -> PathBuf {
 
 fn narrow() -> Lens {
     let dir = root().join("tests/fixtures/olmoe-narrow");
-    assert!(dir.join("tokenizer.json").exists(), "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)");
+    assert!(
+        dir.join("tokenizer.json").exists(),
+        "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)"
+    );
     let files = hub::local_dir(&dir, "olmoe-narrow").unwrap();
     Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap()
 }
@@ -70,7 +73,12 @@ fn script_lang(script: &str) -> String {
 type Table = BTreeMap<String, Vec<Vec<u64>>>;
 
 /// Brute-force recount from trace exports: (tokens, top-k, top-1) per language.
-fn recount(lens: &Lens, sentences: &[Sentence], by_script: bool, skip_common: bool) -> (BTreeMap<String, u64>, Table, Table) {
+fn recount(
+    lens: &Lens,
+    sentences: &[Sentence],
+    by_script: bool,
+    skip_common: bool,
+) -> (BTreeMap<String, u64>, Table, Table) {
     let (layers, experts) = (lens.config().num_hidden_layers, lens.config().num_experts);
     let mut tokens = BTreeMap::new();
     let mut topk: Table = BTreeMap::new();
@@ -139,7 +147,11 @@ fn counts_equal_a_brute_force_recount_of_trace_exports() {
         }
         if by_script {
             // the mixed sentence s11 puts Latin tokens under en and Hangul tokens under ko
-            assert!(tokens.contains_key("common") != skip_common, "Common tokens are {}", if skip_common { "left out" } else { "counted" });
+            assert!(
+                tokens.contains_key("common") != skip_common,
+                "Common tokens are {}",
+                if skip_common { "left out" } else { "counted" }
+            );
         }
     }
 }
@@ -217,7 +229,12 @@ fn a_sentence_routes_the_same_in_a_padded_batch_as_alone() {
                 for (l, lt) in trace.layers.iter().enumerate() {
                     for t in 0..trace.tokens.len() {
                         let (top_k, logits) = rec.rows.get(&(l, b, t)).unwrap();
-                        assert_eq!(top_k, &lt.top_k[t], "batch {batch}: sentence {} layer {l} token {t}", c * batch + b);
+                        assert_eq!(
+                            top_k,
+                            &lt.top_k[t],
+                            "batch {batch}: sentence {} layer {l} token {t}",
+                            c * batch + b
+                        );
                         for (x, y) in logits.iter().zip(&lt.logits[t]) {
                             worst = worst.max((x - y).abs());
                         }
@@ -311,7 +328,7 @@ fn entropy_effective_number_and_coverage_by_hand() {
     assert_eq!(metrics::distinct(&c), 3);
     assert_eq!(metrics::coverage(&c, 0.5), 1); // 2 of 4 is exactly half
     assert_eq!(metrics::coverage(&c, 0.9), 3); // 3 of 4 is 75 %
-    // one expert
+                                               // one expert
     let one = [0, 7, 0];
     assert!(close(metrics::entropy(&one), 0.0));
     assert!(close(metrics::effective_number(&one), 1.0));
@@ -468,7 +485,10 @@ fn bootstrap_finds_a_clear_difference_in_both_directions() {
     assert_eq!(r.layers[0].verdict, Verdict::More);
     assert!(r.layers[0].answer.starts_with("English uses more experts"));
     let text = c.to_string();
-    assert!(text.contains("Token-matched: 360 tokens") && text.contains("uses fewer experts in 1 of 1 layers"), "{text}");
+    assert!(
+        text.contains("Token-matched: 360 tokens") && text.contains("uses fewer experts in 1 of 1 layers"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -556,7 +576,10 @@ fn comparison_on_the_narrow_model_runs_every_layer() {
     assert_eq!(pairs, [("ja", "en"), ("ko", "en")]);
     assert!(study.report(Some("xx"), &opts(20)).is_err());
     let shown = report.to_string();
-    assert!(shown.contains("layer") && shown.contains("Does Korean (ko) use fewer experts than English (en)?"), "{shown}");
+    assert!(
+        shown.contains("layer") && shown.contains("Does Korean (ko) use fewer experts than English (en)?"),
+        "{shown}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -229,10 +229,7 @@ fn hand_checked_labels() {
 
     let ws = refs.iter().find(|r| r.lang == "ws").expect("the whitespace sentence");
     let got = encode(&tok, &ws.text);
-    assert_eq!(
-        labels(&got),
-        ["Line", "␣one", "↵", "Line", "␣two", "⇥", "␣tab", "␣␣", "and", "␣␣␣", "spaces"]
-    );
+    assert_eq!(labels(&got), ["Line", "␣one", "↵", "Line", "␣two", "⇥", "␣tab", "␣␣", "and", "␣␣␣", "spaces"]);
 
     // コンピュ…: "ãĥ³ãĥ" holds ン (E3 83 B3) whole and the head E3 83 of ピ (E3 83 94); "Ķ" the 94.
     let got = encode(&tok, "コンピューターで日本語の文章を処理する。");
@@ -247,10 +244,7 @@ fn labels_of_ids_on_their_own() {
     assert_eq!(tok.labels(&[41514, 219]).ok(), Some(vec!["␣안…".to_string(), "…안".to_string()]));
     // The tail alone forms no character either.
     assert_eq!(tok.labels(&[219]).ok(), Some(vec!["<88>".to_string()]));
-    assert_eq!(
-        tok.labels(&[50279, 1]).ok(),
-        Some(vec!["<|endoftext|>".to_string(), "<|padding|>".to_string()])
-    );
+    assert_eq!(tok.labels(&[50279, 1]).ok(), Some(vec!["<|endoftext|>".to_string(), "<|padding|>".to_string()]));
     assert_eq!(tok.labels(&[]).ok(), Some(vec![]));
 }
 
@@ -378,8 +372,7 @@ fn extend_holds_back_an_incomplete_character() {
     // Then "Ī" completes 안, and both tokens show it, at Python's offsets [27, 28].
     let (text, tokens) = tok.extend(&text, &tokens, &[219]).expect("extend");
     assert_eq!(text, "The quick brown fox jumps. 안");
-    let tail: Vec<(&str, usize, usize)> =
-        tokens[6..].iter().map(|t| (t.label.as_str(), t.start, t.end)).collect();
+    let tail: Vec<(&str, usize, usize)> = tokens[6..].iter().map(|t| (t.label.as_str(), t.start, t.end)).collect();
     assert_eq!(tail, [("␣안…", 27, 28), ("…안", 27, 28)]);
     assert_eq!(tokens[6].script, Script::Hangul);
 }
@@ -389,15 +382,10 @@ fn extend_with_generated_ids() {
     let tok = tokenizer();
     for fixture in ["olmoe-narrow.ref.json", "olmoe-gqa.ref.json"] {
         let path = repo_root().join("tests/fixtures").join(fixture);
-        let doc: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
         let prompt = doc["generate"]["prompt"].as_str().expect("prompt");
-        let new_ids: Vec<u32> = doc["generate"]["ids"]
-            .as_array()
-            .expect("ids")
-            .iter()
-            .map(|v| v.as_u64().unwrap_or(0) as u32)
-            .collect();
+        let new_ids: Vec<u32> =
+            doc["generate"]["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect();
         let tokens = encode(&tok, prompt);
         let (text, all) = tok.extend(prompt, &tokens, &new_ids).expect("extend");
         let continuation = tok.decode(&new_ids).expect("decode");
@@ -503,8 +491,18 @@ fn tokenizer_rebuilt_from_llamacpp_gguf_equals_tokenizer_json() {
         }
     }
     texts.extend(
-        ["<|endoftext|>Hello<|padding|>", "a  b   c\t\td\n\n\ne", "  leading", "trailing   ", "|||IP_ADDRESS||| x", "e\u{301}te\u{301}", "", "   ", "\u{feff}"]
-            .map(str::to_string),
+        [
+            "<|endoftext|>Hello<|padding|>",
+            "a  b   c\t\td\n\n\ne",
+            "  leading",
+            "trailing   ",
+            "|||IP_ADDRESS||| x",
+            "e\u{301}te\u{301}",
+            "",
+            "   ",
+            "\u{feff}",
+        ]
+        .map(str::to_string),
     );
     for text in &texts {
         let (a, b) = match (rebuilt.encode(text), json.encode(text)) {

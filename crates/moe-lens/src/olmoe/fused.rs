@@ -166,18 +166,31 @@ pub(crate) fn rmsnorm(
 /// Router: bf16 logits (element `(r, j)` at `r * stride + (off + j) * col`) → planar f32 routing
 /// written at `packed` (`[rows * (2e + 2k)]`: logits, probs, weights, ids as floats).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn route(logits: &Tensor, stride: usize, col: usize, off: usize, rows: usize, e: usize, packed: &Tensor, k: usize, norm_topk: bool) -> Result<()> {
+pub(crate) fn route(
+    logits: &Tensor,
+    stride: usize,
+    col: usize,
+    off: usize,
+    rows: usize,
+    e: usize,
+    packed: &Tensor,
+    k: usize,
+    norm_topk: bool,
+) -> Result<()> {
     let dev = cuda_dev(logits)?;
     if e > ROUTE_MAX_E || k == 0 || k > e.min(32) {
         return Err(err(format!("route: {e} experts, top-{k} not supported")));
     }
-    if packed.elem_count() != rows * (2 * e + 2 * k) || logits.elem_count() < rows.saturating_sub(1) * stride + (off + e - 1) * col + 1 {
+    if packed.elem_count() != rows * (2 * e + 2 * k)
+        || logits.elem_count() < rows.saturating_sub(1) * stride + (off + e - 1) * col + 1
+    {
         return Err(err("route: sizes do not match"));
     }
     let lp = ptr(logits, DType::BF16)? + (off * col * 2) as u64;
     let pp = ptr(packed, DType::F32)?;
     let func = dev.get_or_load_custom_func("ml_route_bf16", MODULE, PTX)?;
-    let (stride_i, rows_i, e_i, k_i, norm_i) = (i32_of(stride, "stride")?, i32_of(rows, "rows")?, e as i32, k as i32, i32::from(norm_topk));
+    let (stride_i, rows_i, e_i, k_i, norm_i) =
+        (i32_of(stride, "stride")?, i32_of(rows, "rows")?, e as i32, k as i32, i32::from(norm_topk));
     let col_i = i32_of(col, "column stride")?;
     let mut b = func.builder();
     b.arg(&lp);
@@ -197,7 +210,15 @@ pub(crate) fn route(logits: &Tensor, stride: usize, col: usize, off: usize, rows
 /// SwiGLU on `n` rows of `gu` (element `(r, c)` at `r * stride + off + c * col`, columns in `e`
 /// blocks of `[gate i | up i]`) → `[e, n, i]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn swiglu(gu: &Tensor, n: usize, e: usize, i: usize, stride: usize, off: usize, col: usize) -> Result<Tensor> {
+pub(crate) fn swiglu(
+    gu: &Tensor,
+    n: usize,
+    e: usize,
+    i: usize,
+    stride: usize,
+    off: usize,
+    col: usize,
+) -> Result<Tensor> {
     let dev = cuda_dev(gu)?;
     if gu.elem_count() < n.saturating_sub(1) * stride + off + (e * 2 * i - 1) * col + 1 {
         return Err(err("swiglu: size does not match"));
@@ -228,7 +249,15 @@ pub(crate) fn swiglu(gu: &Tensor, n: usize, e: usize, i: usize, stride: usize, o
 /// planar routing of `n` rows and `e` experts. `y` is `[e, n, h]` (every expert on every row) when
 /// `pos` is `None`, else `[rows, h]` with pair `n * k + j` at row `pos[n * k + j]` (i32).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn combine(y: &Tensor, packed: &Tensor, pos: Option<&Tensor>, n: usize, e: usize, h: usize, k: usize) -> Result<Tensor> {
+pub(crate) fn combine(
+    y: &Tensor,
+    packed: &Tensor,
+    pos: Option<&Tensor>,
+    n: usize,
+    e: usize,
+    h: usize,
+    k: usize,
+) -> Result<Tensor> {
     let dev = cuda_dev(y)?;
     if packed.elem_count() != n * (2 * e + 2 * k) || y.elem_count() % h.max(1) != 0 {
         return Err(err("combine: sizes do not match"));
@@ -426,7 +455,13 @@ fn row_bytes(t: GgmlDType, c: usize) -> Result<usize> {
 /// `[ne, rows, C]` of `dtype` (bf16, or f32 for float32 models): each part `(q, off)` (`q`
 /// `[E, R, C]`) fills rows `off .. off + R` of every expert (gate and up side by side make the
 /// `[ne, 2I, H]` layout of the bf16 path).
-pub(crate) fn dequant_experts_as(parts: &[(&QTensor, usize)], e0: usize, ne: usize, rows: usize, dtype: DType) -> Result<Tensor> {
+pub(crate) fn dequant_experts_as(
+    parts: &[(&QTensor, usize)],
+    e0: usize,
+    ne: usize,
+    rows: usize,
+    dtype: DType,
+) -> Result<Tensor> {
     let Some((first, _)) = parts.first() else { return Err(err("dequant: no parts")) };
     let Device::Cuda(dev) = first.device() else { return Err(err("dequant: weights are not on a CUDA device")) };
     let c = first.shape().dims().last().copied().unwrap_or(0);
@@ -444,7 +479,9 @@ pub(crate) fn dequant_experts_as(parts: &[(&QTensor, usize)], e0: usize, ne: usi
         let (e, r, cq) = q.shape().dims3()?;
         let name = kernel_type(q.dtype()).ok_or_else(|| err(format!("dequant: no kernel for {:?}", q.dtype())))?;
         if cq != c || e0 + ne > e || off + r > rows {
-            return Err(err(format!("dequant: [{e}, {r}, {cq}] does not fit experts {e0}+{ne} rows {off}+{r} of {rows}×{c}")));
+            return Err(err(format!(
+                "dequant: [{e}, {r}, {cq}] does not fit experts {e0}+{ne} rows {off}+{r} of {rows}×{c}"
+            )));
         }
         let row_bytes = row_bytes(q.dtype(), c)?;
         if r > 65_535 {
@@ -471,7 +508,8 @@ pub(crate) fn dequant_experts_as(parts: &[(&QTensor, usize)], e0: usize, ne: usi
             b.arg(&rows_i);
             b.arg(&off_i);
             let grid_x = (c / 8).div_ceil(threads as usize) as u32;
-            let cfg = LaunchConfig { grid_dim: (grid_x, (n * r) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+            let cfg =
+                LaunchConfig { grid_dim: (grid_x, (n * r) as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: reads n * r rows of row_bytes from expert e0 + s0 on (inside q, checked above)
             // and writes rows off .. off + r of experts s0 .. s0 + n of out.
             unsafe { b.launch(cfg) }.w()?;
@@ -505,20 +543,31 @@ pub(crate) fn qmm(parts: &[(&QTensor, usize)], xg: &Tensor, counts: &Tensor, wid
     let out = dev.alloc_zeros::<bf16>(e * cap * width)?;
     let op = out.device_ptr(out.stream()).0;
     const WARPS: usize = 8; // QMM_WARPS
-    // rows of the activations in shared memory at a time: at most QMM_TILE (8), and 32 KiB
+                            // rows of the activations in shared memory at a time: at most QMM_TILE (8), and 32 KiB
     let tile = (16_384 / kdim.max(1)).clamp(1, 8);
-    let smem = u32::try_from(tile * kdim * 2).ok().filter(|&b| b <= 48 * 1024).ok_or_else(|| err(format!("qmm: rows of {kdim} values do not fit shared memory")))?;
+    let smem = u32::try_from(tile * kdim * 2)
+        .ok()
+        .filter(|&b| b <= 48 * 1024)
+        .ok_or_else(|| err(format!("qmm: rows of {kdim} values do not fit shared memory")))?;
     for &(q, off) in parts {
         let (qe, r, qk) = q.shape().dims3()?;
         if qe != e || qk != kdim || off + r > width {
-            return Err(err(format!("qmm: weights [{qe}, {r}, {qk}] do not fit rows [{e}, {cap}, {kdim}] into columns {off}+{r} of {width}")));
+            return Err(err(format!(
+                "qmm: weights [{qe}, {r}, {qk}] do not fit rows [{e}, {cap}, {kdim}] into columns {off}+{r} of {width}"
+            )));
         }
         let name = kernel_type(q.dtype()).ok_or_else(|| err(format!("qmm: no kernel for {:?}", q.dtype())))?;
         let rb = row_bytes(q.dtype(), kdim)?;
         let func = dev.get_or_load_custom_func(&format!("ml_qmm_{name}"), MODULE, PTX)?;
         let src = q.device_ptr()? as u64;
         let (eb, rb_i) = ((r * rb) as i64, rb as i64);
-        let (r_i, k_i, c_i, w_i, o_i) = (i32_of(r, "rows")?, i32_of(kdim, "columns")?, i32_of(cap, "capacity")?, i32_of(width, "width")?, i32_of(off, "offset")?);
+        let (r_i, k_i, c_i, w_i, o_i) = (
+            i32_of(r, "rows")?,
+            i32_of(kdim, "columns")?,
+            i32_of(cap, "capacity")?,
+            i32_of(width, "width")?,
+            i32_of(off, "offset")?,
+        );
         let mut b = func.builder();
         b.arg(&src);
         b.arg(&eb);
@@ -534,7 +583,11 @@ pub(crate) fn qmm(parts: &[(&QTensor, usize)], xg: &Tensor, counts: &Tensor, wid
         let tile_i = tile as i32;
         b.arg(&tile_i);
         let grid_y = u32::try_from(e).map_err(|_| err("qmm: too many experts"))?;
-        let cfg = LaunchConfig { grid_dim: (r.div_ceil(WARPS) as u32, grid_y, 1), block_dim: (32 * WARPS as u32, 1, 1), shared_mem_bytes: smem };
+        let cfg = LaunchConfig {
+            grid_dim: (r.div_ceil(WARPS) as u32, grid_y, 1),
+            block_dim: (32 * WARPS as u32, 1, 1),
+            shared_mem_bytes: smem,
+        };
         // SAFETY: q holds e experts of r rows of rb bytes (its shape and block type, checked above);
         // xg holds e * cap rows of kdim bf16 and the kernel reads rows below min(counts[e], cap),
         // tile of them at a time into smem = tile * kdim bf16 of shared memory;
@@ -555,7 +608,8 @@ mod tests {
     /// the loader does.
     fn quantized_pair(src: &Tensor, t: GgmlDType, dev: &Device) -> Result<(QTensor, QTensor)> {
         let q_cpu = QTensor::quantize(src, t)?;
-        let q_gpu = QTensor::new(candle_core::quantized::QStorage::from_data(q_cpu.data()?, dev, t)?, src.shape().clone())?;
+        let q_gpu =
+            QTensor::new(candle_core::quantized::QStorage::from_data(q_cpu.data()?, dev, t)?, src.shape().clone())?;
         Ok((q_cpu, q_gpu))
     }
 
@@ -579,8 +633,15 @@ mod tests {
         };
         for t in TYPES {
             let (q_cpu, q_gpu) = quantized_pair(&src, t, &dev)?;
-            let want32: Vec<u32> = q_cpu.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
-            let got32: Vec<u32> = dequant_experts_as(&[(&q_gpu, 0)], 0, e, r, DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
+            let want32: Vec<u32> =
+                q_cpu.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?.iter().map(|x| x.to_bits()).collect();
+            let got32: Vec<u32> = dequant_experts_as(&[(&q_gpu, 0)], 0, e, r, DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             let diff = got32.iter().zip(&want32).filter(|(a, b)| a != b).count();
             assert_eq!(diff, 0, "{t:?} f32: {diff} of {} values differ", want32.len());
             let want = bits(&q_cpu.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?)?; // [e, r, c]
@@ -629,9 +690,18 @@ mod tests {
         for t in TYPES {
             let src = Tensor::from_vec(test_values(e * r * kdim, 0.7), (e, r, kdim), &Device::Cpu)?;
             let (q_cpu, q_gpu) = quantized_pair(&src, t, &dev)?;
-            let w: Vec<f32> = q_cpu.dequantize(&Device::Cpu)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            let w: Vec<f32> = q_cpu
+                .dequantize(&Device::Cpu)?
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
             // the same weights in both halves of a [e, cap, 2r] result
-            let got: Vec<f32> = qmm(&[(&q_gpu, 0), (&q_gpu, r)], &xg, &counts_t, 2 * r)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+            let got: Vec<f32> = qmm(&[(&q_gpu, 0), (&q_gpu, r)], &xg, &counts_t, 2 * r)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1()?;
             let (mut worst, mut checked) = (0f64, 0usize);
             for ee in 0..e {
                 for c in 0..cap {
@@ -642,7 +712,11 @@ mod tests {
                                 assert_eq!(g, 0.0, "{t:?}: padding row {c} of expert {ee}");
                                 continue;
                             }
-                            let want: f64 = (0..kdim).map(|v| w[(ee * r + rr) * kdim + v] as f64 * x_rounded[(ee * cap + c) * kdim + v] as f64).sum();
+                            let want: f64 = (0..kdim)
+                                .map(|v| {
+                                    w[(ee * r + rr) * kdim + v] as f64 * x_rounded[(ee * cap + c) * kdim + v] as f64
+                                })
+                                .sum();
                             // one bf16 rounding of the result (2^-8 relative), and f32 sums
                             let tol = want.abs() * 2f64.powi(-8) + 1e-3;
                             worst = worst.max((g - want).abs() / tol);

@@ -159,7 +159,10 @@ impl StudyData {
     fn new(c: &Counts) -> Result<StudyData> {
         let nl = c.languages.len();
         if c.layers == 0 || c.experts == 0 {
-            return Err(Error::invalid("study", format!("the counts describe {} layers of {} experts: nothing to draw", c.layers, c.experts)));
+            return Err(Error::invalid(
+                "study",
+                format!("the counts describe {} layers of {} experts: nothing to draw", c.layers, c.experts),
+            ));
         }
         if c.topk.dim() != (nl, c.layers, c.experts) || c.tokens.len() != nl {
             return Err(Error::invalid(
@@ -249,7 +252,10 @@ impl StudyData {
         let mut out = Vec::new();
         for w in wanted {
             let i = self.langs.iter().position(|l| l == w).ok_or_else(|| {
-                Error::invalid("language", format!("{w:?} has no counted tokens; counted languages: {}", self.langs.join(", ")))
+                Error::invalid(
+                    "language",
+                    format!("{w:?} has no counted tokens; counted languages: {}", self.langs.join(", ")),
+                )
             })?;
             if out.contains(&i) {
                 return Err(Error::invalid("languages", format!("{w:?} is listed twice")));
@@ -265,7 +271,8 @@ impl StudyData {
     }
 
     fn tokens_line(&self, shown: &[usize]) -> String {
-        let parts: Vec<String> = shown.iter().map(|&i| format!("{} {}", visible(&self.langs[i]), thousands(self.tokens[i]))).collect();
+        let parts: Vec<String> =
+            shown.iter().map(|&i| format!("{} {}", visible(&self.langs[i]), thousands(self.tokens[i]))).collect();
         format!("tokens: {}", parts.join(", "))
     }
 }
@@ -351,11 +358,19 @@ const MISSING: RGBColor = RGBColor(0xD0, 0xD0, 0xD0);
 
 /// A text style in our font list, `px` pixels high (plotters writes `font-size = size / 1.24`).
 fn font(px: f64, c: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    TextStyle { font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Normal), color: c.to_backend_color(), pos: Pos::new(h, v) }
+    TextStyle {
+        font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Normal),
+        color: c.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
 }
 
 fn font_bold(px: f64, c: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    TextStyle { font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Bold), color: c.to_backend_color(), pos: Pos::new(h, v) }
+    TextStyle {
+        font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Bold),
+        color: c.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
 }
 
 /// Viridis colour of `v` on `lo..hi` (clamped); grey for a missing value.
@@ -484,20 +499,34 @@ impl ColourBar {
         if let Some((u, label)) = &self.uniform {
             if *u > self.lo && *u < self.hi {
                 let x = self.px(*u);
-                root.draw(&Polygon::new(vec![(x - 4, self.y - 6), (x + 4, self.y - 6), (x, self.y - 1)], INK.filled()))?;
+                root.draw(&Polygon::new(
+                    vec![(x - 4, self.y - 6), (x + 4, self.y - 6), (x, self.y - 1)],
+                    INK.filled(),
+                ))?;
                 root.draw_text(label, &font(10.0, GREY, HPos::Left, VPos::Bottom), (x + 6, self.y - 1))?;
             }
         }
-        root.draw_text(&self.caption, &font(12.0, INK, HPos::Left, VPos::Center), (self.x + self.w + 16, self.y + BAR_H / 2))?;
+        root.draw_text(
+            &self.caption,
+            &font(12.0, INK, HPos::Left, VPos::Center),
+            (self.x + self.w + 16, self.y + BAR_H / 2),
+        )?;
         Ok(())
     }
 }
 
 /// The colour scale of a heatmap: the given range (checked) or 0 to the largest value shown.
-fn colour_scale(range: Option<(f64, f64)>, measure: Measure, values: impl Iterator<Item = Option<f64>>) -> Result<(f64, f64)> {
+fn colour_scale(
+    range: Option<(f64, f64)>,
+    measure: Measure,
+    values: impl Iterator<Item = Option<f64>>,
+) -> Result<(f64, f64)> {
     if let Some((lo, hi)) = range {
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-            return Err(Error::invalid("range", format!("({lo}, {hi}): give two finite numbers, the first smaller (fractions, e.g. 0.0, 0.1)")));
+            return Err(Error::invalid(
+                "range",
+                format!("({lo}, {hi}): give two finite numbers, the first smaller (fractions, e.g. 0.0, 0.1)"),
+            ));
         }
         return Ok((lo, hi));
     }
@@ -518,7 +547,13 @@ fn cell_tip(d: &StudyData, li: usize, layer: usize, e: usize) -> String {
     let _ = writeln!(s, "chosen {} times (top-{}) by {} {short} tokens", thousands(n), d.k, thousands(d.tokens[li]));
     match d.value(Measure::Share, li, layer, e) {
         Some(v) => {
-            let _ = writeln!(s, "share of {short}'s {} selections: {} (uniform {})", thousands(sel), pct(v, 2), pct(d.uniform(Measure::Share), 2));
+            let _ = writeln!(
+                s,
+                "share of {short}'s {} selections: {} (uniform {})",
+                thousands(sel),
+                pct(v, 2),
+                pct(d.uniform(Measure::Share), 2)
+            );
         }
         None => s.push_str("no selections of this language at this layer\n"),
     }
@@ -551,7 +586,11 @@ fn short_tip(d: &StudyData, li: usize, layer: usize, e: usize) -> String {
     let n = d.row(li, layer)[e];
     let share = d.value(Measure::Share, li, layer, e).map_or("–".to_string(), |v| pct(v, 2));
     let spec = d.value(Measure::Specialization, li, layer, e).map_or("–".to_string(), |v| format!("{v:.2}"));
-    format!("{} · layer {layer} · expert {e}\nchosen {} times ({share} of {short}'s selections) · specialization {spec}", d.lang_name(li), thousands(n))
+    format!(
+        "{} · layer {layer} · expert {e}\nchosen {} times ({share} of {short}'s selections) · specialization {spec}",
+        d.lang_name(li),
+        thousands(n)
+    )
 }
 
 /// The `data-*` attributes of an overview cell (its layer is on the panel).
@@ -718,7 +757,8 @@ impl LanguageHeatmap {
             caption: self.measure.caption(d.k),
             uniform: Some((d.uniform(self.measure), format!("uniform {}", pct(d.uniform(self.measure), 1)))),
         };
-        let note = "effective = exp(entropy) of the language's selections at this layer: the number of equally used experts \
+        let note =
+            "effective = exp(entropy) of the language's selections at this layer: the number of equally used experts \
                     that would spread them as evenly";
         let note_y = bar.y + ColourBar::height() + 6;
         let width = [
@@ -775,7 +815,11 @@ impl LanguageHeatmap {
                 root.draw(&PathElement::new(vec![(x, y1), (x, y1 + 5)], INK.stroke_width(1)))?;
                 root.draw_text(&e.to_string(), &tick_bottom, (x, y1 + 7))?;
             }
-            root.draw_text(&format!("expert (0–{})", d.experts - 1), &font(12.0, INK, HPos::Center, VPos::Top), ((x0 + x1) / 2, y1 + 24))?;
+            root.draw_text(
+                &format!("expert (0–{})", d.experts - 1),
+                &font(12.0, INK, HPos::Center, VPos::Top),
+                ((x0 + x1) / 2, y1 + 24),
+            )?;
             // cells
             for (r, &li) in shown.iter().enumerate() {
                 for e in 0..d.experts {
@@ -799,7 +843,11 @@ impl LanguageHeatmap {
                 let c = lang_colour(&d.langs, li);
                 root.draw_text(&d.lang_name(li), &font_bold(13.0, c, HPos::Right, VPos::Center), (label_x, cy))?;
                 root.draw_text(&thousands(d.tokens[li]), &font(12.0, INK, HPos::Right, VPos::Center), (tok_x, cy))?;
-                root.draw_text(&format!("{:.1}", d.effective(li, layer)), &font(12.0, INK, HPos::Right, VPos::Center), (eff_x, cy))?;
+                root.draw_text(
+                    &format!("{:.1}", d.effective(li, layer)),
+                    &font(12.0, INK, HPos::Right, VPos::Center),
+                    (eff_x, cy),
+                )?;
             }
             bar.draw(root)?;
             root.draw_text(note, &font(11.0, GREY, HPos::Left, VPos::Top), (MARGIN, note_y))?;
@@ -833,7 +881,10 @@ impl Figure for LanguageHeatmap {
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
-        let mut s = format!("Layer {}: share of each language's top-{} selections per expert (most used first)\n", self.layer, d.k);
+        let mut s = format!(
+            "Layer {}: share of each language's top-{} selections per expert (most used first)\n",
+            self.layer, d.k
+        );
         for li in shown {
             let mut order: Vec<usize> = (0..d.experts).collect();
             let row = d.row(li, self.layer);
@@ -843,7 +894,8 @@ impl Figure for LanguageHeatmap {
                 .take(5)
                 .map(|&e| format!("{e} {}", pct(d.value(Measure::Share, li, self.layer, e).unwrap_or(0.0), 1)))
                 .collect();
-            let _ = writeln!(s, "  {:<4} effective {:>5.1} · {}", d.langs[li], d.effective(li, self.layer), top.join(", "));
+            let _ =
+                writeln!(s, "  {:<4} effective {:>5.1} · {}", d.langs[li], d.effective(li, self.layer), top.join(", "));
         }
         Some(s.trim_end().to_string())
     }
@@ -869,7 +921,14 @@ pub struct LayersOverview {
 impl LayersOverview {
     /// The overview of a study's counts.
     pub fn new(counts: &Counts) -> Result<LayersOverview> {
-        Ok(LayersOverview { data: StudyData::new(counts)?, measure: Measure::Share, range: None, langs: None, columns: None, title: None })
+        Ok(LayersOverview {
+            data: StudyData::new(counts)?,
+            measure: Measure::Share,
+            range: None,
+            langs: None,
+            columns: None,
+            title: None,
+        })
     }
 
     /// Colour another number (see [`Measure`]).
@@ -915,9 +974,14 @@ impl LayersOverview {
         let (lo, hi) = colour_scale(
             self.range,
             self.measure,
-            (0..d.layers).flat_map(|l| shown.iter().flat_map(move |&li| (0..d.experts).map(move |e| d.value(self.measure, li, l, e)))),
+            (0..d.layers).flat_map(|l| {
+                shown.iter().flat_map(move |&li| (0..d.experts).map(move |e| d.value(self.measure, li, l, e)))
+            }),
         )?;
-        let title = self.title.clone().unwrap_or_else(|| format!("All {} layers: which experts each language's tokens are sent to", d.layers));
+        let title = self
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("All {} layers: which experts each language's tokens are sent to", d.layers));
         let subtitle = format!(
             "{} · top-{} of {} experts · {} · one colour scale for all panels{}",
             visible(&d.model),
@@ -930,13 +994,21 @@ impl LayersOverview {
         // Layout of one panel: header (layer, effective numbers), then the rows.
         let cw = (192 / d.experts as i32).clamp(2, 12);
         let rh = if shown.len() <= 4 { 12 } else { 9 };
-        let label_w = shown.iter().map(|&li| text_px(&visible(&d.langs[li]), 10.0)).fold(0.0, f64::max).ceil() as i32 + 6;
+        let label_w =
+            shown.iter().map(|&li| text_px(&visible(&d.langs[li]), 10.0)).fold(0.0, f64::max).ceil() as i32 + 6;
         let heat_w = d.experts as i32 * cw;
         let heat_h = shown.len() as i32 * rh;
         let head_h = 32;
         // the header's effective numbers may need more room than the cells (many languages)
         let header_w = (0..d.layers)
-            .map(|l| shown.iter().map(|&li| text_px(&format!("{} {:.1}", visible(&d.langs[li]), d.effective(li, l)), 10.0).ceil() as i32 + 8).sum::<i32>())
+            .map(|l| {
+                shown
+                    .iter()
+                    .map(|&li| {
+                        text_px(&format!("{} {:.1}", visible(&d.langs[li]), d.effective(li, l)), 10.0).ceil() as i32 + 8
+                    })
+                    .sum::<i32>()
+            })
             .max()
             .unwrap_or(0);
         let panel_w = label_w + heat_w.max(header_w);
@@ -976,8 +1048,12 @@ impl LayersOverview {
             for l in 0..d.layers {
                 let (px, py) = panel_xy(l);
                 let _ = writeln!(s, "<g class=\"moe-lens-panel\" data-layer=\"{l}\">");
-                let eff: Vec<String> =
-                    shown.iter().map(|&li| format!("{} {:.2} ({} distinct)", d.langs[li], d.effective(li, l), distinct(d.row(li, l)))).collect();
+                let eff: Vec<String> = shown
+                    .iter()
+                    .map(|&li| {
+                        format!("{} {:.2} ({} distinct)", d.langs[li], d.effective(li, l), distinct(d.row(li, l)))
+                    })
+                    .collect();
                 let tip = format!("layer {l}: effective number of experts\n{}", eff.join("\n"));
                 tip_rect(&mut s, "moe-lens-label", (px, py, panel_w, head_h - 2), &[("layer", l.to_string())], &tip);
                 for (r, &li) in shown.iter().enumerate() {
@@ -1010,7 +1086,11 @@ impl LayersOverview {
                 let y0 = py + head_h;
                 for (r, &li) in shown.iter().enumerate() {
                     let y = y0 + r as i32 * rh;
-                    root.draw_text(&visible(&d.langs[li]), &font(10.0, INK, HPos::Right, VPos::Center), (hx - 4, y + rh / 2))?;
+                    root.draw_text(
+                        &visible(&d.langs[li]),
+                        &font(10.0, INK, HPos::Right, VPos::Center),
+                        (hx - 4, y + rh / 2),
+                    )?;
                     for e in 0..d.experts {
                         let x = hx + e as i32 * cw;
                         let c = viridis(d.value(self.measure, li, l, e), lo, hi);
@@ -1023,10 +1103,17 @@ impl LayersOverview {
                     let st = font(9.0, GREY, HPos::Center, VPos::Top);
                     for e in [0, d.experts / 2, d.experts - 1] {
                         let x = hx + e as i32 * cw + cw / 2;
-                        root.draw(&PathElement::new(vec![(x, y0 + heat_h), (x, y0 + heat_h + 3)], GREY.stroke_width(1)))?;
+                        root.draw(&PathElement::new(
+                            vec![(x, y0 + heat_h), (x, y0 + heat_h + 3)],
+                            GREY.stroke_width(1),
+                        ))?;
                         root.draw_text(&e.to_string(), &st, (x, y0 + heat_h + 4))?;
                     }
-                    root.draw_text("expert", &font(9.0, GREY, HPos::Center, VPos::Top), (hx + heat_w * 3 / 4, y0 + heat_h + 4))?;
+                    root.draw_text(
+                        "expert",
+                        &font(9.0, GREY, HPos::Center, VPos::Top),
+                        (hx + heat_w * 3 / 4, y0 + heat_h + 4),
+                    )?;
                 }
             }
             bar.draw(root)?;
@@ -1040,7 +1127,10 @@ impl Figure for LayersOverview {
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
-        let mut s = format!("Effective number of experts per layer ({}):\nlayer", shown.iter().map(|&i| d.langs[i].as_str()).collect::<Vec<_>>().join(", "));
+        let mut s = format!(
+            "Effective number of experts per layer ({}):\nlayer",
+            shown.iter().map(|&i| d.langs[i].as_str()).collect::<Vec<_>>().join(", ")
+        );
         for &li in &shown {
             let _ = write!(s, " {:>7}", d.langs[li]);
         }
@@ -1133,7 +1223,10 @@ impl EffectiveExpertsPlot {
                 return Err(Error::UnknownLayer { requested: l.layer.to_string(), layers: d.layers });
             }
             if c.layers.iter().any(|l| !(l.diff.is_finite() && l.ci_low.is_finite() && l.ci_high.is_finite())) {
-                return Err(Error::invalid("comparison", format!("{} − {} has a non-finite difference or interval", c.a, c.b)));
+                return Err(Error::invalid(
+                    "comparison",
+                    format!("{} − {} has a non-finite difference or interval", c.a, c.b),
+                ));
             }
         }
         Ok(())
@@ -1145,7 +1238,10 @@ impl EffectiveExpertsPlot {
         self.check_comparisons()?;
         let nl = d.layers;
         let eff: Vec<Vec<f64>> = shown.iter().map(|&li| (0..nl).map(|l| d.effective(li, l)).collect()).collect();
-        let title = self.title.clone().unwrap_or_else(|| "How many experts does each language use, layer by layer?".to_string());
+        let title = self
+            .title
+            .clone()
+            .unwrap_or_else(|| "How many experts does each language use, layer by layer?".to_string());
         let subtitle = format!(
             "{} · top-{} of {} experts · {}{}",
             visible(&d.model),
@@ -1167,7 +1263,8 @@ impl EffectiveExpertsPlot {
         let ty0 = 82;
         let th = 270;
         let ty1 = ty0 + th;
-        let (elo, ehi) = eff.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let (elo, ehi) =
+            eff.iter().flatten().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         let span = (ehi - elo).max(1.0);
         let (ya, yb, yticks, ydec) = axis((elo - span * 0.08).max(0.0), ehi + span * 0.08, 6);
         let ty = |v: f64| ty1 - ((v - ya) / (yb - ya) * th as f64).round() as i32;
@@ -1192,7 +1289,8 @@ impl EffectiveExpertsPlot {
         let (da, db, dticks, ddec) = axis(dlo - dspan * 0.06, dhi + dspan * 0.06, 6);
         let by = |v: f64| by1 - ((v - da) / (db - da) * bh as f64).round() as i32;
         let nc = self.comparisons.len();
-        let offset = |j: usize| if nc <= 1 { 0.0 } else { (j as f64 - (nc - 1) as f64 / 2.0) * (0.5 / nc as f64).min(0.18) };
+        let offset =
+            |j: usize| if nc <= 1 { 0.0 } else { (j as f64 - (nc - 1) as f64 / 2.0) * (0.5 / nc as f64).min(0.18) };
         let level = self.comparisons.first().map_or(0.95, |c| c.options.level);
         let cmp_title = match self.comparisons.as_slice() {
             [c] => format!(
@@ -1201,7 +1299,10 @@ impl EffectiveExpertsPlot {
                 language_name(&c.b),
                 c.options.level * 100.0
             ),
-            _ => format!("Token-matched differences in effective experts, with {:.0}% bootstrap intervals", level * 100.0),
+            _ => format!(
+                "Token-matched differences in effective experts, with {:.0}% bootstrap intervals",
+                level * 100.0
+            ),
         };
         let cmp_legend: Vec<(usize, String)> = self
             .comparisons
@@ -1209,10 +1310,23 @@ impl EffectiveExpertsPlot {
             .map(|c| {
                 let li = d.langs.iter().position(|l| *l == c.a).unwrap_or(0);
                 let (f, m, n) = c.tally();
-                (li, format!("{} − {} · {} tokens each · fewer {f}, more {m}, unclear {n}", c.a, c.b, thousands(c.matched_tokens as u64)))
+                (
+                    li,
+                    format!(
+                        "{} − {} · {} tokens each · fewer {f}, more {m}, unclear {n}",
+                        c.a,
+                        c.b,
+                        thousands(c.matched_tokens as u64)
+                    ),
+                )
             })
             .collect();
-        let cmp_legend_w = cmp_legend.iter().map(|(_, t)| text_px(t, 12.0)).fold(text_px("interval contains 0: no clear difference", 12.0), f64::max).ceil() as i32 + 34;
+        let cmp_legend_w = cmp_legend
+            .iter()
+            .map(|(_, t)| text_px(t, 12.0))
+            .fold(text_px("interval contains 0: no clear difference", 12.0), f64::max)
+            .ceil() as i32
+            + 34;
         let mut notes: Vec<String> = vec![format!(
             "Effective number = exp(entropy) of the top-{} selections: 1 = every token sent to the same experts, {} = all experts equally used.",
             d.k, d.experts
@@ -1380,12 +1494,14 @@ impl EffectiveExpertsPlot {
                     let li = d.langs.iter().position(|l| *l == c.a).unwrap_or(0);
                     let col = lang_colour(&d.langs, li);
                     // the band of the intervals
-                    let mut band: Vec<(i32, i32)> = c.layers.iter().map(|l| (lx(l.layer as f64 + offset(j)), by(l.ci_high))).collect();
+                    let mut band: Vec<(i32, i32)> =
+                        c.layers.iter().map(|l| (lx(l.layer as f64 + offset(j)), by(l.ci_high))).collect();
                     band.extend(c.layers.iter().rev().map(|l| (lx(l.layer as f64 + offset(j)), by(l.ci_low))));
                     if nc == 1 && band.len() >= 4 {
                         root.draw(&Polygon::new(band, col.mix(0.12).filled()))?;
                     }
-                    let pts: Vec<(i32, i32)> = c.layers.iter().map(|l| (lx(l.layer as f64 + offset(j)), by(l.diff))).collect();
+                    let pts: Vec<(i32, i32)> =
+                        c.layers.iter().map(|l| (lx(l.layer as f64 + offset(j)), by(l.diff))).collect();
                     root.draw(&PathElement::new(pts.clone(), col.mix(0.55).stroke_width(1)))?;
                     for (lc, &(x, y)) in c.layers.iter().zip(&pts) {
                         let (ya, yb) = (by(lc.ci_high), by(lc.ci_low));
@@ -1404,7 +1520,10 @@ impl EffectiveExpertsPlot {
                 let mut y = by0 + 8;
                 for (li, t) in &cmp_legend {
                     let c = lang_colour(&d.langs, *li);
-                    root.draw(&PathElement::new(vec![(legend_x + 12, y - 7), (legend_x + 12, y + 7)], c.stroke_width(2)))?;
+                    root.draw(&PathElement::new(
+                        vec![(legend_x + 12, y - 7), (legend_x + 12, y + 7)],
+                        c.stroke_width(2),
+                    ))?;
                     root.draw(&Circle::new((legend_x + 12, y), 4, c.filled()))?;
                     root.draw_text(t, &font(12.0, INK, HPos::Left, VPos::Center), (legend_x + 32, y))?;
                     y += 20;
@@ -1415,7 +1534,11 @@ impl EffectiveExpertsPlot {
                 y += 20;
                 root.draw(&Circle::new((legend_x + 12, y), 4, WHITE.filled()))?;
                 root.draw(&Circle::new((legend_x + 12, y), 4, GREY.stroke_width(2)))?;
-                root.draw_text("interval contains 0: no clear difference", &font(12.0, INK, HPos::Left, VPos::Center), (legend_x + 32, y))?;
+                root.draw_text(
+                    "interval contains 0: no clear difference",
+                    &font(12.0, INK, HPos::Left, VPos::Center),
+                    (legend_x + 32, y),
+                )?;
             }
             for (i, n) in notes.iter().enumerate() {
                 root.draw_text(n, &font(11.0, GREY, HPos::Left, VPos::Top), (MARGIN, notes_y + i as i32 * 16))?;
@@ -1430,7 +1553,8 @@ impl Figure for EffectiveExpertsPlot {
     fn to_text(&self) -> Option<String> {
         let d = &self.data;
         let shown = d.pick(&self.langs).ok()?;
-        let mut s = String::from("Effective number of experts per layer (all tokens; compare languages token-matched)\nlayer");
+        let mut s =
+            String::from("Effective number of experts per layer (all tokens; compare languages token-matched)\nlayer");
         for &li in &shown {
             let _ = write!(s, " {:>7}", d.langs[li]);
         }
@@ -1559,7 +1683,10 @@ impl TopExperts {
         } else {
             Vec::new()
         };
-        let title = self.title.clone().unwrap_or_else(|| format!("Layer {layer}: each language's {} most used experts", self.n));
+        let title = self
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("Layer {layer}: each language's {} most used experts", self.n));
         let subtitle = format!(
             "{} · top-{} of {} experts · {}{}",
             visible(&d.model),
@@ -1679,7 +1806,11 @@ impl TopExperts {
                         font(12.0, GREY, HPos::Right, VPos::Center)
                     };
                     root.draw_text(&label, &st, (x + label_w - 5, y + bar_h / 2))?;
-                    root.draw_text(&pct(b.usage, 1), &font(11.0, INK, HPos::Left, VPos::Center), (end + 4, y + bar_h / 2))?;
+                    root.draw_text(
+                        &pct(b.usage, 1),
+                        &font(11.0, INK, HPos::Left, VPos::Center),
+                        (end + 4, y + bar_h / 2),
+                    )?;
                 }
                 if bs.len() < self.n {
                     let y = y0 + bs.len() as i32 * rh + rh / 2;
@@ -1711,7 +1842,8 @@ impl Figure for TopExperts {
         let d = &self.data;
         let mut s = format!("Layer {}: most used experts (share of the language's tokens)", self.layer);
         for li in d.pick(&self.langs).ok()? {
-            let parts: Vec<String> = self.bars_of(li).iter().map(|b| format!("{} {}", b.expert, pct(b.usage, 1))).collect();
+            let parts: Vec<String> =
+                self.bars_of(li).iter().map(|b| format!("{} {}", b.expert, pct(b.usage, 1))).collect();
             let _ = write!(s, "\n  {:<4} {}", d.langs[li], parts.join(", "));
         }
         Some(s)
@@ -1760,7 +1892,9 @@ impl ExpertTable {
 
     fn order(&self, shown: &[usize]) -> Vec<usize> {
         let d = &self.data;
-        let mean = |e: usize| -> f64 { shown.iter().map(|&li| d.value(Measure::Share, li, self.layer, e).unwrap_or(0.0)).sum() };
+        let mean = |e: usize| -> f64 {
+            shown.iter().map(|&li| d.value(Measure::Share, li, self.layer, e).unwrap_or(0.0)).sum()
+        };
         let mut order: Vec<usize> = (0..d.experts).collect();
         order.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)).then(a.cmp(&b)));
         order.truncate(self.n);
@@ -1793,7 +1927,12 @@ impl ExpertTable {
             xml_escape(&self.caption())
         );
         for &li in &shown {
-            let _ = write!(s, "<th {th} title=\"{} tokens\">{}</th>", thousands(d.tokens[li]), xml_escape(&d.lang_name(li)));
+            let _ = write!(
+                s,
+                "<th {th} title=\"{} tokens\">{}</th>",
+                thousands(d.tokens[li]),
+                xml_escape(&d.lang_name(li))
+            );
         }
         let _ = write!(s, "<th {th}>all</th></tr></thead>\n<tbody>\n");
         for &e in &order {
@@ -1818,7 +1957,8 @@ impl ExpertTable {
                     pct(share, 1)
                 );
             }
-            let _ = writeln!(s, "<td style=\"padding:2px 8px;text-align:right;color:#555\">{}</td></tr>", thousands(all));
+            let _ =
+                writeln!(s, "<td style=\"padding:2px 8px;text-align:right;color:#555\">{}</td></tr>", thousands(all));
         }
         s.push_str("</tbody></table>\n");
         let note = format!(
@@ -1828,7 +1968,8 @@ impl ExpertTable {
             self.layer,
             pct(d.uniform(Measure::Share), 2)
         );
-        let _ = write!(s, "<div style=\"font-size:12px;color:#555;padding-top:4px\">{}</div>\n</div>", xml_escape(&note));
+        let _ =
+            write!(s, "<div style=\"font-size:12px;color:#555;padding-top:4px\">{}</div>\n</div>", xml_escape(&note));
         Ok(s)
     }
 
@@ -1857,7 +1998,8 @@ impl std::fmt::Display for ExpertTable {
             for &li in &shown {
                 let n = d.row(li, self.layer)[e];
                 all += n;
-                let cell = format!("{} ({})", thousands(n), pct(d.value(Measure::Share, li, self.layer, e).unwrap_or(0.0), 1));
+                let cell =
+                    format!("{} ({})", thousands(n), pct(d.value(Measure::Share, li, self.layer, e).unwrap_or(0.0), 1));
                 write!(f, "  {cell:>16}")?;
             }
             writeln!(f, "  {:>8}", thousands(all))?;

@@ -89,7 +89,10 @@ impl Figure for Heatmap {
             super::Values::Probs => "probabilities",
             super::Values::Logits => "logits",
         };
-        Some(format!("Heatmap of {} ({kind}); shown as a picture in a notebook, or .save(\"file.svg\")", self.layer_name()))
+        Some(format!(
+            "Heatmap of {} ({kind}); shown as a picture in a notebook, or .save(\"file.svg\")",
+            self.layer_name()
+        ))
     }
 }
 
@@ -150,7 +153,10 @@ pub fn evcxr_output(fig: &dyn Figure) -> String {
     match bundle {
         Ok(Ok(out)) => blocks(&out),
         Ok(Err(e)) => blocks(&[("text/plain", format!("error: cannot draw this figure: {e}"))]),
-        Err(_) => blocks(&[("text/plain", "error: drawing this figure failed unexpectedly (a bug in moe-lens; please report it)".to_string())]),
+        Err(_) => blocks(&[(
+            "text/plain",
+            "error: drawing this figure failed unexpectedly (a bug in moe-lens; please report it)".to_string(),
+        )]),
     }
 }
 
@@ -274,7 +280,10 @@ impl Figures {
         };
         let mut s = String::from("<div class=\"moe-lens-figures\">\n");
         if let Some(t) = &self.title {
-            s.push_str(&format!("<div style=\"font-weight:bold;font-size:15px;padding:4px 0\">{}</div>\n", xml_escape(t)));
+            s.push_str(&format!(
+                "<div style=\"font-weight:bold;font-size:15px;padding:4px 0\">{}</div>\n",
+                xml_escape(t)
+            ));
         }
         s.push_str(&format!("<div style=\"display:flex;{dir};gap:16px;align-items:flex-start\">\n"));
         // In a row the figures keep their size and the row scrolls sideways; in a column each
@@ -308,7 +317,10 @@ impl Figures {
     /// Writes all figures as one HTML page (UTF-8) to `path`, e.g. `"layers.html"`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let page = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head>\n<body>\n{}\n</body></html>\n", self.html()?);
+        let page = format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head>\n<body>\n{}\n</body></html>\n",
+            self.html()?
+        );
         std::fs::write(path, page).map_err(|e| Error::io(path, e))
     }
 

@@ -92,9 +92,17 @@ impl Heatmap {
         if experts == 0 {
             return Err(Error::invalid("trace", format!("{} has no experts (empty logit rows)", lt.name)));
         }
-        for (what, len) in [("logits", lt.logits.len()), ("probs", lt.probs.len()), ("top_k", lt.top_k.len()), ("weights", lt.weights.len())] {
+        for (what, len) in [
+            ("logits", lt.logits.len()),
+            ("probs", lt.probs.len()),
+            ("top_k", lt.top_k.len()),
+            ("weights", lt.weights.len()),
+        ] {
             if len != n {
-                return Err(Error::invalid("trace", format!("{}.{what} has {len} rows but the trace has {n} tokens", lt.name)));
+                return Err(Error::invalid(
+                    "trace",
+                    format!("{}.{what} has {len} rows but the trace has {n} tokens", lt.name),
+                ));
             }
         }
         let mut rows = Vec::with_capacity(n);
@@ -103,14 +111,25 @@ impl Heatmap {
             if logits.len() != experts || probs.len() != experts {
                 return Err(Error::invalid(
                     "trace",
-                    format!("{} row {i} has {} logits and {} probabilities, expected {experts} of each", lt.name, logits.len(), probs.len()),
+                    format!(
+                        "{} row {i} has {} logits and {} probabilities, expected {experts} of each",
+                        lt.name,
+                        logits.len(),
+                        probs.len()
+                    ),
                 ));
             }
             if weights.len() != top_k.len() {
-                return Err(Error::invalid("trace", format!("{} row {i} has {} experts but {} weights", lt.name, top_k.len(), weights.len())));
+                return Err(Error::invalid(
+                    "trace",
+                    format!("{} row {i} has {} experts but {} weights", lt.name, top_k.len(), weights.len()),
+                ));
             }
             if let Some(bad) = top_k.iter().find(|&&e| e as usize >= experts) {
-                return Err(Error::invalid("trace", format!("{} row {i} chose expert {bad}, but there are only {experts}", lt.name)));
+                return Err(Error::invalid(
+                    "trace",
+                    format!("{} row {i} chose expert {bad}, but there are only {experts}", lt.name),
+                ));
             }
             rows.push(Row {
                 id: tok.id,
@@ -211,7 +230,9 @@ impl Heatmap {
     fn default_title(&self) -> String {
         match self.values {
             Values::Probs => format!("{} — router probabilities (softmax over {} experts)", self.layer, self.experts),
-            Values::Logits => format!("{} — router logits (before the softmax over {} experts)", self.layer, self.experts),
+            Values::Logits => {
+                format!("{} — router logits (before the softmax over {} experts)", self.layer, self.experts)
+            }
         }
     }
 
@@ -228,7 +249,10 @@ impl Heatmap {
         match &self.tokens {
             None => Ok(0..n.min(MAX_ROWS)),
             Some(r) if r.start < r.end && r.end <= n => Ok(r.clone()),
-            Some(r) => Err(Error::invalid("tokens", format!("{r:?} is not a non-empty range inside 0..{n} (the trace has {n} tokens)"))),
+            Some(r) => Err(Error::invalid(
+                "tokens",
+                format!("{r:?} is not a non-empty range inside 0..{n} (the trace has {n} tokens)"),
+            )),
         }
     }
 
@@ -236,7 +260,10 @@ impl Heatmap {
     fn scale(&self, rows: Range<usize>) -> Result<(f64, f64)> {
         if let Some((lo, hi)) = self.range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(Error::invalid("range", format!("({lo}, {hi}): give two finite numbers, the first smaller")));
+                return Err(Error::invalid(
+                    "range",
+                    format!("({lo}, {hi}): give two finite numbers, the first smaller"),
+                ));
             }
             return Ok((lo as f64, hi as f64));
         }
@@ -269,8 +296,10 @@ impl Heatmap {
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, (g.width, g.height)).into_drawing_area();
-            self.draw(&root, &g, lo, hi).map_err(|e| Error::invalid("figure", format!("plotters could not draw the heatmap: {e}")))?;
-            root.present().map_err(|e| Error::invalid("figure", format!("plotters could not finish the heatmap: {e}")))?;
+            self.draw(&root, &g, lo, hi)
+                .map_err(|e| Error::invalid("figure", format!("plotters could not draw the heatmap: {e}")))?;
+            root.present()
+                .map_err(|e| Error::invalid("figure", format!("plotters could not finish the heatmap: {e}")))?;
         }
         // Mark the root element, so a page holding several figures can style them; draw cells and
         // outlines on whole pixels (no blurred 1 px outlines, no hairline seams between cells), but
@@ -289,7 +318,13 @@ impl Heatmap {
         Ok(svg)
     }
 
-    fn draw(&self, root: &DrawingArea<SVGBackend, Shift>, g: &Geometry, lo: f64, hi: f64) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
+    fn draw(
+        &self,
+        root: &DrawingArea<SVGBackend, Shift>,
+        g: &Geometry,
+        lo: f64,
+        hi: f64,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
         let ink = RGBColor(0x22, 0x22, 0x22);
         let grey = RGBColor(0x66, 0x66, 0x66);
         let gen_ink = RGBColor(0xC2, 0x41, 0x0C);
@@ -321,8 +356,7 @@ impl Heatmap {
             &format!("expert (0–{})", self.experts - 1),
             &text(12.0, ink, HPos::Center, VPos::Top),
             (g.x0 + (self.experts as i32 * g.cw) / 2, g.y1 + 24),
-        )
-        ?;
+        )?;
 
         // Cells.
         for (r, row) in self.rows[g.rows.clone()].iter().enumerate() {
@@ -354,10 +388,16 @@ impl Heatmap {
             let row = &self.rows[i];
             let cy = g.y0 + r as i32 * g.rh + g.rh / 2;
             let c = if i >= self.prompt_len { gen_ink } else { ink };
-            root.draw_text(&i.to_string(), &text(g.font - 1.0, if i >= self.prompt_len { gen_ink } else { grey }, HPos::Right, VPos::Center), (g.idx_x, cy))
-                ?;
-            root.draw_text(&truncate_cols(&visible(&row.label), LABEL_COLS), &text(g.font, c, HPos::Right, VPos::Center), (g.label_x, cy))
-                ?;
+            root.draw_text(
+                &i.to_string(),
+                &text(g.font - 1.0, if i >= self.prompt_len { gen_ink } else { grey }, HPos::Right, VPos::Center),
+                (g.idx_x, cy),
+            )?;
+            root.draw_text(
+                &truncate_cols(&visible(&row.label), LABEL_COLS),
+                &text(g.font, c, HPos::Right, VPos::Center),
+                (g.label_x, cy),
+            )?;
         }
         // The line between prompt and generated tokens.
         if self.prompt_len > g.rows.start && self.prompt_len < g.rows.end {
@@ -384,8 +424,7 @@ impl Heatmap {
             self.values.noun(),
             &text(12.0, ink, HPos::Center, VPos::Center).transform(FontTransform::Rotate270),
             (g.caption_x, g.bar_y0 + g.bar_h / 2),
-        )
-        ?;
+        )?;
 
         // Legend.
         let legend = text(12.0, ink, HPos::Left, VPos::Center);
@@ -396,14 +435,18 @@ impl Heatmap {
                 LegendKind::Chosen => {
                     let c = ViridisRGB::get_color(0.25);
                     root.draw(&Rectangle::new([(x, y - g.rh / 2), (x + g.cw, y - g.rh / 2 + g.rh)], c.filled()))?;
-                    root.draw(&Rectangle::new([(x + 1, y - g.rh / 2 + 1), (x + g.cw - 1, y - g.rh / 2 + g.rh - 1)], WHITE.stroke_width(1)))
-                        ?;
+                    root.draw(&Rectangle::new(
+                        [(x + 1, y - g.rh / 2 + 1), (x + g.cw - 1, y - g.rh / 2 + g.rh - 1)],
+                        WHITE.stroke_width(1),
+                    ))?;
                 }
                 LegendKind::First => {
                     let c = ViridisRGB::get_color(0.9);
                     root.draw(&Rectangle::new([(x, y - g.rh / 2), (x + g.cw, y - g.rh / 2 + g.rh)], c.filled()))?;
-                    root.draw(&Rectangle::new([(x + 1, y - g.rh / 2 + 1), (x + g.cw - 1, y - g.rh / 2 + g.rh - 1)], BLACK.stroke_width(1)))
-                        ?;
+                    root.draw(&Rectangle::new(
+                        [(x + 1, y - g.rh / 2 + 1), (x + g.cw - 1, y - g.rh / 2 + g.rh - 1)],
+                        BLACK.stroke_width(1),
+                    ))?;
                     root.draw(&Circle::new((x + g.cw / 2, y), g.dot, BLACK.filled()))?;
                 }
                 LegendKind::Generated => {
@@ -465,7 +508,9 @@ impl Heatmap {
             for (e, rank) in rank_of.iter().enumerate() {
                 let (x, y, w, h) = g.cell(r, e);
                 let choice = match row.top_k.iter().position(|&c| c as usize == e) {
-                    Some(j) => format!("chosen: rank {} of top-{} (weight {})", j + 1, row.top_k.len(), num(row.weights[j], 4)),
+                    Some(j) => {
+                        format!("chosen: rank {} of top-{} (weight {})", j + 1, row.top_k.len(), num(row.weights[j], 4))
+                    }
                     None => format!("not chosen (rank {rank} of {} by logit)", self.experts),
                 };
                 let tip = format!(
@@ -479,7 +524,8 @@ impl Heatmap {
                     xml_escape(&tip)
                 );
             }
-            let top: Vec<String> = row.top_k.iter().zip(&row.weights).map(|(e, w)| format!("{e} ({})", num(*w, 3))).collect();
+            let top: Vec<String> =
+                row.top_k.iter().zip(&row.weights).map(|(e, w)| format!("{e} ({})", num(*w, 3))).collect();
             let tip = format!("{who}\ntop-{} experts: {}", row.top_k.len(), top.join(", "));
             let _ = writeln!(
                 s,
@@ -515,12 +561,20 @@ const BAR_W: i32 = 14;
 
 /// A text style in our font list, `px` pixels high (plotters writes `font-size = size / 1.24`).
 fn text(px: f64, c: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    TextStyle { font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Normal), color: c.to_backend_color(), pos: Pos::new(h, v) }
+    TextStyle {
+        font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Normal),
+        color: c.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
 }
 
 /// Like [`text`], bold.
 fn bold(px: f64, c: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
-    TextStyle { font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Bold), color: c.to_backend_color(), pos: Pos::new(h, v) }
+    TextStyle {
+        font: FontDesc::new(FontFamily::Name(FONT_FAMILY), px * 1.24, FontStyle::Bold),
+        color: c.to_backend_color(),
+        pos: Pos::new(h, v),
+    }
 }
 
 /// Viridis colour of `v` on the scale `lo..hi` (clamped); grey for NaN/infinite values.
@@ -635,10 +689,15 @@ impl Geometry {
             (LegendKind::First, "the router's first choice (dot)".to_string()),
         ];
         if h.prompt_len < h.rows.len() {
-            items.push((LegendKind::Generated, format!("generated tokens (index ≥ {}) are orange, below the line", h.prompt_len)));
+            items.push((
+                LegendKind::Generated,
+                format!("generated tokens (index ≥ {}) are orange, below the line", h.prompt_len),
+            ));
         }
         let title = h.title.clone().unwrap_or_else(|| h.default_title());
-        width = width.max(MARGIN * 2 + text_px(&title, 16.0) as i32).max(MARGIN * 2 + text_px(&h.subtitle(&rows, tooltips), 12.0) as i32);
+        width = width
+            .max(MARGIN * 2 + text_px(&title, 16.0) as i32)
+            .max(MARGIN * 2 + text_px(&h.subtitle(&rows, tooltips), 12.0) as i32);
         let mut legend = Vec::new();
         let (mut x, mut y) = (MARGIN, y1.max(bar_y0 + bar_h) + 54);
         for (kind, text) in items {

@@ -34,7 +34,9 @@ mod heatmap;
 mod table;
 pub(crate) mod util;
 
-pub use charts::{EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, StudyPlots, TopExpert, TopExperts};
+pub use charts::{
+    EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, StudyPlots, TopExpert, TopExperts,
+};
 pub use display::{evcxr_output, DisplayResult, Figure, Figures, Layout};
 pub use heatmap::{Heatmap, Values, MAX_ROWS};
 pub use table::{TopKRow, TopKTable};

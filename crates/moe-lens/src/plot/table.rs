@@ -52,13 +52,26 @@ impl TopKTable {
         if lt.top_k.len() != n || lt.weights.len() != n {
             return Err(Error::invalid(
                 "trace",
-                format!("{} has {} top-k rows and {} weight rows but the trace has {n} tokens", lt.name, lt.top_k.len(), lt.weights.len()),
+                format!(
+                    "{} has {} top-k rows and {} weight rows but the trace has {n} tokens",
+                    lt.name,
+                    lt.top_k.len(),
+                    lt.weights.len()
+                ),
             ));
         }
         let mut rows = Vec::with_capacity(n);
         for (i, tok) in trace.tokens.iter().enumerate() {
             if lt.top_k[i].len() != lt.weights[i].len() {
-                return Err(Error::invalid("trace", format!("{} row {i} has {} experts but {} weights", lt.name, lt.top_k[i].len(), lt.weights[i].len())));
+                return Err(Error::invalid(
+                    "trace",
+                    format!(
+                        "{} row {i} has {} experts but {} weights",
+                        lt.name,
+                        lt.top_k[i].len(),
+                        lt.weights[i].len()
+                    ),
+                ));
             }
             rows.push(TopKRow {
                 index: i,
@@ -161,7 +174,10 @@ impl TopKTable {
         if self.prompt_len < self.rows.len() {
             note.push_str(&format!(" Orange rows: generated tokens (index ≥ {}).", self.prompt_len));
         }
-        s.push_str(&format!("<div style=\"font-size:12px;color:#555;padding-top:4px\">{}</div>\n</div>", xml_escape(&note)));
+        s.push_str(&format!(
+            "<div style=\"font-size:12px;color:#555;padding-top:4px\">{}</div>\n</div>",
+            xml_escape(&note)
+        ));
         s
     }
 
@@ -196,9 +212,17 @@ impl fmt::Display for TopKTable {
         writeln!(f, "{}", self.caption())?;
         writeln!(f, "{:>iw$}   {}  {:<10}  experts (expert:weight)", "#", pad_cols("token", lw), "script")?;
         for (row, label) in self.rows.iter().zip(&labels) {
-            let cells: Vec<String> = row.experts.iter().zip(&row.weights).map(|(e, w)| format!("{e:>2}:{}", weight(*w))).collect();
+            let cells: Vec<String> =
+                row.experts.iter().zip(&row.weights).map(|(e, w)| format!("{e:>2}:{}", weight(*w))).collect();
             let mark = if row.generated { '*' } else { ' ' };
-            writeln!(f, "{:>iw$}{mark}  {}  {:<10}  {}", row.index, pad_cols(label, lw), row.script.name(), cells.join("  "))?;
+            writeln!(
+                f,
+                "{:>iw$}{mark}  {}  {:<10}  {}",
+                row.index,
+                pad_cols(label, lw),
+                row.script.name(),
+                cells.join("  ")
+            )?;
         }
         if self.rows.iter().any(|r| r.generated) {
             writeln!(f, "* generated token")?;

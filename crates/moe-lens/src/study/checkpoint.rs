@@ -80,10 +80,17 @@ pub fn read_state(dir: &Path) -> Result<Option<ScanState>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let st: ScanState = serde_json::from_str(&text)
-        .map_err(|e| dir_err(dir, format!("{STATE_FILE} is not a moe-lens scan state ({e}); use another output directory")))?;
+    let st: ScanState = serde_json::from_str(&text).map_err(|e| {
+        dir_err(dir, format!("{STATE_FILE} is not a moe-lens scan state ({e}); use another output directory"))
+    })?;
     if st.version != STATE_VERSION {
-        return Err(dir_err(dir, format!("written by another version of moe-lens (state version {}); use another output directory", st.version)));
+        return Err(dir_err(
+            dir,
+            format!(
+                "written by another version of moe-lens (state version {}); use another output directory",
+                st.version
+            ),
+        ));
     }
     Ok(Some(st))
 }
@@ -103,7 +110,12 @@ fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shar
     if old.corpus_fingerprint != new.corpus_fingerprint {
         d.push(format!(
             "corpus {} with fingerprint {} of {} sentences (now {}: {} of {})",
-            old.corpus, old.corpus_fingerprint, old.corpus_sentences, new.corpus, new.corpus_fingerprint, new.corpus_sentences
+            old.corpus,
+            old.corpus_fingerprint,
+            old.corpus_sentences,
+            new.corpus,
+            new.corpus_fingerprint,
+            new.corpus_sentences
         ));
     }
     if old.lang != new.lang {
@@ -133,7 +145,10 @@ pub fn check_dir(dir: &Path, run: &RunInfo, shard: Shard) -> Result<Option<ScanS
         Some(st) => {
             let d = run_diffs(&st.run, &st.shards, run, shard);
             if st.kind != "scan" {
-                return Err(dir_err(dir, format!("it holds the output of a `moe-lens {}`; scan into another directory", st.kind)));
+                return Err(dir_err(
+                    dir,
+                    format!("it holds the output of a `moe-lens {}`; scan into another directory", st.kind),
+                ));
             }
             if !d.is_empty() {
                 return Err(dir_err(
@@ -162,7 +177,10 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
     let f = OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
     let len = f.metadata().map_err(|e| Error::io(&path, e))?.len();
     if len < st.routes_bytes {
-        return Err(damaged(format!("{ROUTES_FILE} is shorter ({len} bytes) than {STATE_FILE} records ({})", st.routes_bytes)));
+        return Err(damaged(format!(
+            "{ROUTES_FILE} is shorter ({len} bytes) than {STATE_FILE} records ({})",
+            st.routes_bytes
+        )));
     }
     f.set_len(st.routes_bytes).map_err(|e| Error::io(&path, e))?;
     f.sync_all().map_err(|e| Error::io(&path, e))?;
@@ -170,7 +188,11 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
     let ((layers, k, experts), records) = routes::read_file(&path)?;
     let counts = Counts::from_json(&st.counts)?;
     if (layers, k, experts) != (counts.layers, counts.k, counts.experts) || records.len() != st.done {
-        return Err(damaged(format!("{ROUTES_FILE} holds {} sentences but {STATE_FILE} says {}", records.len(), st.done)));
+        return Err(damaged(format!(
+            "{ROUTES_FILE} holds {} sentences but {STATE_FILE} says {}",
+            records.len(),
+            st.done
+        )));
     }
     let mut s = Study::new(&counts.model, layers, experts, k, settings);
     for r in records {
@@ -213,7 +235,13 @@ pub struct DirScan {
 /// A resumable scan of a shard of `sentences` into `dir` (see the module docs). Continues an
 /// interrupted scan of the same run; refuses a directory of another run. Writes `counts.json`,
 /// `metrics.json`, `metrics.csv` and `routes.bin` at the end.
-pub fn scan_to_dir(lens: &Lens, sentences: &[Sentence], job: &DirScan, dir: &Path, on_event: &mut dyn FnMut(ScanEvent<'_, '_>)) -> Result<DirResult> {
+pub fn scan_to_dir(
+    lens: &Lens,
+    sentences: &[Sentence],
+    job: &DirScan,
+    dir: &Path,
+    on_event: &mut dyn FnMut(ScanEvent<'_, '_>),
+) -> Result<DirResult> {
     let (shard, opts) = (job.shard, &job.options);
     let mut run = job.run.clone();
     run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
@@ -227,7 +255,14 @@ pub fn scan_to_dir(lens: &Lens, sentences: &[Sentence], job: &DirScan, dir: &Pat
     let (mut state, resumed) = match previous {
         Some(st) => {
             if st.sentences != scanner.total() {
-                return Err(dir_err(dir, format!("{STATE_FILE} records {} sentences for this shard but it has {}; delete it to start over", st.sentences, scanner.total())));
+                return Err(dir_err(
+                    dir,
+                    format!(
+                        "{STATE_FILE} records {} sentences for this shard but it has {}; delete it to start over",
+                        st.sentences,
+                        scanner.total()
+                    ),
+                ));
             }
             let study = resume_study(dir, &st, settings)?;
             scanner.resume(study)?;
@@ -292,10 +327,18 @@ pub fn scan_to_dir(lens: &Lens, sentences: &[Sentence], job: &DirScan, dir: &Pat
 /// corpora, dtypes or counting options, unfinished parts, and parts that share a shard or a
 /// sentence. Writes the same files as a scan. The result's `state.sentences` says how many
 /// sentences the parts cover (fewer than the corpus when shards are missing).
-pub fn merge_dirs(out: &Path, parts: &[PathBuf], reference: Option<&str>, compare: &CompareOptions) -> Result<DirResult> {
+pub fn merge_dirs(
+    out: &Path,
+    parts: &[PathBuf],
+    reference: Option<&str>,
+    compare: &CompareOptions,
+) -> Result<DirResult> {
     if let Some(st) = read_state(out)? {
         if st.kind != "merge" {
-            return Err(dir_err(out, format!("it holds the output of a `moe-lens {}`; merge into another directory", st.kind)));
+            return Err(dir_err(
+                out,
+                format!("it holds the output of a `moe-lens {}`; merge into another directory", st.kind),
+            ));
         }
     }
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -304,7 +347,9 @@ pub fn merge_dirs(out: &Path, parts: &[PathBuf], reference: Option<&str>, compar
         if canon(part) == canon(out) {
             return Err(dir_err(part, "it is both a part and the output: merge into another directory"));
         }
-        let st = read_state(part)?.ok_or_else(|| dir_err(part, format!("no {STATE_FILE}: is it the output directory of a `moe-lens scan`?")))?;
+        let st = read_state(part)?.ok_or_else(|| {
+            dir_err(part, format!("no {STATE_FILE}: is it the output directory of a `moe-lens scan`?"))
+        })?;
         if !st.complete {
             return Err(dir_err(
                 part,
@@ -319,11 +364,21 @@ pub fn merge_dirs(out: &Path, parts: &[PathBuf], reference: Option<&str>, compar
                 if st.run.model != run.model || s.counts.check_compatible(&study.counts).is_err() {
                     d.push(format!(
                         "model {} ({} layers × {} experts, top-{}) vs {} ({} × {}, top-{})",
-                        st.run.model, s.counts.layers, s.counts.experts, s.counts.k, run.model, study.counts.layers, study.counts.experts, study.counts.k
+                        st.run.model,
+                        s.counts.layers,
+                        s.counts.experts,
+                        s.counts.k,
+                        run.model,
+                        study.counts.layers,
+                        study.counts.experts,
+                        study.counts.k
                     ));
                 }
                 if st.run.corpus_fingerprint != run.corpus_fingerprint || st.run.lang != run.lang {
-                    d.push(format!("corpus {} (fingerprint {}) vs {} ({})", st.run.corpus, st.run.corpus_fingerprint, run.corpus, run.corpus_fingerprint));
+                    d.push(format!(
+                        "corpus {} (fingerprint {}) vs {} ({})",
+                        st.run.corpus, st.run.corpus_fingerprint, run.corpus, run.corpus_fingerprint
+                    ));
                 }
                 if st.run.dtype != run.dtype {
                     d.push(format!("dtype {} vs {}", st.run.dtype, run.dtype));
@@ -332,10 +387,19 @@ pub fn merge_dirs(out: &Path, parts: &[PathBuf], reference: Option<&str>, compar
                     d.push("the counting options (by-script, skip-common) differ".into());
                 }
                 if !d.is_empty() {
-                    return Err(dir_err(part, format!("it does not match the parts before it: {}; merge only shards of one scan", d.join("; "))));
+                    return Err(dir_err(
+                        part,
+                        format!(
+                            "it does not match the parts before it: {}; merge only shards of one scan",
+                            d.join("; ")
+                        ),
+                    ));
                 }
                 if let Some(sh) = st.shards.iter().find(|sh| shards.contains(sh)) {
-                    return Err(dir_err(part, format!("shard {sh} is in more than one part (overlapping shards); give each shard once")));
+                    return Err(dir_err(
+                        part,
+                        format!("shard {sh} is in more than one part (overlapping shards); give each shard once"),
+                    ));
                 }
                 shards.extend(st.shards.iter().copied());
                 study.merge(s).map_err(|e| dir_err(part, e.to_string()))?;

@@ -181,10 +181,22 @@ impl fmt::Display for Comparison {
             self.options.seed
         )?;
         let diff = format!("{}−{}", self.a, self.b);
-        writeln!(f, "{:>5} {:>8} {:>8} {:>8}  {:<20} verdict", "layer", self.a, self.b, diff, format!("{pct:.0}% interval"))?;
+        writeln!(
+            f,
+            "{:>5} {:>8} {:>8} {:>8}  {:<20} verdict",
+            "layer",
+            self.a,
+            self.b,
+            diff,
+            format!("{pct:.0}% interval")
+        )?;
         for l in &self.layers {
             let ci = format!("[{:+.2}, {:+.2}]", l.ci_low, l.ci_high);
-            writeln!(f, "{:>5} {:>8.2} {:>8.2} {:>+8.2}  {:<20} {}", l.layer, l.a_effective, l.b_effective, l.diff, ci, l.answer)?;
+            writeln!(
+                f,
+                "{:>5} {:>8.2} {:>8.2} {:>+8.2}  {:<20} {}",
+                l.layer, l.a_effective, l.b_effective, l.diff, ci, l.answer
+            )?;
         }
         let (fewer, more, none) = self.tally();
         writeln!(
@@ -345,15 +357,29 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Compares languages `a` and `b` on per-sentence routes (see the module docs).
-pub fn compare(routes: &[SentenceRoutes], layers: usize, experts: usize, k: usize, a: &str, b: &str, opts: &CompareOptions) -> Result<Comparison> {
+pub fn compare(
+    routes: &[SentenceRoutes],
+    layers: usize,
+    experts: usize,
+    k: usize,
+    a: &str,
+    b: &str,
+    opts: &CompareOptions,
+) -> Result<Comparison> {
     if a == b {
-        return Err(Error::invalid("comparison", format!("both languages are {a:?}: compare two different languages, e.g. (\"ko\", \"en\")")));
+        return Err(Error::invalid(
+            "comparison",
+            format!("both languages are {a:?}: compare two different languages, e.g. (\"ko\", \"en\")"),
+        ));
     }
     if opts.replicates < 2 || opts.replicates > 1_000_000 {
         return Err(Error::invalid("replicates", format!("{}: use 2 to 1,000,000 (1000 is usual)", opts.replicates)));
     }
     if !(opts.level > 0.0 && opts.level < 1.0) {
-        return Err(Error::invalid("level", format!("{}: give a confidence level between 0 and 1, e.g. 0.95", opts.level)));
+        return Err(Error::invalid(
+            "level",
+            format!("{}: give a confidence level between 0 and 1, e.g. 0.95", opts.level),
+        ));
     }
     if opts.max_tokens == 0 {
         return Err(Error::invalid("max_tokens", "0: give a positive cap on the matched token count"));
@@ -363,11 +389,15 @@ pub fn compare(routes: &[SentenceRoutes], layers: usize, experts: usize, k: usiz
     sorted.sort_by_key(|r| r.index);
     let ua = units(&sorted, a, layers, experts, k);
     let ub = units(&sorted, b, layers, experts, k);
-    let seen: std::collections::BTreeSet<&str> = sorted.iter().flat_map(|r| r.langs.iter().map(String::as_str)).collect();
+    let seen: std::collections::BTreeSet<&str> =
+        sorted.iter().flat_map(|r| r.langs.iter().map(String::as_str)).collect();
     for (lang, u) in [(a, &ua), (b, &ub)] {
         if u.is_empty() {
             let seen: Vec<&str> = seen.iter().copied().collect();
-            return Err(Error::invalid("language", format!("{lang:?} has no counted tokens in this scan; it has: {}", seen.join(", "))));
+            return Err(Error::invalid(
+                "language",
+                format!("{lang:?} has no counted tokens in this scan; it has: {}", seen.join(", ")),
+            ));
         }
     }
     let ta: usize = ua.iter().map(|u| u.tokens.len()).sum();

@@ -92,7 +92,10 @@ impl Counts {
     }
 
     fn unknown_lang(&self, lang: &str) -> Error {
-        Error::invalid("language", format!("{lang:?} has no counted tokens; counted languages: {}", self.languages.join(", ")))
+        Error::invalid(
+            "language",
+            format!("{lang:?} has no counted tokens; counted languages: {}", self.languages.join(", ")),
+        )
     }
 
     /// Counted tokens of a language (0 when absent).
@@ -121,7 +124,13 @@ impl Counts {
     pub fn count(&self, lang: &str, layer: usize, expert: usize) -> Result<u64> {
         let i = self.lang_index(lang).ok_or_else(|| self.unknown_lang(lang))?;
         self.topk.get([i, layer, expert]).copied().ok_or_else(|| {
-            Error::invalid("expert", format!("layer {layer}, expert {expert}: the model has {} layers of {} experts", self.layers, self.experts))
+            Error::invalid(
+                "expert",
+                format!(
+                    "layer {layer}, expert {expert}: the model has {} layers of {} experts",
+                    self.layers, self.experts
+                ),
+            )
         })
     }
 
@@ -135,7 +144,10 @@ impl Counts {
         if r.layers != self.layers || r.k != self.k {
             return Err(Error::invalid(
                 "routes",
-                format!("sentence {} has {} layers × top-{} but the counts are {} × top-{}", r.id, r.layers, r.k, self.layers, self.k),
+                format!(
+                    "sentence {} has {} layers × top-{} but the counts are {} × top-{}",
+                    r.id, r.layers, r.k, self.layers, self.k
+                ),
             ));
         }
         // add new languages first: an insertion shifts the indices of those after it
@@ -152,7 +164,10 @@ impl Counts {
                 for (slot, &e) in chosen.iter().enumerate() {
                     let e = e as usize;
                     if e >= self.experts {
-                        return Err(Error::invalid("routes", format!("sentence {}: expert {e} ≥ {}", r.id, self.experts)));
+                        return Err(Error::invalid(
+                            "routes",
+                            format!("sentence {}: expert {e} ≥ {}", r.id, self.experts),
+                        ));
                     }
                     self.topk[[li, layer, e]] += 1;
                     if slot == 0 {
@@ -165,7 +180,13 @@ impl Counts {
     }
 
     /// Counts of many sentences.
-    pub fn from_routes<'a>(model: &str, layers: usize, experts: usize, k: usize, routes: impl IntoIterator<Item = &'a SentenceRoutes>) -> Result<Self> {
+    pub fn from_routes<'a>(
+        model: &str,
+        layers: usize,
+        experts: usize,
+        k: usize,
+        routes: impl IntoIterator<Item = &'a SentenceRoutes>,
+    ) -> Result<Self> {
         let mut c = Counts::new(model, layers, experts, k);
         for r in routes {
             c.add(r)?;
@@ -192,7 +213,10 @@ impl Counts {
         if diffs.is_empty() {
             Ok(())
         } else {
-            Err(Error::invalid("counts", format!("the tables come from different models or settings ({})", diffs.join(", "))))
+            Err(Error::invalid(
+                "counts",
+                format!("the tables come from different models or settings ({})", diffs.join(", ")),
+            ))
         }
     }
 
@@ -219,7 +243,10 @@ impl Counts {
                 if sk != self.tokens[i] * self.k as u64 || s1 != self.tokens[i] {
                     return Err(Error::invalid(
                         "counts",
-                        format!("{lang} layer {layer}: top-k sum {sk}, top-1 sum {s1}, but {} tokens × k={}", self.tokens[i], self.k),
+                        format!(
+                            "{lang} layer {layer}: top-k sum {sk}, top-1 sum {s1}, but {} tokens × k={}",
+                            self.tokens[i], self.k
+                        ),
                     ));
                 }
             }
@@ -255,7 +282,9 @@ impl Counts {
         for lang in &langs {
             let i = c.ensure_lang(lang);
             c.tokens[i] = j.tokens[lang];
-            for (name, src, dst) in [("topk_counts", &j.topk_counts, &mut c.topk), ("top1_counts", &j.top1_counts, &mut c.top1)] {
+            for (name, src, dst) in
+                [("topk_counts", &j.topk_counts, &mut c.topk), ("top1_counts", &j.top1_counts, &mut c.top1)]
+            {
                 let t = &src[lang];
                 if t.len() != j.layers || t.iter().any(|r| r.len() != j.experts) {
                     return Err(bad(format!("{name}[{lang:?}] is not {} layers × {} experts", j.layers, j.experts)));
@@ -273,7 +302,8 @@ impl Counts {
     /// Writes `counts.json` (atomically: a temporary file, synced, then renamed).
     pub fn save_json(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let text = serde_json::to_string(&self.to_json()).map_err(|e| Error::invalid("counts", format!("cannot serialise: {e}")))?;
+        let text = serde_json::to_string(&self.to_json())
+            .map_err(|e| Error::invalid("counts", format!("cannot serialise: {e}")))?;
         super::write_atomic(path, text.as_bytes())
     }
 
@@ -281,8 +311,9 @@ impl Counts {
     pub fn load_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let j: CountsJson = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid("counts.json", format!("{}: not a moe-lens counts file ({e})", path.display())))?;
+        let j: CountsJson = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid("counts.json", format!("{}: not a moe-lens counts file ({e})", path.display()))
+        })?;
         Self::from_json(&j)
     }
 }

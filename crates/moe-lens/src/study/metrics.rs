@@ -232,7 +232,8 @@ impl Metrics {
                 let row: Vec<u64> = c.topk.index_axis(Axis(0), i).index_axis(Axis(0), layer).to_vec();
                 let top1: Vec<u64> = c.top1.index_axis(Axis(0), i).index_axis(Axis(0), layer).to_vec();
                 let sel = total(&row);
-                let (top_expert, top_n) = row.iter().enumerate().fold((0, 0), |best, (e, &n)| if n > best.1 { (e, n) } else { best });
+                let (top_expert, top_n) =
+                    row.iter().enumerate().fold((0, 0), |best, (e, &n)| if n > best.1 { (e, n) } else { best });
                 let totals = total_topk.index_axis(Axis(0), layer);
                 let mut best: Option<(usize, f64)> = None;
                 for e in 0..c.experts {
@@ -324,7 +325,11 @@ impl Metrics {
         let opt_u = |x: Option<usize>| x.map(|v| v.to_string()).unwrap_or_default();
         let opt_f = |x: Option<f64>| x.map(|v| format!("{v:.6}")).unwrap_or_default();
         for r in &self.rows {
-            let cmp = self.comparisons.iter().find(|c| c.a == r.lang).and_then(|c| c.layers.iter().find(|l| l.layer == r.layer).map(|l| (c, l)));
+            let cmp = self
+                .comparisons
+                .iter()
+                .find(|c| c.a == r.lang)
+                .and_then(|c| c.layers.iter().find(|l| l.layer == r.layer).map(|l| (c, l)));
             let tail = match cmp {
                 Some((c, l)) => format!(
                     "{},{},{:.6},{:.6},{:.6},{}",
@@ -366,14 +371,26 @@ impl fmt::Display for Metrics {
     /// A table per layer: tokens, distinct experts, effective number, coverage, per language.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let toks: Vec<String> = self.tokens.iter().map(|(l, n)| format!("{l} {n}")).collect();
-        writeln!(f, "{} · {} layers × {} experts · top-{} · tokens: {}", self.model, self.layers, self.experts, self.k, toks.join(", "))?;
+        writeln!(
+            f,
+            "{} · {} layers × {} experts · top-{} · tokens: {}",
+            self.model,
+            self.layers,
+            self.experts,
+            self.k,
+            toks.join(", ")
+        )?;
         writeln!(
             f,
             "(effective = exp(entropy) of the top-{} selections; 50%/90% = fewest experts covering that share. \
              Not token-matched: use compare() to compare languages.)",
             self.k
         )?;
-        writeln!(f, "{:>5}  {:<8} {:>8} {:>8} {:>9} {:>5} {:>5}", "layer", "lang", "tokens", "distinct", "effective", "50%", "90%")?;
+        writeln!(
+            f,
+            "{:>5}  {:<8} {:>8} {:>8} {:>9} {:>5} {:>5}",
+            "layer", "lang", "tokens", "distinct", "effective", "50%", "90%"
+        )?;
         for r in &self.rows {
             writeln!(
                 f,

@@ -102,7 +102,9 @@ impl Shard {
     /// Parses `i/n`, refusing `n = 0` and `i ≥ n`.
     pub fn parse(s: &str) -> Result<Shard> {
         let bad = |msg: String| Error::invalid("shard", msg);
-        let (i, n) = s.split_once('/').ok_or_else(|| bad(format!("{s:?}: write it as i/n, e.g. 0/4 for the first of 4 shards")))?;
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| bad(format!("{s:?}: write it as i/n, e.g. 0/4 for the first of 4 shards")))?;
         let i: usize = i.trim().parse().map_err(|_| bad(format!("{s:?}: {i:?} is not a shard number (0-based)")))?;
         let n: usize = n.trim().parse().map_err(|_| bad(format!("{s:?}: {n:?} is not a number of shards")))?;
         Shard::new(i, n)
@@ -111,7 +113,10 @@ impl Shard {
     /// Checks `i < n`.
     pub fn new(index: usize, count: usize) -> Result<Shard> {
         if count == 0 {
-            return Err(Error::invalid("shard", "0 shards: the number of shards n in i/n must be at least 1".to_string()));
+            return Err(Error::invalid(
+                "shard",
+                "0 shards: the number of shards n in i/n must be at least 1".to_string(),
+            ));
         }
         if index >= count {
             return Err(Error::invalid(
@@ -241,7 +246,10 @@ impl Study {
         if self.settings != other.settings {
             return Err(Error::invalid(
                 "merge",
-                format!("the studies were counted with different settings ({:?} vs {:?})", self.settings, other.settings),
+                format!(
+                    "the studies were counted with different settings ({:?} vs {:?})",
+                    self.settings, other.settings
+                ),
             ));
         }
         let mine: std::collections::HashMap<u32, &str> = self.routes.iter().map(|r| (r.index, r.id.as_str())).collect();
@@ -271,7 +279,8 @@ impl Study {
         write_atomic(&dir.join(ROUTES_FILE), &bytes)?;
         c.save_json(dir.join(COUNTS_FILE))?;
         let mf = MetricsFile { settings: self.settings, metrics: report.clone() };
-        let json = serde_json::to_string_pretty(&mf).map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
+        let json = serde_json::to_string_pretty(&mf)
+            .map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
         write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
         write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())
     }
@@ -307,9 +316,11 @@ impl Study {
         }
         let mpath = dir.join(METRICS_FILE);
         let settings = match std::fs::read_to_string(&mpath) {
-            Ok(t) => serde_json::from_str::<MetricsFile>(&t)
-                .map_err(|e| Error::invalid("metrics.json", format!("{}: {e}", mpath.display())))?
-                .settings,
+            Ok(t) => {
+                serde_json::from_str::<MetricsFile>(&t)
+                    .map_err(|e| Error::invalid("metrics.json", format!("{}: {e}", mpath.display())))?
+                    .settings
+            }
             Err(e) => return Err(Error::io(mpath, e)),
         };
         Ok(Study { counts, routes, settings })
@@ -491,20 +502,28 @@ impl<'a> Scanner<'a> {
     }
 
     /// A scan of some corpus positions (a shard); the routes keep the positions in the whole corpus.
-    pub fn for_positions(lens: &'a Lens, sentences: &'a [Sentence], positions: impl IntoIterator<Item = usize>, opts: &ScanOptions) -> Result<Self> {
+    pub fn for_positions(
+        lens: &'a Lens,
+        sentences: &'a [Sentence],
+        positions: impl IntoIterator<Item = usize>,
+        opts: &ScanOptions,
+    ) -> Result<Self> {
         if opts.batch_size == 0 {
             return Err(Error::invalid("batch size", "0: give at least 1 sentence per batch"));
         }
         let cfg = lens.config();
         let max = cfg.max_position_embeddings;
         if cfg.num_experts > usize::from(u16::MAX) + 1 {
-            return Err(Error::Unsupported(format!("a study of {} experts per layer (at most 65,536)", cfg.num_experts)));
+            return Err(Error::Unsupported(format!(
+                "a study of {} experts per layer (at most 65,536)",
+                cfg.num_experts
+            )));
         }
         let mut items = Vec::new();
         for p in positions {
-            let s = sentences
-                .get(p)
-                .ok_or_else(|| Error::invalid("corpus position", format!("{p} is past the corpus' {} sentences", sentences.len())))?;
+            let s = sentences.get(p).ok_or_else(|| {
+                Error::invalid("corpus position", format!("{p} is past the corpus' {} sentences", sentences.len()))
+            })?;
             if p > u32::MAX as usize {
                 return Err(Error::invalid("corpus", "more than 4 billion sentences"));
             }
@@ -515,7 +534,11 @@ impl<'a> Scanner<'a> {
             if toks.len() > max {
                 return Err(Error::invalid(
                     "sentence",
-                    format!("{} is {} tokens long but the model takes at most {max}: split it into shorter sentences", s.id, toks.len()),
+                    format!(
+                        "{} is {} tokens long but the model takes at most {max}: split it into shorter sentences",
+                        s.id,
+                        toks.len()
+                    ),
                 ));
             }
             items.push((p, toks));
@@ -544,7 +567,10 @@ impl<'a> Scanner<'a> {
     pub fn resume(&mut self, study: Study) -> Result<()> {
         let done = study.routes.len();
         if done > self.order.len() {
-            return Err(Error::invalid("resume", format!("the saved scan has {done} sentences but this scan only {}", self.order.len())));
+            return Err(Error::invalid(
+                "resume",
+                format!("the saved scan has {done} sentences but this scan only {}", self.order.len()),
+            ));
         }
         let mut want: Vec<usize> = self.order[..done].to_vec();
         want.sort_unstable();
@@ -648,7 +674,8 @@ impl<'a> Scanner<'a> {
                     langs.len() - 1
                 }
             };
-            token_lang.push(u8::try_from(li).map_err(|_| Error::invalid("sentence", format!("{}: too many scripts", s.id)))?);
+            token_lang
+                .push(u8::try_from(li).map_err(|_| Error::invalid("sentence", format!("{}: too many scripts", s.id)))?);
             kept.push(t);
         }
         let mut experts = Vec::with_capacity(layers * kept.len() * k);

@@ -56,11 +56,7 @@ impl SentenceRoutes {
 
     /// The language counted token `token` is counted under.
     pub fn lang_of(&self, token: usize) -> &str {
-        self.token_lang
-            .get(token)
-            .and_then(|&i| self.langs.get(i as usize))
-            .map(String::as_str)
-            .unwrap_or("")
+        self.token_lang.get(token).and_then(|&i| self.langs.get(i as usize)).map(String::as_str).unwrap_or("")
     }
 
     /// This sentence's top-k counts `[layer][expert]` (of a model with `experts` experts).
@@ -116,7 +112,9 @@ pub fn read_file(path: &Path) -> Result<((usize, usize, usize), Vec<SentenceRout
 
 /// Decodes a routes file's bytes (header and records); `path` names it in errors.
 pub fn decode(bytes: &[u8], path: &Path) -> Result<((usize, usize, usize), Vec<SentenceRoutes>)> {
-    let bad = |msg: String| Error::invalid("routes file", format!("{}: {msg}; the scan output is damaged: scan again", path.display()));
+    let bad = |msg: String| {
+        Error::invalid("routes file", format!("{}: {msg}; the scan output is damaged: scan again", path.display()))
+    };
     if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
         return Err(bad("not a moe-lens routes file (wrong header)".into()));
     }

@@ -54,7 +54,11 @@ impl HubServer {
     pub fn start(repo: &str, files: Vec<(String, Vec<u8>)>) -> HubServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State { files: files.into_iter().collect(), unknown_status: 404, ..Default::default() }));
+        let state = Arc::new(Mutex::new(State {
+            files: files.into_iter().collect(),
+            unknown_status: 404,
+            ..Default::default()
+        }));
         let commit = "0123456789abcdef0123456789abcdef01234567".to_string();
         let (st, repo_s, commit_s) = (state.clone(), repo.to_string(), commit.clone());
         std::thread::spawn(move || {
@@ -137,7 +141,9 @@ fn serve(mut conn: TcpStream, st: &Arc<Mutex<State>>, repo: &str, commit: &str) 
     let mode = if probe { Mode::Normal } else { st.lock().unwrap().modes.get(&file).copied().unwrap_or(Mode::Normal) };
     let tag = etag(&all);
     let (code, start, end) = match (range, mode) {
-        (Some((a, b)), Mode::Normal | Mode::CutAfter(_)) => (206, a as usize, b.map_or(size, |b| (b as usize + 1).min(size))),
+        (Some((a, b)), Mode::Normal | Mode::CutAfter(_)) => {
+            (206, a as usize, b.map_or(size, |b| (b as usize + 1).min(size)))
+        }
         _ => (200, 0, size),
     };
     let start = start.min(size);

@@ -49,8 +49,12 @@ fn unescape(s: &str) -> Result<String, String> {
             "gt" => out.push('>'),
             "quot" => out.push('"'),
             "apos" => out.push('\''),
-            e if e.starts_with("#x") => out.push(u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32).ok_or("bad char ref")?),
-            e if e.starts_with('#') => out.push(e[1..].parse::<u32>().ok().and_then(char::from_u32).ok_or("bad char ref")?),
+            e if e.starts_with("#x") => {
+                out.push(u32::from_str_radix(&e[2..], 16).ok().and_then(char::from_u32).ok_or("bad char ref")?)
+            }
+            e if e.starts_with('#') => {
+                out.push(e[1..].parse::<u32>().ok().and_then(char::from_u32).ok_or("bad char ref")?)
+            }
             e => return Err(format!("unknown entity &{e}; in {s:?}")),
         }
         rest = &tail[end + 1..];
@@ -157,7 +161,13 @@ pub fn parse_xml(doc: &str) -> Result<Vec<Elem>, String> {
 /// The two payloads of a picture's notebook HTML: the `<img>`'s data: URI (still SVG) and the
 /// script's base64 text (interactive HTML), decoded here independently of the library's encoder.
 pub fn notebook_payloads(html: &str) -> (String, String) {
-    let img = html.split("src=\"data:image/svg+xml;base64,").nth(1).expect("an <img> with a data: URI").split('"').next().unwrap();
+    let img = html
+        .split("src=\"data:image/svg+xml;base64,")
+        .nth(1)
+        .expect("an <img> with a data: URI")
+        .split('"')
+        .next()
+        .unwrap();
     let script = html.split("atob(\"").nth(1).expect("a swap script").split('"').next().unwrap();
     (String::from_utf8(b64_decode(img)).unwrap(), String::from_utf8(b64_decode(script)).unwrap())
 }
