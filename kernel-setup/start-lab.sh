@@ -36,7 +36,10 @@ if [ ! -x "$venv/bin/jupyter-lab" ]; then
   exit 1
 fi
 py=$venv/bin/python
-if ! "$venv/bin/jupyter" kernelspec list 2>/dev/null | grep -q '^ *moe-lens-rust '; then
+# (The list is read whole first: with `| grep -q`, grep's early exit can make jupyter fail on a
+# broken pipe, and pipefail then reported a registered kernel as missing, 1 run in 5 here.)
+specs=$("$venv/bin/jupyter" kernelspec list 2>/dev/null || true)
+if ! grep -q '^ *moe-lens-rust ' <<< "$specs"; then
   echo "start-lab.sh: the kernel 'moe-lens-rust' is not registered: run kernel-setup/install.sh" >&2
   exit 1
 fi
