@@ -196,7 +196,11 @@ stop_lab() {
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   rm -f "$JUPYTER_RUNTIME_DIR/jpserver-$pid-open.html"  # in case Jupyter did not get to remove it
 }
-[ "$background" = 1 ] || trap 'stop_lab; exit 130' INT TERM
+if [ "$background" != 1 ]; then
+  # In the foreground the lab lives as long as this script, however the script ends.
+  trap 'stop_lab' EXIT
+  trap 'exit 130' INT TERM HUP
+fi
 
 # Wait until the server answers (at most 60 s), over the port or the socket. The probe reads the
 # token from its file; it also checks that a request WITHOUT the token is refused.
@@ -301,6 +305,6 @@ if [ "$background" = 1 ]; then
   echo "Stop it with:  kill $pid"
 else
   echo "Stop with Ctrl-C (the server's log follows)."
-  trap 'stop_lab; exit 0' INT TERM
+  trap 'exit 0' INT TERM  # (the EXIT trap stops the lab)
   wait "$pid"
 fi
