@@ -355,6 +355,7 @@ cat <<EOF
 moe-lens kernel set-up finished in $(( $(date +%s) - t_start )) s.
 
 Next:  kernel-setup/start-lab.sh            (JupyterLab on notebooks/, prints the ssh tunnel line)
+       kernel-setup/start-lab.sh --socket   (the same on a Unix socket that only you can connect to)
 Notebooks use the kernel "Rust (moe-lens)" ($kernel_name).
 
 Which model the notebooks load (environment variable MOE_LENS_MODEL, read when a notebook runs):

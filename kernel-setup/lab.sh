@@ -2,7 +2,7 @@
 # The one command for students: set up (or check) the Rust kernel and JupyterLab, then start the lab
 # on notebooks/ and print the ssh tunnel line and the URL to open on your laptop.
 #
-#   kernel-setup/lab.sh [--port N] [--background]
+#   kernel-setup/lab.sh [--port N | --socket [PATH]] [--background]
 #
 # = kernel-setup/install.sh (first time: about 20 minutes on 2 cores, later: seconds)
 #   followed by kernel-setup/start-lab.sh with the same arguments.
