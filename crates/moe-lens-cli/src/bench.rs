@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Where to write the router logits of the dumped sentences (JSON: [sentence][layer][row * E]).
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// With --only-routing: append one more entry to the dumps, a greedy generation (the first
+    /// sentence's first 12 tokens, then 8 decode steps with the KV cache), its steps' rows in order.
+    #[arg(long)]
+    gen_routing: bool,
     /// Also dump the routing of the bf16 variants (unfused, legacy rounding, eager scores) next to
     /// --routing-out, as `<stem>_<variant>.json`.
     #[arg(long)]
@@ -151,6 +155,40 @@ fn dump_routing(
         }
         dump.push(per_layer);
         lg.push(per_layer_logits);
+    }
+    Ok((dump, lg))
+}
+
+/// The routing (top-k per row, router logits) of a greedy generation of 8 tokens after `prompt`,
+/// every layer's rows of the prefill and of each decode step in order.
+#[allow(clippy::type_complexity)]
+fn generation_routing(
+    m: &Olmoe,
+    prompt: &[u32],
+    device: &Device,
+    k: usize,
+    layers: usize,
+) -> Result<(Vec<Vec<Vec<u32>>>, Vec<Vec<f32>>)> {
+    if prompt.is_empty() {
+        anyhow::bail!("--gen-routing needs at least one sentence");
+    }
+    let mut cache = RoutingCache::new();
+    let mut kv = m.new_cache();
+    let mut hidden = m.forward(&Tensor::new(prompt, device)?.unsqueeze(0)?, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
+    for n in 0..8 {
+        let next = m.next_token_logits(&hidden)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+        hidden = m.forward(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache))?;
+    }
+    let (mut dump, mut lg) = (Vec::new(), Vec::new());
+    for l in 0..layers {
+        let (mut rows, mut logits) = (Vec::new(), Vec::new());
+        for r in cache.get(l)? {
+            rows.extend(r.top_k.chunks(k).map(<[u32]>::to_vec));
+            logits.extend_from_slice(&r.logits);
+        }
+        dump.push(rows);
+        lg.push(logits);
     }
     Ok((dump, lg))
 }
@@ -347,7 +385,12 @@ fn run_bench_with(
         let (m, _) = load(&a, &cfg, &files, &device, dtype, q)?;
         res.insert("load_s".into(), json!(t.elapsed().as_secs_f64()));
         let n = a.routing_n.min(sents.len());
-        let (dump, lg) = dump_routing(&m, &sents[..n], &device, k, layers, a.logits_out.is_some())?;
+        let (mut dump, mut lg) = dump_routing(&m, &sents[..n], &device, k, layers, a.logits_out.is_some())?;
+        if a.gen_routing {
+            let (d, l) = generation_routing(&m, sents.first().map_or(&[][..], |s| &s[..s.len().min(12)]), &device, k, layers)?;
+            dump.push(d);
+            lg.push(l);
+        }
         if let Some(p) = &a.routing_out {
             std::fs::write(p, serde_json::to_string(&dump)?)?;
         }
