@@ -1,37 +1,45 @@
 #!/bin/bash
 # The A30 build (CUDA_COMPUTE_CAP=80) against the H100/H200 build (90) on one card: the routing of
-# every expert path, the batched bench, the GPU tests, and a 12 GB slice simulated. One build per
-# call (what travels to the device is limited); the model and results stay in $WORK between calls.
-#   BUILD   80 or 90: which build this call runs (its binaries under .devrun/$BUILD/)
-#   STEPS   default: "prep routing bench tests slice"; "compare" once both builds have run
-# .devrun/$BUILD/: moe-lens (the CLI), lib-tests and cuda_fused (test binaries), each xz-compressed
-# or not. Results under $OUT (a30_<build>.log, bench_<build>_<quant>.json, builds.json).
+# every expert path (one-by-one traces, a greedy generation, both quantized kernels), the batched
+# bench, the GPU tests, and a 12 GB slice simulated; then the two builds compared path by path.
+#   BUILDS  which builds, in order (default "90 80"); each one's binaries: .devrun/$BUILD/{moe-lens,
+#           lib-tests,cuda_fused}, plain or .xz, or all of them in .devrun/bins.tar.xz as $BUILD/...
+#   STEPS   default: "prep routing bench tests slice" for each build, then "compare" once
+# The model and results stay in $WORK between calls. Results under $OUT (a30_<build>.log,
+# bench_<build>_<quant>.json, slice_*, builds.json, compare.log).
 set -u
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; B=${B:-bench}; BUILD=${BUILD:-90}
-STEPS=${STEPS:-"prep routing bench tests slice"}
+OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; B=${B:-bench}
+BUILDS=${BUILDS:-"90 80"}; STEPS=${STEPS:-"prep routing bench tests slice"}
+mkdir -p $W $OUT
+[ -f .devrun/bins.tar.xz ] && mkdir -p /tmp/bins && xz -dc .devrun/bins.tar.xz | tar -C /tmp/bins -xf -
+T0=$(date +%s)
+for BUILD in $BUILDS; do
 D=/tmp/bin$BUILD
-mkdir -p $W $OUT $D
+mkdir -p $D
 LOG=$OUT/a30_$BUILD.log
 for f in moe-lens lib-tests cuda_fused; do
-  if [ -f .devrun/$BUILD/$f.xz ]; then xz -dc .devrun/$BUILD/$f.xz > $D/$f; elif [ -f .devrun/$BUILD/$f ]; then cp .devrun/$BUILD/$f $D/; fi
+  if [ -f /tmp/bins/$BUILD/$f ]; then cp /tmp/bins/$BUILD/$f $D/
+  elif [ -f .devrun/$BUILD/$f.xz ]; then xz -dc .devrun/$BUILD/$f.xz > $D/$f; elif [ -f .devrun/$BUILD/$f ]; then cp .devrun/$BUILD/$f $D/; fi
   [ -f $D/$f ] && chmod +x $D/$f
 done
 BIN=$D/moe-lens
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv; echo "build $BUILD"; } >> $LOG 2>&1
-T0=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" >> $LOG; }
-dump() {  # dump NAME QUANT [ENV...]: routing and router logits of the first 20 sentences, one by one
+dump() {  # dump NAME QUANT [VAR=VALUE...]: routing and router logits of the first 20 sentences, one
+          # by one, and of a greedy generation; $EXTRA: more bench arguments
   name=$1; q=$2; shift 2
-  env "$@" $BIN bench --model $M --sents $W/sents.json --device cuda --quant $q --only-routing --routing-n 20 \
-    --routing-out $W/route_${BUILD}_$name.json --logits-out $W/logits_${BUILD}_$name.json --out $W/dump_${BUILD}_$name.json >> $LOG 2>&1
+  env "$@" $BIN bench ${EXTRA:-} --model $M --sents $W/sents.json --device cuda --quant $q --only-routing --routing-n 20 \
+    --gen-routing --routing-out $W/route_${BUILD}_$name.json --logits-out $W/logits_${BUILD}_$name.json --out $W/dump_${BUILD}_$name.json >> $LOG 2>&1
   echo "dump $name rc=$?" >> $LOG
 }
 for s in $STEPS; do
   stamp $s
   case $s in
-    prep) [ -d $M ] || python3 $B/gpu_prep.py $M $W >> $LOG 2>&1 ;;
+    prep) [ -d $M ] || python3 $B/gpu_prep.py $M $W >> $LOG 2>&1
+      # OLMoE's tokenizer (carried in bins.tar.xz as tok/), for the CLI's trace
+      [ -f /tmp/bins/tok/tokenizer.json ] && cp /tmp/bins/tok/tokenizer.json $M/ ;;
     routing)
       dump bf16 none
       dump bf16_unfused none MOE_LENS_FUSED=0
@@ -40,7 +48,7 @@ for s in $STEPS; do
       dump q4k_unfused q4k MOE_LENS_FUSED=0
       dump q8_0 q8_0
       dump q8_0_expanded q8_0 MOE_LENS_DEQUANT_MIN=1
-      dump f32 none --dtype f32 2>/dev/null || true ;;
+      EXTRA="--dtype f32" dump f32 none ;;
     bench)  # timings, the batched path (which aborted in the old sm_80 build), peak memory
       for q in q4k none; do
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > $OUT/smi_${BUILD}_$q.txt 2>/dev/null & SP=$!
@@ -63,8 +71,9 @@ for s in $STEPS; do
       RUST_BACKTRACE=1 $BIN trace --model $M --text "$TXT" --device cuda --quant none > $OUT/slice_${BUILD}_bf16_message.txt 2>&1; echo "slice trace bf16 rc=$? (expected: 1, the message below)" >> $LOG
       cat $OUT/slice_${BUILD}_bf16_message.txt >> $LOG
       kill $HP; wait $HP 2>/dev/null ;;
-    compare) python3 $B/compare_builds.py $W $OUT/builds.json >> $LOG 2>&1 ;;
   esac
 done
 stamp done
-grep -E "rc=|^== |single|batched:|generate|load \(|rror|GiB|test result|panicked|passed|failed" $LOG | tail -80
+grep -E "rc=|^== |single|batched:|generate|load \(|rror|GiB|test result|panicked|passed|failed" $LOG | tail -60
+done
+python3 $B/compare_builds.py $W $OUT/builds.json > $OUT/compare.log 2>&1; cat $OUT/compare.log

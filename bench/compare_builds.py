@@ -48,6 +48,15 @@ def max_logit_diff(a, b):
 
 
 builds = sorted({b for b, _ in runs}, reverse=True)  # "90" first
+# the last entry of each dump is a greedy generation (bench --gen-routing): compared on its own
+SPLIT = os.environ.get("SPLIT_LAST", "1") == "1"
+
+
+def parts(x):
+    if x is None or not SPLIT:
+        return {"all": x}
+    return {"traces": x[:-1], "generation": x[-1:]}
+
 paths = sorted({p for _, p in runs})
 res = {"builds": builds, "paths": paths, "between_builds": {}, "vs_reference": {}}
 if builds:
@@ -56,19 +65,22 @@ if builds:
     for p in paths:
         pair = [(b, p) for b in builds if (b, p) in runs]
         if len(pair) == 2:
-            a, b = load(runs[pair[0]]), load(runs[pair[1]])
-            s = stats(a, b)
-            s["max_abs_logit_diff"] = max_logit_diff(load(f"logits_{pair[0][0]}_{p}.json"), load(f"logits_{pair[1][0]}_{p}.json"))
-            res["between_builds"][p] = s
+            a, b = parts(load(runs[pair[0]])), parts(load(runs[pair[1]]))
+            la, lb = parts(load(f"logits_{pair[0][0]}_{p}.json")), parts(load(f"logits_{pair[1][0]}_{p}.json"))
+            for part in a:
+                s = stats(a[part], b[part])
+                s["max_abs_logit_diff"] = max_logit_diff(la.get(part), lb.get(part))
+                res["between_builds"][f"{p} {part}"] = s
         for b in builds:
             if (b, p) in runs and ref is not None:
-                s = stats(load(runs[(b, p)]), ref, layers_from=1)
-                s["max_abs_logit_diff"] = max_logit_diff(load(f"logits_{b}_{p}.json"), load(f"logits_{ref_key[0]}_bf16.json"))
+                first = lambda x: parts(x)["traces"] if SPLIT and x is not None else x
+                s = stats(first(load(runs[(b, p)])), first(ref), layers_from=1)
+                s["max_abs_logit_diff"] = max_logit_diff(first(load(f"logits_{b}_{p}.json")), first(load(f"logits_{ref_key[0]}_bf16.json")))
                 res["vs_reference"][f"{b}_{p}"] = s
-print(f"{'path':22s} {'sm_' + builds[0] if builds else '':>10s} vs {'sm_' + builds[-1] if builds else '':<8s} set-equal  overlap  top1   max|dlogit|")
+print(f"{'path, part':32s} {'sm_' + builds[0] if builds else '':>10s} vs {'sm_' + builds[-1] if builds else '':<8s} set-equal  overlap  top1   max|dlogit|")
 for p, s in res["between_builds"].items():
     d = s["max_abs_logit_diff"]
-    print(f"{p:22s} {s['rows']:>8d} rows        {s['top_k_set_equal']:.4f}   {s['mean_overlap']:.3f}   {s['top1_agree']:.4f} {d if d is None else f'{d:.2e}'}")
+    print(f"{p:32s} {s['rows']:>8d} rows        {s['top_k_set_equal']:.4f}   {s['mean_overlap']:.3f}   {s['top1_agree']:.4f} {d if d is None else f'{d:.2e}'}")
 print(f"\nagainst build {builds[0] if builds else '?'}'s bf16, layers 1..:")
 for k, s in res["vs_reference"].items():
     d = s["max_abs_logit_diff"]
