@@ -32,6 +32,7 @@ pub mod compare;
 pub mod counts;
 pub mod metrics;
 pub mod routes;
+pub mod stats;
 
 use std::fmt;
 use std::path::Path;
