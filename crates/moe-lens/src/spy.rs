@@ -263,7 +263,7 @@ impl RoutingCache {
 
     /// Hook names that have entries, in layer order.
     pub fn names(&self) -> Vec<String> {
-        self.entries.keys().map(|&l| crate::config::Config::router_name(l)).collect()
+        self.entries.keys().map(|&l| router_name(l)).collect()
     }
 
     /// Layer indices that have entries.
@@ -293,6 +293,15 @@ impl RouterSpy for RoutingCache {
     }
 }
 
+/// The hook name of router `layer`: transformers' module path, `model.layers.{layer}.mlp.gate` (what
+/// [`LayerRef`] parses back).
+pub fn router_name(layer: usize) -> String {
+    format!("{ROUTER_PREFIX}{layer}{ROUTER_SUFFIX}")
+}
+
+const ROUTER_PREFIX: &str = "model.layers.";
+const ROUTER_SUFFIX: &str = ".mlp.gate";
+
 /// A layer given by index (`14`) or by hook name (`"model.layers.14.mlp.gate"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerRef {
@@ -309,7 +318,7 @@ impl LayerRef {
             LayerRef::Index(i) => *i,
             LayerRef::Name(s) => {
                 let s = s.trim();
-                let num = s.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(".mlp.gate")).unwrap_or(s);
+                let num = s.strip_prefix(ROUTER_PREFIX).and_then(|r| r.strip_suffix(ROUTER_SUFFIX)).unwrap_or(s);
                 num.parse::<usize>().map_err(|_| unknown())?
             }
         };
@@ -368,6 +377,8 @@ mod tests {
         assert_eq!(LayerRef::from(14usize).index(16)?, 14);
         assert_eq!(LayerRef::from("model.layers.14.mlp.gate").index(16)?, 14);
         assert_eq!(LayerRef::from("3").index(16)?, 3);
+        assert_eq!(LayerRef::from(router_name(7)).index(16)?, 7);
+        assert_eq!(router_name(14), "model.layers.14.mlp.gate");
         for bad in [
             LayerRef::from(16usize),
             LayerRef::from(-1),

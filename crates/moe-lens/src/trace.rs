@@ -5,9 +5,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::spy::{LayerRef, Routing, RoutingCache, Step};
+use crate::spy::{router_name, LayerRef, Routing, RoutingCache, Step};
 use crate::tokens::Token;
 
 /// One router layer over all tokens of a trace: row `i` is token `i`.
@@ -64,6 +63,9 @@ pub struct Trace {
     /// Captured layers in order, each over all tokens.
     pub layers: Vec<LayerTrace>,
     /// The raw per-step cache the trace was assembled from (one entry per forward call and layer).
+    /// The same numbers as `layers`, laid out by forward call instead of by token: both are public
+    /// fields that notebooks and programs read and build (`run.cache.get(…)`, `trace.layers[i]`),
+    /// so neither is derived from the other.
     pub cache: RoutingCache,
     /// Total router layers in the model (captured or not).
     pub model_layers: usize,
@@ -99,13 +101,8 @@ impl Trace {
         let mut steps: Vec<(Step, Range<usize>)> = Vec::new();
         for (n, l) in cache.layers().into_iter().enumerate() {
             let entries: &[Routing] = cache.get(l)?;
-            let mut lt = LayerTrace {
-                name: Config::router_name(l),
-                logits: vec![],
-                probs: vec![],
-                top_k: vec![],
-                weights: vec![],
-            };
+            let mut lt =
+                LayerTrace { name: router_name(l), logits: vec![], probs: vec![], top_k: vec![], weights: vec![] };
             for r in entries {
                 if r.offset != lt.logits.len() {
                     return Err(Error::Spy(format!(
@@ -143,7 +140,7 @@ impl Trace {
     pub fn layer(&self, layer: impl Into<LayerRef>) -> Result<&LayerTrace> {
         let layer = layer.into();
         let idx = layer.index(self.model_layers)?;
-        let name = Config::router_name(idx);
+        let name = router_name(idx);
         self.layers.iter().find(|l| l.name == name).ok_or_else(|| {
             Error::invalid(
                 "layer",

@@ -47,8 +47,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::effective_number_u32;
 use super::routes::SentenceRoutes;
+use super::stats::effective_number_u32;
 use crate::corpus::{language_name, Fnv64};
 use crate::error::{Error, Result};
 

@@ -32,6 +32,8 @@ pub mod compare;
 pub mod counts;
 pub mod metrics;
 pub mod routes;
+pub mod shares;
+pub mod stats;
 
 use std::fmt;
 use std::path::Path;
@@ -50,6 +52,7 @@ pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdi
 pub use counts::{Counts, CountsJson};
 pub use metrics::{LayerJsd, LayerLang, Metrics};
 pub use routes::SentenceRoutes;
+pub use shares::{ExpertShares, Measure, TopExpert};
 
 /// How to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
