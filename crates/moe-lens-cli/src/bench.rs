@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use moe_lens::config::Config;
 use moe_lens::lab::{parse_dtype, DeviceChoice};
-use moe_lens::olmoe::{self, Olmoe};
+use moe_lens::olmoe::{Olmoe, Tuning};
 use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::quant::{self, Quant};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
@@ -64,30 +64,31 @@ pub struct BenchArgs {
     /// sentence's first 12 tokens, then 8 decode steps with the KV cache), its steps' rows in order.
     #[arg(long)]
     gen_routing: bool,
-    /// Also dump the routing of the bf16 variants (unfused, legacy rounding, eager scores) next to
-    /// --routing-out, as `<stem>_<variant>.json`.
+    /// Also dump the routing of the bf16 variants (unfused, eager scores) next to --routing-out, as
+    /// `<stem>_<variant>.json`.
     #[arg(long)]
     variants: bool,
 }
 
 /// Routing dumps of the forward-pass variants (see `--variants`).
-fn dump_variants(a: &BenchArgs, m: &Olmoe, sents: &[Vec<u32>], device: &Device, k: usize, layers: usize) -> Result<()> {
+fn dump_variants(
+    a: &BenchArgs,
+    m: &mut Olmoe,
+    sents: &[Vec<u32>],
+    device: &Device,
+    k: usize,
+    layers: usize,
+) -> Result<()> {
     let Some(base) = &a.routing_out else { return Ok(()) };
     let stem = base.file_stem().and_then(|s| s.to_str()).unwrap_or("route").to_string();
     let n = a.routing_n.min(sents.len());
-    for (name, fused, legacy, eager) in
-        [("unfused", false, false, false), ("legacy", false, true, false), ("eager", true, false, true)]
-    {
-        olmoe::set_fused(fused);
-        olmoe::set_legacy_rounding(legacy);
-        olmoe::set_eager_scores(eager);
+    let keep = m.tuning().clone();
+    for (name, fused, eager) in [("unfused", false, false), ("eager", true, true)] {
+        m.set_tuning(Tuning { fused, eager_scores: eager, ..keep.clone() });
         let (dump, _) = dump_routing(m, &sents[..n], device, k, layers, false)?;
         std::fs::write(base.with_file_name(format!("{stem}_{name}.json")), serde_json::to_string(&dump)?)?;
     }
-    olmoe::set_fused(true);
-    olmoe::set_legacy_rounding(false);
-    olmoe::set_eager_scores(false);
-    apply_env_switches();
+    m.set_tuning(keep);
     Ok(())
 }
 
@@ -197,7 +198,7 @@ fn generation_routing(
 /// final hidden states (one sentence; one padded batch) and top-k agreement on 50 sentences; plus
 /// the unfused single-sentence timings.
 fn fused_check(
-    m: &Olmoe,
+    m: &mut Olmoe,
     sents: &[Vec<u32>],
     input: &Tensor,
     device: &Device,
@@ -222,8 +223,9 @@ fn fused_check(
     let n = 50.min(sents.len());
     let mut outs = Vec::new();
     let mut timings = Vec::new();
+    let keep = m.tuning().clone();
     for on in [true, false] {
-        olmoe::set_fused(on);
+        m.set_tuning(Tuning { fused: on, ..keep.clone() });
         let single = m.forward(input, None, None, Step::Prefill, None)?;
         let padded = m.forward(&binput, None, Some(&lens), Step::Prefill, None)?;
         let (dump, _) = dump_routing(m, &sents[..n], device, k, layers, false)?;
@@ -238,7 +240,7 @@ fn fused_check(
         timings.push(median(ts));
         outs.push((single, padded, dump));
     }
-    olmoe::set_fused(true);
+    m.set_tuning(keep);
     let (rows, same) = outs[0].2.iter().flatten().flatten().zip(outs[1].2.iter().flatten().flatten()).fold(
         (0usize, 0usize),
         |(r, s), (a, b)| {
@@ -264,18 +266,25 @@ fn env_usize(k: &str) -> Option<usize> {
     std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok())
 }
 
-/// Applies the forward-pass switches from the environment (for comparisons in one run).
-fn apply_env_switches() {
+/// The forward-pass switches from the environment (for comparisons in one run): `MOE_LENS_FUSED`,
+/// `MOE_LENS_EAGER_SCORES` (1/true or 0/false), `MOE_LENS_DENSE_MAX`, `MOE_LENS_DEQUANT_MIN` (rows);
+/// unset ones keep [`Tuning`]'s defaults. Every model the bench loads runs with it.
+fn env_tuning() -> Tuning {
     let flag = |k: &str| std::env::var(k).ok().map(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let mut t = Tuning::default();
     if let Some(on) = flag("MOE_LENS_FUSED") {
-        olmoe::set_fused(on);
+        t.fused = on;
     }
     if let Some(on) = flag("MOE_LENS_EAGER_SCORES") {
-        olmoe::set_eager_scores(on);
+        t.eager_scores = on;
     }
-    if let Some(on) = flag("MOE_LENS_LEGACY_ROUNDING") {
-        olmoe::set_legacy_rounding(on);
+    if let Some(n) = env_usize("MOE_LENS_DENSE_MAX") {
+        t.dense_max_tokens = n;
     }
+    if let Some(n) = env_usize("MOE_LENS_DEQUANT_MIN") {
+        t.dequant_min_tokens = n;
+    }
+    t
 }
 
 fn load(
@@ -291,7 +300,7 @@ fn load(
         let g = quant::open_gguf(&a.model, device, dtype)?;
         sync(device)?;
         return Ok((
-            g.model,
+            g.model.with_tuning(env_tuning()),
             json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.model, "experts": g.experts}}),
         ));
     }
@@ -306,20 +315,10 @@ fn load(
         }
     };
     sync(device)?;
-    Ok((m, json!({"s": t.elapsed().as_secs_f64(), "report": rep})))
+    Ok((m.with_tuning(env_tuning()), json!({"s": t.elapsed().as_secs_f64(), "report": rep})))
 }
 
 pub fn run_bench(a: BenchArgs) -> Result<()> {
-    if let Some(n) = env_usize("MOE_LENS_DENSE_MAX") {
-        olmoe::set_dense_max_tokens(n);
-    }
-    if let Some(n) = env_usize("MOE_LENS_DENSE_MIN") {
-        olmoe::set_dense_min_tokens(n);
-    }
-    if let Some(n) = env_usize("MOE_LENS_DEQUANT_MIN") {
-        olmoe::set_dequant_min_tokens(n);
-    }
-    apply_env_switches();
     let q: Quant = a.quant.parse()?;
     let device = a.device.parse::<DeviceChoice>()?.open()?;
     let dtype = match &a.dtype {
@@ -373,16 +372,17 @@ fn run_bench_with(
     let total_tokens: usize = sents.iter().map(Vec::len).sum();
     res.insert("tokens".into(), json!(total_tokens));
     res.insert("spin_limit".into(), json!(std::env::var("CANDLE_BARRIER_POOL_SPIN_LIMIT").ok()));
-    for k in ["MOE_LENS_FUSED", "MOE_LENS_EAGER_SCORES", "MOE_LENS_LEGACY_ROUNDING"] {
+    for k in ["MOE_LENS_FUSED", "MOE_LENS_EAGER_SCORES", "MOE_LENS_DENSE_MAX", "MOE_LENS_DEQUANT_MIN"] {
         res.insert(k.to_lowercase(), json!(std::env::var(k).ok()));
     }
+    res.insert("tuning".into(), json!(format!("{:?}", env_tuning())));
     let layers = cfg.num_hidden_layers;
     let e = cfg.num_experts;
     let k = cfg.num_experts_per_tok;
 
     if a.only_routing {
         let t = Instant::now();
-        let (m, _) = load(&a, &cfg, &files, &device, dtype, q)?;
+        let (mut m, _) = load(&a, &cfg, &files, &device, dtype, q)?;
         res.insert("load_s".into(), json!(t.elapsed().as_secs_f64()));
         let n = a.routing_n.min(sents.len());
         let (mut dump, mut lg) = dump_routing(&m, &sents[..n], &device, k, layers, a.logits_out.is_some())?;
@@ -398,7 +398,7 @@ fn run_bench_with(
             std::fs::write(p, serde_json::to_string(&lg)?)?;
         }
         if a.variants {
-            dump_variants(&a, &m, &sents, &device, k, layers)?;
+            dump_variants(&a, &mut m, &sents, &device, k, layers)?;
         }
         let out = Value::Object(res);
         std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
@@ -413,7 +413,7 @@ fn run_bench_with(
     eprintln!("load (first): {first}");
     res.insert("load_first".into(), first);
     drop(m);
-    let (m, cached) = load(&a, &cfg, &files, &device, dtype, q)?;
+    let (mut m, cached) = load(&a, &cfg, &files, &device, dtype, q)?;
     eprintln!("load (again/cached): {cached}");
     res.insert("load_cached".into(), cached);
 
@@ -440,7 +440,7 @@ fn run_bench_with(
         }
     }
     if !device.is_cpu() && dtype == DType::BF16 && std::env::var("MOE_LENS_FUSED").is_err() {
-        res.insert("fused_check".into(), fused_check(&m, &sents, &input, &device, k, layers)?);
+        res.insert("fused_check".into(), fused_check(&mut m, &sents, &input, &device, k, layers)?);
     }
     res.insert("single_trace_ms_median".into(), json!(median(trace_ms.clone())));
     res.insert("single_forward_ms_median".into(), json!(median(fwd_ms)));
@@ -585,8 +585,7 @@ fn run_bench_with(
 
     if a.sweep && !device.is_cpu() {
         let mut rows = Vec::new();
-        let keep = olmoe::dense_max_tokens();
-        let keep_dequant = olmoe::dequant_min_tokens();
+        let keep = m.tuning().clone();
         for n in [1usize, 4, 8, 25, 64, 128, 256, 512, 1024, 2048] {
             let ids: Vec<u32> = (0..n).map(|i| 2 + ((i * 7919 + 13) % 50000) as u32).collect();
             let x = ids_of(&ids)?;
@@ -600,9 +599,7 @@ fn run_bench_with(
                 &[("qmm", 0, usize::MAX), ("dequant_bf16", 0, 0)]
             };
             for &(name, dense, deq) in modes {
-                olmoe::set_dense_max_tokens(dense);
-                olmoe::set_dense_min_tokens(0);
-                olmoe::set_dequant_min_tokens(deq);
+                m.set_tuning(Tuning { dense_max_tokens: dense, dequant_min_tokens: deq, ..keep.clone() });
                 let mut ts = Vec::new();
                 for i in 0..6 {
                     let t = Instant::now();
@@ -617,13 +614,11 @@ fn run_bench_with(
             eprintln!("sweep {row:?}");
             rows.push(Value::Object(row));
         }
-        olmoe::set_dense_max_tokens(keep);
-        olmoe::set_dense_min_tokens(env_usize("MOE_LENS_DENSE_MIN").unwrap_or(1));
-        olmoe::set_dequant_min_tokens(keep_dequant);
+        m.set_tuning(keep);
         res.insert("sweep".into(), json!(rows));
     }
     if a.variants {
-        dump_variants(&a, &m, &sents, &device, k, layers)?;
+        dump_variants(&a, &mut m, &sents, &device, k, layers)?;
     }
     let out = Value::Object(res);
     std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;

@@ -96,7 +96,11 @@ fn message(e: &anyhow::Error) -> String {
 }
 
 fn load(model: &str, device: &str, dtype: Option<&str>) -> anyhow::Result<Lens> {
-    let opts = LoadOptions { device: device.parse::<DeviceChoice>()?, dtype: dtype.map(parse_dtype).transpose()? };
+    let opts = LoadOptions {
+        device: device.parse::<DeviceChoice>()?,
+        dtype: dtype.map(parse_dtype).transpose()?,
+        ..Default::default()
+    };
     Lens::load_with(model, &opts).with_context(|| format!("loading {model}"))
 }
 
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let opts = LoadOptions {
                         device: device.parse::<DeviceChoice>()?,
                         dtype: dtype.as_deref().map(parse_dtype).transpose()?,
+                        ..Default::default()
                     };
                     Lens::load_quantized(&model, &opts, q)
                         .with_context(|| format!("loading {model} with {q} experts"))?

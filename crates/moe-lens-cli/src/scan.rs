@@ -173,6 +173,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
     let opts = LoadOptions {
         device: a.device.parse::<DeviceChoice>()?,
         dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
+        ..Default::default()
     };
     let lens = Lens::load_with(&a.model, &opts).with_context(|| format!("loading {}", a.model))?;
     let scan_opts =

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hub::{self, ModelFiles};
 use crate::memory;
-use crate::olmoe::Olmoe;
+use crate::olmoe::{Olmoe, Tuning};
 use crate::quant::{self, Quant, QuantReport};
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::{Token, Tokenizer};
@@ -112,6 +112,8 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// `None`: f32 on the CPU, bf16 on a GPU.
     pub dtype: Option<DType>,
+    /// How the model runs on a GPU (fused kernels, dense/grouped experts, ...; see [`Tuning`]).
+    pub tuning: Tuning,
 }
 
 /// What a safetensors load will take on its device, checked before anything is allocated and
@@ -318,6 +320,7 @@ impl Lens {
                 (m, Some(r))
             }
         };
+        let model = model.with_tuning(opts.tuning.clone());
         Ok(Lens { name: files.name.clone(), files, model, tokenizer, quant, gguf_experts: None })
     }
 
@@ -375,7 +378,7 @@ impl Lens {
         Ok(Lens {
             name: files.name.clone(),
             files,
-            model: g.model,
+            model: g.model.with_tuning(opts.tuning.clone()),
             tokenizer,
             quant: None,
             gguf_experts: Some(g.experts),
@@ -394,6 +397,10 @@ impl Lens {
     }
     pub fn model(&self) -> &Olmoe {
         &self.model
+    }
+    /// Changes how the model runs on a GPU (see [`Tuning`]).
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.model.set_tuning(tuning);
     }
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer

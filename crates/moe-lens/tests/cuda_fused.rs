@@ -6,18 +6,14 @@
 #![cfg(any(feature = "cuda", moe_lens_cuda))]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use moe_lens::config::Config;
-use moe_lens::olmoe::{self, Olmoe};
+use moe_lens::olmoe::{Olmoe, Tuning};
 use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
 use serde_json::Value;
 
 mod kquant_model;
-
-/// The forward-pass switches are process-wide: one test at a time.
-static LOCK: Mutex<()> = Mutex::new(());
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -84,17 +80,15 @@ fn overlap_one_by_one(m: &Olmoe, r: &Value, device: &Device) -> f64 {
 
 #[test]
 fn fused_bf16_routing_stays_close_to_f32_reference() {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(dev) = cuda() else {
         eprintln!("no CUDA device: skipped");
         return;
     };
-    let (m, r) = load(&dev, DType::BF16);
-    olmoe::set_fused(true);
+    let (mut m, r) = load(&dev, DType::BF16);
+    m.set_tuning(Tuning { fused: true, ..m.tuning().clone() });
     let fused = overlap_one_by_one(&m, &r, &dev);
-    olmoe::set_fused(false);
+    m.set_tuning(Tuning { fused: false, ..m.tuning().clone() });
     let unfused = overlap_one_by_one(&m, &r, &dev);
-    olmoe::set_fused(true);
     eprintln!("bf16 vs transformers f32: fused {fused:.3}, candle ops {unfused:.3}");
     // the CPU bf16 test in parity.rs asks for > 0.8
     assert!(fused > 0.8, "fused bf16 mean top-k overlap {fused}");
@@ -103,7 +97,6 @@ fn fused_bf16_routing_stays_close_to_f32_reference() {
 
 #[test]
 fn fused_f32_path_is_exact() {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(dev) = cuda() else {
         eprintln!("no CUDA device: skipped");
         return;
@@ -131,12 +124,11 @@ impl RouterSpy for Rows {
 
 #[test]
 fn batched_grouped_path_matches_reference() {
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(dev) = cuda() else {
         eprintln!("no CUDA device: skipped");
         return;
     };
-    let (m, r) = load(&dev, DType::BF16);
+    let (mut m, r) = load(&dev, DType::BF16);
     let sents: Vec<&Value> = r["sentences"].as_array().unwrap().iter().collect();
     let ids: Vec<Vec<u32>> = sents.iter().map(|s| ids_of(s)).collect();
     let t = ids.iter().map(Vec::len).max().unwrap();
@@ -151,8 +143,7 @@ fn batched_grouped_path_matches_reference() {
     let k = m.config().num_experts_per_tok;
     // both expert paths: every expert densely, and grouped by expert (batched matmuls)
     for dense_max in [usize::MAX, 0] {
-        olmoe::set_dense_max_tokens(dense_max);
-        olmoe::set_dense_min_tokens(0);
+        m.set_tuning(Tuning { dense_max_tokens: dense_max, ..m.tuning().clone() });
         let mut spy = Rows { per_layer: vec![Vec::new(); layers] };
         m.forward(&input, None, Some(&lens), Step::Prefill, Some(&mut spy)).unwrap();
         let (mut hit, mut rows) = (0usize, 0usize);
@@ -168,8 +159,6 @@ fn batched_grouped_path_matches_reference() {
         eprintln!("batched, dense_max {dense_max}: mean top-k overlap {o:.3}");
         assert!(o > 0.8, "batched bf16 (dense_max {dense_max}) mean top-k overlap {o}");
     }
-    olmoe::set_dense_max_tokens(256);
-    olmoe::set_dense_min_tokens(1);
 }
 
 /// The two quantized CUDA paths — experts expanded to bf16 for cuBLAS (batches) and our matmul
@@ -182,7 +171,6 @@ fn batched_grouped_path_matches_reference() {
 fn quantized_paths_keep_the_f32_experts() {
     use kquant_model::{make_checkpoint, Rng, K, L, V};
     use moe_lens::quant::{self, Quant};
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let Some(dev) = cuda() else {
         eprintln!("no CUDA device: skipped");
         return;
@@ -221,15 +209,15 @@ fn quantized_paths_keep_the_f32_experts() {
     let overlap = |a: &[Vec<Vec<u32>>], b: &[Vec<Vec<u32>>]| kquant_model::overlap(a, b).0;
     let f32_model = Olmoe::load(&cfg, &files, &Device::Cpu, DType::F32).unwrap();
     let (reference, reference_one) = (run(&f32_model, &Device::Cpu), one_by_one(&f32_model, &Device::Cpu));
-    let keep = olmoe::dequant_min_tokens();
-    assert!(keep > 31, "the default switch sends these sentences to the short-input path");
+    let keep = Tuning::default();
+    assert!(keep.dequant_min_tokens > 31, "the default switch sends these sentences to the short-input path");
     for (q, floor) in [(Quant::Q8_0, 0.9), (Quant::Q4K, 0.8)] {
-        let (m, _) = quant::load_quantized(&cfg, &files, &dir, &dev, DType::BF16, q).unwrap();
-        olmoe::set_dequant_min_tokens(0);
+        let (mut m, _) = quant::load_quantized(&cfg, &files, &dir, &dev, DType::BF16, q).unwrap();
+        m.set_tuning(Tuning { dequant_min_tokens: 0, ..keep.clone() });
         let deq = run(&m, &dev);
-        olmoe::set_dequant_min_tokens(usize::MAX);
+        m.set_tuning(Tuning { dequant_min_tokens: usize::MAX, ..keep.clone() });
         let direct = run(&m, &dev);
-        olmoe::set_dequant_min_tokens(keep);
+        m.set_tuning(keep.clone());
         let one = one_by_one(&m, &dev);
         let (od, oq, o1) = (overlap(&deq, &reference), overlap(&direct, &reference), overlap(&one, &reference_one));
         eprintln!(

@@ -73,8 +73,11 @@ fn scanned() -> &'static (Value, Study) {
     CELL.get_or_init(|| {
         require_tokenizer();
         let ev = eval_json();
-        let lens =
-            Lens::load_with("demo", &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+        let lens = Lens::load_with(
+            "demo",
+            &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+        )
+        .unwrap();
         let sentences = held_out(&ev);
         let mut study =
             study::scan(&lens, &sentences, &ScanOptions { batch_size: 16, progress: false, ..ScanOptions::default() })

@@ -91,7 +91,11 @@ fn an_interrupted_download_continues_where_it_stopped() {
     assert!(!part.exists(), "the partial file became the blob");
     assert_eq!(hub::cached_snapshot(REPO, "", &s), Some(got.dir.clone()));
     // and it is a model that loads and runs
-    let lens = Lens::from_files(got, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let lens = Lens::from_files(
+        got,
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(lens.trace("Hello").unwrap().layers.len(), 3);
 
     // a complete cache needs the server no more
@@ -132,8 +136,11 @@ fn a_cut_off_blob_left_by_an_older_client_is_refused_then_continued() {
     // A complete-looking snapshot is used without network (its sizes cannot be known offline): the
     // load refuses the short file and says what to do.
     let got = hub::resolve_with(REPO, &s).unwrap();
-    let e =
-        Lens::from_files(got.clone(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap_err();
+    let e = Lens::from_files(
+        got.clone(),
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Weights { .. }) && e.to_string().contains("download it again"), "{e}");
     // When a download runs (here: tokenizer.json is missing too), the short file is not trusted: it
     // is continued from where it ends.

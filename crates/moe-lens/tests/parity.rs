@@ -38,7 +38,11 @@ fn fixture(name: &str) -> (Lens, Value) {
         tokenizer: tokenizer_path(),
         weights,
     };
-    let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let lens = Lens::from_files(
+        files,
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap();
     (lens, reference(name))
 }
 
@@ -143,9 +147,11 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
 #[test]
 fn llamacpp_bf16_gguf_matches_transformers() {
     let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
-    let lens =
-        Lens::load_with(path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) })
-            .unwrap();
+    let lens = Lens::load_with(
+        path.to_str().unwrap(),
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap();
     assert_eq!(
         lens.files().tokenizer,
         lens.files().config,
@@ -300,7 +306,11 @@ fn bf16_routing_stays_close_to_f32_reference() {
         tokenizer: tokenizer_path(),
         weights,
     };
-    let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::BF16) }).unwrap();
+    let lens = Lens::from_files(
+        files,
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::BF16), ..Default::default() },
+    )
+    .unwrap();
     let (mut overlap, mut rows) = (0usize, 0usize);
     for s in r["sentences"].as_array().unwrap() {
         let trace = lens.trace(s["text"].as_str().unwrap()).unwrap();

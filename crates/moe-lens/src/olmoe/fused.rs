@@ -117,12 +117,17 @@ pub(crate) fn rmsnorm(
         Some(_) => return Err(err("rmsnorm: residual size does not match")),
         None => 0,
     };
+    // SAFETY (the three allocations): uninitialised device memory, never read before the kernel
+    // below has written all of it: one block per row and segment writes every column of `out` (and
+    // of `sum`, `out2` when present).
     let out = unsafe { dev.alloc::<bf16>(rows * cols) }?;
     let sum = match res {
+        // SAFETY: as above, every element written by the kernel
         Some(_) => Some(unsafe { dev.alloc::<bf16>(rows * cols) }?),
         None => None,
     };
     let out2 = match second {
+        // SAFETY: as above, every element written by the kernel's second segment
         Some((c2, _, _)) => Some(unsafe { dev.alloc::<bf16>(rows * c2) }?),
         None => None,
     };
@@ -225,6 +230,8 @@ pub(crate) fn swiglu(
     }
     let gp = ptr(gu, DType::BF16)?;
     let total = n * e * i;
+    // SAFETY: uninitialised device memory; the kernel's grid-stride loop writes all `total` values
+    // before anything reads them.
     let out = unsafe { dev.alloc::<bf16>(total) }?;
     let op = out.device_ptr(out.stream()).0;
     let func = dev.get_or_load_custom_func("ml_swiglu_bf16", MODULE, PTX)?;
@@ -273,6 +280,8 @@ pub(crate) fn combine(
     let wp = base + (2 * n * e * 4) as u64;
     let ip = wp + (n * k * 4) as u64;
     let total = n * h;
+    // SAFETY: uninitialised device memory; the kernel's grid-stride loop writes all `n * h` outputs
+    // before anything reads them.
     let out = unsafe { dev.alloc::<bf16>(total) }?;
     let op = out.device_ptr(out.stream()).0;
     let func = dev.get_or_load_custom_func("ml_combine_bf16", MODULE, PTX)?;
@@ -330,6 +339,8 @@ pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -
     let cap = cap.max(1).div_ceil(8) * 8;
     let fill = dev.alloc_zeros::<u32>(e)?;
     let fp = fill.device_ptr(fill.stream()).0;
+    // SAFETY: uninitialised device memory; `ml_bucket_gather` (one block per pair) writes every
+    // pair's position before `combine` reads them.
     let pos = unsafe { dev.alloc::<u32>(pairs) }?;
     let posp = pos.device_ptr(pos.stream()).0;
     let xg = dev.alloc_zeros::<bf16>(e * cap * h)?;
@@ -392,6 +403,8 @@ pub(crate) fn attention(
     let vp = ptr(v.0, DType::BF16)? + (v.2 * 2) as u64;
     let cp = ptr(cos, DType::BF16)?;
     let sp = ptr(sin, DType::BF16)?;
+    // SAFETY: uninitialised device memory; one block per (sequence, head) writes that head's
+    // `t` rows of 128 values, so all `batch * t * width` are written before anything reads them.
     let out = unsafe { dev.alloc::<bf16>(batch * t * width) }?;
     let op = out.device_ptr(out.stream()).0;
     let func = dev.get_or_load_custom_func("ml_attn_bf16", MODULE, PTX)?;
@@ -424,6 +437,8 @@ pub(crate) fn attention(
 pub(crate) fn alloc_f32(like: &Tensor, dims: &[usize]) -> Result<Tensor> {
     let dev = cuda_dev(like)?;
     let n: usize = dims.iter().product();
+    // SAFETY: uninitialised device memory, as this function's contract says; its one user, the
+    // fused forward, has the router kernel write every layer's block in full before any is read.
     let s = unsafe { dev.alloc::<f32>(n) }?;
     Ok(wrap(s, &dev, dims))
 }
@@ -465,6 +480,9 @@ pub(crate) fn dequant_experts_as(
     let Some((first, _)) = parts.first() else { return Err(err("dequant: no parts")) };
     let Device::Cuda(dev) = first.device() else { return Err(err("dequant: weights are not on a CUDA device")) };
     let c = first.shape().dims().last().copied().unwrap_or(0);
+    // SAFETY (both allocations): uninitialised device memory; the launches below write rows
+    // `off .. off + r` of every expert for each part, and the callers' parts cover all `rows`
+    // (gate rows then up rows, or down alone), so every value is written before it is read.
     let (out_bf16, out_f32) = match dtype {
         DType::BF16 => (Some(unsafe { dev.alloc::<bf16>(ne * rows * c) }?), None),
         DType::F32 => (None, Some(unsafe { dev.alloc::<f32>(ne * rows * c) }?)),
