@@ -37,8 +37,11 @@ fn study() -> &'static Study {
             "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)"
         );
         let files = hub::local_dir(&dir, "olmoe-narrow").unwrap();
-        let lens =
-            Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+        let lens = Lens::from_files(
+            files,
+            &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+        )
+        .unwrap();
         let sentences = corpus::builtin().unwrap()[..36].to_vec();
         let s =
             lens.scan(&sentences, &ScanOptions { batch_size: 8, progress: false, ..ScanOptions::default() }).unwrap();

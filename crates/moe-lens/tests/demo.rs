@@ -73,8 +73,11 @@ fn scanned() -> &'static (Value, Study) {
     CELL.get_or_init(|| {
         require_tokenizer();
         let ev = eval_json();
-        let lens =
-            Lens::load_with("demo", &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+        let lens = Lens::load_with(
+            "demo",
+            &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+        )
+        .unwrap();
         let sentences = held_out(&ev);
         let mut study =
             study::scan(&lens, &sentences, &ScanOptions { batch_size: 16, progress: false, ..ScanOptions::default() })
@@ -90,9 +93,9 @@ fn demo_resolves_to_the_shipped_model_with_olmoe_routing_shape() {
     let files = hub::resolve("demo").unwrap();
     assert_eq!(files.dir, demo_dir());
     assert_eq!(files.name, "demo");
-    assert_eq!(files.weights, vec![demo_dir().join("model.safetensors")]);
+    assert_eq!(files.weights(), vec![demo_dir().join("model.safetensors")]);
     assert_eq!(hub::resolve("  DeMo ").unwrap().dir, demo_dir());
-    let bytes = std::fs::metadata(&files.weights[0]).unwrap().len();
+    let bytes = std::fs::metadata(&files.weights()[0]).unwrap().len();
     assert!(bytes <= 15_000_000, "the demo weights grew to {bytes} bytes");
 
     let lens = load("demo").unwrap();

@@ -17,7 +17,11 @@ fn root() -> PathBuf {
 fn load(name: &str) -> Lens {
     let d = root().join("tests/fixtures").join(name);
     assert!(d.join("tokenizer.json").exists(), "run tests/setup-data.sh first");
-    Lens::load_with(d.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap()
+    Lens::load_with(
+        d.to_str().unwrap(),
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap()
 }
 
 const TEXTS: [&str; 4] = [
@@ -79,7 +83,11 @@ impl RouterSpy for Rows {
 fn batching_changes_at_most_the_last_bits_never_the_experts() {
     for model in ["olmoe-narrow", "olmoe-gqa", "demo"] {
         let lens = if model == "demo" {
-            Lens::load_with("demo", &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap()
+            Lens::load_with(
+                "demo",
+                &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+            )
+            .unwrap()
         } else {
             load(model)
         };

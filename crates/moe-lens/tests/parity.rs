@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moe_lens::hub::ModelFiles;
+use moe_lens::hub::{ModelFiles, ModelSource};
 use moe_lens::prelude::*;
 use serde_json::Value;
 
@@ -34,11 +34,13 @@ fn fixture(name: &str) -> (Lens, Value) {
     let files = ModelFiles {
         name: name.into(),
         dir: dir.clone(),
-        config: dir.join("config.json"),
-        tokenizer: tokenizer_path(),
-        weights,
+        source: ModelSource::Safetensors { config: dir.join("config.json"), tokenizer: tokenizer_path(), weights },
     };
-    let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap();
+    let lens = Lens::from_files(
+        files,
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap();
     (lens, reference(name))
 }
 
@@ -143,12 +145,13 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
 #[test]
 fn llamacpp_bf16_gguf_matches_transformers() {
     let path = root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
-    let lens =
-        Lens::load_with(path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) })
-            .unwrap();
-    assert_eq!(
-        lens.files().tokenizer,
-        lens.files().config,
+    let lens = Lens::load_with(
+        path.to_str().unwrap(),
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
+    )
+    .unwrap();
+    assert!(
+        matches!(&lens.files().source, ModelSource::Gguf { tokenizer: None, .. }),
         "no tokenizer.json beside the file: the tokenizer comes from its metadata"
     );
     assert_eq!(lens.gguf_experts(), Some("BF16"));
@@ -296,11 +299,13 @@ fn bf16_routing_stays_close_to_f32_reference() {
     let files = ModelFiles {
         name: "narrow".into(),
         dir: dir.clone(),
-        config: dir.join("config.json"),
-        tokenizer: tokenizer_path(),
-        weights,
+        source: ModelSource::Safetensors { config: dir.join("config.json"), tokenizer: tokenizer_path(), weights },
     };
-    let lens = Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::BF16) }).unwrap();
+    let lens = Lens::from_files(
+        files,
+        &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::BF16), ..Default::default() },
+    )
+    .unwrap();
     let (mut overlap, mut rows) = (0usize, 0usize);
     for s in r["sentences"].as_array().unwrap() {
         let trace = lens.trace(s["text"].as_str().unwrap()).unwrap();

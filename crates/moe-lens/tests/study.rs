@@ -33,7 +33,8 @@ fn narrow() -> Lens {
         "run tests/setup-data.sh first (it copies the tokenizer into the fixtures)"
     );
     let files = hub::local_dir(&dir, "olmoe-narrow").unwrap();
-    Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }).unwrap()
+    Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() })
+        .unwrap()
 }
 
 /// Twelve sentences of mixed languages and lengths (1 token to a few dozen), with punctuation,

@@ -38,7 +38,7 @@ pub fn copy_fixture_to(name: &str, dst: PathBuf) -> PathBuf {
 
 /// CPU, float32: the options every reference comparison uses.
 pub fn cpu() -> LoadOptions {
-    LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32) }
+    LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() }
 }
 
 pub fn load_dir(dir: &Path) -> Result<Lens> {
