@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use moe_lens::quant::gguf_name;
+use moe_lens::gguf::gguf_name;
 use moe_lens_fuzz::{tiny_tensors, TINY_CONFIG};
 
 fn put(target: &str, name: &str, bytes: &[u8]) {

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use moe_lens::quant;
+use moe_lens::{gguf, quant};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = quant::check_gguf_header(data, data.len() as u64);
+    let _ = gguf::check_gguf_header(data, data.len() as u64);
     let path = moe_lens_fuzz::scratch("gguf");
     std::fs::write(&path, data).expect("scratch file");
     let _ = quant::load_gguf(&path, &candle_core::Device::Cpu, candle_core::DType::F32);

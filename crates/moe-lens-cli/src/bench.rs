@@ -8,29 +8,24 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use moe_lens::config::Config;
-use moe_lens::lab::{parse_dtype, DeviceChoice};
+use moe_lens::gguf;
 use moe_lens::olmoe::{Olmoe, Tuning};
 use moe_lens::prelude::{DType, Device, Tensor};
-use moe_lens::quant::{self, Quant};
+use moe_lens::quant::{self, Quant, QuantChoice};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
 use serde_json::{json, Value};
 
+use crate::ModelArgs;
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model directory (config.json and *.safetensors), or a llama.cpp .gguf file.
-    #[arg(long)]
-    model: PathBuf,
+    /// --model: a model directory (config.json and *.safetensors; no tokenizer needed) or a
+    /// llama.cpp .gguf file.
+    #[command(flatten)]
+    model: ModelArgs,
     /// JSON file: a list of sentences, each a list of token ids.
     #[arg(long)]
     sents: PathBuf,
-    /// none, q8_0 or q4k.
-    #[arg(long, default_value = "none")]
-    quant: String,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
-    #[arg(long)]
-    dtype: Option<String>,
     /// Where to write the results (JSON).
     #[arg(long)]
     out: PathBuf,
@@ -68,6 +63,13 @@ pub struct BenchArgs {
     /// `<stem>_<variant>.json`.
     #[arg(long)]
     variants: bool,
+}
+
+impl BenchArgs {
+    /// The model directory or .gguf file.
+    fn path(&self) -> PathBuf {
+        PathBuf::from(&self.model.name)
+    }
 }
 
 /// Routing dumps of the forward-pass variants (see `--variants`).
@@ -175,7 +177,8 @@ fn generation_routing(
     }
     let mut cache = RoutingCache::new();
     let mut kv = m.new_cache();
-    let mut hidden = m.forward(&Tensor::new(prompt, device)?.unsqueeze(0)?, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
+    let mut hidden =
+        m.forward(&Tensor::new(prompt, device)?.unsqueeze(0)?, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
     for n in 0..8 {
         let next = m.next_token_logits(&hidden)?.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
         let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
@@ -296,18 +299,18 @@ fn load(
     q: Quant,
 ) -> Result<(Olmoe, Value)> {
     let t = Instant::now();
-    if moe_lens::hub::is_gguf_path(&a.model) {
-        let g = quant::open_gguf(&a.model, device, dtype)?;
+    if moe_lens::hub::is_gguf_path(&a.path()) {
+        let g = quant::open_gguf(&a.path(), device, dtype)?;
         sync(device)?;
         return Ok((
             g.model.with_tuning(env_tuning()),
-            json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.model, "experts": g.experts}}),
+            json!({"s": t.elapsed().as_secs_f64(), "report": {"gguf": a.path(), "experts": g.experts}}),
         ));
     }
     let (m, rep) = match q {
         Quant::None => (Olmoe::load(cfg, files, device, dtype)?, Value::Null),
         q => {
-            let (m, r) = quant::load_quantized(cfg, files, &a.model, device, dtype, q)?;
+            let (m, r) = quant::load_quantized(cfg, files, &a.path(), device, dtype, q)?;
             (
                 m,
                 json!({"cache": r.cache, "cache_hit": r.cache_hit, "cache_rejected": r.cache_rejected, "cache_write_error": r.cache_write_error}),
@@ -319,30 +322,28 @@ fn load(
 }
 
 pub fn run_bench(a: BenchArgs) -> Result<()> {
-    let q: Quant = a.quant.parse()?;
-    let device = a.device.parse::<DeviceChoice>()?.open()?;
-    let dtype = match &a.dtype {
-        Some(d) => parse_dtype(d)?,
-        None if device.is_cpu() => DType::F32,
-        None => DType::BF16,
-    };
-    if moe_lens::hub::is_gguf_path(&a.model) {
+    let opts = a.model.options()?;
+    let device = opts.device.open()?;
+    let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+    let path = a.path();
+    if moe_lens::hub::is_gguf_path(&path) {
         // a llama.cpp GGUF file: its own config and block types
-        if q != Quant::None {
+        if let QuantChoice::Fixed(q @ (Quant::Q8_0 | Quant::Q4K)) = opts.quant {
             bail!("--quant {q} with a GGUF file: its experts are already quantized; leave --quant out");
         }
-        let cfg = quant::gguf_config(&a.model)?;
-        return run_bench_with(a, cfg, vec![], q, device, dtype);
+        let cfg = gguf::gguf_config(&path)?;
+        return run_bench_with(a, cfg, vec![], Quant::None, device, dtype);
     }
-    let cfg = Config::from_file(a.model.join("config.json"))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&a.model)
-        .with_context(|| format!("reading {}", a.model.display()))?
+    let cfg = Config::from_file(path.join("config.json"))?;
+    let q = opts.quant.resolve(&cfg, &device);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
+        .with_context(|| format!("reading {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!("no .safetensors files in {}", a.model.display());
+        bail!("no .safetensors files in {}", path.display());
     }
     run_bench_with(a, cfg, files, q, device, dtype)
 }
@@ -387,7 +388,8 @@ fn run_bench_with(
         let n = a.routing_n.min(sents.len());
         let (mut dump, mut lg) = dump_routing(&m, &sents[..n], &device, k, layers, a.logits_out.is_some())?;
         if a.gen_routing {
-            let (d, l) = generation_routing(&m, sents.first().map_or(&[][..], |s| &s[..s.len().min(12)]), &device, k, layers)?;
+            let (d, l) =
+                generation_routing(&m, sents.first().map_or(&[][..], |s| &s[..s.len().min(12)]), &device, k, layers)?;
             dump.push(d);
             lg.push(l);
         }
@@ -407,7 +409,7 @@ fn run_bench_with(
     }
 
     if a.fresh && q != Quant::None {
-        let _ = std::fs::remove_file(quant::cache_path(&a.model, q));
+        let _ = std::fs::remove_file(quant::cache_path(&a.path(), q));
     }
     let (m, first) = load(&a, &cfg, &files, &device, dtype, q)?;
     eprintln!("load (first): {first}");

@@ -7,8 +7,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
-use moe_lens::lab::{parse_dtype, DeviceChoice, Lens, LoadOptions};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use moe_lens::lab::{Lens, LoadOptions};
+use moe_lens::quant::{Quant, QuantChoice};
 use moe_lens::spy::LayerRef;
 
 #[derive(Parser)]
@@ -24,31 +25,58 @@ enum Format {
     Json,
 }
 
+/// The model and how to load it: the same four options, with the same defaults as the library's
+/// `LoadOptions::default()`, in every subcommand that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model directory (Hugging Face layout), llama.cpp .gguf file, Hub id (e.g.
+    /// allenai/OLMoE-1B-7B-0924) or demo.
+    #[arg(long = "model", value_name = "MODEL")]
+    pub name: String,
+    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Experts: auto (4-bit q4k on a GPU when the model's sizes allow it, else as stored), none, q8_0
+    /// or q4k (quantized on first use, cached next to the model). A .gguf file keeps its own.
+    #[arg(long, default_value = "auto")]
+    pub quant: String,
+}
+
+impl ModelArgs {
+    /// The load options these arguments name (one parser per option, in the library).
+    pub fn options(&self) -> moe_lens::Result<LoadOptions> {
+        LoadOptions::parse(&self.device, self.dtype.as_deref().unwrap_or(""), &self.quant)
+    }
+
+    /// Loads the model.
+    pub fn load(&self) -> anyhow::Result<Lens> {
+        let opts = self.options()?;
+        let model = &self.name;
+        Lens::load_with(model, &opts).with_context(|| match opts.quant {
+            QuantChoice::Fixed(q) if q != Quant::None => format!("loading {model} with {q} experts"),
+            _ => format!("loading {model}"),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one text and show, per token, the experts each router chose.
     Trace {
-        /// Model directory (Hugging Face layout) or Hub id, e.g. allenai/OLMoE-1B-7B-0924.
-        #[arg(long)]
-        model: String,
+        #[command(flatten)]
+        model: ModelArgs,
         /// The text to trace.
         #[arg(long)]
         text: String,
-        /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
-        #[arg(long, default_value = "auto")]
-        device: String,
-        /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
-        #[arg(long)]
-        dtype: Option<String>,
         /// Layer for the table: index or hook name (default: the last layer).
         #[arg(long)]
         layer: Option<String>,
         /// table (one layer, readable) or json (every layer, the export schema).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
-        /// Quantized experts: none, q8_0 or q4k (quantized on first use, cached next to the model).
-        #[arg(long, default_value = "none")]
-        quant: String,
     },
     /// Run a corpus through the model in batches and count, per layer and language, how often each
     /// expert is chosen; resumable (run it again to continue) and shardable (--shard i/n).
@@ -95,31 +123,10 @@ fn message(e: &anyhow::Error) -> String {
     out
 }
 
-fn load(model: &str, device: &str, dtype: Option<&str>) -> anyhow::Result<Lens> {
-    let opts = LoadOptions {
-        device: device.parse::<DeviceChoice>()?,
-        dtype: dtype.map(parse_dtype).transpose()?,
-        ..Default::default()
-    };
-    Lens::load_with(model, &opts).with_context(|| format!("loading {model}"))
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Trace { model, text, device, dtype, layer, format, quant } => {
-            let quant: moe_lens::quant::Quant = quant.parse()?;
-            let lens = match quant {
-                moe_lens::quant::Quant::None => load(&model, &device, dtype.as_deref())?,
-                q => {
-                    let opts = LoadOptions {
-                        device: device.parse::<DeviceChoice>()?,
-                        dtype: dtype.as_deref().map(parse_dtype).transpose()?,
-                        ..Default::default()
-                    };
-                    Lens::load_quantized(&model, &opts, q)
-                        .with_context(|| format!("loading {model} with {q} experts"))?
-                }
-            };
+        Cmd::Trace { model, text, layer, format } => {
+            let lens = model.load()?;
             let layers = lens.config().num_hidden_layers;
             let layer = match layer {
                 Some(l) => LayerRef::Name(l).index(layers)?,

@@ -8,29 +8,23 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use moe_lens::corpus::{self, Sentence};
-use moe_lens::lab::{parse_dtype, DeviceChoice, Lens, LoadOptions};
 use moe_lens::study::checkpoint::{self, DirResult, DirScan, RunInfo, ScanEvent};
 use moe_lens::study::{
     CompareOptions, ScanOptions, Scanner, Shard, COUNTS_FILE, METRICS_CSV, METRICS_FILE, ROUTES_FILE,
 };
 
+use crate::ModelArgs;
+
 #[derive(Args, Debug)]
 pub struct ScanArgs {
-    /// Model directory (Hugging Face layout) or Hub id, e.g. allenai/OLMoE-1B-7B-0924.
-    #[arg(long)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Corpus file (.tsv, .csv, .jsonl or .txt), or `builtin` for the shipped en/ko/ja corpus.
     #[arg(long)]
     corpus: String,
     /// Output directory; running again with the same arguments continues an interrupted scan.
     #[arg(long)]
     out: PathBuf,
-    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
-    #[arg(long)]
-    dtype: Option<String>,
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -152,30 +146,20 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         .map_err(|m| anyhow::anyhow!("invalid --lang: {m}"))?;
     let sentences =
         load_sentences(&a.corpus, lang.as_deref()).with_context(|| format!("loading the corpus {}", a.corpus))?;
+    let opts = a.model.options()?;
     let run = RunInfo {
-        model: a.model.clone(),
+        model: a.model.name.clone(),
         corpus: a.corpus.clone(),
         corpus_fingerprint: corpus::fingerprint(&sentences),
         corpus_sentences: sentences.len(),
         lang,
-        dtype: a
-            .dtype
-            .as_deref()
-            .map(parse_dtype)
-            .transpose()?
-            .map(|d| format!("{d:?}").to_ascii_lowercase())
-            .unwrap_or_default(),
+        dtype: opts.dtype.map(|d| format!("{d:?}").to_ascii_lowercase()).unwrap_or_default(),
         by_script: a.by_script,
         skip_common: a.skip_common,
     };
     // refuse another run's directory before spending time on loading the model
     checkpoint::check_dir(&a.out, &run, shard)?;
-    let opts = LoadOptions {
-        device: a.device.parse::<DeviceChoice>()?,
-        dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
-        ..Default::default()
-    };
-    let lens = Lens::load_with(&a.model, &opts).with_context(|| format!("loading {}", a.model))?;
+    let lens = a.model.load()?;
     let scan_opts =
         ScanOptions { batch_size: a.batch, by_script: a.by_script, skip_common: a.skip_common, progress: false };
     let throttle = std::env::var("MOE_LENS_SCAN_THROTTLE_MS").ok().and_then(|v| v.parse::<u64>().ok());
@@ -195,7 +179,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
             } else {
                 eprintln!(
                     "scan: {} · shard {shard}: sentences {}..{} of {} · {} tokens · batches of {} → {}",
-                    a.model,
+                    a.model.name,
                     range.start,
                     range.end,
                     sentences.len(),

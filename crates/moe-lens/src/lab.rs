@@ -13,17 +13,18 @@
 //! ```
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hub::{self, ModelFiles};
+use crate::gguf;
+use crate::hub::{self, ModelFiles, ModelSource};
 use crate::memory;
 use crate::olmoe::{Olmoe, Tuning};
-use crate::quant::{self, Quant, QuantReport};
+use crate::quant::{self, Quant, QuantChoice, QuantReport};
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::{Token, Tokenizer};
 use crate::trace::Trace;
@@ -106,14 +107,36 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
-/// How to load a model.
+/// How to load a model ([`Lens::load_with`]). Each field has one default (`LoadOptions::default()`)
+/// and one parser from text: [`DeviceChoice`]'s and [`QuantChoice`]'s `FromStr`, [`parse_dtype`];
+/// [`LoadOptions::parse`] takes the three as the command line and the notebooks spell them.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
+    /// Where to run; default `auto` (a GPU when built with one and present, else the CPU).
     pub device: DeviceChoice,
     /// `None`: f32 on the CPU, bf16 on a GPU.
     pub dtype: Option<DType>,
     /// How the model runs on a GPU (fused kernels, dense/grouped experts, ...; see [`Tuning`]).
     pub tuning: Tuning,
+    /// Which experts; default `auto`: 4-bit experts on a GPU when the model's sizes allow it, the
+    /// checkpoint as is on the CPU and for small models (see [`QuantChoice`]).
+    pub quant: QuantChoice,
+}
+
+impl LoadOptions {
+    /// The options as text names them (`--device`, `--dtype`, `--quant` on the command line,
+    /// `MOE_LENS_QUANT` in the notebooks). An empty string (or `auto`) is the default of each.
+    pub fn parse(device: &str, dtype: &str, quant: &str) -> Result<LoadOptions> {
+        let device = device.parse::<DeviceChoice>()?;
+        let dtype = match dtype.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => None,
+            d => Some(parse_dtype(d)?),
+        };
+        let quant = quant.parse::<QuantChoice>()?;
+        // `..`: the fields that have no text form keep their defaults
+        let opts = LoadOptions { device, dtype, quant, ..LoadOptions::default() };
+        Ok(opts)
+    }
 }
 
 /// What a safetensors load will take on its device, checked before anything is allocated and
@@ -139,7 +162,7 @@ impl<'a> LoadFit<'a> {
         // the non-expert weights stay in the model dtype (bf16 on a GPU)
         let need = memory::weight_bytes(cfg, dtype, per_value(quant));
         let need_q4k = memory::weight_bytes(cfg, dtype, per_value(Quant::Q4K));
-        let q4k_ok = cfg.hidden_size % 256 == 0 && cfg.intermediate_size % 256 == 0;
+        let q4k_ok = cfg.hidden_size.is_multiple_of(256) && cfg.intermediate_size.is_multiple_of(256);
         LoadFit { device, quant, need, need_q4k, q4k_ok }
     }
 
@@ -221,14 +244,14 @@ pub struct Lens {
 }
 
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
-/// file, on the default device and dtype. Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE`
-/// and `HF_TOKEN`.
+/// file, with the default options (device `auto`, dtype by device, quant `auto`). Reuses the
+/// Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
 pub fn load(model: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions::default())
 }
 
-/// Loads `model` on the default device with the quantization named by `quant`, as the notebooks'
-/// `MOE_LENS_QUANT` names it: `"none"`, `"q8_0"`, `"q4k"`, or `"auto"` (also `""`).
+/// Loads `model` on the default device with the experts named by `quant`, as the notebooks'
+/// `MOE_LENS_QUANT` names them: `"auto"` (also `""`), `"none"`, `"q8_0"` or `"q4k"`.
 ///
 /// `"auto"` takes 4-bit experts (q4k) on a GPU when the model's sizes allow it (hidden and expert
 /// sizes multiples of 256, as OLMoE's are): the full OLMoE needs about 16 GB of GPU memory in bf16
@@ -236,72 +259,55 @@ pub fn load(model: &str) -> Result<Lens> {
 /// does. On the CPU, and for small models (the demo and test models), `"auto"` keeps the
 /// checkpoint's weights. A llama.cpp `.gguf` file keeps its experts as the file stores them (`auto`
 /// or `none`; asking it for `q8_0`/`q4k` is an error). The printed `Lens` says which was chosen.
+/// (`Lens::load_with(model, &LoadOptions { quant, ..Default::default() })` with a device.)
 pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
-    let files = hub::resolve(model)?;
-    let opts = LoadOptions::default();
-    let quant = match quant.trim().to_ascii_lowercase().as_str() {
-        // a GGUF file's experts stay as the file stores them
-        "auto" | "" if files.gguf().is_some() => Quant::None,
-        "auto" | "" => {
-            let cfg = Config::from_file(&files.config)?;
-            let gpu = !opts.device.open()?.is_cpu();
-            let fits = cfg.hidden_size % 256 == 0 && cfg.intermediate_size % 256 == 0;
-            if gpu && fits {
-                Quant::Q4K
-            } else {
-                Quant::None
-            }
-        }
-        other => other.parse::<Quant>().map_err(|_| {
-            Error::invalid("quant", format!("{other:?}; use auto, none, q8_0 or q4k (MOE_LENS_QUANT in the notebooks)"))
-        })?,
-    };
-    Lens::from_files_quantized(files, &opts, quant)
+    let quant = quant.parse::<QuantChoice>()?;
+    Lens::load_with(model, &LoadOptions { quant, ..LoadOptions::default() })
 }
 
 impl Lens {
-    /// Loads with explicit options.
+    /// Loads `model` (a Hub id, directory or `.gguf` file: [`hub::resolve`]) with `opts`.
     pub fn load_with(model: &str, opts: &LoadOptions) -> Result<Lens> {
-        let files = hub::resolve(model)?;
-        Self::from_files(files, opts)
+        Self::from_files(hub::resolve(model)?, opts)
     }
 
-    /// Loads with quantized experts (`Quant::Q8_0`, `Quant::Q4K`; see [`crate::quant`]): quantizes
-    /// the safetensors on the first load and caches the result next to them.
-    ///
-    /// (A separate entry point rather than a `LoadOptions` field, so that code which writes
-    /// `LoadOptions { device, dtype }` literally keeps compiling.)
-    pub fn load_quantized(model: &str, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
-        let files = hub::resolve(model)?;
-        Self::from_files_quantized(files, opts, quant)
-    }
-
-    /// Loads from already resolved files.
+    /// Loads from already resolved files (what [`hub::resolve`] found, or files named by hand):
+    /// reads the config once, opens the device once, then chooses the experts ([`QuantChoice`]).
+    /// Quantized experts are quantized from the safetensors on the first load and cached next to
+    /// them ([`crate::quant`]).
     pub fn from_files(files: ModelFiles, opts: &LoadOptions) -> Result<Lens> {
-        Self::from_files_quantized(files, opts, Quant::None)
+        match files.source.clone() {
+            ModelSource::Safetensors { config, tokenizer, weights } => {
+                Self::from_safetensors(files, &config, &tokenizer, &weights, opts)
+            }
+            ModelSource::Gguf { path, tokenizer } => Self::from_gguf(files, path, tokenizer, opts),
+        }
     }
 
-    /// Loads from already resolved files, with quantized experts unless `quant` is `Quant::None`.
-    pub fn from_files_quantized(files: ModelFiles, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
-        if let Some(path) = files.gguf() {
-            return Self::from_gguf(files.clone(), path, opts, quant);
-        }
-        let cfg = Config::from_file(&files.config)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
+    fn from_safetensors(
+        files: ModelFiles,
+        config: &Path,
+        tokenizer: &Path,
+        weights: &[PathBuf],
+        opts: &LoadOptions,
+    ) -> Result<Lens> {
+        let cfg = Config::from_file(config)?;
+        let tokenizer = Tokenizer::from_file(tokenizer)?;
         if tokenizer.vocab_size() > cfg.vocab_size {
             return Err(Error::config(
-                &files.config,
+                config,
                 format!("vocab_size {} is smaller than the tokenizer's {} ids: tokenizer.json and config.json do not belong together", cfg.vocab_size, tokenizer.vocab_size()),
             ));
         }
         let device = opts.device.open()?;
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
+        let quant = opts.quant.resolve(&cfg, &device);
         // the model builder reports a config that contradicts the weights under the placeholder
         // path "config.json": name the real file and say what to do
         let mismatch = |e: Error| {
             match e {
             Error::Config { path, msg } if path.as_os_str() == "config.json" => Error::Config {
-                path: files.config.clone(),
+                path: config.to_path_buf(),
                 msg: format!("{msg}: the weights and config.json do not belong together; use the config.json saved with these weights"),
             },
             e => e,
@@ -311,10 +317,10 @@ impl Lens {
         fit.check()?;
         let (model, quant) = match quant {
             Quant::None => {
-                (Olmoe::load(&cfg, &files.weights, &device, dtype).map_err(mismatch).map_err(|e| fit.explain(e))?, None)
+                (Olmoe::load(&cfg, weights, &device, dtype).map_err(mismatch).map_err(|e| fit.explain(e))?, None)
             }
             q => {
-                let (m, r) = quant::load_quantized(&cfg, &files.weights, &files.dir, &device, dtype, q)
+                let (m, r) = quant::load_quantized(&cfg, weights, &files.dir, &device, dtype, q)
                     .map_err(mismatch)
                     .map_err(|e| fit.explain(e))?;
                 (m, Some(r))
@@ -326,10 +332,9 @@ impl Lens {
 
     /// Loads a llama.cpp OLMoE GGUF file (see [`quant::open_gguf`]): config from its metadata,
     /// experts in the file's block types, the tokenizer from `tokenizer.json` beside the file or
-    /// else rebuilt from the file's metadata ([`Tokenizer::from_gguf_metadata`]).
-    fn from_gguf(files: ModelFiles, path: &Path, opts: &LoadOptions, quant: Quant) -> Result<Lens> {
-        let path = path.to_path_buf();
-        if quant != Quant::None {
+    /// else rebuilt from the file's metadata ([`gguf::tokenizer_from_metadata`]).
+    fn from_gguf(files: ModelFiles, path: PathBuf, beside: Option<PathBuf>, opts: &LoadOptions) -> Result<Lens> {
+        if let QuantChoice::Fixed(quant @ (Quant::Q8_0 | Quant::Q4K)) = opts.quant {
             return Err(Error::invalid(
                 "quant",
                 format!(
@@ -359,14 +364,13 @@ impl Lens {
             }
             e => e,
         })?;
-        let tokenizer = if files.tokenizer == path {
-            Tokenizer::from_gguf_metadata(&g.metadata, &path)?
-        } else {
-            Tokenizer::from_file(&files.tokenizer)?
+        let tokenizer = match &beside {
+            Some(t) => Tokenizer::from_file(t)?,
+            None => gguf::tokenizer_from_metadata(&g.metadata, &path)?,
         };
         if tokenizer.vocab_size() > g.config.vocab_size {
             return Err(Error::config(
-                &files.tokenizer,
+                beside.as_deref().unwrap_or(&path),
                 format!(
                     "the tokenizer has {} ids but {} embeds only {}: the tokenizer.json beside the file belongs to another model; remove it or use the model's own",
                     tokenizer.vocab_size(),
@@ -389,6 +393,8 @@ impl Lens {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// What the model was loaded from: its directory ([`ModelFiles::dir`]) and files
+    /// ([`ModelFiles::source`]: a safetensors checkpoint or a llama.cpp GGUF file).
     pub fn files(&self) -> &ModelFiles {
         &self.files
     }
@@ -533,8 +539,7 @@ impl fmt::Display for Lens {
             write!(f, "; experts in {} ({how})", q.quant)?;
         }
         if let Some(t) = &self.gguf_experts {
-            let tok =
-                if self.files.tokenizer == self.files.config { "its own metadata" } else { "tokenizer.json beside it" };
+            let tok = if self.files.tokenizer().is_none() { "its own metadata" } else { "tokenizer.json beside it" };
             write!(f, "; llama.cpp GGUF file, experts in {t}, tokenizer from {tok}")?;
         }
         Ok(())

@@ -6,6 +6,8 @@
 pub mod config;
 pub mod corpus;
 pub mod error;
+pub mod fsutil;
+pub mod gguf;
 pub mod hub;
 pub mod lab;
 pub mod memory;

@@ -1,5 +1,6 @@
 //! Quantized experts: quantize in-process from the bf16/f32 safetensors, keep a GGUF cache next to
-//! the model so the second load skips the work, and read llama.cpp's OLMoE GGUF files.
+//! the model so the second load skips the work, and build the model from llama.cpp's OLMoE GGUF
+//! files (read by [`crate::gguf`]).
 //!
 //! Only the experts (93% of OLMoE's parameters) are quantized. Router gates, norms, embeddings, the
 //! output head and the attention projections stay in the checkpoint's precision: the routers decide
@@ -9,22 +10,23 @@
 //! `blk.N.ffn_{gate,up,down}_exps`), so the same reader loads it and llama.cpp's files. It records a
 //! fingerprint of the safetensors files (names, sizes, modification times) and the quantization; a
 //! cache that does not match, cannot be parsed, or is shorter than its header says (a write that was
-//! cut off) is rebuilt. It is written to a temporary file, synced, then renamed into place.
+//! cut off) is rebuilt. It is written atomically ([`crate::fsutil::write_atomic_with`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic_with;
+use crate::gguf::{self, gguf_name};
 use crate::olmoe::{check_expert_count, ExpertWeights, Olmoe, WeightSource, Weights};
 
 /// How the experts are stored.
@@ -40,14 +42,84 @@ pub enum Quant {
     Q4K,
 }
 
+/// Which experts a load asks for: what `--quant`, the notebooks' `MOE_LENS_QUANT` and
+/// [`crate::lab::load_with_quant`] name, parsed by one parser ([`QuantChoice::from_str`]) with one
+/// default, `auto` (also the empty string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum QuantChoice {
+    /// 4-bit experts (q4k) on a GPU when the model's sizes allow it (hidden and expert sizes
+    /// multiples of 256, as OLMoE's are); on the CPU and for small models (the demo and test
+    /// models) the checkpoint as is. A llama.cpp GGUF file keeps its experts as the file stores
+    /// them. See [`QuantChoice::resolve`].
+    #[default]
+    Auto,
+    /// These experts, whatever the device (for a GGUF file only `none` is possible).
+    Fixed(Quant),
+}
+
+impl FromStr for QuantChoice {
+    type Err = Error;
+    /// `auto` (or empty), `none` (`off`), `q8_0` (`q8`), `q4k` (`q4_k`, `q4_k_m`), any case.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(QuantChoice::Auto),
+            "none" | "off" => Ok(QuantChoice::Fixed(Quant::None)),
+            "q8_0" | "q8" => Ok(QuantChoice::Fixed(Quant::Q8_0)),
+            "q4k" | "q4_k" | "q4_k_m" => Ok(QuantChoice::Fixed(Quant::Q4K)),
+            other => Err(Error::invalid(
+                "quant",
+                format!("{other:?}; use auto, none, q8_0 or q4k (--quant on the command line, MOE_LENS_QUANT in the notebooks)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for QuantChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuantChoice::Auto => f.write_str("auto"),
+            QuantChoice::Fixed(q) => f.write_str(q.name()),
+        }
+    }
+}
+
+impl From<Quant> for QuantChoice {
+    fn from(q: Quant) -> Self {
+        QuantChoice::Fixed(q)
+    }
+}
+
+impl QuantChoice {
+    /// The experts a safetensors model of `cfg` gets on `device`: `Auto` is [`Quant::Q4K`] on a GPU
+    /// when the hidden and expert sizes are multiples of 256, else [`Quant::None`] (the full OLMoE
+    /// needs about 16 GB of GPU memory in bf16 and about 6 GB with q4k experts, so a 12 GB GPU slice
+    /// fits it, as the Python lab's 4-bit load does).
+    pub fn resolve(self, cfg: &Config, device: &Device) -> Quant {
+        match self {
+            QuantChoice::Fixed(q) => q,
+            QuantChoice::Auto => {
+                let fits = cfg.hidden_size.is_multiple_of(256) && cfg.intermediate_size.is_multiple_of(256);
+                if !device.is_cpu() && fits {
+                    Quant::Q4K
+                } else {
+                    Quant::None
+                }
+            }
+        }
+    }
+}
+
+/// A concrete storage type by name (`none`, `q8_0`, `q4k`, with [`QuantChoice`]'s spellings);
+/// `auto` is not one (it is decided at load time: parse a [`QuantChoice`]).
 impl FromStr for Quant {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "none" | "off" => Ok(Quant::None),
-            "q8_0" | "q8" => Ok(Quant::Q8_0),
-            "q4k" | "q4_k" | "q4_k_m" => Ok(Quant::Q4K),
-            other => Err(Error::invalid("quant", format!("{other:?}; use none, q8_0 or q4k"))),
+        match s.parse::<QuantChoice>()? {
+            QuantChoice::Fixed(q) => Ok(q),
+            QuantChoice::Auto => Err(Error::invalid(
+                "quant",
+                format!("{:?} is chosen when the model loads, not a storage type; use none, q8_0 or q4k", s.trim()),
+            )),
         }
     }
 }
@@ -140,7 +212,7 @@ pub fn load_quantized(
     let mut report =
         QuantReport { quant, cache: cache.clone(), cache_hit: false, cache_rejected: None, cache_write_error: None };
     if cache.exists() {
-        match read_gguf(&cache, Some((&fp, quant))) {
+        match read_cache(&cache, &fp, quant) {
             Ok(tensors) => {
                 report.cache_hit = true;
                 let src = GgufSource::new(tensors, cfg, device, dtype, cache.clone());
@@ -150,7 +222,7 @@ pub fn load_quantized(
         }
     }
     let tensors = quantize_checkpoint(cfg, weight_files, qtype)?;
-    if let Err(e) = write_gguf_atomic(&cache, cfg, &fp, quant, &tensors) {
+    if let Err(e) = write_cache(&cache, cfg, &fp, quant, &tensors) {
         report.cache_write_error = Some(e.to_string());
     }
     let src = GgufSource::new(tensors.into_iter().collect(), cfg, device, dtype, cache);
@@ -165,7 +237,7 @@ fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {
                 "quant",
                 format!(
                     "{qtype:?} packs blocks of {b} weights along each row, but {what} is {v}: {}",
-                    if cfg.hidden_size % 32 == 0 && cfg.intermediate_size % 32 == 0 {
+                    if cfg.hidden_size.is_multiple_of(32) && cfg.intermediate_size.is_multiple_of(32) {
                         "use q8_0 (blocks of 32) or no quantization (none)"
                     } else {
                         "this model can only be loaded without quantization (none)"
@@ -175,32 +247,6 @@ fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// llama.cpp's name of a checkpoint (transformers) tensor, for the non-expert tensors.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (l, rest) = rest.split_once('.')?;
-    let l: usize = l.parse().ok()?;
-    let short = match rest {
-        "input_layernorm.weight" => "attn_norm",
-        "self_attn.q_proj.weight" => "attn_q",
-        "self_attn.k_proj.weight" => "attn_k",
-        "self_attn.v_proj.weight" => "attn_v",
-        "self_attn.o_proj.weight" => "attn_output",
-        "self_attn.q_norm.weight" => "attn_q_norm",
-        "self_attn.k_norm.weight" => "attn_k_norm",
-        "post_attention_layernorm.weight" => "ffn_norm",
-        "mlp.gate.weight" => "ffn_gate_inp",
-        _ => return None,
-    };
-    Some(format!("blk.{l}.{short}.weight"))
 }
 
 /// The non-expert tensors of a checkpoint with their shapes.
@@ -246,27 +292,14 @@ fn exact_qtensor(t: &Tensor) -> Result<QTensor> {
 /// Quantizes `ts` (each `[n, k]`, f32 on the CPU) in parallel and stacks them into one `[len, n, k]`.
 fn quantize_stack(ts: &[Tensor], qtype: GgmlDType) -> Result<QTensor> {
     let (n, k) = ts.first().ok_or_else(|| Error::invalid("quant", "no experts"))?.dims2()?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(ts.len()).max(1);
-    let chunk = ts.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<Vec<u8>>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ts
-            .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || -> Result<Vec<Vec<u8>>> {
-                    c.iter().map(|t| Ok(QTensor::quantize(t, qtype)?.data()?.into_owned())).collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Spy("quantization thread panicked".into()))))
-            .collect()
-    });
-    let mut bytes = Vec::new();
-    for p in parts {
-        for b in p? {
-            bytes.extend_from_slice(&b);
-        }
+    // one expert per task, in order (quantizing is independent per expert)
+    let parts: Vec<Vec<u8>> = ts
+        .par_iter()
+        .map(|t| -> Result<Vec<u8>> { Ok(QTensor::quantize(t, qtype)?.data()?.into_owned()) })
+        .collect::<Result<_>>()?;
+    let mut bytes = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for b in &parts {
+        bytes.extend_from_slice(b);
     }
     Ok(QTensor::new(QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, qtype)?, (ts.len(), n, k))?)
 }
@@ -300,19 +333,9 @@ fn quantize_checkpoint(cfg: &Config, weight_files: &[PathBuf], qtype: GgmlDType)
     Ok(out)
 }
 
-/// Writes the cache: temporary file in the same directory, fsync, rename, fsync of the directory.
-fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors: &[(String, QTensor)]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    remove_stale_temps(dir, path);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let res = (|| -> Result<()> {
-        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(8 << 20, f);
+/// Writes the cache atomically ([`write_atomic_with`]: a temporary file, synced, then renamed).
+fn write_cache(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors: &[(String, QTensor)]) -> Result<()> {
+    write_atomic_with(path, |w| {
         let u = |v: usize| gguf_file::Value::U32(v as u32);
         let meta: Vec<(&str, gguf_file::Value)> = vec![
             ("general.architecture", gguf_file::Value::String("olmoe".into())),
@@ -335,323 +358,27 @@ fn write_gguf_atomic(path: &Path, cfg: &Config, fp: &str, quant: Quant, tensors:
         ];
         let meta_refs: Vec<(&str, &gguf_file::Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
         let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut w, &meta_refs, &t_refs)?;
-        w.flush().map_err(|e| Error::io(&tmp, e))?;
-        let f = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        gguf_file::write(w, &meta_refs, &t_refs)?;
         Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
-}
-
-/// Deletes temporary cache files (`.<cache name>.tmp.<pid>`) that a killed process left behind: for
-/// the full model one is gigabytes. Only those of processes that no longer run are touched (Linux:
-/// `/proc/<pid>`; elsewhere none are, as liveness cannot be told).
-fn remove_stale_temps(dir: &Path, cache: &Path) {
-    let Some(name) = cache.file_name().map(|n| n.to_string_lossy().into_owned()) else { return };
-    let prefix = format!(".{name}.tmp.");
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        let gone =
-            cfg!(target_os = "linux") && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
-        if gone {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Opens a GGUF file and reads its header (metadata and tensor table), returning it with the file's
-/// length and the open reader. A damaged header is an [`Error::Weights`], never a panic: the fields
-/// candle's reader would divide by or allocate from are checked first ([`check_gguf_header`]).
-fn read_header(path: &Path) -> Result<(gguf_file::Content, u64, BufReader<File>)> {
-    let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-    let unreadable = |why: String| {
-        bad(format!("not a readable GGUF file ({why}); it is truncated or corrupt: delete it (a moe-lens cache is rebuilt on the next load)"))
-    };
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    // The metadata is at the start; 16 MiB holds any real header (the walker says if it needs more).
-    let mut head = Vec::new();
-    (&mut f).take(16 << 20).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
-    walk_gguf_header(&head, len).map_err(|e| match e {
-        HeaderProblem::Corrupt(m) => unreadable(m),
-        HeaderProblem::Unsupported(m) => bad(m),
-    })?;
-    f.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-    let mut r = BufReader::with_capacity(8 << 20, f);
-    let content = gguf_file::Content::read(&mut r).map_err(|e| unreadable(e.to_string()))?;
-    Ok((content, len, r))
-}
-
-/// Checks a GGUF header (`head`: the first bytes of a file of `file_len` bytes) for what would make
-/// candle's reader panic instead of failing: a `general.alignment` of 0. Also refuses a wrong magic
-/// or version and lengths that run past the end, with a reason. Does not allocate from the file's
-/// numbers. Public for the fuzz targets.
-pub fn check_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), String> {
-    walk_gguf_header(head, file_len).map_err(|e| match e {
-        HeaderProblem::Corrupt(m) | HeaderProblem::Unsupported(m) => m,
     })
 }
 
-/// What is wrong with a GGUF header.
-enum HeaderProblem {
-    /// Cut off or corrupt.
-    Corrupt(String),
-    /// Sound, but a tensor's block type is one candle cannot read (llama.cpp's i-quants, say).
-    Unsupported(String),
-}
-
-/// llama.cpp's names of the block types candle cannot read, by id.
-fn unsupported_block_type(id: u32) -> Option<&'static str> {
-    Some(match id {
-        4 | 5 => "Q4_2/Q4_3 (removed from llama.cpp)",
-        16 => "IQ2_XXS",
-        17 => "IQ2_XS",
-        18 => "IQ3_XXS",
-        19 => "IQ1_S",
-        20 => "IQ4_NL",
-        21 => "IQ3_S",
-        22 => "IQ2_S",
-        23 => "IQ4_XS",
-        24 => "I8",
-        25 => "I16",
-        26 => "I32",
-        27 => "I64",
-        28 => "F64",
-        29 => "IQ1_M",
-        34 => "TQ1_0",
-        35 => "TQ2_0",
-        39 => "MXFP4",
-        0..=3 | 6..=15 | 30 => return None,
-        _ => "an unknown type",
-    })
-}
-
-fn walk_gguf_header(head: &[u8], file_len: u64) -> std::result::Result<(), HeaderProblem> {
-    struct Cur<'a> {
-        b: &'a [u8],
-        at: usize,
-        v1: bool,
-    }
-    impl Cur<'_> {
-        fn take(&mut self, n: u64) -> std::result::Result<&[u8], String> {
-            let end = usize::try_from(n).ok().and_then(|n| self.at.checked_add(n)).filter(|&e| e <= self.b.len());
-            match end {
-                Some(e) => {
-                    let s = &self.b[self.at..e];
-                    self.at = e;
-                    Ok(s)
-                }
-                None => {
-                    Err(format!("the header runs past byte {} (cut off, or a length field is corrupt)", self.b.len()))
-                }
-            }
-        }
-        fn u32(&mut self) -> std::result::Result<u32, String> {
-            let s = self.take(4)?;
-            Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        }
-        fn u64(&mut self) -> std::result::Result<u64, String> {
-            let s = self.take(8)?;
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            Ok(u64::from_le_bytes(a))
-        }
-        fn len(&mut self) -> std::result::Result<u64, String> {
-            if self.v1 {
-                self.u32().map(u64::from)
-            } else {
-                self.u64()
-            }
-        }
-        fn string(&mut self) -> std::result::Result<&[u8], String> {
-            let n = self.len()?;
-            self.take(n)
-        }
-        /// Skips a value of type `t`; returns it as an integer when it is a scalar integer.
-        fn value(&mut self, t: u32, depth: usize) -> std::result::Result<Option<i128>, String> {
-            let fixed = |c: &mut Self, n: u64| -> std::result::Result<Option<i128>, String> {
-                let s = c.take(n)?;
-                let mut a = [0u8; 8];
-                a[..s.len()].copy_from_slice(s);
-                Ok(Some(match (t, n) {
-                    (1, 1) => i128::from(s[0] as i8),
-                    (3, 2) => i128::from(i16::from_le_bytes([s[0], s[1]])),
-                    (5, 4) => i128::from(i32::from_le_bytes([s[0], s[1], s[2], s[3]])),
-                    (11, 8) => i128::from(i64::from_le_bytes(a)),
-                    _ => i128::from(u64::from_le_bytes(a)),
-                }))
-            };
-            match t {
-                0 | 1 | 7 => fixed(self, 1),
-                2 | 3 => fixed(self, 2),
-                4 | 5 => fixed(self, 4),
-                6 => self.take(4).map(|_| None),
-                10 | 11 => fixed(self, 8),
-                12 => self.take(8).map(|_| None),
-                8 => self.string().map(|_| None),
-                9 => {
-                    if depth > 4 {
-                        return Err("arrays nested too deeply".into());
-                    }
-                    let inner = self.u32()?;
-                    let n = self.len()?;
-                    for _ in 0..n {
-                        self.value(inner, depth + 1)?;
-                    }
-                    Ok(None)
-                }
-                other => Err(format!("unknown metadata value type {other}")),
-            }
-        }
-    }
-    let corrupt = HeaderProblem::Corrupt;
-    let mut c = Cur { b: head, at: 0, v1: false };
-    if c.take(4).map_err(corrupt)? != b"GGUF" {
-        return Err(corrupt("it does not start with the GGUF magic bytes".into()));
-    }
-    match c.u32().map_err(corrupt)? {
-        1 => c.v1 = true,
-        2 | 3 => {}
-        v => return Err(corrupt(format!("GGUF version {v} is not 1, 2 or 3"))),
-    }
-    let tensors = c.len().map_err(corrupt)?;
-    let kvs = c.len().map_err(corrupt)?;
-    // every entry takes at least 5 bytes: more than the file holds is corrupt
-    if kvs > file_len / 5 {
-        return Err(corrupt(format!("the header claims {kvs} metadata entries, more than the file can hold")));
-    }
-    for _ in 0..kvs {
-        let key = c.string().map_err(corrupt)?.to_vec();
-        let t = c.u32().map_err(corrupt)?;
-        let v = c.value(t, 0).map_err(corrupt)?;
-        if key == b"general.alignment" && t <= 5 && v == Some(0) {
-            return Err(corrupt("general.alignment is 0".into()));
-        }
-    }
-    // the tensor infos: name, dimensions, block type, offset. Walked only while they lie in `head`
-    // (candle reads them itself); what matters here is a block type candle cannot read, which it
-    // would report as an unknown dtype, as if the file were damaged.
-    if tensors > file_len / 20 {
-        return Err(corrupt(format!("the header claims {tensors} tensors, more than the file can hold")));
-    }
-    for _ in 0..tensors {
-        let Ok(name) = c.string().map(|n| String::from_utf8_lossy(n).into_owned()) else { return Ok(()) };
-        let Ok(n_dims) = c.u32() else { return Ok(()) };
-        if n_dims > 8 {
-            return Err(corrupt(format!("tensor {name} claims {n_dims} dimensions")));
-        }
-        for _ in 0..n_dims {
-            if c.len().is_err() {
-                return Ok(());
-            }
-        }
-        let Ok(t) = c.u32() else { return Ok(()) };
-        if let Some(kind) = unsupported_block_type(t) {
-            return Err(HeaderProblem::Unsupported(format!(
-                "tensor {name} is stored in block type {kind} (GGML type {t}), which moe-lens cannot \
-                 read (candle reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and Q2_K…Q6_K): use a \
-                 Q4_K_M, Q5_K_M, Q6_K or Q8_0 file of the model, or load its safetensors checkpoint"
-            )));
-        }
-        if c.u64().is_err() {
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// Reads every tensor of a GGUF file onto the CPU after checking that the file is complete (and,
-/// for a cache, that it belongs to `expect`'s fingerprint and quantization).
-fn read_gguf(path: &Path, expect: Option<(&str, Quant)>) -> Result<HashMap<String, QTensor>> {
+/// Reads a cache after checking that it belongs to `fp` (the weight files' fingerprint) and
+/// `quant`, and that it is complete.
+fn read_cache(path: &Path, fp: &str, quant: Quant) -> Result<HashMap<String, QTensor>> {
     let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg };
-    let (content, len, r) = read_header(path)?;
-    if let Some((fp, quant)) = expect {
-        let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
-        if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
-            return Err(bad("written by another version of moe-lens".into()));
-        }
-        if s("moe_lens.quant").as_deref() != Some(quant.name()) {
-            return Err(bad(format!("holds {:?}, not {}", s("moe_lens.quant"), quant.name())));
-        }
-        if s("moe_lens.source").as_deref() != Some(fp) {
-            return Err(bad("made from other weight files (the checkpoint changed)".into()));
-        }
+    let (content, len) = gguf::read_header(path)?;
+    let s = |k: &str| content.metadata.get(k).and_then(|v| v.to_string().ok().cloned());
+    if content.metadata.get("moe_lens.format").and_then(|v| v.to_u32().ok()) != Some(FMT_VERSION) {
+        return Err(bad("written by another version of moe-lens".into()));
     }
-    let mut end = content.tensor_data_offset;
-    for (name, info) in &content.tensor_infos {
-        // checked: the sizes come from the file, and an overflow must be an error, not a panic
-        let size = info
-            .shape
-            .dims()
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .map(|n| n / info.ggml_dtype.block_size())
-            .and_then(|blocks| blocks.checked_mul(info.ggml_dtype.type_size()))
-            .and_then(|s| u64::try_from(s).ok());
-        // a tensor without elements makes candle build a slice from a dangling, unaligned pointer
-        // (undefined behaviour; an abort in debug builds such as evcxr's)
-        if size == Some(0) || info.shape.dims().contains(&0) {
-            return Err(bad(format!(
-                "tensor {name} has no elements (shape {:?}); the file is corrupt: delete it",
-                info.shape.dims()
-            )));
-        }
-        let tensor_end = size.and_then(|s| content.tensor_data_offset.checked_add(info.offset)?.checked_add(s));
-        match tensor_end {
-            Some(e) => end = end.max(e),
-            None => {
-                return Err(bad(format!(
-                    "tensor {name}: its shape {:?} or offset is impossibly large; the file is corrupt: delete it",
-                    info.shape.dims()
-                )))
-            }
-        }
+    if s("moe_lens.quant").as_deref() != Some(quant.name()) {
+        return Err(bad(format!("holds {:?}, not {}", s("moe_lens.quant"), quant.name())));
     }
-    if len < end {
-        return Err(bad(format!("truncated: {len} bytes, the header describes {end}")));
+    if s("moe_lens.source").as_deref() != Some(fp) {
+        return Err(bad("made from other weight files (the checkpoint changed)".into()));
     }
-    drop(r);
-    // several readers at once (each its own file handle): one reader was the larger part of a
-    // cached load
-    let names: Vec<&String> = content.tensor_infos.keys().collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let per = names.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<(String, QTensor)>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = names
-            .chunks(per)
-            .map(|chunk| {
-                let content = &content;
-                s.spawn(move || -> Result<Vec<(String, QTensor)>> {
-                    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-                    let mut r = BufReader::with_capacity(8 << 20, f);
-                    chunk
-                        .iter()
-                        .map(|name| {
-                            let t =
-                                content.tensor(&mut r, name, &Device::Cpu).map_err(|e| bad(format!("{name}: {e}")))?;
-                            Ok(((*name).clone(), t))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("a reader thread panicked".into())))).collect()
-    });
-    let mut out = HashMap::new();
-    for p in parts {
-        out.extend(p?);
-    }
-    Ok(out)
+    gguf::read_tensors(path, &content, len)
 }
 
 /// Builds the model from GGUF tensors on the CPU.
@@ -793,77 +520,12 @@ impl WeightSource for GgufSource {
     }
 }
 
-/// Reads the model config from a llama.cpp GGUF file's metadata (arch `olmoe`). The values pass the
-/// same checks as a `config.json` ([`Config::from_json`]), so a damaged file is refused by name.
-pub fn config_from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Config> {
-    let arch =
-        content.metadata.get("general.architecture").and_then(|v| v.to_string().ok().cloned()).unwrap_or_default();
-    if arch != "olmoe" {
-        return Err(Error::config(path, format!("GGUF architecture is {arch:?}, not \"olmoe\"")));
-    }
-    let get = |k: &str| content.metadata.get(&format!("olmoe.{k}"));
-    let opt_u = |k: &str| -> Result<Option<u64>> {
-        match get(k) {
-            None => Ok(None),
-            Some(v) => v
-                .to_u32()
-                .map(u64::from)
-                .or_else(|_| v.to_u64())
-                .map(Some)
-                .map_err(|e| Error::config(path, format!("olmoe.{k}: {e}"))),
-        }
-    };
-    let u = |k: &str| -> Result<u64> {
-        opt_u(k)?.ok_or_else(|| Error::config(path, format!("GGUF metadata olmoe.{k} is missing")))
-    };
-    let f = |k: &str, d: f64| get(k).and_then(|v| v.to_f32().ok()).map_or(d, f64::from);
-    let vocab = content
-        .tensor_infos
-        .get("token_embd.weight")
-        .and_then(|t| t.shape.dims().first().copied())
-        .ok_or_else(|| Error::config(path, "token_embd.weight is missing"))?;
-    let inter = match opt_u("expert_feed_forward_length")? {
-        Some(x) => x,
-        None => u("feed_forward_length")?,
-    };
-    let heads = u("attention.head_count")?;
-    let mut json = serde_json::json!({
-        "model_type": "olmoe",
-        "vocab_size": vocab,
-        "hidden_size": u("embedding_length")?,
-        "intermediate_size": inter,
-        "num_hidden_layers": u("block_count")?,
-        "num_attention_heads": heads,
-        "num_key_value_heads": opt_u("attention.head_count_kv")?.unwrap_or(heads),
-        "num_experts": u("expert_count")?,
-        "num_experts_per_tok": u("expert_used_count")?,
-        "norm_topk_prob": false,
-        "max_position_embeddings": opt_u("context_length")?.unwrap_or(4096),
-        "rope_theta": f("rope.freq_base", 10000.0),
-        "rms_norm_eps": f("attention.layer_norm_rms_epsilon", 1e-5),
-        "tie_word_embeddings": !content.tensor_infos.contains_key("output.weight"),
-    });
-    if let Some(hd) = opt_u("attention.key_length")? {
-        json["head_dim"] = hd.into();
-    }
-    let mut cfg = Config::from_json(&json.to_string(), path)?;
-    cfg.eos_token_id = content.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok());
-    cfg.pad_token_id = content.metadata.get("tokenizer.ggml.padding_token_id").and_then(|v| v.to_u32().ok());
-    Ok(cfg)
-}
-
 /// Loads a llama.cpp OLMoE GGUF file (or a moe-lens cache) with its config. Experts in a block type
 /// that candle's grouped CUDA kernels take (Q8_0, Q2K…Q6K) stay quantized on CUDA; others (Q4_0,
 /// float) are dequantized to `dtype` there. On the CPU every quantized type stays quantized.
 pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, Olmoe)> {
     let g = open_gguf(path, device, dtype)?;
     Ok((g.config, g.model))
-}
-
-/// The config in a llama.cpp GGUF file's metadata (reads only the header).
-pub fn gguf_config(path: &Path) -> Result<Config> {
-    let (content, _, _) = read_header(path)?;
-    config_from_gguf(&content, path)
 }
 
 /// A llama.cpp GGUF model as [`open_gguf`] loads it.
@@ -880,43 +542,11 @@ pub struct GgufModel {
 /// Loads a llama.cpp OLMoE GGUF file like [`load_gguf`], keeping its metadata and the experts'
 /// block types.
 pub fn open_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel> {
-    let (content, _, r) = read_header(path)?;
-    let cfg = config_from_gguf(&content, path)?;
-    drop(r);
-    let mut experts: Vec<String> = Vec::new();
-    for l in 0..cfg.num_hidden_layers {
-        for p in ["gate", "up", "down"] {
-            if let Some(info) = content.tensor_infos.get(&format!("blk.{l}.ffn_{p}_exps.weight")) {
-                let name = ggml_name(info.ggml_dtype).to_string();
-                if !experts.contains(&name) {
-                    experts.push(name);
-                }
-            }
-        }
-    }
-    let tensors = read_gguf(path, None)?;
+    let (content, len) = gguf::read_header(path)?;
+    let cfg = gguf::config_from_gguf(&content, path)?;
+    let experts = gguf::expert_types(&content, cfg.num_hidden_layers);
+    let tensors = gguf::read_tensors(path, &content, len)?;
     let src = GgufSource::new(tensors, &cfg, device, dtype, path.to_path_buf());
     let model = Olmoe::build(&cfg, &src, device, dtype)?;
-    Ok(GgufModel { config: cfg, model, experts: experts.join(", "), metadata: content.metadata })
-}
-
-/// llama.cpp's name of a block type.
-pub fn ggml_name(t: GgmlDType) -> &'static str {
-    match t {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
-    }
+    Ok(GgufModel { config: cfg, model, experts, metadata: content.metadata })
 }

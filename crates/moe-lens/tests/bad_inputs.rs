@@ -837,7 +837,7 @@ fn gguf_alignment_zero_panics_in_candle_but_not_here() {
     // the reference: candle's reader divides by the alignment
     let candle = catch_unwind(|| gguf_file::Content::read(&mut std::io::Cursor::new(bytes.clone())).map(drop));
     assert!(candle.is_err(), "candle 0.11.1 panics on alignment 0 (if this fails, candle fixed it)");
-    assert!(quant::check_gguf_header(&bytes, bytes.len() as u64).is_err());
+    assert!(moe_lens::gguf::check_gguf_header(&bytes, bytes.len() as u64).is_err());
     assert!(matches!(load_gguf_bytes(scratch("bad-regression", "align"), &bytes), Err(Error::Weights { .. })));
     let _ = fs::remove_dir_all(scratch_root("bad-regression"));
 }

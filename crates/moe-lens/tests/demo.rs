@@ -93,9 +93,9 @@ fn demo_resolves_to_the_shipped_model_with_olmoe_routing_shape() {
     let files = hub::resolve("demo").unwrap();
     assert_eq!(files.dir, demo_dir());
     assert_eq!(files.name, "demo");
-    assert_eq!(files.weights, vec![demo_dir().join("model.safetensors")]);
+    assert_eq!(files.weights(), vec![demo_dir().join("model.safetensors")]);
     assert_eq!(hub::resolve("  DeMo ").unwrap().dir, demo_dir());
-    let bytes = std::fs::metadata(&files.weights[0]).unwrap().len();
+    let bytes = std::fs::metadata(&files.weights()[0]).unwrap().len();
     assert!(bytes <= 15_000_000, "the demo weights grew to {bytes} bytes");
 
     let lens = load("demo").unwrap();

@@ -87,7 +87,7 @@ fn an_interrupted_download_continues_where_it_stopped() {
     server.set_mode(WEIGHTS, Mode::Normal);
     let got = hub::resolve_with(REPO, &s).unwrap();
     assert_eq!(server.sent(WEIGHTS), size - 2 * (size / 3), "only the missing bytes were sent");
-    assert_eq!(fs::read(&got.weights[0]).unwrap(), weights);
+    assert_eq!(fs::read(&got.weights()[0]).unwrap(), weights);
     assert!(!part.exists(), "the partial file became the blob");
     assert_eq!(hub::cached_snapshot(REPO, "", &s), Some(got.dir.clone()));
     // and it is a model that loads and runs
@@ -116,7 +116,7 @@ fn a_server_that_ignores_ranges_gives_the_whole_file_not_a_doubled_one() {
     assert!(hub::resolve_with(REPO, &s).is_err());
     server.set_mode(WEIGHTS, Mode::IgnoreRange);
     let got = hub::resolve_with(REPO, &s).unwrap();
-    assert_eq!(fs::read(&got.weights[0]).unwrap(), weights);
+    assert_eq!(fs::read(&got.weights()[0]).unwrap(), weights);
     let _ = fs::remove_dir_all(&c);
 }
 
@@ -131,7 +131,7 @@ fn a_cut_off_blob_left_by_an_older_client_is_refused_then_continued() {
     let c = cache("shortblob");
     let s = settings(&c, &server);
     let got = hub::resolve_with(REPO, &s).unwrap();
-    let blob = fs::canonicalize(&got.weights[0]).unwrap();
+    let blob = fs::canonicalize(&got.weights()[0]).unwrap();
     fs::write(&blob, &weights[..size / 4]).unwrap();
     // A complete-looking snapshot is used without network (its sizes cannot be known offline): the
     // load refuses the short file and says what to do.
@@ -144,13 +144,13 @@ fn a_cut_off_blob_left_by_an_older_client_is_refused_then_continued() {
     assert!(matches!(e, Error::Weights { .. }) && e.to_string().contains("download it again"), "{e}");
     // When a download runs (here: tokenizer.json is missing too), the short file is not trusted: it
     // is continued from where it ends.
-    fs::remove_file(&got.tokenizer).unwrap();
+    fs::remove_file(got.tokenizer().unwrap()).unwrap();
     server.clear_log();
     let got = hub::resolve_with(REPO, &s).unwrap();
     let dl: Vec<_> = server.log().into_iter().filter(|h| h.file == WEIGHTS && !h.probe).collect();
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].range_start, Some((size / 4) as u64));
-    assert_eq!(fs::read(&got.weights[0]).unwrap(), weights);
+    assert_eq!(fs::read(&got.weights()[0]).unwrap(), weights);
     let _ = fs::remove_dir_all(&c);
 }
 

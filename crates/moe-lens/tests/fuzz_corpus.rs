@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use moe_lens::config::Config;
 use moe_lens::corpus::{parse_delimited, parse_jsonl, parse_lines};
 use moe_lens::prelude::*;
-use moe_lens::quant;
+use moe_lens::{gguf, quant};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -119,7 +119,7 @@ fn safetensors_corpus() {
 fn gguf_corpus() {
     let path = scratch("gguf");
     replay("gguf_header", |data| {
-        let _ = quant::check_gguf_header(data, data.len() as u64);
+        let _ = gguf::check_gguf_header(data, data.len() as u64);
         std::fs::write(&path, data).unwrap();
         let _ = quant::load_gguf(&path, &Device::Cpu, DType::F32);
     });

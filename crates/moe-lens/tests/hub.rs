@@ -108,11 +108,11 @@ fn settings(cache: &Path, offline: bool) -> HubSettings {
 fn assert_snapshot_files(files: &ModelFiles, snapshot: &Path, name: &str) {
     assert_eq!(files.name, name);
     assert_eq!(files.dir, snapshot);
-    assert_eq!(files.config, snapshot.join("config.json"));
-    assert_eq!(files.tokenizer, snapshot.join("tokenizer.json"));
+    assert_eq!(files.config(), Some(snapshot.join("config.json").as_path()));
+    assert_eq!(files.tokenizer(), Some(snapshot.join("tokenizer.json").as_path()));
     let expected: Vec<PathBuf> = SHARDS.iter().map(|s| snapshot.join(s)).collect();
-    assert_eq!(files.weights, expected);
-    assert!(files.weights.iter().all(|w| w.is_file()));
+    assert_eq!(files.weights(), expected);
+    assert!(files.weights().iter().all(|w| w.is_file()));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -234,16 +234,16 @@ fn local_dir_reads_the_fixture() {
     let files = local_dir(&dir, "my-model").unwrap();
     assert_eq!(files.name, "my-model");
     assert_eq!(files.dir, dir);
-    assert_eq!(files.config, dir.join("config.json"));
-    assert_eq!(files.tokenizer, dir.join("tokenizer.json"));
+    assert_eq!(files.config(), Some(dir.join("config.json").as_path()));
+    assert_eq!(files.tokenizer(), Some(dir.join("tokenizer.json").as_path()));
     let expected: Vec<PathBuf> = SHARDS.iter().map(|s| dir.join(s)).collect();
-    assert_eq!(files.weights, expected);
+    assert_eq!(files.weights(), expected);
 
     // resolve_with takes an existing directory as a local model, even offline with no cache.
     let given = dir.display().to_string();
     let files = resolve_with(&given, &settings(&tmp.path().join("no-cache"), true)).unwrap();
     assert_eq!(files.name, given);
-    assert_eq!(files.weights, expected);
+    assert_eq!(files.weights(), expected);
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn local_dir_rejects_bad_indexes() {
     .unwrap();
     let files = local_dir(&dir, "m").unwrap();
     assert_eq!(
-        files.weights,
+        files.weights(),
         vec![dir.join("model-00001-of-00004.safetensors"), dir.join("model-00002-of-00004.safetensors")]
     );
 }
@@ -319,7 +319,7 @@ fn local_dir_with_single_or_no_weights() {
 
     std::fs::write(dir.join("model.safetensors"), b"not really weights").unwrap();
     let files = local_dir(&dir, "m").unwrap();
-    assert_eq!(files.weights, vec![dir.join("model.safetensors")]);
+    assert_eq!(files.weights(), vec![dir.join("model.safetensors")]);
 }
 
 // ------------------------------------------------------------------------------------------

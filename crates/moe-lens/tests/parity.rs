@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moe_lens::hub::ModelFiles;
+use moe_lens::hub::{ModelFiles, ModelSource};
 use moe_lens::prelude::*;
 use serde_json::Value;
 
@@ -34,9 +34,7 @@ fn fixture(name: &str) -> (Lens, Value) {
     let files = ModelFiles {
         name: name.into(),
         dir: dir.clone(),
-        config: dir.join("config.json"),
-        tokenizer: tokenizer_path(),
-        weights,
+        source: ModelSource::Safetensors { config: dir.join("config.json"), tokenizer: tokenizer_path(), weights },
     };
     let lens = Lens::from_files(
         files,
@@ -152,9 +150,8 @@ fn llamacpp_bf16_gguf_matches_transformers() {
         &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() },
     )
     .unwrap();
-    assert_eq!(
-        lens.files().tokenizer,
-        lens.files().config,
+    assert!(
+        matches!(&lens.files().source, ModelSource::Gguf { tokenizer: None, .. }),
         "no tokenizer.json beside the file: the tokenizer comes from its metadata"
     );
     assert_eq!(lens.gguf_experts(), Some("BF16"));
@@ -302,9 +299,7 @@ fn bf16_routing_stays_close_to_f32_reference() {
     let files = ModelFiles {
         name: "narrow".into(),
         dir: dir.clone(),
-        config: dir.join("config.json"),
-        tokenizer: tokenizer_path(),
-        weights,
+        source: ModelSource::Safetensors { config: dir.join("config.json"), tokenizer: tokenizer_path(), weights },
     };
     let lens = Lens::from_files(
         files,

@@ -467,7 +467,7 @@ fn tokenizer_rebuilt_from_llamacpp_gguf_equals_tokenizer_json() {
     let gguf = repo_root().join("tests/fixtures/llamacpp/olmoe-narrow-bf16.gguf");
     let mut f = std::fs::File::open(&gguf).unwrap_or_else(|e| panic!("{}: {e}", gguf.display()));
     let content = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
-    let rebuilt = Tokenizer::from_gguf_metadata(&content.metadata, &gguf).unwrap();
+    let rebuilt = moe_lens::gguf::tokenizer_from_metadata(&content.metadata, &gguf).unwrap();
     let json = tokenizer();
     assert_eq!(rebuilt.vocab_size(), json.vocab_size());
     assert_eq!(rebuilt.eos_id(), json.eos_id());
@@ -531,14 +531,14 @@ fn gguf_tokenizer_of_another_kind_is_refused() {
     let mut f = std::fs::File::open(&gguf).unwrap();
     let mut meta = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap().metadata;
     meta.insert("tokenizer.ggml.model".into(), V::String("llama".into()));
-    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = moe_lens::gguf::tokenizer_from_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("\"llama\"") && err.contains("tokenizer.json next to"), "{err}");
     meta.insert("tokenizer.ggml.model".into(), V::String("gpt2".into()));
     meta.insert("tokenizer.ggml.pre".into(), V::String("qwen2".into()));
-    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = moe_lens::gguf::tokenizer_from_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("qwen2"), "{err}");
     meta.remove("tokenizer.ggml.merges");
     meta.insert("tokenizer.ggml.pre".into(), V::String("olmo".into()));
-    let err = Tokenizer::from_gguf_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = moe_lens::gguf::tokenizer_from_metadata(&meta, &gguf).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("tokenizer.ggml.merges"), "{err}");
 }

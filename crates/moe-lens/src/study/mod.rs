@@ -376,30 +376,8 @@ impl Comparison {
     }
 }
 
-/// Writes a file atomically: a temporary file next to it, flushed to disk, renamed over it, and the
-/// directory synced, so a crash leaves either the old or the new file, never a torn one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(dir);
-    Ok(())
-}
-
-/// Syncs a directory's entries (a rename is durable only then). Best effort: not every platform
-/// can open a directory.
-pub fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
+// one write_atomic for the crate (temporary file, fsync, rename, directory fsync)
+pub(crate) use crate::fsutil::write_atomic;
 
 // ------------------------------------------------------------------------------------------------
 // Batched forward passes
