@@ -133,6 +133,9 @@ impl RouterSpy for CountSpy {
     }
 }
 
+/// Per sentence, per layer: the top-k of each row; and the router logits (`[row * E]`) per layer.
+type RoutingDump = (Vec<Vec<Vec<Vec<u32>>>>, Vec<Vec<Vec<f32>>>);
+
 /// Top-k rows (and optionally logits) of the first sentences, traced one by one.
 fn dump_routing(
     m: &Olmoe,
@@ -141,7 +144,7 @@ fn dump_routing(
     k: usize,
     layers: usize,
     logits: bool,
-) -> Result<(Vec<Vec<Vec<Vec<u32>>>>, Vec<Vec<Vec<f32>>>)> {
+) -> Result<RoutingDump> {
     let mut dump = Vec::new();
     let mut lg = Vec::new();
     for s in sents {

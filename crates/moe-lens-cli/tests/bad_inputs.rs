@@ -62,6 +62,7 @@ fn bad_invocations_fail_cleanly_with_what_to_do() {
     };
 
     let offline = [("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", empty_cache.to_str().unwrap())];
+    #[allow(clippy::type_complexity)] // (what, arguments, environment, what the message says)
     let rows: Vec<(&str, Vec<String>, &[(&str, &str)], &str)> = vec![
         ("--shard out of range", scan(&p(&good), &p(&w.join("o1")), &["--shard", "4/4"]), &[], "i must be less than n"),
         ("--shard with 0 shards", scan(&p(&good), &p(&w.join("o2")), &["--shard", "0/0"]), &[], "at least 1"),

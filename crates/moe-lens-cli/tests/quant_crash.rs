@@ -29,7 +29,7 @@ fn write_safetensors(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<f3
         at = end;
     }
     let mut h = serde_json::Value::Object(header).to_string().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + h.len() + at);

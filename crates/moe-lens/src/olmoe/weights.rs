@@ -170,7 +170,10 @@ fn stack_raw<T: candle_core::WithDType>(
 ) -> Result<Tensor> {
     let size = std::mem::size_of::<T>();
     let per = parts.first().map_or(0, |(_, b)| b.len());
-    if parts.iter().any(|(_, b)| b.len() != per) || per % size != 0 || parts.len() * per != shape.0 * shape.1 * size {
+    if parts.iter().any(|(_, b)| b.len() != per)
+        || !per.is_multiple_of(size)
+        || parts.len() * per != shape.0 * shape.1 * size
+    {
         return Err(Error::invalid("weights", "parts to stack differ in size"));
     }
     let mut buf: Vec<T> = vec![T::zero(); shape.0 * shape.1];
