@@ -12,6 +12,8 @@ export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; W=${WORK:-/tmp/ml}; M=$W/olmoe-rand; B=${B:-bench}
 BUILDS=${BUILDS:-"90 80"}; STEPS=${STEPS:-"prep routing bench tests slice"}
+PATHS=${PATHS:-all}  # which routing dumps (names below), or all
+want() { [ "$PATHS" = all ] || [[ " $PATHS " == *" $1 "* ]]; }
 mkdir -p $W $OUT
 [ -f .devrun/bins.tar.xz ] && mkdir -p /tmp/bins && xz -dc .devrun/bins.tar.xz | tar -C /tmp/bins -xf -
 T0=$(date +%s)
@@ -30,6 +32,7 @@ stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" >> $LOG; }
 dump() {  # dump NAME QUANT [VAR=VALUE...]: routing and router logits of the first 20 sentences, one
           # by one, and of a greedy generation; $EXTRA: more bench arguments
   name=$1; q=$2; shift 2
+  want $name || return 0
   env "$@" $BIN bench ${EXTRA:-} --model $M --sents $W/sents.json --device cuda --quant $q --only-routing --routing-n 20 \
     --gen-routing --routing-out $W/route_${BUILD}_$name.json --logits-out $W/logits_${BUILD}_$name.json --out $W/dump_${BUILD}_$name.json >> $LOG 2>&1
   echo "dump $name rc=$?" >> $LOG

@@ -247,6 +247,32 @@ extern "C" __global__ void ml_bucket_gather(const float* __restrict__ ids, const
 }
 
 // ------------------------------------------------------------------------------------------------
+// NeoX RoPE for the path without the fused attention (a KV cache, longer inputs), rounded as the
+// fused attention and transformers' bf16 ops round: out = bf16(bf16(x * c) + bf16(rot * s)), rot =
+// rotate_half(x), each product and the sum computed in f32 and rounded once. (candle's bf16 rope
+// writes `x * c - x2 * s` in bf16 operators, which an sm_90 build compiles to contractible
+// mul.bf16/sub.bf16 and an sm_80 build to separately rounded fma.rn.bf16: the two builds then
+// round differently.)
+//   x, out: [rows, T, D] contiguous (rows = batch * heads), positions offset .. offset + T
+//   cosb, sinb: bf16 tables [>= offset + T, D/2]
+// ------------------------------------------------------------------------------------------------
+extern "C" __global__ void ml_rope_bf16(const bf16* __restrict__ x, bf16* __restrict__ out,
+                                        const bf16* __restrict__ cosb, const bf16* __restrict__ sinb,
+                                        int rows, int T, int D, int offset) {
+    const int half = D / 2;
+    const long long total = (long long)rows * T * D;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        const int d = (int)(i % D);
+        const int t = (int)((i / D) % T);
+        const int dc = d % half;
+        const float c = b2f(cosb[(offset + t) * half + dc]), s = b2f(sinb[(offset + t) * half + dc]);
+        const float v = b2f(x[i]);
+        const float rot = d < half ? -b2f(x[i + half]) : b2f(x[i - half]);
+        out[i] = f2b(rb(v * c) + rb(rot * s));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // Causal attention for short prefills (no KV cache), one block of ATT_WARPS warps per (batch, head).
 //   q, k, v: row r = b*T + t of each at ptr + r * stride, heads*D values, head h at h*D (q and k
 //            already RMS-normed, not yet rotated)

@@ -215,7 +215,7 @@ impl Attention {
             return linear(&out, &self.o_proj); // [N, hidden]
         }
         let v = qkv.narrow(1, hd + kvd, kvd)?.reshape((b, t, kvd))?; // [B, T, kvd]
-        let out = self.attend(q.reshape((b, t, hd))?, k.reshape((b, t, kvd))?, v, rope, 0, mask, None, eager)?;
+        let out = self.attend(q.reshape((b, t, hd))?, k.reshape((b, t, kvd))?, v, rope, 0, mask, None, eager, true)?;
         Ok(out.reshape((n, hd))?) // [N, hidden]
     }
 }

@@ -364,6 +364,41 @@ pub(crate) fn group(x: &Tensor, packed: &Tensor, n: usize, e: usize, k: usize) -
     Ok(Grouped { xg: wrap(xg, &dev, &[e, cap, h]), pos: wrap(pos, &dev, &[pairs]), cap, counts: counts_t })
 }
 
+/// NeoX RoPE of `x` `[B, heads, T, D]` (bf16) for positions `offset .. offset + T`, rounded as the
+/// fused attention rounds (see `ml_rope_bf16`); `cos`/`sin` are the bf16 tables `[>= offset + T, D/2]`.
+pub(crate) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: usize) -> Result<Tensor> {
+    let dev = cuda_dev(x)?;
+    let (b, h, t, d) = x.dims4()?;
+    let x = x.contiguous()?;
+    let half = d / 2;
+    if d % 2 != 0 || cos.dims2()? != sin.dims2()? || cos.dim(1)? != half || cos.dim(0)? < offset + t {
+        return Err(err("rope: tables do not match the input"));
+    }
+    let (xp, cp, sp) =
+        (ptr(&x, DType::BF16)?, ptr(&cos.contiguous()?, DType::BF16)?, ptr(&sin.contiguous()?, DType::BF16)?);
+    let total = x.elem_count();
+    // SAFETY: written in full by ml_rope_bf16 below (one value per thread of the grid-stride loop).
+    let out = unsafe { dev.alloc::<bf16>(total) }?;
+    let op = out.device_ptr(out.stream()).0;
+    let func = dev.get_or_load_custom_func("ml_rope_bf16", MODULE, PTX)?;
+    let (rows_i, t_i, d_i, off_i) =
+        (i32_of(b * h, "rows")?, i32_of(t, "tokens")?, i32_of(d, "head size")?, i32_of(offset, "offset")?);
+    let mut bld = func.builder();
+    bld.arg(&xp);
+    bld.arg(&op);
+    bld.arg(&cp);
+    bld.arg(&sp);
+    bld.arg(&rows_i);
+    bld.arg(&t_i);
+    bld.arg(&d_i);
+    bld.arg(&off_i);
+    let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: reads total values of x and rows offset .. offset + t of the tables (checked above),
+    // writes total values of out.
+    unsafe { bld.launch(cfg) }.w()?;
+    Ok(wrap(out, &dev, &[b, h, t, d]))
+}
+
 /// Causal attention for short prefills without a cache: `q`, `k`, `v` hold rows `b * t + j` of
 /// `heads * 128` values at element `row * stride` (q and k normed, not rotated); `cos`/`sin` are the
 /// bf16 rope tables `[>= t, 64]`; `lens` (u32 `[b]`) masks padded keys. Returns `[b * t, heads * 128]`.
@@ -677,6 +712,50 @@ mod tests {
             // out of range is an error, not a read past the tensor
             assert!(dequant_experts(&[(&q_gpu, 0)], 4, 2, r).is_err());
         }
+        Ok(())
+    }
+
+    /// Our rope kernel against the same arithmetic on the CPU (f32 products of bf16 values, each
+    /// product and the sum rounded to bf16 once): bit for bit, at a position offset.
+    #[test]
+    fn rope_kernel_rounds_each_product_and_the_sum_once() -> Result<()> {
+        let Ok(dev) = Device::new_cuda(0) else {
+            eprintln!("no CUDA device: skipped");
+            return Ok(());
+        };
+        let (b, h, t, d, offset, positions) = (2, 3, 5, 128, 7, 16);
+        let half = d / 2;
+        let x = Tensor::from_vec(test_values(b * h * t * d, 0.3), (b, h, t, d), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let ang: Vec<f32> =
+            (0..positions * half).map(|i| ((i / half) as f32) * 0.37f32.powi((i % half) as i32 % 7)).collect();
+        let cos = Tensor::from_vec(ang.iter().map(|a| a.cos()).collect::<Vec<f32>>(), (positions, half), &Device::Cpu)?
+            .to_dtype(DType::BF16)?;
+        let sin = Tensor::from_vec(ang.iter().map(|a| a.sin()).collect::<Vec<f32>>(), (positions, half), &Device::Cpu)?
+            .to_dtype(DType::BF16)?;
+        let got: Vec<u16> = rope(&x.to_device(&dev)?, &cos.to_device(&dev)?, &sin.to_device(&dev)?, offset)?
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<bf16>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        let xs: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let (cs, ss): (Vec<f32>, Vec<f32>) =
+            (cos.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, sin.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?);
+        let r = |v: f32| bf16::from_f32(v).to_f32();
+        let mut diff = 0;
+        for (i, g) in got.iter().enumerate() {
+            let (dd, tt) = (i % d, (i / d) % t);
+            let (c, s) = (cs[(offset + tt) * half + dd % half], ss[(offset + tt) * half + dd % half]);
+            let rot = if dd < half { -xs[i + half] } else { xs[i - half] };
+            let want = bf16::from_f32(r(xs[i] * c) + r(rot * s)).to_bits();
+            diff += usize::from(*g != want);
+        }
+        assert_eq!(diff, 0, "{diff} of {} values differ", got.len());
+        assert!(
+            rope(&x.to_device(&dev)?, &cos.to_device(&dev)?, &sin.to_device(&dev)?, positions).is_err(),
+            "positions past the table are refused"
+        );
         Ok(())
     }
 

@@ -138,8 +138,16 @@ impl Rope {
         Ok(Rope { cos_d: cos.to_dtype(dtype)?, sin_d: sin.to_dtype(dtype)?, cos, sin })
     }
 
-    /// Rotates `x` `[B, heads, T, D]` for positions `offset..offset + T`.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+    /// Rotates `x` `[B, heads, T, D]` for positions `offset..offset + T`. On a GPU in bf16 with the
+    /// fused kernels on, our kernel (`fused::rope`: each product and the sum rounded once, as the
+    /// fused attention and transformers' bf16 ops round, and the same in every build); otherwise
+    /// candle's.
+    fn apply(&self, x: &Tensor, offset: usize, fused: bool) -> Result<Tensor> {
+        #[cfg(any(feature = "cuda", moe_lens_cuda))]
+        if fused && x.device().is_cuda() && x.dtype() == DType::BF16 && self.cos_d.dtype() == DType::BF16 {
+            return fused::rope(x, &self.cos_d, &self.sin_d, offset);
+        }
+        let _ = fused;
         let t = x.dim(2)?;
         let (cos, sin) =
             if x.dtype() == self.cos_d.dtype() { (&self.cos_d, &self.sin_d) } else { (&self.cos, &self.sin) };
@@ -211,11 +219,12 @@ impl Attention {
         let q = clip(self.q_norm.forward(&linear(x, &self.q_proj)?)?)?; // [B, T, heads*D]
         let k = clip(self.k_norm.forward(&linear(x, &self.k_proj)?)?)?; // [B, T, kv*D]
         let v = clip(linear(x, &self.v_proj)?)?; // [B, T, kv*D]
-        self.attend(q, k, v, rope, offset, mask, cache, tuning.eager_scores)
+        self.attend(q, k, v, rope, offset, mask, cache, tuning.eager_scores, tuning.fused)
     }
 
     /// Attention from projected, normed q, k, v `[B, T, heads*D]` (not yet rotated); `eager`:
-    /// scores rounded to the model dtype as transformers' eager attention ([`Tuning::eager_scores`]).
+    /// scores rounded to the model dtype as transformers' eager attention ([`Tuning::eager_scores`]);
+    /// `fused_rope`: our rope kernel on a GPU in bf16 (see [`Rope::apply`]).
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -227,13 +236,14 @@ impl Attention {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         eager: bool,
+        fused_rope: bool,
     ) -> Result<Tensor> {
         let (b, t, _) = q.dims3()?;
         let q = q.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?; // [B, heads, T, D]
         let k = k.reshape((b, t, self.kv_heads, self.head_dim))?.transpose(1, 2)?; // [B, kv, T, D]
         let v = v.reshape((b, t, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?; // [B, kv, T, D]
-        let q = rope.apply(&q, offset)?;
-        let k = rope.apply(&k, offset)?;
+        let q = rope.apply(&q, offset, fused_rope)?;
+        let k = rope.apply(&k, offset, fused_rope)?;
 
         let (k, v) = match cache {
             Some(slot) => {
