@@ -338,7 +338,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
         return run_bench_with(a, cfg, vec![], Quant::None, device, dtype);
     }
     let cfg = Config::from_file(path.join("config.json"))?;
-    let q = opts.quant.resolve(&cfg, &device);
+    let q = opts.quant.resolve(&cfg, &device, dtype);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
         .with_context(|| format!("reading {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -169,8 +169,12 @@ impl<'a> LoadFit<'a> {
     /// What will work when this load does not fit.
     fn advice(&self, free: Option<u64>) -> String {
         let fits = |b: u64| free.is_none_or(|f| b + memory::GPU_LOAD_MARGIN <= f);
-        let other = "free the GPU of other work (nvidia-smi shows what holds it), choose another GPU \
-                     (--device cuda:N, or CUDA_VISIBLE_DEVICES for a MIG slice), or run on the CPU (--device cpu)";
+        let other = if self.device.is_cpu() {
+            "use a GPU (--device cuda), a machine with more memory, or the demo model (MOE_LENS_MODEL=demo)"
+        } else {
+            "free the GPU of other work (nvidia-smi shows what holds it), choose another GPU \
+             (--device cuda:N, or CUDA_VISIBLE_DEVICES for a MIG slice), or run on the CPU (--device cpu)"
+        };
         if self.quant != Quant::Q4K && self.q4k_ok && fits(self.need_q4k) {
             format!(
                 "load it with 4-bit experts, which need about {}: --quant q4k on the command line, \
@@ -187,19 +191,47 @@ impl<'a> LoadFit<'a> {
         }
     }
 
-    /// Refuses a GPU load whose weights alone exceed the device's free memory, before allocating.
+    /// Refuses a load whose weights alone exceed what it may take, before allocating: the device's
+    /// free memory (a GPU's, as its driver reports it; on the CPU the host's `MemAvailable`) and the
+    /// cap `MOE_LENS_MEMORY_LIMIT`, whichever is smaller.
     fn check(&self) -> Result<()> {
-        let Some((free, total)) = memory::device_memory(self.device) else { return Ok(()) };
-        if self.need + memory::GPU_LOAD_MARGIN <= free {
+        let limit = memory::memory_limit()?;
+        let (free, total) = match memory::device_memory(self.device) {
+            Some((f, t)) => (Some(f), Some(t)),
+            None if self.device.is_cpu() => (memory::host_available(), None),
+            None => (None, None),
+        };
+        self.check_with(limit, free, total)
+    }
+
+    /// [`Self::check`] with the numbers given.
+    fn check_with(&self, limit: Option<u64>, free: Option<u64>, total: Option<u64>) -> Result<()> {
+        let room = match (limit, free) {
+            (Some(l), Some(f)) => l.min(f),
+            (Some(l), None) => l,
+            (None, Some(f)) => f,
+            (None, None) => return Ok(()),
+        };
+        let need = self.need + memory::GPU_LOAD_MARGIN;
+        if need <= room {
             return Ok(());
         }
+        let capped = limit.is_some_and(|l| free.is_none_or(|f| l < f));
+        let mut advice = self.advice(Some(room));
+        if capped {
+            advice = format!(
+                "MOE_LENS_MEMORY_LIMIT caps a load at {} on this machine; {advice}, or ask whoever set the \
+                 limit (the instructor) before raising it",
+                crate::error::gib(limit.unwrap_or(0))
+            );
+        }
         Err(Error::OutOfMemory {
-            device: "GPU".into(),
+            device: if self.device.is_cpu() { "CPU".into() } else { "GPU".into() },
             during: format!("loading the model with {} experts", self.quant_label()),
-            needed: Some(self.need + memory::GPU_LOAD_MARGIN),
-            free: Some(free),
-            total: Some(total),
-            advice: self.advice(Some(free)),
+            needed: Some(need),
+            free,
+            total,
+            advice,
             cause: "checked before loading; nothing was allocated".into(),
         })
     }
@@ -301,7 +333,7 @@ impl Lens {
         }
         let device = opts.device.open()?;
         let dtype = opts.dtype.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 });
-        let quant = opts.quant.resolve(&cfg, &device);
+        let quant = opts.quant.resolve(&cfg, &device, dtype);
         // the model builder reports a config that contradicts the weights under the placeholder
         // path "config.json": name the real file and say what to do
         let mismatch = |e: Error| {
@@ -647,6 +679,39 @@ mod tests {
         assert!(none_fits.starts_with("even 4-bit experts") && none_fits.contains("--device"), "{none_fits}");
         // a q4k load that does not fit does not suggest q4k again
         let q = LoadFit::new(&cfg, &Device::Cpu, DType::BF16, Quant::Q4K).advice(free(3.0));
-        assert!(!q.contains("--quant") && q.contains("free the GPU"), "{q}");
+        assert!(!q.contains("--quant") && q.contains("--device cuda"), "{q}");
+    }
+
+    /// MOE_LENS_MEMORY_LIMIT (here given as a number) caps a load below the memory that is free:
+    /// the refusal names the cap and who sets it; under the cap the load goes ahead.
+    #[test]
+    fn a_memory_limit_refuses_a_load_above_it_and_says_so() {
+        let cfg = olmoe();
+        let g = |x: f64| Some((x * (1u64 << 30) as f64) as u64);
+        let q4k = LoadFit::new(&cfg, &Device::Cpu, DType::F32, Quant::Q4K); // about 5.6 GiB
+        assert!(q4k.check_with(g(8.0), g(20.0), None).is_ok());
+        let e = q4k.check_with(g(4.0), g(20.0), None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("MOE_LENS_MEMORY_LIMIT caps a load at 4.0 GiB") && e.contains("it needs about"), "{e}");
+        // the host's free memory binds when it is lower than the cap
+        let e = q4k.check_with(g(64.0), g(3.0), None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("out of memory on the CPU") && !e.contains("MOE_LENS_MEMORY_LIMIT"), "{e}");
+        // float32 OLMoE on the CPU: 27.7 GB; the advice is q4k
+        let f32_load = LoadFit::new(&cfg, &Device::Cpu, DType::F32, Quant::None);
+        let e = f32_load.check_with(None, g(16.0), None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("it needs about 26.3 GiB") && e.contains("--quant q4k"), "{e}");
+    }
+
+    /// `auto` never loads OLMoE's experts in full precision on the CPU (27.7 GB in float32); small
+    /// models keep their weights.
+    #[test]
+    fn auto_quantizes_a_large_model_on_the_cpu_too() {
+        let cfg = olmoe();
+        assert_eq!(QuantChoice::Auto.resolve(&cfg, &Device::Cpu, DType::F32), Quant::Q4K);
+        assert_eq!(QuantChoice::Auto.resolve(&cfg, &Device::Cpu, DType::BF16), Quant::Q4K);
+        let mut small = cfg.clone();
+        small.num_hidden_layers = 2;
+        small.num_experts = 16;
+        assert_eq!(QuantChoice::Auto.resolve(&small, &Device::Cpu, DType::F32), Quant::None);
+        assert_eq!(QuantChoice::Fixed(Quant::None).resolve(&cfg, &Device::Cpu, DType::F32), Quant::None);
     }
 }

@@ -31,6 +31,52 @@ pub fn weight_bytes(cfg: &Config, dtype: DType, expert_bytes_per_value: f64) -> 
 /// forward's activations. Measured on an H200 for OLMoE (BENCHMARKS.md): well under this.
 pub const GPU_LOAD_MARGIN: u64 = 512 << 20;
 
+/// The cap on what one load may take, from `MOE_LENS_MEMORY_LIMIT` (`8G`, `8GiB`, `512M`, `2048MB`,
+/// or bytes; G/M/K are powers of 1024), which an instructor can set for every student of a shared
+/// server; `None` when unset or empty.
+pub fn memory_limit() -> crate::Result<Option<u64>> {
+    match std::env::var("MOE_LENS_MEMORY_LIMIT") {
+        Ok(v) if !v.trim().is_empty() => parse_size(&v).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// `8G`, `8 GiB`, `512M`, `2048MB`, `1.5G` or a byte count.
+pub fn parse_size(text: &str) -> crate::Result<u64> {
+    let t = text.trim();
+    let bad = || {
+        crate::Error::invalid(
+            "MOE_LENS_MEMORY_LIMIT",
+            format!("{t:?} is not a size; write it as 8G, 512M or a number of bytes"),
+        )
+    };
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = num * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// The host memory the kernel says is available for new allocations (`MemAvailable` in
+/// /proc/meminfo); `None` where it cannot be read.
+pub fn host_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Free and total bytes of a CUDA device, as its driver reports them; `None` for other devices.
 pub fn device_memory(dev: &Device) -> Option<(u64, u64)> {
     match dev {
@@ -45,6 +91,18 @@ mod tests {
     use super::*;
 
     /// OLMoE-1B-7B's published size: 6,919,161,856 parameters, 13.84 GB in bf16 (the Hub files).
+    #[test]
+    fn sizes_parse_as_written_and_bad_ones_say_how_to_write_them() {
+        assert_eq!(parse_size("8G").ok(), Some(8 << 30));
+        assert_eq!(parse_size(" 512 MiB ").ok(), Some(512 << 20));
+        assert_eq!(parse_size("1.5g").ok(), Some(3 << 29));
+        assert_eq!(parse_size("4096").ok(), Some(4096));
+        for bad in ["", "G", "eight", "8X", "-1G", "0"] {
+            let e = parse_size(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("write it as 8G"), "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn olmoe_parameter_count_matches_the_checkpoint() {
         let cfg = Config::from_json(

@@ -90,16 +90,21 @@ impl From<Quant> for QuantChoice {
 }
 
 impl QuantChoice {
-    /// The experts a safetensors model of `cfg` gets on `device`: `Auto` is [`Quant::Q4K`] on a GPU
-    /// when the hidden and expert sizes are multiples of 256, else [`Quant::None`] (the full OLMoE
-    /// needs about 16 GB of GPU memory in bf16 and about 6 GB with q4k experts, so a 12 GB GPU slice
-    /// fits it, as the Python lab's 4-bit load does).
-    pub fn resolve(self, cfg: &Config, device: &Device) -> Quant {
+    /// The experts a safetensors model of `cfg` gets on `device` in `dtype`: `Auto` is
+    /// [`Quant::Q4K`] when the hidden and expert sizes are multiples of 256 and either the device is
+    /// a GPU (the full OLMoE needs about 16 GB of GPU memory in bf16 and about 6 GB with q4k experts,
+    /// so a 12 GB GPU slice fits it, as the Python lab's 4-bit load does) or the full-precision
+    /// experts would take more than [`AUTO_CPU_MAX_EXPERT_BYTES`] on the CPU (OLMoE in float32: 27.7
+    /// GB; with q4k experts about 5 GB, and faster on the CPU too: BENCHMARKS.md); else
+    /// [`Quant::None`] (the demo and test models).
+    pub fn resolve(self, cfg: &Config, device: &Device, dtype: DType) -> Quant {
         match self {
             QuantChoice::Fixed(q) => q,
             QuantChoice::Auto => {
                 let fits = cfg.hidden_size.is_multiple_of(256) && cfg.intermediate_size.is_multiple_of(256);
-                if !device.is_cpu() && fits {
+                let (experts, _) = crate::memory::param_counts(cfg);
+                let big = experts.saturating_mul(dtype.size_in_bytes() as u64) > AUTO_CPU_MAX_EXPERT_BYTES;
+                if fits && (!device.is_cpu() || big) {
                     Quant::Q4K
                 } else {
                     Quant::None
@@ -108,6 +113,9 @@ impl QuantChoice {
         }
     }
 }
+
+/// Full-precision expert weights above which `auto` quantizes on the CPU too (8 GiB).
+pub const AUTO_CPU_MAX_EXPERT_BYTES: u64 = 8 << 30;
 
 /// A concrete storage type by name (`none`, `q8_0`, `q4k`, with [`QuantChoice`]'s spellings);
 /// `auto` is not one (it is decided at load time: parse a [`QuantChoice`]).
