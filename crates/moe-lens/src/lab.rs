@@ -562,6 +562,11 @@ impl fmt::Display for Lens {
             c.hidden_size,
             c.vocab_size
         )?;
+        if let Some((free, total)) = memory::device_memory(self.model.device()) {
+            // the device's memory after the load, so a student on a shared GPU or a MIG slice
+            // sees at once how much room is left
+            write!(f, "; GPU memory {} free of {}", crate::error::gib(free), crate::error::gib(total))?;
+        }
         if let Some(q) = &self.quant {
             let how = match (q.cache_hit, &q.cache_write_error) {
                 (true, _) => "from the cache",
