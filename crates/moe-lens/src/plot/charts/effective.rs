@@ -10,7 +10,7 @@ use super::super::util::text_px;
 use super::style::MARGIN;
 use super::style::{axis, font, font_bold, lang_colour, tip_circle, tip_rect, Area, DrawResult, GREY, INK, LIGHT};
 use super::text::{lang_name, minus, signed, subtitle, thousands};
-use super::{chart_figure, chart_output, Chart};
+use super::{chart_figure, chart_output, Chart, Frame};
 use crate::corpus::language_name;
 use crate::error::{Error, Result};
 use crate::study::compare::{Comparison, Verdict};
@@ -163,8 +163,7 @@ impl EffectiveExpertsPlot {
             cmps,
             shown,
             eff,
-            title,
-            subtitle,
+            frame: Frame { title, subtitle, size: (width, height) },
             x1,
             top,
             below,
@@ -173,7 +172,6 @@ impl EffectiveExpertsPlot {
             cmp_legend,
             notes,
             notes_y,
-            size: (width, height),
         })
     }
 }
@@ -279,8 +277,7 @@ struct Layout<'a> {
     shown: Vec<usize>,
     /// `eff[j][layer]` of the `j`th language shown.
     eff: Vec<Vec<f64>>,
-    title: String,
-    subtitle: String,
+    frame: Frame,
     x1: i32,
     top: Panel,
     below: Panel,
@@ -289,7 +286,6 @@ struct Layout<'a> {
     cmp_legend: Vec<(usize, String)>,
     notes: Vec<String>,
     notes_y: i32,
-    size: (i32, i32),
 }
 
 impl Layout<'_> {
@@ -500,16 +496,8 @@ impl Chart for Layout<'_> {
     const CLASS: &'static str = "moe-lens-effective";
     const CRISP: bool = false;
 
-    fn title(&self) -> &str {
-        &self.title
-    }
-
-    fn subtitle(&self) -> &str {
-        &self.subtitle
-    }
-
-    fn size(&self) -> (i32, i32) {
-        self.size
+    fn frame(&self) -> &Frame {
+        &self.frame
     }
 
     fn draw(&self, root: &Area<'_>) -> DrawResult {

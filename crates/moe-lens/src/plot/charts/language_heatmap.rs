@@ -10,7 +10,7 @@ use super::super::util::text_px;
 use super::style::{colour_scale, font, font_bold, lang_colour, major_ticks, tip_rect, viridis, ColourBar};
 use super::style::{Area, DrawResult, GREY, INK, MARGIN};
 use super::text::{cell_data, cell_tip, lang_name, measure_caption, pct, subtitle, thousands};
-use super::{chart_figure, chart_output, Chart};
+use super::{chart_figure, chart_output, Chart, Frame};
 use crate::error::Result;
 use crate::spy::LayerRef;
 use crate::study::shares::{ExpertShares, Measure};
@@ -129,8 +129,7 @@ impl LanguageHeatmap {
             layer,
             measure,
             shown,
-            title,
-            subtitle,
+            frame: Frame { title, subtitle, size: (width, height) },
             lo,
             hi,
             cw,
@@ -144,7 +143,6 @@ impl LanguageHeatmap {
             eff_x,
             bar,
             note_y,
-            size: (width, height),
         })
     }
 }
@@ -159,8 +157,7 @@ struct Layout<'a> {
     layer: usize,
     measure: Measure,
     shown: Vec<usize>,
-    title: String,
-    subtitle: String,
+    frame: Frame,
     lo: f64,
     hi: f64,
     cw: i32,
@@ -174,22 +171,13 @@ struct Layout<'a> {
     eff_x: i32,
     bar: ColourBar,
     note_y: i32,
-    size: (i32, i32),
 }
 
 impl Chart for Layout<'_> {
     const CLASS: &'static str = "moe-lens-lang-heatmap";
 
-    fn title(&self) -> &str {
-        &self.title
-    }
-
-    fn subtitle(&self) -> &str {
-        &self.subtitle
-    }
-
-    fn size(&self) -> (i32, i32) {
-        self.size
+    fn frame(&self) -> &Frame {
+        &self.frame
     }
 
     fn draw(&self, root: &Area<'_>) -> DrawResult {

@@ -10,7 +10,7 @@ use super::super::util::{text_px, visible};
 use super::style::{colour_scale, font, font_bold, lang_colour, tip_rect, viridis, ColourBar};
 use super::style::{Area, DrawResult, GREY, INK, MARGIN};
 use super::text::{measure_caption, pct, short_data, short_tip, subtitle};
-use super::{chart_figure, chart_output, Chart};
+use super::{chart_figure, chart_output, Chart, Frame};
 use crate::error::{Error, Result};
 use crate::study::shares::{ExpertShares, Measure};
 use crate::study::Counts;
@@ -137,8 +137,7 @@ impl LayersOverview {
             d,
             measure,
             shown,
-            title,
-            subtitle,
+            frame: Frame { title, subtitle, size: (width, height) },
             lo,
             hi,
             cols,
@@ -147,7 +146,6 @@ impl LayersOverview {
             label_w,
             panel,
             bar,
-            size: (width, height),
         })
     }
 }
@@ -171,8 +169,7 @@ struct Layout<'a> {
     d: &'a ExpertShares,
     measure: Measure,
     shown: Vec<usize>,
-    title: String,
-    subtitle: String,
+    frame: Frame,
     lo: f64,
     hi: f64,
     cols: usize,
@@ -181,7 +178,6 @@ struct Layout<'a> {
     label_w: i32,
     panel: (i32, i32),
     bar: ColourBar,
-    size: (i32, i32),
 }
 
 impl Layout<'_> {
@@ -235,16 +231,8 @@ impl Layout<'_> {
 impl Chart for Layout<'_> {
     const CLASS: &'static str = "moe-lens-layers-overview";
 
-    fn title(&self) -> &str {
-        &self.title
-    }
-
-    fn subtitle(&self) -> &str {
-        &self.subtitle
-    }
-
-    fn size(&self) -> (i32, i32) {
-        self.size
+    fn frame(&self) -> &Frame {
+        &self.frame
     }
 
     fn draw(&self, root: &Area<'_>) -> DrawResult {

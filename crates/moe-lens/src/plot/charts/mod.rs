@@ -126,18 +126,22 @@ impl StudyPlots for Study {
 
 /// A study chart, laid out: its size, its title lines, what it draws below them, and its hover
 /// marks. [`Chart::to_svg`] puts these together the same way for every chart.
+/// What every chart has around its drawing: the title (as given; made visible when drawn), the
+/// grey line under it, and the width and height in pixels.
+pub(crate) struct Frame {
+    pub(crate) title: String,
+    pub(crate) subtitle: String,
+    pub(crate) size: (i32, i32),
+}
+
 pub(crate) trait Chart {
     /// The class of the root `<svg>` element, after `moe-lens-figure`.
     const CLASS: &'static str;
     /// Crisp edges for rectangles (heatmaps, bars); circles are drawn smooth all the same.
     const CRISP: bool = true;
 
-    /// The title, as given (made visible when drawn).
-    fn title(&self) -> &str;
-    /// The grey line under the title.
-    fn subtitle(&self) -> &str;
-    /// Width and height in pixels.
-    fn size(&self) -> (i32, i32);
+    /// Title, subtitle and size.
+    fn frame(&self) -> &Frame;
     /// Everything below the title and subtitle.
     fn draw(&self, root: &Area<'_>) -> DrawResult;
     /// The hover layer's marks: a transparent shape with a tooltip per cell, bar or point.
@@ -149,15 +153,16 @@ pub(crate) trait Chart {
         let drawing = |e: DrawingAreaErrorKind<std::io::Error>| {
             Error::invalid("figure", format!("plotters could not draw the figure: {e}"))
         };
-        let (width, height) = self.size();
+        let Frame { title, subtitle, size: (width, height) } = self.frame();
+        let (width, height) = (*width, *height);
         let mut svg = String::new();
         {
             let root =
                 SVGBackend::with_string(&mut svg, (width.max(1) as u32, height.max(1) as u32)).into_drawing_area();
             root.fill(&WHITE).map_err(drawing)?;
             let heading = |root: &Area<'_>| -> DrawResult {
-                root.draw_text(&visible(self.title()), &font_bold(16.0, INK, HPos::Left, VPos::Top), (MARGIN, 10))?;
-                root.draw_text(self.subtitle(), &font(12.0, GREY, HPos::Left, VPos::Top), (MARGIN, 34))
+                root.draw_text(&visible(title), &font_bold(16.0, INK, HPos::Left, VPos::Top), (MARGIN, 10))?;
+                root.draw_text(subtitle, &font(12.0, GREY, HPos::Left, VPos::Top), (MARGIN, 34))
             };
             heading(&root).and_then(|()| self.draw(&root)).map_err(drawing)?;
             root.present()

@@ -10,7 +10,7 @@ use super::super::display::Figure;
 use super::super::util::{nice_ticks, text_px};
 use super::style::{axis, font, font_bold, lang_colour, tip_rect, Area, DrawResult, GREY, INK, LIGHT, MARGIN};
 use super::text::{lang_name, pct, subtitle, thousands};
-use super::{chart_figure, chart_output, Chart};
+use super::{chart_figure, chart_output, Chart, Frame};
 use crate::corpus::language_name;
 use crate::error::{Error, Result};
 use crate::spy::LayerRef;
@@ -126,14 +126,12 @@ impl TopExperts {
             uniform,
             xmax,
             common,
-            title,
-            subtitle,
+            frame: Frame { title, subtitle, size: (width, height) },
             label_w,
             panel_w,
             y1,
             notes,
             notes_y,
-            size: (width, height),
         })
     }
 }
@@ -161,14 +159,12 @@ struct Layout<'a> {
     xmax: f64,
     /// Experts among the bars of every language shown (drawn bold).
     common: Vec<usize>,
-    title: String,
-    subtitle: String,
+    frame: Frame,
     label_w: i32,
     panel_w: i32,
     y1: i32,
     notes: Vec<String>,
     notes_y: i32,
-    size: (i32, i32),
 }
 
 impl Layout<'_> {
@@ -223,16 +219,8 @@ impl Layout<'_> {
 impl Chart for Layout<'_> {
     const CLASS: &'static str = "moe-lens-top-experts";
 
-    fn title(&self) -> &str {
-        &self.title
-    }
-
-    fn subtitle(&self) -> &str {
-        &self.subtitle
-    }
-
-    fn size(&self) -> (i32, i32) {
-        self.size
+    fn frame(&self) -> &Frame {
+        &self.frame
     }
 
     fn draw(&self, root: &Area<'_>) -> DrawResult {
