@@ -388,12 +388,10 @@ __device__ __forceinline__ void deq8_q8_0(const uint8_t* row, int v, float* y) {
     for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, (float)(int8_t)q[m]);
 }
 
-// Q4_K: 144-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of packed 6-bit scales and mins
-// (8 sub-blocks of 32), 128 bytes of nibbles. Values 64j..64j+31 are the low nibbles of qs[32j..],
-// 64j+32..64j+63 the high ones, with sub-block 2j and 2j+1's scale and min. y = d*sc*q - dmin*m.
-__device__ __forceinline__ void deq8_q4_k(const uint8_t* row, int v, float* y) {
-    const uint8_t* b = row + (v / 256) * 144;
-    const int w = v % 256, j = w / 64, hi = (w % 64) / 32, l = w % 32, s = 2 * j + hi;
+// Q4_K/Q5_K sub-block s (0..8) of the super-block at b: d * scale and dmin * min, from the f16 d
+// and dmin and the 12 bytes of packed 6-bit scales and mins that follow them (ggml's
+// get_scale_min_k4).
+__device__ __forceinline__ void scale_min_k4(const uint8_t* b, int s, float* d1, float* m1) {
     const uint8_t* sc = b + 4;
     int scale, mn;
     if (s < 4) {
@@ -403,7 +401,18 @@ __device__ __forceinline__ void deq8_q4_k(const uint8_t* row, int v, float* y) {
         scale = (sc[s + 4] & 0xF) | ((sc[s - 4] >> 6) << 4);
         mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
     }
-    const float d1 = __fmul_rn(ld_half(b), (float)scale), m1 = __fmul_rn(ld_half(b + 2), (float)mn);
+    *d1 = __fmul_rn(ld_half(b), (float)scale);
+    *m1 = __fmul_rn(ld_half(b + 2), (float)mn);
+}
+
+// Q4_K: 144-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of packed 6-bit scales and mins
+// (8 sub-blocks of 32), 128 bytes of nibbles. Values 64j..64j+31 are the low nibbles of qs[32j..],
+// 64j+32..64j+63 the high ones, with sub-block 2j and 2j+1's scale and min. y = d*sc*q - dmin*m.
+__device__ __forceinline__ void deq8_q4_k(const uint8_t* row, int v, float* y) {
+    const uint8_t* b = row + (v / 256) * 144;
+    const int w = v % 256, j = w / 64, hi = (w % 64) / 32, l = w % 32, s = 2 * j + hi;
+    float d1, m1;
+    scale_min_k4(b, s, &d1, &m1);
     const uint2 raw = *reinterpret_cast<const uint2*>(b + 16 + 32 * j + l);  // 8-byte aligned
     const uint8_t* q = reinterpret_cast<const uint8_t*>(&raw);
 #pragma unroll
@@ -446,16 +455,8 @@ __device__ __forceinline__ void deq8_q4_0(const uint8_t* row, int v, float* y) {
 __device__ __forceinline__ void deq8_q5_k(const uint8_t* row, int v, float* y) {
     const uint8_t* b = row + (v / 256) * 176;
     const int w = v % 256, j = w / 64, hi = (w % 64) / 32, l = w % 32, s = 2 * j + hi;
-    const uint8_t* sc = b + 4;
-    int scale, mn;
-    if (s < 4) {
-        scale = sc[s] & 63;
-        mn = sc[s + 4] & 63;
-    } else {
-        scale = (sc[s + 4] & 0xF) | ((sc[s - 4] >> 6) << 4);
-        mn = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-    }
-    const float d1 = __fmul_rn(ld_half(b), (float)scale), m1 = __fmul_rn(ld_half(b + 2), (float)mn);
+    float d1, m1;
+    scale_min_k4(b, s, &d1, &m1);
     const uint8_t* qh = b + 16;
     const uint8_t* q = b + 48 + 32 * j + l;
 #pragma unroll
