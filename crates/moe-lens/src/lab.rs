@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::intervene::Interventions;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf;
@@ -493,14 +494,22 @@ impl Lens {
 
     /// Runs `text` once and captures the chosen routers only.
     pub fn trace_layers(&self, text: &str, layers: LayerSelection) -> Result<Trace> {
+        self.trace_edited(text, layers, &Interventions::new())
+    }
+
+    /// [`Lens::trace_layers`] under interventions at the routers (see [`crate::intervene`]).
+    pub(crate) fn trace_edited(&self, text: &str, layers: LayerSelection, edits: &Interventions) -> Result<Trace> {
         let (tokens, input) = self.encode_checked(text, 0)?;
         let mut cache = match &layers {
             LayerSelection::All => RoutingCache::new(),
             LayerSelection::Only(v) => RoutingCache::for_layers(v),
         };
-        self.model.forward(&input, None, None, Step::Prefill, Some(&mut cache))?;
+        let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
+        self.model.forward_edited(&input, None, None, Step::Prefill, Some(&mut cache), sets)?;
         let n = tokens.len();
-        Trace::assemble(&self.name, text, tokens, n, cache, self.config().num_hidden_layers)
+        let mut trace = Trace::assemble(&self.name, text, tokens, n, cache, self.config().num_hidden_layers)?;
+        trace.interventions = edits.clone();
+        Ok(trace)
     }
 
     /// Runs `text` with any spy attached (see [`crate::spy`]); returns its tokens.
@@ -518,10 +527,16 @@ impl Lens {
 
     /// Greedy generation with options.
     pub fn generate_with(&self, text: &str, opts: &GenerateOptions) -> Result<Trace> {
+        self.generate_edited(text, opts, &Interventions::new())
+    }
+
+    /// [`Lens::generate_with`] under interventions at the routers, which hold at every step.
+    pub(crate) fn generate_edited(&self, text: &str, opts: &GenerateOptions, edits: &Interventions) -> Result<Trace> {
         let (tokens, input) = self.encode_checked(text, opts.max_new_tokens)?;
+        let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
         let mut cache = RoutingCache::new();
         let mut kv = self.model.new_cache();
-        let hidden = self.model.forward(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache))?;
+        let hidden = self.model.forward_edited(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache), sets)?;
         let mut next = argmax(&self.model.next_token_logits(&hidden)?)?;
         let eos = self.config().eos_token_id.or(self.tokenizer.eos_id());
         let mut new_ids = Vec::new();
@@ -529,7 +544,8 @@ impl Lens {
             new_ids.push(next);
             // route the new token (its routing is part of the trace even when it is the last one)
             let input = Tensor::new(&[next], self.model.device())?.unsqueeze(0)?; // [1, 1]
-            let hidden = self.model.forward(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache))?;
+            let hidden =
+                self.model.forward_edited(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache), sets)?;
             if opts.stop_at_eos && Some(next) == eos {
                 break;
             }
@@ -539,7 +555,10 @@ impl Lens {
         }
         let prompt_len = tokens.len();
         let (full_text, all_tokens) = self.tokenizer.extend(text, &tokens, &new_ids)?;
-        Trace::assemble(&self.name, &full_text, all_tokens, prompt_len, cache, self.config().num_hidden_layers)
+        let mut trace =
+            Trace::assemble(&self.name, &full_text, all_tokens, prompt_len, cache, self.config().num_hidden_layers)?;
+        trace.interventions = edits.clone();
+        Ok(trace)
     }
 }
 

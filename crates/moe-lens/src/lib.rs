@@ -5,10 +5,12 @@
 
 pub mod config;
 pub mod corpus;
+pub mod effects;
 pub mod error;
 pub mod fsutil;
 pub mod gguf;
 pub mod hub;
+pub mod intervene;
 pub mod lab;
 pub mod memory;
 pub mod olmoe;

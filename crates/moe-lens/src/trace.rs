@@ -6,6 +6,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::intervene::Interventions;
 use crate::spy::{router_name, LayerRef, Routing, RoutingCache, Step};
 use crate::tokens::Token;
 
@@ -46,6 +47,9 @@ pub struct TraceExport {
     pub text: String,
     pub tokens: Vec<Token>,
     pub layers: Vec<LayerTrace>,
+    /// The interventions of the run, in their text form (`"ablate 14:27,35"`); absent for a plain run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interventions: Option<String>,
 }
 
 /// A text (or a prompt plus generated tokens) and how every captured router routed each token.
@@ -69,6 +73,9 @@ pub struct Trace {
     pub cache: RoutingCache,
     /// Total router layers in the model (captured or not).
     pub model_layers: usize,
+    /// The interventions the run was made under (none for a plain run): `logits` are then the
+    /// routers' own, `probs`, `top_k` and `weights` the routing applied (see [`crate::intervene`]).
+    pub interventions: Interventions,
 }
 
 /// A summary: a cell that ends in a trace should not print thousands of numbers.
@@ -133,7 +140,17 @@ impl Trace {
             }
             layers.push(lt);
         }
-        Ok(Trace { model: model.into(), text: text.into(), tokens, prompt_len, steps, layers, cache, model_layers })
+        Ok(Trace {
+            model: model.into(),
+            text: text.into(),
+            tokens,
+            prompt_len,
+            steps,
+            layers,
+            cache,
+            model_layers,
+            interventions: Interventions::new(),
+        })
     }
 
     /// One captured layer, by index (`14`) or hook name (`"model.layers.14.mlp.gate"`).
@@ -166,6 +183,7 @@ impl Trace {
             text: self.text.clone(),
             tokens: self.tokens.clone(),
             layers: self.layers.clone(),
+            interventions: (!self.interventions.is_empty()).then(|| self.interventions.to_string()),
         }
     }
 

@@ -77,6 +77,7 @@ fn trace() -> Trace {
         layers: vec![layer(3, n), layer(14, n)],
         cache: Default::default(),
         model_layers: 16,
+        interventions: Default::default(),
     }
 }
 

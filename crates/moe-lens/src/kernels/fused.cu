@@ -93,12 +93,14 @@ extern "C" __global__ void ml_rmsnorm_bf16(const bf16* __restrict__ x, const bf1
 //   [E, 2E)       softmax probabilities (f32)
 //   [2E, 2E+k)    mixing weights of the chosen experts (renormalised if norm_topk)
 //   [2E+k, 2E+2k) chosen expert ids, best first, as floats (exact below 2^24)
-// Ties are broken towards the lower expert id. E <= 32 * 8, k <= E.
+// Ties are broken towards the lower expert id. E <= 32 * 8, k <= E. Interventions: see `add` and
+// `forced` below (logits stay the router's own; probs, weights and ids are those applied).
 // ------------------------------------------------------------------------------------------------
 #define ROUTE_MAX_PER_LANE 8
 extern "C" __global__ void ml_route_bf16(const bf16* __restrict__ logits, int logits_stride,
                                          int col_stride, float* __restrict__ packed, int rows, int E,
-                                         int k, int norm_topk) {
+                                         int k, int norm_topk, const float* __restrict__ add,
+                                         const unsigned int* __restrict__ forced) {
     const int warps = blockDim.x >> 5;
     const int r = blockIdx.x * warps + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
@@ -108,13 +110,30 @@ extern "C" __global__ void ml_route_bf16(const bf16* __restrict__ logits, int lo
     float* po = packed + (size_t)rows * E + (size_t)r * E;   // probs
     float* wo = packed + (size_t)rows * 2 * E + (size_t)r * k;        // weights
     float* io = packed + (size_t)rows * (2 * E + k) + (size_t)r * k;  // ids
+    // interventions (moe_lens::intervene): `add` [rows, E] is added to the logits before the
+    // softmax (−inf: ablated, never chosen); a row of `forced` [rows, k] not starting with
+    // 0xffffffff is the only experts this row may choose. Both may be null.
+    const float* ar = add ? add + (size_t)r * E : nullptr;
+    const unsigned int* fr = (forced && forced[(size_t)r * k] != 0xffffffffu) ? forced + (size_t)r * k : nullptr;
+    unsigned eligible = 0;  // bit m: this lane's element m may be chosen
     float v[ROUTE_MAX_PER_LANE];
     float mx = -INFINITY;
 #pragma unroll
     for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
         int e = lane + 32 * m;
-        v[m] = e < E ? b2f(lr[(size_t)e * col_stride]) : -INFINITY;
+        float raw = e < E ? b2f(lr[(size_t)e * col_stride]) : -INFINITY;
+        if (e < E) lo[e] = raw;  // the router's own logits
+        float a = (ar && e < E) ? ar[e] : 0.f;
+        v[m] = ar ? raw + a : raw;
+        if (e < E && a != -INFINITY) eligible |= 1u << m;
         mx = fmaxf(mx, v[m]);
+    }
+    if (fr) {
+        eligible = 0;
+        for (int j = 0; j < k; j++) {
+            int e = (int)fr[j];
+            if (e < E && (e & 31) == lane) eligible |= 1u << (e >> 5);
+        }
     }
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
     float s = 0.f;
@@ -131,7 +150,6 @@ extern "C" __global__ void ml_route_bf16(const bf16* __restrict__ logits, int lo
         int e = lane + 32 * m;
         if (e < E) {
             p[m] = p[m] / s;
-            lo[e] = v[m];
             po[e] = p[m];
         }
     }
@@ -144,7 +162,7 @@ extern "C" __global__ void ml_route_bf16(const bf16* __restrict__ logits, int lo
 #pragma unroll
         for (int m = 0; m < ROUTE_MAX_PER_LANE; m++) {
             int e = lane + 32 * m;
-            if (e < E && !(taken & (1u << m)) && (p[m] > best || (p[m] == best && e < bi))) {
+            if ((eligible & ~taken & (1u << m)) && (p[m] > best || (p[m] == best && e < bi))) {
                 best = p[m];
                 bi = e;
             }

@@ -10,6 +10,8 @@ use super::Olmoe;
 use super::{fused, linear, Attention, Rope};
 use crate::error::{Error, Result};
 #[cfg(any(feature = "cuda", moe_lens_cuda))]
+use crate::intervene::RoutePlan;
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
 use crate::spy::LayerSelection;
 use crate::spy::{RouterEvent, RouterSpy, Step};
 
@@ -72,6 +74,7 @@ impl Olmoe {
         step: Step,
         mut spy: Option<&mut dyn RouterSpy>,
         selection: &LayerSelection,
+        plans: &[Option<RoutePlan>],
     ) -> Result<Tensor> {
         let (hs, e, k) = (self.cfg.hidden_size, self.cfg.num_experts, self.cfg.num_experts_per_tok);
         let n = b * t;
@@ -108,7 +111,8 @@ impl Olmoe {
             let (h, sum, _) = fused::rmsnorm(&x, n, hs, hs, 0, Some(&att), &ln.weight, ln.eps, None)?;
             x = sum.ok_or_else(|| Error::Device("fused RMSNorm returned no sum".into()))?;
             let packed = routing.get(l)?; // this layer's routing, a view
-            pending = Some(layer.mlp.moe_fused(&h, &packed, &self.tuning)?);
+            let plan = plans.get(l).and_then(Option::as_ref);
+            pending = Some(layer.mlp.moe_fused(&h, &packed, &self.tuning, plan)?);
         }
         let (out, _, _) = fused::rmsnorm(&x, n, hs, hs, 0, pending.as_ref(), &self.norm.weight, self.norm.eps, None)?;
         if let Some(s) = spy.as_mut() {

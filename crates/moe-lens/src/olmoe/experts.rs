@@ -18,6 +18,8 @@ use candle_core::{DType, Tensor};
 
 #[cfg(any(feature = "cuda", moe_lens_cuda))]
 use super::fused;
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
+use crate::intervene::RoutePlan;
 use super::{Experts, RouterOut};
 #[cfg(any(feature = "cuda", moe_lens_cuda))]
 use super::{SparseMoe, Tuning};
@@ -213,7 +215,13 @@ impl SparseMoe {
     /// into `packed` (one layer's planar buffer). Short inputs run every expert densely (router
     /// logits from the same matmul as gate/up); longer ones group the pairs by expert and run one
     /// batched matmul per projection over the busiest expert's row count.
-    pub(super) fn moe_fused(&self, x: &Tensor, packed: &Tensor, tuning: &Tuning) -> Result<Tensor> {
+    pub(super) fn moe_fused(
+        &self,
+        x: &Tensor,
+        packed: &Tensor,
+        tuning: &Tuning,
+        plan: Option<&RoutePlan>,
+    ) -> Result<Tensor> {
         let (n, h) = x.dims2()?;
         let (e, i, k) = (self.experts.num_experts, self.experts.intermediate, self.experts.k);
         let norm_topk_prob = self.router.norm_topk_prob;
@@ -223,14 +231,14 @@ impl SparseMoe {
                 let w = e * 2 * i + e;
                 // (the transposed product W·xᵀ was tried: 13.1 ms per forward against 4.7, H200)
                 let out = x.matmul(&ggu.t()?)?; // [N, E*2I + E]: gate/up of every expert, then the router
-                fused::route(&out, w, 1, e * 2 * i, n, e, packed, k, norm_topk_prob)?;
+                fused::route(&out, w, 1, e * 2 * i, n, e, packed, k, norm_topk_prob, plan)?;
                 let hid = fused::swiglu(&out, n, e, i, w, 0, 1)?; // [E, N, I]
                 let y = hid.matmul(&down.t()?)?; // [E, N, H]
                 fused::combine(&y, packed, None, n, e, h, k)
             }
             (ExpertWeights::Dense { gate_up, down }, _) => {
                 let logits = x.matmul(&self.router.gate.t()?)?; // [N, E]
-                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob)?;
+                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob, plan)?;
                 if dense {
                     let gu = x.matmul(&gate_up.reshape((e * 2 * i, h))?.t()?)?; // [N, E*2I]
                     let hid = fused::swiglu(&gu, n, e, i, e * 2 * i, 0, 1)?;
@@ -245,12 +253,12 @@ impl SparseMoe {
             }
             (ExpertWeights::QStacked { gate, up, down }, _) => {
                 let logits = x.matmul(&self.router.gate.t()?)?; // [N, E]
-                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob)?;
+                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob, plan)?;
                 self.experts.quantized_rows(x, packed, n, [gate, up, down], tuning)
             }
             (ExpertWeights::QPerExpert(_), _) => {
                 let logits = x.matmul(&self.router.gate.t()?)?; // [N, E]
-                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob)?;
+                fused::route(&logits, e, 1, 0, n, e, packed, k, norm_topk_prob, plan)?;
                 self.experts.forward(x, &RouterOut::from_packed(packed, n, e, k)?, tuning)
             }
         }

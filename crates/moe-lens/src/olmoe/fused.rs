@@ -11,6 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use half::bf16;
 
+use crate::intervene::RoutePlan;
 use crate::error::{Error, Result};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -169,7 +170,8 @@ pub(crate) fn rmsnorm(
 }
 
 /// Router: bf16 logits (element `(r, j)` at `r * stride + (off + j) * col`) → planar f32 routing
-/// written at `packed` (`[rows * (2e + 2k)]`: logits, probs, weights, ids as floats).
+/// written at `packed` (`[rows * (2e + 2k)]`: logits, probs, weights, ids as floats), changed by
+/// `plan` where interventions apply (the logits written stay the router's own).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn route(
     logits: &Tensor,
@@ -181,6 +183,7 @@ pub(crate) fn route(
     packed: &Tensor,
     k: usize,
     norm_topk: bool,
+    plan: Option<&RoutePlan>,
 ) -> Result<()> {
     let dev = cuda_dev(logits)?;
     if e > ROUTE_MAX_E || k == 0 || k > e.min(32) {
@@ -191,6 +194,28 @@ pub(crate) fn route(
     {
         return Err(err("route: sizes do not match"));
     }
+    // the interventions' edits, uploaded (small: [rows, e] and [rows, k])
+    let add = match plan {
+        Some(p) if p.any_add && p.add.len() == rows * e => Some(Tensor::from_slice(&p.add, rows * e, logits.device())?),
+        Some(p) if p.any_add => return Err(err("route: intervention plan of the wrong size")),
+        _ => None,
+    };
+    let forced = match plan {
+        Some(p) if p.any_force && p.forced.len() == rows * k => {
+            let ids: Vec<u32> = p.forced.iter().map(|&v| u32::try_from(v).unwrap_or(u32::MAX)).collect();
+            Some(Tensor::from_vec(ids, rows * k, logits.device())?)
+        }
+        Some(p) if p.any_force => return Err(err("route: intervention plan of the wrong size")),
+        _ => None,
+    };
+    let ap = match &add {
+        Some(t) => ptr(t, DType::F32)?,
+        None => 0u64,
+    };
+    let fp = match &forced {
+        Some(t) => ptr(t, DType::U32)?,
+        None => 0u64,
+    };
     let lp = ptr(logits, DType::BF16)? + (off * col * 2) as u64;
     let pp = ptr(packed, DType::F32)?;
     let func = dev.get_or_load_custom_func("ml_route_bf16", MODULE, PTX)?;
@@ -206,8 +231,12 @@ pub(crate) fn route(
     b.arg(&e_i);
     b.arg(&k_i);
     b.arg(&norm_i);
+    b.arg(&ap);
+    b.arg(&fp);
     let cfg = LaunchConfig { grid_dim: (rows.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: one warp per row reads e logits and writes its entries of the four sections.
+    // SAFETY: one warp per row reads e logits (and, when given, e entries of `add` and k of
+    // `forced`, both sized rows × e and rows × k above; forced ids are checked < e in the kernel)
+    // and writes its entries of the four sections of `packed`, whose size is checked above.
     unsafe { b.launch(cfg) }.w()?;
     Ok(())
 }

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::intervene::{Interventions, RoutePlan};
 use crate::spy::{LayerSelection, RouterEvent, RouterSpy, Step};
 
 mod cuda;
@@ -313,11 +314,42 @@ struct RouterOut {
 }
 
 impl Router {
-    /// `x` `[N, hidden]` → the routing of its `N` rows.
-    fn forward(&self, x: &Tensor) -> Result<RouterOut> {
+    /// `x` `[N, hidden]` → the routing of its `N` rows, changed by `plan` where an intervention
+    /// applies (see [`crate::intervene`]): `logits` stay the router's own.
+    fn forward(&self, x: &Tensor, plan: Option<&RoutePlan>) -> Result<RouterOut> {
         let logits = linear(x, &self.gate)?.to_dtype(DType::F32)?; // [N, E]
-        let probs = candle_nn::ops::softmax_last_dim(&logits)?; // [N, E]
-        let top_k = probs.arg_sort_last_dim(false)?.narrow(1, 0, self.k)?.contiguous()?; // [N, k]
+        let Some(plan) = plan else {
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?; // [N, E]
+            let top_k = probs.arg_sort_last_dim(false)?.narrow(1, 0, self.k)?.contiguous()?; // [N, k]
+            return self.mix(logits, probs, top_k);
+        };
+        let (n, e) = logits.dims2()?;
+        let (k, dev) = (self.k, logits.device());
+        let z = if plan.any_add { logits.add(&Tensor::from_slice(&plan.add, (n, e), dev)?)? } else { logits.clone() };
+        let probs = candle_nn::ops::softmax_last_dim(&z)?; // [N, E]: 0 for ablated experts
+        // ablated experts rank below every other, even one whose probability underflowed to 0
+        let key = if plan.any_add {
+            let block: Vec<f32> = plan.add.iter().map(|&a| if a == f32::NEG_INFINITY { a } else { 0.0 }).collect();
+            probs.add(&Tensor::from_vec(block, (n, e), dev)?)?
+        } else {
+            probs.clone()
+        };
+        let mut top_k = key.arg_sort_last_dim(false)?.narrow(1, 0, k)?.contiguous()?; // [N, k]
+        if plan.any_force {
+            // forced rows: their k experts (ascending ids), best first by probability (a stable sort)
+            let ids: Vec<u32> =
+                plan.forced.iter().enumerate().map(|(j, &v)| if v >= 0 { v as u32 } else { (j % k) as u32 }).collect();
+            let ids = Tensor::from_vec(ids, (n, k), dev)?; // [N, k]
+            let order = probs.gather(&ids, 1)?.arg_sort_last_dim(false)?; // [N, k]
+            let forced = ids.gather(&order, 1)?; // [N, k]
+            let rows: Vec<u8> = plan.forced.iter().enumerate().map(|(j, _)| u8::from(plan.forced[j - j % k] >= 0)).collect();
+            top_k = Tensor::from_vec(rows, (n, k), dev)?.where_cond(&forced, &top_k)?.contiguous()?;
+        }
+        self.mix(logits, probs, top_k)
+    }
+
+    /// The chosen experts' probabilities as mixing weights (renormalised when `norm_topk_prob`).
+    fn mix(&self, logits: Tensor, probs: Tensor, top_k: Tensor) -> Result<RouterOut> {
         let mut weights = probs.gather(&top_k, 1)?; // [N, k]
         if self.norm_topk_prob {
             weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
@@ -435,6 +467,7 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         tuning: &Tuning,
+        plan: Option<&RoutePlan>,
     ) -> Result<(Tensor, RouterOut)> {
         let (b, t, hidden) = x.dims3()?;
         let h = self.input_layernorm.forward(x)?;
@@ -443,7 +476,7 @@ impl DecoderLayer {
 
         let h = self.post_attention_layernorm.forward(&x)?;
         let flat = h.reshape((b * t, hidden))?; // [N, hidden]
-        let r = self.mlp.router.forward(&flat)?;
+        let r = self.mlp.router.forward(&flat, plan)?;
         let m = self.mlp.experts.forward(&flat, &r, tuning)?; // [N, hidden]
         let x = (x + m.reshape((b, t, hidden))?)?; // [B, T, hidden]
         Ok((x, r))
@@ -512,10 +545,26 @@ impl Olmoe {
     pub fn forward(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        lengths: Option<&[usize]>,
+        step: Step,
+        spy: Option<&mut dyn RouterSpy>,
+    ) -> Result<Tensor> {
+        self.forward_edited(input_ids, cache, lengths, step, spy, &[])
+    }
+
+    /// [`Olmoe::forward`] with interventions at the routers (see [`crate::intervene`]): `edits` is
+    /// empty (none), one set for every sequence of the batch, or one set per sequence (`B` of them).
+    /// With a KV cache, positions continue the cached ones, so an intervention over a token range
+    /// holds at every decode step that reaches it.
+    pub fn forward_edited(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         lengths: Option<&[usize]>,
         step: Step,
         mut spy: Option<&mut dyn RouterSpy>,
+        edits: &[Interventions],
     ) -> Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         if t == 0 || b == 0 {
@@ -542,10 +591,22 @@ impl Olmoe {
         }
         let selection = spy.as_ref().map(|s| s.layers()).unwrap_or(LayerSelection::Only(vec![]));
         selection.check(self.layers.len())?;
+        let (e, k) = (self.cfg.num_experts, self.cfg.num_experts_per_tok);
+        if edits.len() > 1 && edits.len() != b {
+            return Err(Error::invalid(
+                "interventions",
+                format!("{} sets for a batch of {b}: give one set for all sequences or one per sequence", edits.len()),
+            ));
+        }
+        for set in edits {
+            set.check(self.layers.len(), e, k)?;
+        }
+        let plans: Vec<Option<RoutePlan>> =
+            (0..self.layers.len()).map(|l| Interventions::plan(edits, l, b, t, offset, e, k)).collect();
 
         #[cfg(any(feature = "cuda", moe_lens_cuda))]
         if self.can_fuse && cache.is_none() && self.tuning.fused {
-            return self.forward_fused(input_ids, b, t, lengths, step, spy, &selection);
+            return self.forward_fused(input_ids, b, t, lengths, step, spy, &selection, &plans);
         }
         let mask = self.mask(b, t, offset, lengths)?; // [B, 1, T, S]
         let mut x =
@@ -557,7 +618,8 @@ impl Olmoe {
         let mut routed_layers: Vec<usize> = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_mut().and_then(|c| c.layers.get_mut(l));
-            let (y, r) = layer.forward(&x, &self.rope, offset, mask.as_ref(), slot, &self.tuning)?;
+            let plan = plans.get(l).and_then(Option::as_ref);
+            let (y, r) = layer.forward(&x, &self.rope, offset, mask.as_ref(), slot, &self.tuning, plan)?;
             x = y;
             if let Some(s) = spy.as_mut() {
                 if selection.contains(l) && !on_host {
@@ -606,6 +668,17 @@ impl Olmoe {
         };
         let last = hidden.narrow(1, last_pos, 1)?.squeeze(1)?; // [B, hidden]
         Ok(linear(&last, &self.lm_head)?.to_dtype(DType::F32)?) // [B, vocab]
+    }
+
+    /// Next-token logits (float32) `[B, len, vocab]` from final hidden states `[B, T, hidden]`, for
+    /// positions `start..start + len`.
+    pub fn logits_at(&self, hidden: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        if len == 0 || start + len > t {
+            return Err(Error::invalid("positions", format!("{start}..{} of {t} positions", start + len)));
+        }
+        let h = hidden.narrow(1, start, len)?; // [B, len, hidden]
+        Ok(linear(&h, &self.lm_head)?.to_dtype(DType::F32)?) // [B, len, vocab]
     }
 
     /// Additive float32 mask `[B, 1, T, S]`: causal, plus padded keys when `lengths` is given.
