@@ -18,6 +18,11 @@ labels; the top-k table; the error example showing the library's message.
 shown); the expert table (12 rows); the language heatmap (3 x 64 cells), the 16-panel overview,
 top experts (3 x 10 bars), effective experts (3 x 16 points) and the comparison (16 differences);
 the answer over 16 layers naming the model; the error example and the cell after it.
+03_Interventions.ipynb in addition: the knock-out prints in the command line's syntax (ablations
+in layers 0-3), both effects print the continuation's log-probability, KL, top 5 and greedy
+continuations, the change of both; the routing-changes figure (tokens x 16 layers, tooltips), the
+heatmap under the intervention with the ablated experts at probability 0 (no outlined cell in
+their columns), the sweep over >= 1 pair with its noise floor, its bars; the error example.
 Prints one line per failed check and ends with `notebooks: N passed, M failed`.
 """
 
@@ -32,6 +37,7 @@ HANGUL = re.compile("[\uac00-\ud7a3]")
 KANA = re.compile("[\u3040-\u30ff]")
 MAIN = "01_Router_Analysis.ipynb"
 STUDY = "02_Language_Experts.ipynb"
+INTERVENE = "03_Interventions.ipynb"
 HOOKS = ("16 router hooks (model.layers.0.mlp.gate … model.layers.15.mlp.gate) · 64 experts · top-8 · "
          "top-k weights not renormalised")
 
@@ -277,6 +283,43 @@ def check_study(ch, name, nb):
         ch.check(name, "the answer names the model", "Model: " in out)
     check_error_example(ch, name, cells, ("\"zh\"", "it has: en, ja, ko"))
 
+def check_intervene(ch, name, nb):
+    """03_Interventions.ipynb: knock-out, effects, changed routing, the sweep, the error example."""
+    cells = nb.get("cells", [])
+    _, c = find_cell(cells, r"ablate_most_used\(0\.\.4, 4\)")
+    out = cell_text(c or {})
+    m = re.findall(r"ablate (\d+):([\d,]+)", out)
+    ch.check(name, "the knock-out prints in the CLI syntax, layers 0-3", [int(l) for l, _ in m] == [0, 1, 2, 3], out[:200])
+    knocked = {int(l): [int(e) for e in es.split(",")] for l, es in m}
+    for pat, what in ((r'lens\.effect\("저는', "Korean"), (r'lens\.effect\("I like', "English")):
+        _, c = find_cell(cells, pat)
+        out = cell_text(c or {})
+        ch.check(name, f"the {what} effect shows log-probabilities, KL, top 5 and generations",
+                 all(f in out for f in ("log-probability of", "KL(before ‖ after)", "top 5 before", "greedy continuation after")), out[:300])
+    _, c = find_cell(cells, r"on_korean\.delta\(\), on_english\.delta\(\)")
+    ch.check(name, "the two changes are printed", re.search(r"Korean [+-]\d+\.\d\d nats, English [+-]\d+\.\d\d nats", cell_text(c or {})) is not None)
+    _, c = find_cell(cells, r"routing_changes\(\)")
+    if ch.check(name, "the routing-changes cell exists", c is not None):
+        live = check_picture(ch, name, "routing changes", c)
+        cols = {m.group(1) for m in re.finditer(r'data-layer="(\d+)"', live)}
+        ch.check(name, "routing changes: a column per layer (16)", len(cols) == 16, str(len(cols)))
+    _, c = find_cell(cells, r"lens\.intervene\(&knock_out\)\.trace")
+    if ch.check(name, "the trace under the intervention exists", c is not None):
+        live = check_picture(ch, name, "heatmap under the intervention", c)
+        nl = r"(?:\n|&#10;|&#xA;)"
+        chosen = [int(m.group(1)) for m in re.finditer(rf"expert (\d+){nl}probability [^<]*?{nl}logit [^<]*?{nl}chosen", live)]
+        ch.check(name, "no token chooses an ablated expert of layer 0", chosen and not set(chosen) & set(knocked.get(0, [])),
+                 f"{len(chosen)} choices, ablated {knocked.get(0)}")
+    _, c = find_cell(cells, r"lens\.sweep\(")
+    out = cell_text(c or {})
+    ch.check(name, "the sweep ranks pairs and states its noise floor",
+             re.search(r"importance sweep of [1-9]\d* \(layer, expert\) pairs", out) is not None and "noise floor" in out, out[:300])
+    _, c = find_cell(cells, r"sweep\.bars\(15\)")
+    if ch.check(name, "the sweep bars cell exists", c is not None):
+        check_picture(ch, name, "sweep bars", c)
+    check_error_example(ch, name, cells, ("expert 64", "experts 0 to 63"))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -286,6 +329,7 @@ def main():
     ch.check(str(out), "executed notebooks present", bool(nbs))
     ch.check(str(out), f"{MAIN} present", (out / MAIN).exists())
     ch.check(str(out), f"{STUDY} present", (out / STUDY).exists())
+    ch.check(str(out), f"{INTERVENE} present", (out / INTERVENE).exists())
     dep_lines = {}
     for p in nbs:
         try:
@@ -298,6 +342,8 @@ def main():
             check_main(ch, p.name, nb)
         elif p.name == STUDY:
             check_study(ch, p.name, nb)
+        elif p.name == INTERVENE:
+            check_intervene(ch, p.name, nb)
     ch.check(str(out), "one identical :dep line in every notebook", len(set(dep_lines.values())) == 1, str(dep_lines))
     print(f"notebooks: {ch.passed} passed, {ch.failed} failed")
     return 1 if ch.failed else 0

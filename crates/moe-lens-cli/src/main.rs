@@ -2,6 +2,7 @@
 
 mod bench;
 mod scan;
+mod sweep;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -77,6 +78,8 @@ enum Cmd {
         /// table (one layer, readable) or json (every layer, the export schema).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        #[command(flatten)]
+        edits: sweep::InterventionArgs,
     },
     /// Run a corpus through the model in batches and count, per layer and language, how often each
     /// expert is chosen; resumable (run it again to continue) and shardable (--shard i/n).
@@ -86,6 +89,9 @@ enum Cmd {
     /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
     /// model directory and token-id sentences (see bench/run_gpu.sh).
     Bench(bench::BenchArgs),
+    /// Ablate each expert one text routes to, one at a time, and rank them by the change in a
+    /// continuation's log-probability (JSON and CSV in --out).
+    Sweep(sweep::SweepArgs),
 }
 
 fn main() -> ExitCode {
@@ -125,19 +131,22 @@ fn message(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Trace { model, text, layer, format } => {
+        Cmd::Trace { model, text, layer, format, edits } => {
             let lens = model.load()?;
             let layers = lens.config().num_hidden_layers;
             let layer = match layer {
                 Some(l) => LayerRef::Name(l).index(layers)?,
                 None => layers.saturating_sub(1),
             };
-            let trace = lens.trace(&text)?;
+            let trace = lens.intervene(&edits.interventions()?).trace(&text)?;
             let mut out = std::io::stdout().lock();
             match format {
                 Format::Json => writeln!(out, "{}", trace.to_json()?)?,
                 Format::Table => {
                     writeln!(out, "{} · {} · {} tokens", lens.name(), lens.hooks(), trace.tokens.len())?;
+                    if !trace.interventions.is_empty() {
+                        writeln!(out, "interventions: {}", trace.interventions)?;
+                    }
                     write!(out, "{}", trace.top_k_table(layer)?)?;
                 }
             }
@@ -145,6 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Scan(args) => scan::run_scan(args)?,
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
+        Cmd::Sweep(args) => sweep::run_sweep(args)?,
     }
     Ok(())
 }

@@ -81,7 +81,8 @@ pub struct Effect {
     /// The 5 most likely next tokens after the prompt.
     pub top_before: Vec<NextToken>,
     pub top_after: Vec<NextToken>,
-    /// The prompt's greedy continuation ([`EFFECT_GENERATE`] tokens at most).
+    /// The prompt's greedy continuation ([`EFFECT_GENERATE`] tokens at most); `▯` marks bytes that
+    /// do not form a character (a model under ablation may write broken UTF-8).
     pub generated_before: String,
     pub generated_after: String,
 }
@@ -116,17 +117,18 @@ impl fmt::Display for Effect {
         if !self.continuation.is_empty() {
             writeln!(
                 f,
-                "log-probability of {:?} after {:?}: before {:.3}, after {:.3} (change {:+.3}, probability ×{:.3})",
+                "log-probability of {:?} after {:?}: before {:.3}, after {:.3} (change {:+.3}: {} as likely)",
                 self.continuation,
                 self.prompt,
                 self.logprob_before,
                 self.logprob_after,
                 self.delta(),
-                self.delta().exp()
+                ratio(self.delta().exp())
             )?;
         }
         writeln!(f, "next token after the prompt: KL(before ‖ after) = {:.4} nats", self.kl)?;
-        let row = |v: &[NextToken]| v.iter().map(|t| format!("{} {:.3}", t.label, t.prob)).collect::<Vec<_>>().join(" · ");
+        let row =
+            |v: &[NextToken]| v.iter().map(|t| format!("{} {:.3}", t.label, t.prob)).collect::<Vec<_>>().join(" · ");
         writeln!(f, "  top 5 before: {}", row(&self.top_before))?;
         writeln!(f, "  top 5 after:  {}", row(&self.top_after))?;
         writeln!(f, "greedy continuation before: {:?}", self.generated_before)?;
@@ -144,6 +146,17 @@ impl fmt::Display for Effect {
         } else {
             write!(f, "routing changed (layer: tokens with another top-k): {}", per_layer.join(", "))
         }
+    }
+}
+
+/// A probability ratio as a student reads it: `×0.37`, `×4.6e-10`, `×1,200`.
+fn ratio(r: f64) -> String {
+    if !r.is_finite() {
+        format!("×{r}")
+    } else if r != 0.0 && !(1e-3..1e4).contains(&r) {
+        format!("×{r:.1e}")
+    } else {
+        format!("×{r:.3}")
     }
 }
 
@@ -204,7 +217,7 @@ impl Sweep {
         let lp = base.first().copied().ok_or_else(|| Error::Spy("no score for the reference".into()))?;
         let spread = (lp - self.base_logprob).abs();
         self.noise = format!(
-            "{}; against {} ({:?}): |{:.6} − {:.6}| = {spread:.3e}",
+            "{}; against {} in {:?}: |{:.6} − {:.6}| = {spread:.3e}",
             self.noise,
             reference.name(),
             reference.model().dtype(),
@@ -327,7 +340,8 @@ fn scored_trace(lens: &Lens, full: &str, p: usize, edits: &Interventions) -> Res
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.squeeze(0)?.to_device(&Device::Cpu)?; // [m, vocab]
     let rows: Vec<Vec<f32>> = logp.to_vec2()?;
     let next = rows.first().cloned().unwrap_or_default();
-    let lp: f64 = ids[p..].iter().zip(&rows).map(|(&id, r)| r.get(id as usize).copied().unwrap_or(f32::NAN) as f64).sum();
+    let lp: f64 =
+        ids[p..].iter().zip(&rows).map(|(&id, r)| r.get(id as usize).copied().unwrap_or(f32::NAN) as f64).sum();
     let n = tokens.len();
     let mut trace = Trace::assemble(lens.name(), full, tokens, n, cache, lens.config().num_hidden_layers)?;
     trace.interventions = edits.clone();
@@ -340,7 +354,41 @@ fn top5(lens: &Lens, logp: &[f32]) -> Result<Vec<NextToken>> {
     idx.truncate(5);
     let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
     let labels = lens.tokenizer().labels(&ids)?;
-    Ok(ids.iter().zip(labels).map(|(&id, label)| NextToken { id, label, prob: (logp[id as usize] as f64).exp() }).collect())
+    Ok(ids
+        .iter()
+        .zip(labels)
+        .map(|(&id, label)| NextToken { id, label, prob: (logp[id as usize] as f64).exp() })
+        .collect())
+}
+
+impl Trace {
+    /// The `n` experts of `layer` chosen by most of this trace's tokens (most first; ties: the lower
+    /// expert first).
+    pub fn most_used_experts(&self, layer: usize, n: usize) -> Result<Vec<usize>> {
+        let lt = self.layer(layer)?;
+        let mut count = vec![0usize; lt.experts()];
+        for row in &lt.top_k {
+            for &e in row {
+                if let Some(c) = count.get_mut(e as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..count.len()).filter(|&e| count[e] > 0).collect();
+        order.sort_by(|&a, &b| count[b].cmp(&count[a]).then(a.cmp(&b)));
+        order.truncate(n);
+        Ok(order)
+    }
+
+    /// Interventions that ablate, in each of `layers`, the `n` experts this trace's tokens chose
+    /// most: "switch off the experts this text uses".
+    pub fn ablate_most_used(&self, layers: impl IntoIterator<Item = usize>, n: usize) -> Result<Interventions> {
+        let mut iv = Interventions::new();
+        for l in layers {
+            iv = iv.ablate(l, self.most_used_experts(l, n)?);
+        }
+        Ok(iv)
+    }
 }
 
 impl Lens {
@@ -374,7 +422,12 @@ impl Lens {
         let opts = GenerateOptions { max_new_tokens: EFFECT_GENERATE, stop_at_eos: true };
         let gen_b = self.generate_edited(prompt, &opts, &Interventions::new())?;
         let gen_a = self.generate_edited(prompt, &opts, interventions)?;
-        let tail = |t: &Trace| self.tokenizer().decode(&t.generated().iter().map(|t| t.id).collect::<Vec<_>>());
+        // the generated text; bytes that can never form a character (an ablated model may write
+        // them) shown as ▯ rather than U+FFFD
+        let tail = |t: &Trace| -> Result<String> {
+            let text = t.text.strip_prefix(prompt).unwrap_or(&t.text);
+            Ok(text.replace('\u{FFFD}', "▯"))
+        };
         Ok(Effect {
             interventions: interventions.clone(),
             prompt: prompt.into(),
@@ -412,9 +465,12 @@ impl Lens {
         let (full, p) = split_point(self, text, continuation)?;
         let tokens = self.tokenize(&full)?.len();
         let c = self.config();
-        let (layers, experts, k) = (c.num_hidden_layers, c.num_experts, c.num_experts_per_tok);
+        let (experts, k) = (c.num_experts, c.num_experts_per_tok);
         if experts <= k {
-            return Err(Error::invalid("sweep", format!("the model chooses {k} of {experts} experts: nothing to ablate")));
+            return Err(Error::invalid(
+                "sweep",
+                format!("the model chooses {k} of {experts} experts: nothing to ablate"),
+            ));
         }
         // the unmodified run: which experts the text routes to, and the baseline
         let base = self.trace(&full)?;
@@ -448,8 +504,9 @@ impl Lens {
         for r in &mut rows {
             r.below_noise = r.delta.abs() <= noise;
         }
-        rows.sort_by(|a, b| b.delta.abs().total_cmp(&a.delta.abs()).then((a.layer, a.expert).cmp(&(b.layer, b.expert))));
-        let _ = layers;
+        rows.sort_by(|a, b| {
+            b.delta.abs().total_cmp(&a.delta.abs()).then((a.layer, a.expert).cmp(&(b.layer, b.expert)))
+        });
         Ok(Sweep {
             model: self.name().into(),
             text: text.into(),
@@ -457,7 +514,7 @@ impl Lens {
             base_logprob: base_lp,
             noise_floor: noise,
             noise: format!(
-                "the unmodified text in every batch of {per_batch} against it alone ({:?} on {})",
+                "{:?} on {}: the unmodified text in each batch of {per_batch} against it alone",
                 self.model().dtype(),
                 if self.model().device().is_cpu() { "the CPU" } else { "the GPU" }
             ),

@@ -63,9 +63,9 @@ impl Intervention {
     /// The router layer it changes.
     pub fn layer(&self) -> usize {
         match self {
-            Intervention::Ablate { layer, .. } | Intervention::Force { layer, .. } | Intervention::Bias { layer, .. } => {
-                *layer
-            }
+            Intervention::Ablate { layer, .. }
+            | Intervention::Force { layer, .. }
+            | Intervention::Bias { layer, .. } => *layer,
         }
     }
 
@@ -118,7 +118,9 @@ impl Intervention {
                 let delta = d.parse::<f32>().map_err(|_| bad(format!("{d:?} is not a number")))?;
                 Ok(Intervention::Bias { layer: layer(l)?, expert: expert(e)?, delta, at })
             }
-            ("ablate" | "force", _) => Err(bad("write LAYER:EXPERTS[@START..END], e.g. 14:27,35 or 14:27,35@0..5".into())),
+            ("ablate" | "force", _) => {
+                Err(bad("write LAYER:EXPERTS[@START..END], e.g. 14:27,35 or 14:27,35@0..5".into()))
+            }
             ("bias", _) => Err(bad("write LAYER:EXPERT:DELTA[@START..END], e.g. 7:27:2.0".into())),
             _ => Err(bad("the kinds are ablate, force and bias".into())),
         }
@@ -262,11 +264,15 @@ impl Interventions {
         // ablations must leave at least k experts at every position
         for (n, a) in self.items.iter().enumerate() {
             for b in &self.items[n + 1..] {
-                let both_force_or_one = matches!(a, Intervention::Force { .. }) || matches!(b, Intervention::Force { .. });
+                let both_force_or_one =
+                    matches!(a, Intervention::Force { .. }) || matches!(b, Intervention::Force { .. });
                 if a.layer() == b.layer() && both_force_or_one && overlap(a.positions(), b.positions()) {
                     return Err(bad(
                         b,
-                        format!("{a} already fixes layer {}'s choice at these tokens; give them separate ranges", a.layer()),
+                        format!(
+                            "{a} already fixes layer {}'s choice at these tokens; give them separate ranges",
+                            a.layer()
+                        ),
                     ));
                 }
             }
@@ -314,10 +320,17 @@ impl Interventions {
             return None;
         }
         let n = b * t;
-        let mut plan = RoutePlan { add: vec![0.0; n * experts], forced: vec![-1; n * k], any_add: false, any_force: false };
+        let mut plan =
+            RoutePlan { add: vec![0.0; n * experts], forced: vec![-1; n * k], any_add: false, any_force: false };
         for bi in 0..b {
             // one set for the whole batch, or one per sequence
-            let set = if sets.len() == 1 { &sets[0] } else if let Some(s) = sets.get(bi) { s } else { continue };
+            let set = if sets.len() == 1 {
+                &sets[0]
+            } else if let Some(s) = sets.get(bi) {
+                s
+            } else {
+                continue;
+            };
             for ti in 0..t {
                 let row = bi * t + ti;
                 for i in set.items.iter().filter(|i| i.layer() == layer && i.applies_to(offset + ti)) {
@@ -436,7 +449,9 @@ mod tests {
         check(Interventions::new().bias(3, 1, f32::INFINITY), "finite");
         assert!(Interventions::new().ablate(3, 0..56).check(16, 64, 8).is_ok());
         assert!(Interventions::new().force(3, 0..8).at(0..2).ablate(3, [9]).at(2..4).check(16, 64, 8).is_ok());
-        for (kind, spec) in [("ablate", "14"), ("ablate", "x:1"), ("bias", "1:2"), ("bias", "1:2:x"), ("force", "1:2@3")] {
+        for (kind, spec) in
+            [("ablate", "14"), ("ablate", "x:1"), ("bias", "1:2"), ("bias", "1:2:x"), ("force", "1:2@3")]
+        {
             assert!(Intervention::parse(kind, spec).is_err(), "{kind} {spec}");
         }
     }

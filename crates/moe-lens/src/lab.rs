@@ -18,11 +18,11 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::intervene::Interventions;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf;
 use crate::hub::{self, ModelFiles, ModelSource};
+use crate::intervene::Interventions;
 use crate::memory;
 use crate::olmoe::{Olmoe, Tuning};
 use crate::quant::{self, Quant, QuantChoice, QuantReport};

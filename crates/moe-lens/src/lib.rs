@@ -28,6 +28,7 @@ pub mod prelude {
     pub use crate::config::Config;
     pub use crate::corpus::{self, Sentence};
     pub use crate::error::{Error, Result};
+    pub use crate::intervene::Interventions;
     pub use crate::lab::{load, load_with_quant, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
     pub use crate::plot::{
         DisplayResult, Figure, Figures, Heatmap, Measure, StudyPlots, TopKTable, TracePlots, Values,

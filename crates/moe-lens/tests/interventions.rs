@@ -18,9 +18,9 @@ fn root() -> PathBuf {
 }
 
 fn reference(name: &str) -> Value {
-    let path = root().join(format!("tests/fixtures/{name}.interventions.json"));
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let path = root().join(format!("tests/fixtures/{name}.interventions.json.gz"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn lens(name: &str) -> Lens {
@@ -30,11 +30,19 @@ fn lens(name: &str) -> Lens {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(f64::NAN) as f32)
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_u64().unwrap_or(u64::MAX) as u32).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap_or(u64::MAX) as u32)
+        .collect()
 }
 
 fn check_model(name: &str) {
@@ -73,7 +81,9 @@ fn check_model(name: &str) {
                 }
             }
             // next-token logits at the last position, for the probed ids
-            let input = Tensor::new(ids(&s["ids"]).as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).unwrap_or_else(|e| panic!("{e}"));
+            let input = Tensor::new(ids(&s["ids"]).as_slice(), &Device::Cpu)
+                .and_then(|t| t.unsqueeze(0))
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut cache = RoutingCache::new();
             let hidden = lens
                 .model()
@@ -85,7 +95,11 @@ fn check_model(name: &str) {
                 .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
                 .unwrap_or_else(|e| panic!("{e}"));
             for (&i, want) in probe.iter().zip(floats(&s["next_logits"])) {
-                assert!((logits[i] - want).abs() <= 1e-4, "{name} [{spec}] next-token logit {i}: {} vs {want}", logits[i]);
+                assert!(
+                    (logits[i] - want).abs() <= 1e-4,
+                    "{name} [{spec}] next-token logit {i}: {} vs {want}",
+                    logits[i]
+                );
             }
         }
         assert!(changed > 0, "{name} [{spec}] changed no routing: the case tests nothing");
@@ -95,7 +109,11 @@ fn check_model(name: &str) {
             .intervene(&iv)
             .generate(g["prompt"].as_str().unwrap_or_default(), 6)
             .unwrap_or_else(|e| panic!("{spec}: {e}"));
-        assert_eq!(run.generated().iter().map(|t| t.id).collect::<Vec<_>>(), ids(&g["ids"]), "{name} [{spec}] generation");
+        assert_eq!(
+            run.generated().iter().map(|t| t.id).collect::<Vec<_>>(),
+            ids(&g["ids"]),
+            "{name} [{spec}] generation"
+        );
         assert_eq!(run.interventions, iv);
     }
 }
@@ -118,7 +136,11 @@ fn batched_sequences_carry_their_own_interventions() {
     let text = "Students watch how a mixture-of-experts model routes every single token.";
     let tokens = lens.tokenize(text).unwrap_or_else(|e| panic!("{e}"));
     let row: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-    let sets = vec![Interventions::new(), Interventions::new().ablate(3, [0, 1, 2]), Interventions::new().force(9, 8..16).at(2..5)];
+    let sets = vec![
+        Interventions::new(),
+        Interventions::new().ablate(3, [0, 1, 2]),
+        Interventions::new().force(9, 8..16).at(2..5),
+    ];
     let input = Tensor::new(row.as_slice(), &Device::Cpu)
         .and_then(|t| t.unsqueeze(0)?.repeat((sets.len(), 1)))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -130,7 +152,9 @@ fn batched_sequences_carry_their_own_interventions() {
             batched[e.layer] = rows;
             Ok(())
         });
-        lens.model().forward_edited(&input, None, None, Step::Prefill, Some(&mut spy), &sets).unwrap_or_else(|e| panic!("{e}"));
+        lens.model()
+            .forward_edited(&input, None, None, Step::Prefill, Some(&mut spy), &sets)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     for (b, set) in sets.iter().enumerate() {
         let one = lens.intervene(set).trace(text).unwrap_or_else(|e| panic!("{e}"));
@@ -159,4 +183,50 @@ fn bad_interventions_are_errors_naming_the_problem() {
         let msg = lens.effect("Hello", " there", &iv).map(|_| String::new()).unwrap_or_else(|e| e.to_string());
         assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
     }
+}
+
+#[test]
+fn the_batched_sweep_equals_one_ablation_at_a_time() {
+    // each row of the sweep (many ablations per batched pass) against the effect of that ablation
+    // alone (its own teacher-forced pass); and the effect of no intervention is nothing at all
+    let lens = lens("olmoe-narrow");
+    let (text, cont) = ("Hello, how are", " you?");
+    let sweep = lens
+        .sweep_with(text, cont, &moe_lens::effects::SweepOptions { max_batch_tokens: 64 })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(sweep.passes > 2, "small batches: several passes");
+    let base = lens.trace(&format!("{text}{cont}")).unwrap_or_else(|e| panic!("{e}"));
+    let routed: usize =
+        base.layers.iter().map(|l| l.top_k.iter().flatten().collect::<std::collections::BTreeSet<_>>().len()).sum();
+    assert_eq!(sweep.rows.len(), routed, "one row per (layer, expert) the text routes to");
+    for w in sweep.rows.windows(2) {
+        assert!(w[0].delta.abs() >= w[1].delta.abs(), "ranked by |delta|");
+    }
+    for r in sweep.rows.iter().step_by(97).take(6) {
+        let e = lens
+            .effect(text, cont, &Interventions::new().ablate(r.layer, [r.expert]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!((e.logprob_before - sweep.base_logprob).abs() < 1e-5, "{} vs {}", e.logprob_before, sweep.base_logprob);
+        assert!(
+            (e.delta() - r.delta).abs() < 1e-4,
+            "layer {} expert {}: {} vs {}",
+            r.layer,
+            r.expert,
+            e.delta(),
+            r.delta
+        );
+        assert!(e.kl >= -1e-9);
+    }
+    let none = lens.effect(text, cont, &Interventions::new()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(none.delta(), 0.0);
+    assert!(none.kl.abs() < 1e-9 && none.changed().iter().flatten().all(|&c| c == 0));
+    assert_eq!(none.generated_before, none.generated_after);
+    // a continuation that merges with the prompt's last token is refused with advice
+    let msg = lens
+        .effect("Hello, how are yo", "u?", &Interventions::new())
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.to_string());
+    assert!(msg.contains("word boundary") || msg.is_empty(), "{msg}");
+    let csv = sweep.to_csv();
+    assert_eq!(csv.lines().count(), sweep.rows.len() + 1);
 }

@@ -18,14 +18,14 @@ use candle_core::{DType, Tensor};
 
 #[cfg(any(feature = "cuda", moe_lens_cuda))]
 use super::fused;
-#[cfg(any(feature = "cuda", moe_lens_cuda))]
-use crate::intervene::RoutePlan;
 use super::{Experts, RouterOut};
 #[cfg(any(feature = "cuda", moe_lens_cuda))]
 use super::{SparseMoe, Tuning};
 #[cfg(not(any(feature = "cuda", moe_lens_cuda)))]
 use crate::error::Error;
 use crate::error::Result;
+#[cfg(any(feature = "cuda", moe_lens_cuda))]
+use crate::intervene::RoutePlan;
 
 /// The experts of one layer, in one of three storage forms.
 #[derive(Clone)]

@@ -11,8 +11,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CudaDevice, CudaStorage, DType, Device, Storage, Tensor};
 use half::bf16;
 
-use crate::intervene::RoutePlan;
 use crate::error::{Error, Result};
+use crate::intervene::RoutePlan;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 const MODULE: &str = "moe_lens_fused";

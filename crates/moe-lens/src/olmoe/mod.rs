@@ -327,7 +327,7 @@ impl Router {
         let (k, dev) = (self.k, logits.device());
         let z = if plan.any_add { logits.add(&Tensor::from_slice(&plan.add, (n, e), dev)?)? } else { logits.clone() };
         let probs = candle_nn::ops::softmax_last_dim(&z)?; // [N, E]: 0 for ablated experts
-        // ablated experts rank below every other, even one whose probability underflowed to 0
+                                                           // ablated experts rank below every other, even one whose probability underflowed to 0
         let key = if plan.any_add {
             let block: Vec<f32> = plan.add.iter().map(|&a| if a == f32::NEG_INFINITY { a } else { 0.0 }).collect();
             probs.add(&Tensor::from_vec(block, (n, e), dev)?)?
@@ -342,7 +342,8 @@ impl Router {
             let ids = Tensor::from_vec(ids, (n, k), dev)?; // [N, k]
             let order = probs.gather(&ids, 1)?.arg_sort_last_dim(false)?; // [N, k]
             let forced = ids.gather(&order, 1)?; // [N, k]
-            let rows: Vec<u8> = plan.forced.iter().enumerate().map(|(j, _)| u8::from(plan.forced[j - j % k] >= 0)).collect();
+            let rows: Vec<u8> =
+                plan.forced.iter().enumerate().map(|(j, _)| u8::from(plan.forced[j - j % k] >= 0)).collect();
             top_k = Tensor::from_vec(rows, (n, k), dev)?.where_cond(&forced, &top_k)?.contiguous()?;
         }
         self.mix(logits, probs, top_k)

@@ -35,7 +35,8 @@ mod table;
 pub(crate) mod util;
 
 pub use charts::{
-    EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, StudyPlots, TopExpert, TopExperts,
+    EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, RoutingChanges, StudyPlots, SweepBars,
+    TopExpert, TopExperts,
 };
 pub use display::{evcxr_output, DisplayResult, Figure, Figures, Layout};
 pub use heatmap::{Heatmap, Values, MAX_ROWS};

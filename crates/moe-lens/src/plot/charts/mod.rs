@@ -30,6 +30,7 @@
 
 mod effective;
 mod expert_table;
+mod interventions;
 mod language_heatmap;
 mod layers_overview;
 mod style;
@@ -50,6 +51,7 @@ use style::{font, font_bold, Area, DrawResult, GREY, HOVER_STYLE, INK, MARGIN};
 pub use crate::study::shares::{Measure, TopExpert};
 pub use effective::EffectiveExpertsPlot;
 pub use expert_table::ExpertTable;
+pub use interventions::{RoutingChanges, SweepBars};
 pub use language_heatmap::LanguageHeatmap;
 pub use layers_overview::LayersOverview;
 pub use top_experts::TopExperts;
