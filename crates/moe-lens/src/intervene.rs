@@ -102,7 +102,7 @@ impl Intervention {
     pub fn parse(kind: &str, spec: &str) -> Result<Intervention> {
         let bad = |msg: String| Error::invalid("intervention", format!("{kind} {spec:?}: {msg}"));
         let (body, at) = match spec.split_once('@') {
-            Some((b, r)) => (b, Some(parse_range(r).map_err(|m| bad(m))?)),
+            Some((b, r)) => (b, Some(parse_range(r).map_err(&bad)?)),
             None => (spec, None),
         };
         let parts: Vec<&str> = body.split(':').map(str::trim).collect();

@@ -459,7 +459,10 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// `x` `[B, T, hidden]` → `[B, T, hidden]`, with the routing of its `B*T` rows (row `b * T + t`).
+    /// `x` `[B, T, hidden]` → `[B, T, hidden]`, with the routing of its `B*T` rows (row `b * T + t`),
+    /// changed by `plan` where interventions apply.
+    // the inputs of transformers' decoder layer (positions, mask, cache) plus ours (tuning, plan)
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
