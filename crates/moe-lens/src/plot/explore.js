@@ -67,7 +67,9 @@ css.textContent = ".moe-lens-explore{font:13px 'Noto Sans CJK KR','Noto Sans CJK
   ".moe-lens-explore .mlx-key span{margin-right:10px;font-weight:bold}" +
   ".moe-lens-explore .mlx-barchart{display:flex;align-items:flex-end;gap:2px;height:60px}" +
   ".moe-lens-explore .mlx-barchart div{background:#31688E;width:16px;cursor:pointer}" +
-  ".moe-lens-explore .mlx-barchart div.cur{background:#FF2D55}";
+  ".moe-lens-explore .mlx-barchart div.cur{background:#FF2D55}" +
+  ".moe-lens-explore .mlx-barlabels{display:flex;gap:2px;font-size:9px;color:#555}" +
+  ".moe-lens-explore .mlx-barlabels span{width:16px;text-align:center}";
 root.appendChild(css);
 var head = el("div", "mlx-title", P.title || (runs.map(function (r) { return r.r.model + " · \u201c" + r.r.text + "\u201d"; }).join("  vs  ")));
 head.style.fontWeight = "bold"; head.style.fontSize = "15px";
@@ -256,6 +258,12 @@ function detail(V) {
     chart.appendChild(b);
   });
   box.appendChild(chart);
+  box.appendChild(barLabels(R));
+}
+function barLabels(R) { // layer numbers under a bar chart (one bar per layer)
+  var row = el("div", "mlx-barlabels");
+  R.r.layers.forEach(function (name) { row.appendChild(el("span", null, name.replace(/^model\.layers\.(\d+)\.mlp\.gate$/, "$1"))); });
+  return row;
 }
 
 function applySearch() {
@@ -287,6 +295,7 @@ function render() {
     var ch = el("div", "mlx-barchart");
     ov.forEach(function (o, i) { var b = el("div"); b.style.height = Math.max(1, Math.round(56 * o)) + "px"; b.title = runs[0].r.layers[i] + ": overlap " + fmt(o, 2); if (i === l) b.className = "cur"; b.addEventListener("click", function () { setLayer(i); }); ch.appendChild(b); });
     overlapBox.appendChild(ch);
+    overlapBox.appendChild(barLabels(runs[0]));
   }
 }
 function setLayer(l) { state.layer = Math.min(Math.max(l, 0), L - 1); render(); }
