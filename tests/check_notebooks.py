@@ -13,7 +13,12 @@ carrying the interactive SVG, which JupyterLab runs for trusted outputs.
 01_Router_Analysis.ipynb in addition: the 16-hook report; prefill + 10 decode steps (fewer only
 when the model generated <|endoftext|>), each with a layer-14 top-8; the layer-14 heatmap with one
 row per token and 64 expert columns, a hover tooltip (<title>) on every cell, Korean and Japanese
-labels; the top-k table; the error example showing the library's message.
+labels; the top-k table; the error example showing the library's message; the explorer
+(`trace.explore()?.layer(14)?`): an <img> of its still picture of layer 14 with Hangul and kana and
+the line about the interactive view (what an untrusted notebook shows), one script with the payload
+(16 layers x 64 experts, top-8, one entry per token, no network address), within the size budget;
+the pair (`explore_pair`): two runs, and per layer the overlap of their expert use recomputed here
+from the payload's top-k ids; each output with its own element id.
 02_Language_Experts.ipynb in addition: the corpus and scan cells (all sentences scanned, progress
 shown); the expert table (12 rows); the language heatmap (3 x 64 cells), the 16-panel overview,
 top experts (3 x 10 bars), effective experts (3 x 16 points) and the comparison (16 differences);
@@ -241,6 +246,69 @@ def check_main(ch, name, nb):
         ch.check(name, "top-8 weights sum to less than 1", m is not None and float(m.group(2)) < 1.0, cell_text(c)[:200])
 
     check_error_example(ch, name, cells, ("unknown layer", "16 router layers"))
+    check_explorer(ch, name, cells, n_tokens)
+
+
+def explorer_payload(html):
+    """The explorer's JSON payload (`var P=…;`) from its text/html, or None."""
+    m = re.search(r"var P=(\{.*?\});\n", html, re.S)
+    return json.loads(m.group(1)) if m else None
+
+
+def check_explorer(ch, name, cells, n_tokens):
+    """The explorer cells at the end of notebook 01 (issue 16)."""
+    ids = []
+    i, c = find_cell(cells, r"^\s*trace\.explore\(\)\?\.layer\(14\)\?\s*$")
+    if ch.check(name, "explorer cell `trace.explore()?.layer(14)?` exists", c is not None):
+        html = data(c, "text/html") or ""
+        still_block = data(c, "image/svg+xml") or ""
+        before = html.split("<script>")[0]
+        m = re.search(r'<img [^>]*src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]*)"', before)
+        still = base64.b64decode(m.group(1)).decode("utf-8") if m else ""
+        ch.check(name, "explorer: no inline <svg> (an untrusted notebook keeps the <img>)", "<svg" not in html)
+        ch.check(name, "explorer: an <img> of the still picture of layer 14, the same as the image/svg+xml block",
+                 still.startswith("<svg") and still == still_block and "model.layers.14.mlp.gate" in still)
+        ch.check(name, "explorer: the still picture has Hangul and kana labels", bool(HANGUL.search(still)) and bool(KANA.search(still)))
+        ch.check(name, "explorer: one line says how to get the interactive view",
+                 "run this cell, or trust the notebook" in before)
+        ch.check(name, "explorer: one script, no network address",
+                 html.count("<script>") == 1 and not re.search(r"https?://|//cdn|fetch\(|XMLHttpRequest", html))
+        limit = 250_000 if (n_tokens or 0) <= 25 else 2_000_000
+        ch.check(name, f"explorer: the output is at most {limit // 1000} KB", len(html) <= limit, f"{len(html)} bytes")
+        p = explorer_payload(html)
+        if ch.check(name, "explorer: the payload is JSON", p is not None):
+            r = p["runs"][0]
+            n = len(r["tokens"])
+            ch.check(name, "explorer: 16 layers, 64 experts, top-8, one entry per token",
+                     len(r["layers"]) == 16 and r["experts"] == 64 and r["k"] == 8 and (n_tokens is None or n == n_tokens),
+                     f"{len(r['layers'])} layers, {r['experts']} experts, k {r['k']}, {n} tokens")
+            ch.check(name, "explorer: probabilities and logits of every expert, top-k ids and weights for every token",
+                     len(base64.b64decode(r["probs"])) == 16 * n * 64 * 2 and len(base64.b64decode(r["logits"])) == 16 * n * 64 * 2
+                     and len(base64.b64decode(r["topk"])) == 16 * n * 8 and len(base64.b64decode(r["weights"])) == 16 * n * 8 * 2)
+            ch.check(name, "explorer: starts on layer 14", p["start"] == 14 and r["layers"][14] == "model.layers.14.mlp.gate")
+        ids.append(re.search(r'id="(mlx-[0-9a-f]+)"', html).group(1) if 'id="mlx-' in html else None)
+    i, c = find_cell(cells, r"explore_pair\(")
+    if ch.check(name, "explorer pair cell exists", c is not None):
+        html = data(c, "text/html") or ""
+        p = explorer_payload(html)
+        if ch.check(name, "pair: the payload holds two runs", p is not None and len(p["runs"]) == 2):
+            a, b = p["runs"]
+            ov = p["overlap"]
+            want = []
+            for l in range(16):
+                shares = []
+                for r in (a, b):
+                    top = base64.b64decode(r["topk"])
+                    n = len(r["tokens"])
+                    sel = Counter(top[l * n * 8:(l + 1) * n * 8])
+                    shares.append({e: c_ / (n * 8) for e, c_ in sel.items()})
+                want.append(sum(min(shares[0].get(e, 0), shares[1].get(e, 0)) for e in range(64)))
+            ch.check(name, "pair: per layer, the overlap is sum_e min(a_e, b_e) of the two runs' top-8 shares (recomputed here)",
+                     len(ov) == 16 and all(abs(x - y) < 1e-9 for x, y in zip(ov, want)), f"shown {ov[:3]}…, recomputed {want[:3]}…")
+            ch.check(name, "pair: one script for both views", html.count("<script>") == 1)
+        ids.append(re.search(r'id="(mlx-[0-9a-f]+)"', html).group(1) if 'id="mlx-' in html else None)
+    ch.check(name, "explorer outputs have unique element ids", len(ids) == 2 and None not in ids and ids[0] != ids[1], str(ids))
+
 
 def check_study(ch, name, nb):
     """02_Language_Experts.ipynb: the corpus, the scan, the four study pictures, the answer."""

@@ -8,3 +8,6 @@ cargo fmt --all --check
 # lints as errors (the allow-list, each with its reason, is in the crates' Cargo.toml [lints.clippy])
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# PNG export (the optional `png` feature: resvg with the system's fonts; needs a CJK font such as
+# fonts-noto-cjk): figures read back at the size and DPI asked, with Hangul and kana drawn
+cargo test -p moe-lens --features png --locked --test png

@@ -14,6 +14,14 @@ What a person sees, checked in headless Chromium and saved as screenshots under 
      JupyterLab renders, whether the figure and its tooltips survive, screenshots lab-*.png.
      (Untrusted, JupyterLab's sanitiser removes inline <svg> and scripts; the figure's <img> of the
      still SVG stays. Trusted, the figure's script swaps in the interactive SVG.)
+  4. the explorer (issue 16): on the HTML export, real interaction through the DevTools protocol
+     (tests/browser/explore_check.py: slider, logit toggle, hover, click a token, click an expert,
+     search; no request leaves the page; screenshots explore-*.png); in JupyterLab, untrusted: its
+     still picture and the line about the interactive view; trusted: the live view, driven the same
+     way (screenshots under browser/lab-explore/).
+JupyterLab gets a random token through its environment (JUPYTER_TOKEN), never on a command line
+(`ps` shows command lines to every user of a shared server); Chromium is driven over a pipe
+(--remote-debugging-pipe: no TCP port) and opens the lab's address by a navigation message.
 Ends with `browser: N passed, M failed`.
 """
 
@@ -24,6 +32,7 @@ import html
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -33,6 +42,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import explore_check  # noqa: E402
+from cdp import Browser  # noqa: E402
 
 MAIN = "01_Router_Analysis.ipynb"
 HANGUL = re.compile("[\uac00-\ud7a3]")
@@ -163,6 +176,22 @@ def main():
     ch.check("export: screenshot of the heatmap written (heatmap.png)", (work / "heatmap.png").exists())
     chromium(a.chromium, export.as_uri(), profile, shot=str(work / "export.png"))
 
+    print("4. the explorer on the HTML export, driven through the DevTools protocol")
+    ex_page = work / "explorer.html"
+    ex_html = ""
+    for c in nb["cells"]:
+        if c["cell_type"] == "code" and re.fullmatch(r"\s*trace\.explore\(\)\?\.layer\(14\)\?\s*", src(c)):
+            ex_html = joined(next((o["data"] for o in c["outputs"] if "data" in o), {}).get("text/html", ""))
+    if ch.check("explorer: the notebook has the explorer cell with its output", bool(ex_html)):
+        # alone on a page (as `moe-lens trace --format html` writes it): no request may leave it
+        ex_page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" + ex_html + "</body></html>",
+                           encoding="utf-8")
+        print("   the explorer's output alone on a page:")
+        explore_check.run(ex_page, work / "explore", a.chromium, ch=ch)
+        # in the nbconvert export (whose template loads require.js and MathJax from a CDN): offline
+        print("   the explorer in the nbconvert export, with the network off:")
+        explore_check.run(export, work / "export-explore", a.chromium, ch=ch, offline=True)
+
     if a.skip_lab:
         return finish(ch, profile)
 
@@ -181,6 +210,9 @@ def main():
                       copy.deepcopy(heat)]
     if table is not None:
         short["cells"].append(copy.deepcopy(table))
+    explorer = next((c for c in nb["cells"] if c["cell_type"] == "code" and re.fullmatch(r"\s*trace\.explore\(\)\?\.layer\(14\)\?\s*", src(c))), None)
+    if explorer is not None:
+        short["cells"].append(copy.deepcopy(explorer))
     # Trust is stored per content (a digest in the notary's database), so every variant gets its own
     # heading, and this check uses a notary database of its own.
     def variant(nb_, label):
@@ -197,10 +229,13 @@ def main():
     for name in ["trusted.ipynb"]:
         subprocess.run([str(jbin / "jupyter"), "trust", *notary, str(labdir / name)], check=True, capture_output=True, env=env)
     port = free_port(18888)
-    token = "moe-lens-browser-check"
+    # a fresh random token, handed to JupyterLab in its environment and to Chromium in a navigation
+    # message: on no command line (`ps` shows those to every user of a shared server)
+    token = secrets.token_urlsafe(24)
+    env["JUPYTER_TOKEN"] = token
     log = open(work / "lab.log", "w")
     lab = subprocess.Popen([str(jbin / "jupyter-lab"), "--no-browser", "--ip", "127.0.0.1", f"--port={port}",
-                            f"--ServerApp.root_dir={labdir}", f"--IdentityProvider.token={token}",
+                            f"--ServerApp.root_dir={labdir}",
                             f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={labdir / '.ws'}",
                             "--ServerApp.port_retries=0", *notary] + (["--allow-root"] if os.geteuid() == 0 else []),
                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -208,21 +243,34 @@ def main():
     try:
         for _ in range(120):
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/api/status", headers={"Authorization": f"token {token}"})
+                urllib.request.urlopen(req, timeout=2)
                 break
             except OSError:
                 time.sleep(0.5)
         else:
             sys.exit("JupyterLab did not start; see " + str(work / "lab.log"))
         names = ["untrusted", "trusted", "full-untrusted"]
-        for name in names:
-            url = f"http://127.0.0.1:{port}/lab/tree/{name}.ipynb?token={token}&reset"
-            dom = chromium(a.chromium, url, profile, dump=True, budget=20000)
-            (work / f"lab-{name}.dom.html").write_text(dom, encoding="utf-8")
-            chromium(a.chromium, url, profile, shot=str(work / f"lab-{name}.png"), budget=20000)
-            results[name] = dom_facts(dom)
-            results[name]["notebook_rendered"] = "jp-OutputArea" in dom
-            print(f"     {name}: {results[name]}")
+        with Browser(a.chromium, profile) as b:
+            page = b.new_page(width=1400, height=2400)
+            for name in names:
+                page.goto(f"http://127.0.0.1:{port}/lab/tree/{name}.ipynb?token={token}&reset", timeout=120)
+                page.wait_for("document.querySelectorAll('.jp-OutputArea-output').length > 0", timeout=60)
+                time.sleep(4)  # let the outputs' scripts run and the layout settle
+                dom = page.eval("document.documentElement.outerHTML") or ""
+                (work / f"lab-{name}.dom.html").write_text(dom, encoding="utf-8")
+                page.screenshot(str(work / f"lab-{name}.png"), full=False)
+                results[name] = dom_facts(dom)
+                results[name]["notebook_rendered"] = "jp-OutputArea" in dom
+                results[name]["explorer_live"] = page.eval("!!document.querySelector('.moe-lens-explore[data-mlx-live]')")
+                results[name]["explorer_still"] = page.eval(
+                    "(function(){var e=document.querySelector('.moe-lens-explore');"
+                    "return !!(e && e.querySelector('img[src^=\"data:image/svg+xml\"]') && /trust the notebook/.test(e.textContent));})()")
+                print(f"     {name}: {results[name]}")
+                if name == "trusted" and explorer is not None:
+                    print("     the explorer in JupyterLab (trusted), driven like the export:")
+                    (work / "lab-explore").mkdir(exist_ok=True)
+                    explore_check.drive(page, work / "lab-explore", ch)
     finally:
         os.killpg(lab.pid, signal.SIGTERM)
         lab.wait(timeout=30)
@@ -244,6 +292,10 @@ def main():
              shown == still and bool(HANGUL.search(shown)) and bool(KANA.search(shown)),
              "no <img> with the still SVG" if not m else "")
     ch.check("lab untrusted: no tooltip text dumped as plain text", u["leaked_tooltips"] == 0, f"{u['leaked_tooltips']} tooltip texts leaked")
+    if explorer is not None:
+        ch.check("lab untrusted: the explorer shows its still picture and the line about the interactive view",
+                 u["explorer_still"] and not u["explorer_live"])
+        ch.check("lab trusted: the explorer's script ran (the interactive view replaced the picture)", t["explorer_live"])
 
     shutil.rmtree(labdir, ignore_errors=True)
     return finish(ch, profile)

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use moe_lens::lab::{Lens, LoadOptions};
+use moe_lens::plot::TracePlots;
 use moe_lens::quant::{Quant, QuantChoice};
 use moe_lens::spy::LayerRef;
 
@@ -24,6 +25,7 @@ struct Cli {
 enum Format {
     Table,
     Json,
+    Html,
 }
 
 /// The model and how to load it: the same four options, with the same defaults as the library's
@@ -75,7 +77,9 @@ enum Cmd {
         /// Layer for the table: index or hook name (default: the last layer).
         #[arg(long)]
         layer: Option<String>,
-        /// table (one layer, readable) or json (every layer, the export schema).
+        /// table (one layer, readable), json (every layer, the export schema) or html (every layer in
+        /// one self-contained interactive page: `> view.html`, open it in a browser; --layer is the
+        /// layer it starts on).
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         #[command(flatten)]
@@ -142,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             match format {
                 Format::Json => writeln!(out, "{}", trace.to_json()?)?,
+                Format::Html => write!(out, "{}", trace.explore()?.layer(layer)?.html_page()?)?,
                 Format::Table => {
                     writeln!(out, "{} · {} · {} tokens", lens.name(), lens.hooks(), trace.tokens.len())?;
                     if !trace.interventions.is_empty() {

@@ -657,10 +657,10 @@ fn figures_display_in_a_notebook_and_save() {
         assert!(!still.contains("<title>"), "{name}: the still picture has no hover layer");
         assert!(fig.to_html().unwrap().contains("<title>"), "{name}: the inline picture has tooltips");
     }
-    // save() writes the same SVG as svg()
+    // save("….svg") writes the clean picture, without the hover layer (issue 16)
     let h = s.language_heatmap(14).unwrap();
     h.save(dir.join("lang-heatmap.svg")).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.join("lang-heatmap.svg")).unwrap(), h.svg().unwrap());
+    assert_eq!(std::fs::read_to_string(dir.join("lang-heatmap.svg")).unwrap(), h.svg_still().unwrap());
     assert!(matches!(h.save(dir.join("no/such/dir/x.svg")), Err(Error::Io { .. })));
     s.effective_experts_plot().unwrap().save(dir.join("effective.svg")).unwrap();
     s.effective_experts_plot().unwrap().with_comparison(c).save(dir.join("effective-compare.svg")).unwrap();

@@ -314,14 +314,24 @@ impl Figures {
         Some(Ok(stack_svgs(&parts, self.layout, self.title.as_deref())))
     }
 
-    /// Writes all figures as one HTML page (UTF-8) to `path`, e.g. `"layers.html"`.
+    /// Writes all figures to `path`, by its extension: `.html` one page (interactive SVGs, tables),
+    /// `.svg` one picture of them all, `.png` the same as PNG (192 dpi; the `png` feature). A set
+    /// holding a table saves as `.html` only. Any other extension is an error.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let page = format!(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head>\n<body>\n{}\n</body></html>\n",
-            self.html()?
-        );
-        std::fs::write(path, page).map_err(|e| Error::io(path, e))
+        self.save_png(path, &super::PngOptions::default())
+    }
+
+    /// Like [`save`](Figures::save), with the PNG's width and DPI (used only for a `.png` path).
+    pub fn save_png(&self, path: impl AsRef<Path>, png: &super::PngOptions) -> Result<()> {
+        let page = || {
+            Ok(format!(
+                "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head>\n<body>\n{}\n</body></html>\n",
+                self.html()?
+            ))
+        };
+        let svg = || self.svg().unwrap_or_else(|| Err(Error::invalid("figures", "a table is not a picture")));
+        let has_svg = self.items.iter().all(|f| f.to_still_svg().is_some());
+        super::export::save_by_extension_with(path.as_ref(), page, if has_svg { Some(&svg) } else { None }, png)
     }
 
     /// Shows all figures in one notebook output. Never panics.
@@ -362,7 +372,7 @@ fn svg_size(svg: &str) -> (u32, u32) {
 }
 
 /// Nests several SVG documents in one, in a row or a column with 16 px between them.
-fn stack_svgs(parts: &[String], layout: Layout, title: Option<&str>) -> String {
+pub(crate) fn stack_svgs(parts: &[String], layout: Layout, title: Option<&str>) -> String {
     const GAP: u32 = 16;
     let top = if title.is_some() { 30 } else { 0 };
     let (mut x, mut y) = (0u32, top);

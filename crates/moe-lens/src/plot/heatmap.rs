@@ -213,11 +213,17 @@ impl Heatmap {
         self.render(false)
     }
 
-    /// Writes the SVG (with tooltips) to `path`, e.g. `"layer14.svg"`; open it in a browser.
+    /// Writes the figure to `path`, by its extension: `.svg` the clean picture (no hover layer),
+    /// `.png` the same picture as PNG (192 dpi; the `png` feature), `.html` a page with the
+    /// interactive SVG (tooltips). Any other extension is an error.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let svg = self.svg()?;
-        std::fs::write(path, svg).map_err(|e| Error::io(path, e))
+        self.save_png(path, &super::PngOptions::default())
+    }
+
+    /// Like [`save`](Heatmap::save), with the PNG's width and DPI (used only for a `.png` path).
+    pub fn save_png(&self, path: impl AsRef<Path>, png: &super::PngOptions) -> Result<()> {
+        let page = || Ok(super::export::page(self.layer_name(), &super::Figure::to_html(self)?));
+        super::export::save_by_extension_with(path.as_ref(), page, Some(&|| self.svg_still()), png)
     }
 
     /// Shows the heatmap in an evcxr notebook cell (evcxr calls this on a cell's last value):

@@ -30,7 +30,11 @@
 
 pub mod charts;
 mod display;
+mod explore;
+mod export;
 mod heatmap;
+mod png;
+mod raster;
 mod table;
 pub(crate) mod util;
 
@@ -39,6 +43,8 @@ pub use charts::{
     TopExpert, TopExperts,
 };
 pub use display::{evcxr_output, DisplayResult, Figure, Figures, Layout};
+pub use explore::{expert_use_overlap, explore_pair, Explorer};
+pub use export::PngOptions;
 pub use heatmap::{Heatmap, Values, MAX_ROWS};
 pub use table::{TopKRow, TopKTable};
 
@@ -57,6 +63,10 @@ pub trait TracePlots {
 
     /// The per-token table of chosen experts and their weights, for one layer.
     fn top_k_view(&self, layer: impl Into<LayerRef>) -> Result<TopKTable>;
+
+    /// Every captured layer in one interactive, offline view (see [`Explorer`]): a layer slider,
+    /// probability / logit toggle, tooltips, a token's path, an expert's tokens, search.
+    fn explore(&self) -> Result<Explorer>;
 }
 
 impl TracePlots for Trace {
@@ -66,5 +76,9 @@ impl TracePlots for Trace {
 
     fn top_k_view(&self, layer: impl Into<LayerRef>) -> Result<TopKTable> {
         TopKTable::new(self, layer)
+    }
+
+    fn explore(&self) -> Result<Explorer> {
+        Explorer::new(self)
     }
 }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::util::{display_width, pad_cols, truncate_cols, visible, xml_escape, FONT_FAMILY};
+use super::util::{display_width, pad_cols, text_px, truncate_cols, visible, xml_escape, FONT_FAMILY};
 use crate::error::{Error, Result};
 use crate::spy::LayerRef;
 use crate::tokens::Script;
@@ -181,6 +181,87 @@ impl TopKTable {
         s
     }
 
+    /// The table as an SVG picture (for slides: `save("table.png")`), laid out like the HTML table:
+    /// index, token, script, then each chosen expert with its weight, shaded by weight.
+    pub fn svg(&self) -> String {
+        const RH: usize = 20;
+        const CELL: usize = 74;
+        let k = self.k();
+        let max_w = self.max_weight();
+        let labels: Vec<String> = self.rows.iter().map(|r| truncate_cols(&visible(&r.label), 20)).collect();
+        let idx_w = 36usize;
+        let label_w =
+            labels.iter().map(|l| text_px(l, 13.0)).fold(text_px("token", 13.0), f64::max).ceil() as usize + 12;
+        let script_w = 80usize;
+        let x_cells = 12 + idx_w + label_w + script_w;
+        let width = (x_cells + k * CELL + 12).max(12 + text_px(&self.caption(), 15.0) as usize + 12);
+        let y0 = 58usize;
+        let height = y0 + self.rows.len() * RH + 34;
+        let mut s = format!(
+            "<svg class=\"moe-lens-figure moe-lens-topk-table\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" \
+             xmlns=\"http://www.w3.org/2000/svg\" font-family=\"{}\" font-size=\"13\">\n\
+             <rect width=\"{width}\" height=\"{height}\" fill=\"#fff\"/>\n\
+             <text x=\"12\" y=\"24\" font-size=\"15\" font-weight=\"bold\" fill=\"#222\">{}</text>\n",
+            xml_escape(FONT_FAMILY),
+            xml_escape(&self.caption())
+        );
+        let head_y = y0 - 6;
+        let mut heads = vec![(12 + idx_w - 4, "end", "#".to_string()), (12 + idx_w + 8, "start", "token".to_string())];
+        heads.push((12 + idx_w + label_w, "start", "script".to_string()));
+        for j in 0..k {
+            heads.push((x_cells + j * CELL + CELL / 2, "middle", ordinal(j + 1)));
+        }
+        for (x, anchor, text) in heads {
+            s.push_str(&format!(
+                "<text x=\"{x}\" y=\"{head_y}\" text-anchor=\"{anchor}\" font-weight=\"bold\" fill=\"#222\">{text}</text>"
+            ));
+        }
+        s.push_str(&format!("<path d=\"M12 {}H{}\" stroke=\"#888\"/>\n", y0 - 1, width - 12));
+        for (r, (row, label)) in self.rows.iter().zip(&labels).enumerate() {
+            let y = y0 + r * RH;
+            let cy = y + RH / 2 + 5;
+            let ink = if row.generated { "#C2410C" } else { "#222" };
+            if row.generated && row.index == self.prompt_len {
+                s.push_str(&format!("<path d=\"M12 {y}H{}\" stroke=\"#C2410C\" stroke-width=\"2\"/>", width - 12));
+            }
+            s.push_str(&format!(
+                "<text x=\"{}\" y=\"{cy}\" text-anchor=\"end\" fill=\"{ink}\">{}</text>\
+                 <text x=\"{}\" y=\"{cy}\" fill=\"{ink}\" xml:space=\"preserve\">{}</text>\
+                 <text x=\"{}\" y=\"{cy}\" fill=\"#666\">{}</text>",
+                12 + idx_w - 4,
+                row.index,
+                12 + idx_w + 8,
+                xml_escape(label),
+                12 + idx_w + label_w,
+                row.script.name()
+            ));
+            for (j, (e, w)) in row.experts.iter().zip(&row.weights).enumerate() {
+                let t = if max_w > 0.0 && w.is_finite() { (w / max_w).clamp(0.0, 1.0) } else { 0.0 };
+                let (cr, cg, cb) = shade(t);
+                let fg = if t > 0.55 { "#fff" } else { "#111" };
+                let x = x_cells + j * CELL;
+                s.push_str(&format!(
+                    "<rect x=\"{x}\" y=\"{y}\" width=\"{}\" height=\"{RH}\" fill=\"rgb({cr},{cg},{cb})\"/>\
+                     <text x=\"{}\" y=\"{cy}\" text-anchor=\"middle\" fill=\"{fg}\"><tspan font-weight=\"bold\">{e}</tspan> <tspan font-size=\"11\">{}</tspan></text>",
+                    CELL - 2,
+                    x + CELL / 2,
+                    weight(*w)
+                ));
+            }
+            s.push('\n');
+        }
+        let mut note = format!("Each cell: expert and weight; darker = more weight (0 to {}).", weight(max_w));
+        if self.prompt_len < self.rows.len() {
+            note.push_str(&format!(" Orange rows: generated tokens (index ≥ {}).", self.prompt_len));
+        }
+        s.push_str(&format!(
+            "<text x=\"12\" y=\"{}\" font-size=\"12\" fill=\"#555\">{}</text>\n</svg>\n",
+            y0 + self.rows.len() * RH + 22,
+            xml_escape(&note)
+        ));
+        s
+    }
+
     /// The table as a standalone HTML page.
     pub fn html_page(&self) -> String {
         format!(
@@ -190,10 +271,16 @@ impl TopKTable {
         )
     }
 
-    /// Writes the table as an HTML page (UTF-8) to `path`, e.g. `"layer14-topk.html"`.
+    /// Writes the table to `path`, by its extension: `.html` the HTML page, `.svg` a picture of the
+    /// table, `.png` the same picture as PNG (192 dpi; the `png` feature). Any other extension is an
+    /// error.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.html_page()).map_err(|e| Error::io(path, e))
+        self.save_png(path, &super::PngOptions::default())
+    }
+
+    /// Like [`save`](TopKTable::save), with the PNG's width and DPI (used only for a `.png` path).
+    pub fn save_png(&self, path: impl AsRef<Path>, png: &super::PngOptions) -> Result<()> {
+        super::export::save_by_extension_with(path.as_ref(), || Ok(self.html_page()), Some(&|| Ok(self.svg())), png)
     }
 
     /// Shows the table in an evcxr notebook cell (`text/html`, plus `text/plain`). Never panics.

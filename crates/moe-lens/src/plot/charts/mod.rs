@@ -37,8 +37,6 @@ mod style;
 mod text;
 mod top_experts;
 
-use std::path::Path;
-
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 
@@ -207,9 +205,19 @@ macro_rules! chart_output {
                 $crate::plot::charts::Chart::to_svg(&self.layout(false)?, false)
             }
 
-            #[doc = concat!("Writes the SVG (with tooltips) to `path`, e.g. `", $file, "`.")]
+            #[doc = concat!("Writes the figure to `path` by its extension, e.g. `", $file, "`: `.svg` the clean picture (no hover layer), `.png` the same as PNG (192 dpi; the `png` feature), `.html` a page with the interactive SVG. Any other extension is an error.")]
             pub fn save(&self, path: impl AsRef<std::path::Path>) -> $crate::error::Result<()> {
-                $crate::plot::charts::save_svg(path.as_ref(), &self.svg()?)
+                self.save_png(path, &$crate::plot::PngOptions::default())
+            }
+
+            /// Like `save`, with the PNG's width and DPI (used only for a `.png` path).
+            pub fn save_png(
+                &self,
+                path: impl AsRef<std::path::Path>,
+                png: &$crate::plot::PngOptions,
+            ) -> $crate::error::Result<()> {
+                let page = || Ok($crate::plot::export::page($file, &$crate::plot::charts::html_of(self.svg()?)));
+                $crate::plot::export::save_by_extension_with(path.as_ref(), page, Some(&|| self.svg_still()), png)
             }
 
             /// Shows the figure in an evcxr notebook cell. Never panics.
@@ -233,10 +241,6 @@ macro_rules! chart_figure {
 }
 
 use {chart_figure, chart_output};
-
-fn save_svg(path: &Path, svg: &str) -> Result<()> {
-    std::fs::write(path, svg).map_err(|e| Error::io(path, e))
-}
 
 fn html_of(svg: String) -> String {
     format!("<div class=\"moe-lens\" style=\"overflow-x:auto\">\n{svg}</div>")
