@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use moe_lens::lab::{Lens, LoadOptions};
+use moe_lens::lab::{DeviceChoice, Lens, LoadOptions};
 use moe_lens::quant::{Quant, QuantChoice};
 use moe_lens::spy::LayerRef;
 
@@ -33,9 +33,10 @@ pub struct ModelArgs {
     /// allenai/OLMoE-1B-7B-0924) or demo.
     #[arg(long = "model", value_name = "MODEL")]
     pub name: String,
-    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal (default:
+    /// $MOE_LENS_DEVICE, else auto; a MIG slice: CUDA_VISIBLE_DEVICES=MIG-<uuid> and cuda).
+    #[arg(long)]
+    pub device: Option<String>,
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
     #[arg(long)]
     pub dtype: Option<String>,
@@ -48,7 +49,13 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The load options these arguments name (one parser per option, in the library).
     pub fn options(&self) -> moe_lens::Result<LoadOptions> {
-        LoadOptions::parse(&self.device, self.dtype.as_deref().unwrap_or(""), &self.quant)
+        let mut opts =
+            LoadOptions::parse(self.device.as_deref().unwrap_or(""), self.dtype.as_deref().unwrap_or(""), &self.quant)?;
+        if self.device.is_none() {
+            // as the notebooks' load does: MOE_LENS_DEVICE when no --device is given
+            opts.device = DeviceChoice::from_env()?;
+        }
+        Ok(opts)
     }
 
     /// Loads the model.
