@@ -1,6 +1,7 @@
 //! The `moe-lens` command.
 
 mod bench;
+mod prepare;
 mod scan;
 
 use std::io::Write;
@@ -62,10 +63,15 @@ impl ModelArgs {
     pub fn load(&self) -> anyhow::Result<Lens> {
         let opts = self.options()?;
         let model = &self.name;
-        Lens::load_with(model, &opts).with_context(|| match opts.quant {
+        let lens = Lens::load_with(model, &opts).with_context(|| match opts.quant {
             QuantChoice::Fixed(q) if q != Quant::None => format!("loading {model} with {q} experts"),
             _ => format!("loading {model}"),
-        })
+        })?;
+        if let Some(e) = lens.quant_report().and_then(|r| r.cache_write_error.as_ref()) {
+            // the load worked, but the next one will quantize again: say where and what to do
+            eprintln!("warning: {e}");
+        }
+        Ok(lens)
     }
 }
 
@@ -90,6 +96,13 @@ enum Cmd {
     Scan(scan::ScanArgs),
     /// Sum the outputs of `scan --shard i/n` runs into one directory.
     Merge(scan::MergeArgs),
+    /// For an instructor, once: download a model into the (shared) Hugging Face cache and write its
+    /// quantized experts' cache, readable by everyone, so that students' loads only read.
+    Prepare(prepare::PrepareArgs),
+    /// Check the set-up, one line per check with what to fix: kernel and shared install, CUDA build,
+    /// GPUs, MOE_LENS_DEVICE, the model and its caches, the tokenizer, the lab's folder, memory.
+    /// Exits 1 when a check fails.
+    Doctor,
     /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
     /// model directory and token-id sentences (see bench/run_gpu.sh).
     Bench(bench::BenchArgs),
@@ -152,6 +165,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Scan(args) => scan::run_scan(args)?,
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
+        Cmd::Prepare(args) => prepare::run_prepare(args)?,
+        Cmd::Doctor => {
+            let report = moe_lens::doctor::doctor()?;
+            print!("{report}");
+            if report.failed() {
+                anyhow::bail!("a check failed: see the FAIL lines above and what they say to fix");
+            }
+        }
     }
     Ok(())
 }

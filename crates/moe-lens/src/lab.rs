@@ -604,9 +604,10 @@ impl fmt::Display for Lens {
         }
         if let Some(q) = &self.quant {
             let how = match (q.cache_hit, &q.cache_write_error) {
-                (true, _) => "from the cache",
-                (false, None) => "quantized now and cached",
-                (false, Some(_)) => "quantized now; the cache could not be written",
+                (true, _) => "from the cache".to_string(),
+                (false, None) => "quantized now and cached".to_string(),
+                // where it tried and what to do: otherwise every load quantizes again unnoticed
+                (false, Some(e)) => format!("quantized now; {e}"),
             };
             write!(f, "; experts in {} ({how})", q.quant)?;
         }
