@@ -14,13 +14,12 @@
 # Then each student runs PREFIX/src/kernel-setup/install.sh (or their own clone's, with
 # MOE_LENS_SHARED=PREFIX): about ten seconds, nothing compiled; see kernel-setup/student-setup.sh.
 #
-#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]] [--from BUNDLE.tar]
+#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]]
 #
 #   --kernelspec-system   also install the kernel spec "moe-lens-rust" for every user of this
 #                         machine's Jupyter (JupyterHub): into JUPYTER_PREFIX/share/jupyter/kernels
 #                         (default: jupyter's system folder, /usr/local/share/jupyter/kernels;
 #                         The Littlest JupyterHub: /opt/tljh/user)
-#   --from BUNDLE.tar     install from kernel-setup/bundle.sh's archive, without network
 #
 # Settings as kernel-setup/install.sh (EVCXR_VERSION, PYTHON, MOE_LENS_CUDA, CUDA_COMPUTE_CAP,
 # MOE_LENS_REWARM=1, MOE_LENS_WARMUP_TIMEOUT). Safe to run again: done steps are skipped; after a
@@ -33,7 +32,6 @@ repo=$(cd "$here/.." && pwd)
 prefix=""
 system_spec=0
 system_prefix=""
-bundle=""
 while [ $# -gt 0 ]; do
   case $1 in
     --shared) prefix=${2:?--shared needs a folder}; shift 2 ;;
@@ -42,17 +40,11 @@ while [ $# -gt 0 ]; do
       system_spec=1; shift
       if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then system_prefix=$1; shift; fi ;;
     --kernelspec-system=*) system_spec=1; system_prefix=${1#--kernelspec-system=}; shift ;;
-    --from) bundle=${2:?--from needs a file}; shift 2 ;;
-    --from=*) bundle=${1#--from=}; shift ;;
+    --from|--from=*) echo "install.sh --from: not available yet (kernel-setup/bundle.sh is to come); for an offline machine, install where there is network and copy PREFIX to the same path" >&2; exit 2 ;;
     *) echo "install.sh --shared: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$prefix" ] || { echo "install.sh --shared PREFIX: give the folder" >&2; exit 2; }
-bundle_dir=""
-if [ -n "$bundle" ]; then
-  [ -f "$bundle" ] || { echo "install.sh --from $bundle: no such file" >&2; exit 2; }
-  bundle=$(cd "$(dirname "$bundle")" && pwd)/$(basename "$bundle")
-fi
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 evcxr_version=${EVCXR_VERSION:-0.22.0}
@@ -103,7 +95,7 @@ unset RUSTUP_TOOLCHAIN CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER
 
 # ------------------------------------------------------------------------------------------------
 begin "evcxr_jupyter $evcxr_version into $prefix/bin" \
-  "cargo install --locked evcxr_jupyter --version $evcxr_version --root $prefix must work (network, or a bundle)"
+  "cargo install --locked evcxr_jupyter --version $evcxr_version --root $prefix must work (network)"
 mkdir -p "$prefix/bin"
 # (evcxr_jupyter has no --version: the installed version is what cargo's list or our marker says)
 if [ -x "$prefix/bin/evcxr_jupyter" ] && [ "$(cat "$prefix/bin/.evcxr_jupyter.version" 2>/dev/null)" = "$evcxr_version" ]; then
@@ -123,13 +115,7 @@ else
     say "compiling it (about 5 minutes on 16 cores, 16 on 2)"
     t0=$(date +%s)
     tmp_target=$(mktemp -d)
-    if [ -n "$bundle" ]; then
-      evcxr_src=$bundle_dir/evcxr
-      CARGO_HOME=$bundle_dir/cargo-home CARGO_TARGET_DIR=$tmp_target \
-        cargo install --offline --locked --path "$evcxr_src/evcxr_jupyter" --root "$prefix"
-    else
-      CARGO_TARGET_DIR=$tmp_target cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$prefix"
-    fi
+    CARGO_TARGET_DIR=$tmp_target cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$prefix"
     rm -rf "$tmp_target" "$prefix/.crates.toml" "$prefix/.crates2.json"
     say "built in $(( $(date +%s) - t0 )) s"
   fi
@@ -181,21 +167,13 @@ print(" ".join(out))
 PY
 )
 if [ -z "$missing" ]; then say "already installed"; else
-  if [ -n "$bundle" ]; then
-    "$venv/bin/python" -m pip install --quiet --no-index --find-links "$bundle_dir/wheels" "${lab_pins[@]}"
-  else
-    "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
-  fi
+  "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 fi
 
 # ------------------------------------------------------------------------------------------------
 begin "sources: notebooks, moe-lens and these scripts into $prefix/src; OLMoE's tokenizer for demo" \
-  "tests/setup-data.sh must have fetched the tokenizer (or use a bundle)"
-if [ -n "$bundle" ]; then
-  mkdir -p "$repo/tests/data/tokenizer"
-  [ -f "$repo/tests/data/tokenizer/tokenizer.json" ] || cp "$bundle_dir/tokenizer.json" "$repo/tests/data/tokenizer/tokenizer.json"
-fi
+  "tests/setup-data.sh must have fetched the tokenizer "
 demo_tok=$repo/crates/moe-lens/data/demo/tokenizer.json
 if [ ! -f "$demo_tok" ]; then
   PYTHON="$venv/bin/python" bash "$repo/tests/setup-data.sh" 2>&1 | sed 's/^/    /'
@@ -216,7 +194,7 @@ fi
 
 # ------------------------------------------------------------------------------------------------
 begin "the notebooks' crates, vendored into $prefix/vendor (cargo vendor)" \
-  "cargo vendor needs the crates once: network, or a bundle (kernel-setup/bundle.sh)"
+  "cargo vendor needs the crates once: network"
 # Also the crates of the toolchain's own library workspace (rust-src): evcxr's type inference
 # (rust-analyzer) loads it with `cargo metadata`, which must resolve from PREFIX/vendor too, or
 # cells like `let x = …;` fail with "Couldn't automatically determine type of variable".
@@ -227,13 +205,10 @@ if [ -f "$prefix/vendor/.moe-lens-lock" ] && [ "$(cat "$prefix/vendor/.moe-lens-
   say "already vendored for this Cargo.lock"
 else
   rm -rf "$prefix/vendor.new"
-  if [ -n "$bundle" ]; then
-    cp -R "$bundle_dir/vendor" "$prefix/vendor.new"
-  else
-    # RUSTC_BOOTSTRAP: the library's manifest uses nightly cargo features; nothing is compiled here
-    (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo --offline vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null 2>&1) \
-      || { rm -rf "$prefix/vendor.new"; (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null); }
-  fi
+  # RUSTC_BOOTSTRAP: the library's manifest uses nightly cargo features; nothing is compiled here.
+  # First from the crates cargo already has (offline), else downloading them.
+  (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo --offline vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null 2>&1) \
+    || { rm -rf "$prefix/vendor.new"; (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null); }
   echo "$lock_sum" > "$prefix/vendor.new/.moe-lens-lock"
   rm -rf "$prefix/vendor"; mv "$prefix/vendor.new" "$prefix/vendor"
   say "vendored $(ls "$prefix/vendor" | wc -l) crates ($(du -sh "$prefix/vendor" | cut -f1))"
