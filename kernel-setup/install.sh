@@ -6,6 +6,12 @@
 #
 #   kernel-setup/install.sh            # then: kernel-setup/start-lab.sh
 #
+# For a class on one server (INSTRUCTORS.md): the instructor runs, once,
+#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]]
+# (kernel-setup/shared-install.sh: toolchain, kernel, JupyterLab, vendored crates and a warm build,
+# all in PREFIX, readable by everyone), and each student runs PREFIX/src/kernel-setup/install.sh, or
+# this script with MOE_LENS_SHARED=PREFIX (kernel-setup/student-setup.sh: seconds, no compiling).
+#
 # Safe to run again: every step checks what is there and only does what is missing (a second run
 # takes seconds). Needs: a C toolchain (cc), Python >= 3.9, and Rust >= 1.95 via rustup or on PATH
 # (`module load` / conda are not needed; if Rust is missing entirely, it is installed with rustup
@@ -32,6 +38,21 @@
 set -Eeuo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# A class on one server: the instructor installs once (--shared PREFIX: kernel-setup/shared-install.sh);
+# students then set up from it in seconds (kernel-setup/student-setup.sh), found through
+# MOE_LENS_SHARED or because this script is PREFIX/src/kernel-setup/install.sh.
+for arg in "$@"; do
+  case $arg in --shared|--shared=*) exec bash "$here/shared-install.sh" "$@" ;; esac
+done
+if [ $# -gt 0 ]; then
+  case $1 in
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown argument $1 (install.sh [--shared PREFIX [--kernelspec-system [DIR]]])" >&2; exit 2 ;;
+  esac
+fi
+if [ -n "${MOE_LENS_SHARED:-}" ] || [ -f "$here/../../moe-lens-shared.env" ]; then
+  exec bash "$here/student-setup.sh"
+fi
 repo=$(cd "$here/.." && pwd)
 home=${MOE_LENS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/moe-lens}
 venv=$home/lab-venv

@@ -1,6 +1,7 @@
 //! The `moe-lens` command.
 
 mod bench;
+mod prepare;
 mod scan;
 mod sweep;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use moe_lens::lab::{Lens, LoadOptions};
+use moe_lens::lab::{DeviceChoice, Lens, LoadOptions};
 use moe_lens::plot::TracePlots;
 use moe_lens::quant::{Quant, QuantChoice};
 use moe_lens::spy::LayerRef;
@@ -36,9 +37,10 @@ pub struct ModelArgs {
     /// allenai/OLMoE-1B-7B-0924) or demo.
     #[arg(long = "model", value_name = "MODEL")]
     pub name: String,
-    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal (default:
+    /// $MOE_LENS_DEVICE, else auto; a MIG slice: CUDA_VISIBLE_DEVICES=MIG-<uuid> and cuda).
+    #[arg(long)]
+    pub device: Option<String>,
     /// f32, bf16 or f16 (default: f32 on CPU, bf16 on GPU).
     #[arg(long)]
     pub dtype: Option<String>,
@@ -51,17 +53,28 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The load options these arguments name (one parser per option, in the library).
     pub fn options(&self) -> moe_lens::Result<LoadOptions> {
-        LoadOptions::parse(&self.device, self.dtype.as_deref().unwrap_or(""), &self.quant)
+        let mut opts =
+            LoadOptions::parse(self.device.as_deref().unwrap_or(""), self.dtype.as_deref().unwrap_or(""), &self.quant)?;
+        if self.device.is_none() {
+            // as the notebooks' load does: MOE_LENS_DEVICE when no --device is given
+            opts.device = DeviceChoice::from_env()?;
+        }
+        Ok(opts)
     }
 
     /// Loads the model.
     pub fn load(&self) -> anyhow::Result<Lens> {
         let opts = self.options()?;
         let model = &self.name;
-        Lens::load_with(model, &opts).with_context(|| match opts.quant {
+        let lens = Lens::load_with(model, &opts).with_context(|| match opts.quant {
             QuantChoice::Fixed(q) if q != Quant::None => format!("loading {model} with {q} experts"),
             _ => format!("loading {model}"),
-        })
+        })?;
+        if let Some(e) = lens.quant_report().and_then(|r| r.cache_write_error.as_ref()) {
+            // the load worked, but the next one will quantize again: say where and what to do
+            eprintln!("warning: {e}");
+        }
+        Ok(lens)
     }
 }
 
@@ -90,6 +103,13 @@ enum Cmd {
     Scan(scan::ScanArgs),
     /// Sum the outputs of `scan --shard i/n` runs into one directory.
     Merge(scan::MergeArgs),
+    /// For an instructor, once: download a model into the (shared) Hugging Face cache and write its
+    /// quantized experts' cache, readable by everyone, so that students' loads only read.
+    Prepare(prepare::PrepareArgs),
+    /// Check the set-up, one line per check with what to fix: kernel and shared install, CUDA build,
+    /// GPUs, MOE_LENS_DEVICE, the model and its caches, the tokenizer, the lab's folder, memory.
+    /// Exits 1 when a check fails.
+    Doctor,
     /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
     /// model directory and token-id sentences (see bench/run_gpu.sh).
     Bench(bench::BenchArgs),
@@ -160,6 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
         Cmd::Sweep(args) => sweep::run_sweep(args)?,
+        Cmd::Prepare(args) => prepare::run_prepare(args)?,
+        Cmd::Doctor => {
+            let report = moe_lens::doctor::doctor()?;
+            print!("{report}");
+            if report.failed() {
+                anyhow::bail!("a check failed: see the FAIL lines above and what they say to fix");
+            }
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use moe_lens::intervene::{Intervention, Interventions};
-use moe_lens::lab::{Lens, LoadOptions};
+use moe_lens::lab::Lens;
 
 use crate::ModelArgs;
 
@@ -66,7 +66,8 @@ pub fn run_sweep(a: SweepArgs) -> anyhow::Result<()> {
     let mut sweep = lens.sweep_with(&a.text, &a.continuation, &opts)?;
     drop(lens); // one model in memory at a time
     if let Some(dtype) = &a.reference_dtype {
-        let ropts = LoadOptions::parse(&a.model.device, dtype, &a.model.quant)?;
+        // the same model, device and quantization, in another dtype
+        let ropts = ModelArgs { dtype: Some(dtype.clone()), ..a.model.clone() }.options()?;
         let reference =
             Lens::load_with(&a.model.name, &ropts).with_context(|| format!("loading the {dtype} reference"))?;
         sweep = sweep.with_reference(&reference)?;

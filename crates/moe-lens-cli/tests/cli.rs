@@ -95,3 +95,24 @@ fn bad_input_exits_nonzero_with_the_message() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `--device` defaults to `MOE_LENS_DEVICE` as the notebooks' load does; `--device` wins over it.
+#[test]
+fn device_defaults_to_moe_lens_device_and_the_flag_wins() {
+    let model = fixture();
+    let m = model.to_str().unwrap();
+    let run = |env: &str, extra: &[&str]| {
+        let mut args = vec!["trace", "--model", m, "--text", "Hello", "--format", "json"];
+        args.extend_from_slice(extra);
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_moe-lens")).args(&args).env("MOE_LENS_DEVICE", env).output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (ok, out_env, err) = run("cpu", &[]);
+    assert!(ok, "{err}");
+    let (ok, out_flag, err) = run("gpu0", &["--device", "cpu"]);
+    assert!(ok, "--device cpu must win over a bad MOE_LENS_DEVICE: {err}");
+    assert_eq!(out_env, out_flag);
+    let (ok, _, err) = run("gpu0", &[]);
+    assert!(!ok && err.contains("MOE_LENS_DEVICE") && err.contains("\"gpu0\""), "{err}");
+}

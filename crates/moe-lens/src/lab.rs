@@ -58,7 +58,36 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// The environment variable that names the default device of [`load`] and [`load_with_quant`]
+/// (the notebooks' load cell) and of the command line's `--device`.
+pub const DEVICE_VAR: &str = "MOE_LENS_DEVICE";
+
 impl DeviceChoice {
+    /// The device named by `MOE_LENS_DEVICE` (`auto`, `cpu`, `cuda`, `cuda:N`, `metal`), as an
+    /// instructor or a student sets it before JupyterLab starts, like `MOE_LENS_MODEL`; `auto` when
+    /// it is unset or empty. On a GPU split into MIG slices, `CUDA_VISIBLE_DEVICES=MIG-…` makes one
+    /// slice the only GPU the process sees (`cuda` = `cuda:0` is then that slice).
+    pub fn from_env() -> Result<DeviceChoice> {
+        match std::env::var(DEVICE_VAR) {
+            Ok(v) => Self::from_env_value(&v),
+            Err(std::env::VarError::NotPresent) => Ok(DeviceChoice::Auto),
+            Err(std::env::VarError::NotUnicode(v)) => Self::from_env_value(&v.to_string_lossy()),
+        }
+    }
+
+    /// [`Self::from_env`] on the value given: the parse error names the variable.
+    pub(crate) fn from_env_value(v: &str) -> Result<DeviceChoice> {
+        v.parse::<DeviceChoice>().map_err(|_| {
+            Error::invalid(
+                DEVICE_VAR,
+                format!(
+                    "{v:?} is not a device; set it to auto, cpu, cuda or cuda:N (a MIG slice: \
+                     CUDA_VISIBLE_DEVICES=MIG-<uuid> from `nvidia-smi -L`, then cuda), or unset it"
+                ),
+            )
+        })
+    }
+
     /// Opens the device, with an error that says how to get the one asked for.
     pub fn open(self) -> Result<Device> {
         match self {
@@ -277,13 +306,14 @@ pub struct Lens {
 }
 
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
-/// file, with the default options (device `auto`, dtype by device, quant `auto`). Reuses the
-/// Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
+/// file, with the default options (device from `MOE_LENS_DEVICE`, else `auto`; dtype by device;
+/// quant `auto`). Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
 pub fn load(model: &str) -> Result<Lens> {
-    Lens::load_with(model, &LoadOptions::default())
+    Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, ..LoadOptions::default() })
 }
 
-/// Loads `model` on the default device with the experts named by `quant`, as the notebooks'
+/// Loads `model` on the default device (`MOE_LENS_DEVICE`, else `auto`: see
+/// [`DeviceChoice::from_env`]) with the experts named by `quant`, as the notebooks'
 /// `MOE_LENS_QUANT` names them: `"auto"` (also `""`), `"none"`, `"q8_0"` or `"q4k"`.
 ///
 /// `"auto"` takes 4-bit experts (q4k) on a GPU when the model's sizes allow it (hidden and expert
@@ -292,10 +322,11 @@ pub fn load(model: &str) -> Result<Lens> {
 /// does. On the CPU, and for small models (the demo and test models), `"auto"` keeps the
 /// checkpoint's weights. A llama.cpp `.gguf` file keeps its experts as the file stores them (`auto`
 /// or `none`; asking it for `q8_0`/`q4k` is an error). The printed `Lens` says which was chosen.
-/// (`Lens::load_with(model, &LoadOptions { quant, ..Default::default() })` with a device.)
+/// (`Lens::load_with(model, &LoadOptions { device, quant, ..Default::default() })` with a device of
+/// your choice: an explicit device there wins over `MOE_LENS_DEVICE`.)
 pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
     let quant = quant.parse::<QuantChoice>()?;
-    Lens::load_with(model, &LoadOptions { quant, ..LoadOptions::default() })
+    Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, quant, ..LoadOptions::default() })
 }
 
 impl Lens {
@@ -567,7 +598,11 @@ impl fmt::Display for Lens {
         let c = self.config();
         let device = match self.model.device() {
             Device::Cpu => "cpu".to_string(),
-            Device::Cuda(_) => "cuda".to_string(),
+            // the ordinal among the GPUs this process sees (CUDA_VISIBLE_DEVICES renumbers them)
+            d @ Device::Cuda(_) => match d.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                _ => "cuda".to_string(),
+            },
             Device::Metal(_) => "metal".to_string(),
         };
         write!(
@@ -588,9 +623,10 @@ impl fmt::Display for Lens {
         }
         if let Some(q) = &self.quant {
             let how = match (q.cache_hit, &q.cache_write_error) {
-                (true, _) => "from the cache",
-                (false, None) => "quantized now and cached",
-                (false, Some(_)) => "quantized now; the cache could not be written",
+                (true, _) => "from the cache".to_string(),
+                (false, None) => "quantized now and cached".to_string(),
+                // where it tried and what to do: otherwise every load quantizes again unnoticed
+                (false, Some(e)) => format!("quantized now; {e}"),
             };
             write!(f, "; experts in {} ({how})", q.quant)?;
         }

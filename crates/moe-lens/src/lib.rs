@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod doctor;
 pub mod effects;
 pub mod error;
 pub mod fsutil;

@@ -11,6 +11,12 @@
 //! fingerprint of the safetensors files (names, sizes, modification times) and the quantization; a
 //! cache that does not match, cannot be parsed, or is shorter than its header says (a write that was
 //! cut off) is rebuilt. It is written atomically ([`crate::fsutil::write_atomic_with`]).
+//!
+//! Where: a load reads the first valid cache in `MOE_LENS_QUANT_CACHE_DIR` (when set) or the model's
+//! directory ([`cache_dirs`]), and writes a new one to the first; on a shared server the instructor
+//! writes it once ([`prepare_cache`], `moe-lens prepare`) and students only read it. A load that
+//! cannot write its cache still loads and says where it tried and what to do
+//! ([`QuantReport::cache_write_error`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -171,12 +177,70 @@ pub struct QuantReport {
     pub cache_write_error: Option<String>,
 }
 
-/// Where the cache of `quant` for the model in `model_dir` lives: `MOE_LENS_QUANT_CACHE_DIR` if set,
-/// else the model directory itself.
+/// The environment variable naming a folder for quantized caches (read before the model's folder,
+/// and where a new cache is written when set).
+pub const CACHE_DIR_VAR: &str = "MOE_LENS_QUANT_CACHE_DIR";
+
+/// Where a new cache of `quant` for the model in `model_dir` is written: in `MOE_LENS_QUANT_CACHE_DIR`
+/// if set, else in the model directory itself (what `moe-lens prepare` does by default).
 pub fn cache_path(model_dir: &Path, quant: Quant) -> PathBuf {
-    let dir =
-        std::env::var_os("MOE_LENS_QUANT_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| model_dir.to_path_buf());
-    dir.join(format!("moe-lens.{}.gguf", quant.name()))
+    cache_dirs(model_dir)[0].join(cache_file_name(quant))
+}
+
+/// The cache file's name: `moe-lens.q4k.gguf`, `moe-lens.q8_0.gguf`.
+pub fn cache_file_name(quant: Quant) -> String {
+    format!("moe-lens.{}.gguf", quant.name())
+}
+
+/// The folders a load looks in for a cache, in order: `MOE_LENS_QUANT_CACHE_DIR` when set (a
+/// folder of one's own, or the one the instructor prepared), then the model's directory (where
+/// `moe-lens prepare` writes by default, e.g. the snapshot in a shared Hugging Face cache). The first
+/// is where a new cache is written. Reading needs no write access to either.
+pub fn cache_dirs(model_dir: &Path) -> Vec<PathBuf> {
+    cache_dirs_with(model_dir, std::env::var_os(CACHE_DIR_VAR).filter(|v| !v.is_empty()).map(PathBuf::from))
+}
+
+pub(crate) fn cache_dirs_with(model_dir: &Path, env_dir: Option<PathBuf>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env_dir.into_iter().collect();
+    if !dirs.iter().any(|d| d == model_dir) {
+        dirs.push(model_dir.to_path_buf());
+    }
+    dirs
+}
+
+/// A valid cache's path and tensors.
+type FoundCache = (PathBuf, HashMap<String, QTensor>);
+
+/// The first valid cache of `quant` for weights `fp` among `dirs`; the reason the first invalid one
+/// was rejected otherwise.
+fn find_cache(dirs: &[PathBuf], fp: &str, quant: Quant) -> (Option<FoundCache>, Option<String>) {
+    let mut rejected = None;
+    for dir in dirs {
+        let path = dir.join(cache_file_name(quant));
+        if !path.exists() {
+            continue;
+        }
+        match read_cache(&path, fp, quant) {
+            Ok(t) => return (Some((path, t)), None),
+            Err(e) => {
+                rejected.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    (None, rejected)
+}
+
+/// What a load says when it could not write its cache: where it tried and how to fix it (each
+/// load quantizes again until a cache exists).
+fn write_failure(path: &Path, model_dir: &Path, quant: Quant, e: &Error) -> String {
+    format!(
+        "could not write the quantized cache {} ({e}), so every load of this model quantizes its experts \
+         again (a minute or more for OLMoE). To fix: ask the instructor to run `moe-lens prepare --model {} \
+         --quant {quant}` once (it writes the cache where every student reads it), or set {CACHE_DIR_VAR} \
+         to a folder of your own with room for it (about 4 GB for OLMoE in q4k) before starting the lab",
+        path.display(),
+        model_dir.display()
+    )
 }
 
 /// Names, sizes and modification times of the weight files: a changed checkpoint invalidates caches.
@@ -215,26 +279,57 @@ pub fn load_quantized(
         return Err(Error::invalid("quant", "load_quantized needs q8_0 or q4k"));
     };
     check_quantizable(cfg, qtype)?;
-    let cache = cache_path(model_dir, quant);
+    let dirs = cache_dirs(model_dir);
+    let cache = dirs[0].join(cache_file_name(quant));
     let fp = fingerprint(weight_files);
-    let mut report =
-        QuantReport { quant, cache: cache.clone(), cache_hit: false, cache_rejected: None, cache_write_error: None };
-    if cache.exists() {
-        match read_cache(&cache, &fp, quant) {
-            Ok(tensors) => {
-                report.cache_hit = true;
-                let src = GgufSource::new(tensors, cfg, device, dtype, cache.clone());
-                return Ok((Olmoe::build(cfg, &src, device, dtype)?, report));
-            }
-            Err(e) => report.cache_rejected = Some(e.to_string()),
-        }
+    let (found, rejected) = find_cache(&dirs, &fp, quant);
+    let mut report = QuantReport {
+        quant,
+        cache: cache.clone(),
+        cache_hit: false,
+        cache_rejected: rejected,
+        cache_write_error: None,
+    };
+    if let Some((path, tensors)) = found {
+        report.cache_hit = true;
+        report.cache = path.clone();
+        let src = GgufSource::new(tensors, cfg, device, dtype, path);
+        return Ok((Olmoe::build(cfg, &src, device, dtype)?, report));
     }
     let tensors = quantize_checkpoint(cfg, weight_files, qtype)?;
     if let Err(e) = write_cache(&cache, cfg, &fp, quant, &tensors) {
-        report.cache_write_error = Some(e.to_string());
+        report.cache_write_error = Some(write_failure(&cache, model_dir, quant, &e));
     }
     let src = GgufSource::new(tensors.into_iter().collect(), cfg, device, dtype, cache);
     Ok((Olmoe::build(cfg, &src, device, dtype)?, report))
+}
+
+/// Writes the cache of `quant` for a checkpoint without loading a model (`moe-lens prepare`, run
+/// once by an instructor): into `out_dir`, else where a load would write it ([`cache_path`]). A
+/// valid cache already there is kept (`cache_hit`). Unlike a load, a cache that cannot be written is
+/// an error. Takes about the host memory of the quantized experts (about 4 GB for OLMoE in q4k).
+pub fn prepare_cache(
+    cfg: &Config,
+    weight_files: &[PathBuf],
+    model_dir: &Path,
+    out_dir: Option<&Path>,
+    quant: Quant,
+) -> Result<QuantReport> {
+    let Some(qtype) = quant.ggml() else {
+        return Err(Error::invalid("quant", "a cache is made for q8_0 or q4k; none needs no preparing"));
+    };
+    check_quantizable(cfg, qtype)?;
+    let dir = out_dir.map_or_else(|| cache_dirs(model_dir).remove(0), Path::to_path_buf);
+    let cache = dir.join(cache_file_name(quant));
+    let fp = fingerprint(weight_files);
+    let (found, rejected) = find_cache(std::slice::from_ref(&dir), &fp, quant);
+    let cache_hit = found.is_some();
+    drop(found);
+    if !cache_hit {
+        let tensors = quantize_checkpoint(cfg, weight_files, qtype)?;
+        write_cache(&cache, cfg, &fp, quant, &tensors)?;
+    }
+    Ok(QuantReport { quant, cache, cache_hit, cache_rejected: rejected, cache_write_error: None })
 }
 
 fn check_quantizable(cfg: &Config, qtype: GgmlDType) -> Result<()> {

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# The instructor's one-time install for a whole class (run as `kernel-setup/install.sh --shared
+# PREFIX`; root is not needed when PREFIX is writable). Everything goes into PREFIX, readable by all:
+#
+#   PREFIX/rust/          a copy of this Rust toolchain (students need no Rust of their own)
+#   PREFIX/bin/           evcxr_jupyter (copied from an install of the right version, else compiled)
+#   PREFIX/lab-venv/      JupyterLab (the lab's pinned versions)
+#   PREFIX/vendor/        every crate the notebooks' moe-lens needs (`cargo vendor`): no network later
+#   PREFIX/src/           the notebooks, their moe-lens crate and these scripts
+#   PREFIX/warm/cpu/      the notebooks' `:dep` build, done once (and warm/cuda/ with nvcc and a GPU)
+#   PREFIX/kernel/        the shared kernel (shared-kernel.sh) and its kernel spec
+#   PREFIX/moe-lens-shared.env   what the scripts read to find all this
+#
+# Then each student runs PREFIX/src/kernel-setup/install.sh (or their own clone's, with
+# MOE_LENS_SHARED=PREFIX): about ten seconds, nothing compiled; see kernel-setup/student-setup.sh.
+#
+#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]]
+#
+#   --kernelspec-system   also install the kernel spec "moe-lens-rust" for every user of this
+#                         machine's Jupyter (JupyterHub): into JUPYTER_PREFIX/share/jupyter/kernels
+#                         (default: jupyter's system folder, /usr/local/share/jupyter/kernels;
+#                         The Littlest JupyterHub: /opt/tljh/user)
+#
+# Settings as kernel-setup/install.sh (EVCXR_VERSION, PYTHON, MOE_LENS_CUDA, CUDA_COMPUTE_CAP,
+# MOE_LENS_REWARM=1, MOE_LENS_WARMUP_TIMEOUT). Safe to run again: done steps are skipped; after a
+# `git pull` it copies the new sources and rebuilds the warm build, and students' kernels pick it up
+# at their next start.
+set -Eeuo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+prefix=""
+system_spec=0
+system_prefix=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --shared) prefix=${2:?--shared needs a folder}; shift 2 ;;
+    --shared=*) prefix=${1#--shared=}; shift ;;
+    --kernelspec-system)
+      system_spec=1; shift
+      if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then system_prefix=$1; shift; fi ;;
+    --kernelspec-system=*) system_spec=1; system_prefix=${1#--kernelspec-system=}; shift ;;
+    --from|--from=*) echo "install.sh --from: not available yet (kernel-setup/bundle.sh is to come); for an offline machine, install where there is network and copy PREFIX to the same path" >&2; exit 2 ;;
+    *) echo "install.sh --shared: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$prefix" ] || { echo "install.sh --shared PREFIX: give the folder" >&2; exit 2; }
+mkdir -p "$prefix"
+prefix=$(cd "$prefix" && pwd)
+evcxr_version=${EVCXR_VERSION:-0.22.0}
+py=${PYTHON:-python3}
+lab_pins=(jupyterlab==4.6.6 nbclient==0.11.0 nbconvert==7.17.2)
+kernel_name=moe-lens-rust
+umask 022  # everything here is for every user to read
+
+t_start=$(date +%s)
+n=0; step=start; hint=""
+begin() { n=$((n + 1)); step=$1; hint=$2; printf '\n[%d] %s\n' "$n" "$step"; }
+say() { printf '    %s\n' "$*"; }
+on_err() {
+  local rc=$?
+  trap - ERR
+  printf '\ninstall.sh --shared: step [%d] "%s" FAILED (exit %s, line %s).\n' "$n" "$step" "$rc" "$1" >&2
+  [ -n "$hint" ] && printf 'How to fix: %s\n' "$hint" >&2
+  printf 'Then run it again: the steps already done are skipped.\n' >&2
+  exit "$rc"
+}
+trap 'on_err $LINENO' ERR
+echo "moe-lens shared install into $prefix (from $repo)"
+
+# ------------------------------------------------------------------------------------------------
+begin "Rust toolchain, copied into $prefix/rust" \
+  "Rust >= 1.95 must be on PATH for the instructor (rustup or a system install); students need none"
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+command -v rustc >/dev/null 2>&1 || { say "no rustc on PATH"; false; }
+command -v cc >/dev/null 2>&1 || { hint="a C compiler/linker 'cc' must be installed for everyone (gcc)"; false; }
+sysroot=$(rustc --print sysroot)
+if [ -x "$prefix/rust/bin/rustc" ] && [ "$("$prefix/rust/bin/rustc" -vV 2>/dev/null)" = "$(rustc -vV)" ] \
+   && [ -x "$prefix/rust/bin/cargo" ]; then
+  say "already there: $("$prefix/rust/bin/rustc" --version)"
+else
+  [ -x "$sysroot/bin/cargo" ] || { hint="this rustc's sysroot ($sysroot) has no cargo: install Rust with rustup"; false; }
+  rm -rf "$prefix/rust.new"
+  mkdir -p "$prefix/rust.new"
+  (cd "$sysroot" && tar --exclude=./share/doc -cf - .) | (cd "$prefix/rust.new" && tar -xf -)
+  rm -rf "$prefix/rust"; mv "$prefix/rust.new" "$prefix/rust"
+  say "copied $sysroot ($(du -sh "$prefix/rust" | cut -f1)): $("$prefix/rust/bin/rustc" --version)"
+fi
+rustc_v=$("$prefix/rust/bin/rustc" --version | awk '{print $2}')
+if [ "$(printf '%s\n' "1.95.0" "$rustc_v" | sort -V | head -1)" != "1.95.0" ]; then
+  hint="evcxr_jupyter $evcxr_version needs Rust >= 1.95: rustup update stable, then run this again"; false
+fi
+export PATH="$prefix/rust/bin:$PATH"
+unset RUSTUP_TOOLCHAIN CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER
+
+# ------------------------------------------------------------------------------------------------
+begin "evcxr_jupyter $evcxr_version into $prefix/bin" \
+  "cargo install --locked evcxr_jupyter --version $evcxr_version --root $prefix must work (network)"
+mkdir -p "$prefix/bin"
+# (evcxr_jupyter has no --version: the installed version is what cargo's list or our marker says)
+if [ -x "$prefix/bin/evcxr_jupyter" ] && [ "$(cat "$prefix/bin/.evcxr_jupyter.version" 2>/dev/null)" = "$evcxr_version" ]; then
+  say "already there"
+else
+  found=""
+  if command -v cargo >/dev/null 2>&1 \
+     && [ "$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\):$/\1/p' | head -1)" = "$evcxr_version" ]; then
+    for cand in "${CARGO_INSTALL_ROOT:+$CARGO_INSTALL_ROOT/bin/evcxr_jupyter}" "${CARGO_HOME:-$HOME/.cargo}/bin/evcxr_jupyter"; do
+      if [ -n "$cand" ] && [ -x "$cand" ]; then found=$cand; break; fi
+    done
+  fi
+  if [ -n "$found" ]; then
+    cp "$found" "$prefix/bin/evcxr_jupyter.new" && mv "$prefix/bin/evcxr_jupyter.new" "$prefix/bin/evcxr_jupyter"
+    say "copied your $found (the same version): no compiling"
+  else
+    say "compiling it (about 5 minutes on 16 cores, 16 on 2)"
+    t0=$(date +%s)
+    tmp_target=$(mktemp -d)
+    CARGO_TARGET_DIR=$tmp_target cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$prefix"
+    rm -rf "$tmp_target" "$prefix/.crates.toml" "$prefix/.crates2.json"
+    say "built in $(( $(date +%s) - t0 )) s"
+  fi
+  echo "$evcxr_version" > "$prefix/bin/.evcxr_jupyter.version"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "JupyterLab in $prefix/lab-venv (${lab_pins[*]})" \
+  "Python >= 3.9 with venv is needed (PYTHON=/path/to/python3); delete $prefix/lab-venv to start afresh"
+venv=$prefix/lab-venv
+# Every user must be able to run the venv's Python, which is a link to the one it was made from: a
+# Python in the instructor's home (pyenv, conda) is not reachable for others when that home is 0700.
+others_can_run() { # the file and every folder on its way executable by "others"
+  local p; p=$(readlink -f "$(command -v "$1" 2>/dev/null || echo "$1")" 2>/dev/null) || return 1
+  [ -n "$p" ] && [ -x "$p" ] || return 1
+  while [ "$p" != / ]; do
+    [ -n "$(find "$p" -maxdepth 0 -perm -o+x 2>/dev/null)" ] || return 1
+    p=$(dirname "$p")
+  done
+}
+if [ -x "$venv/bin/python" ] && ! others_can_run "$venv/bin/python"; then
+  say "$venv was made from a Python other users cannot run ($(readlink -f "$venv/bin/python")): making it again"
+  rm -rf "$venv"
+fi
+if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  if ! others_can_run "$py"; then
+    for cand in /usr/bin/python3 /usr/local/bin/python3; do
+      if others_can_run "$cand" && "$cand" -c 'import venv' 2>/dev/null; then
+        say "$py ($(readlink -f "$(command -v "$py")")) cannot be run by other users: using $cand"; py=$cand; break
+      fi
+    done
+    others_can_run "$py" || { hint="set PYTHON to a python3 (>= 3.9, with venv) that every user can run, e.g. the system's /usr/bin/python3"; false; }
+  fi
+  "$py" -c 'import sys; assert sys.version_info >= (3, 9), sys.version'
+  "$py" -m venv "$venv"
+fi
+missing=$("$venv/bin/python" - "${lab_pins[@]}" <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+out = []
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        if version(name) != want:
+            out.append(pin)
+    except PackageNotFoundError:
+        out.append(pin)
+print(" ".join(out))
+PY
+)
+if [ -z "$missing" ]; then say "already installed"; else
+  "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
+  say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "sources: notebooks, moe-lens and these scripts into $prefix/src; OLMoE's tokenizer for demo" \
+  "tests/setup-data.sh must have fetched the tokenizer "
+demo_tok=$repo/crates/moe-lens/data/demo/tokenizer.json
+if [ ! -f "$demo_tok" ]; then
+  PYTHON="$venv/bin/python" bash "$repo/tests/setup-data.sh" 2>&1 | sed 's/^/    /'
+fi
+new_src=$prefix/src.new
+rm -rf "$new_src"; mkdir -p "$new_src"
+(cd "$repo" && tar --exclude=target --exclude=__pycache__ -cf - Cargo.toml Cargo.lock rustfmt.toml crates notebooks \
+   kernel-setup tests/run-notebooks.sh tests/check_notebooks.py README.md INSTRUCTORS.md 2>/dev/null) \
+  | (cd "$new_src" && tar -xf -)
+# Only replace the copy when something changed: its files' times are what cargo compares.
+if [ -d "$prefix/src" ] && diff -r -q "$prefix/src" "$new_src" >/dev/null 2>&1; then
+  rm -rf "$new_src"; say "unchanged"
+else
+  rm -rf "$prefix/src.old"; [ -d "$prefix/src" ] && mv "$prefix/src" "$prefix/src.old"
+  mv "$new_src" "$prefix/src"; rm -rf "$prefix/src.old"
+  say "copied ($(du -sh "$prefix/src" | cut -f1))"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "the notebooks' crates, vendored into $prefix/vendor (cargo vendor)" \
+  "cargo vendor needs the crates once: network"
+# Also the crates of the toolchain's own library workspace (rust-src): evcxr's type inference
+# (rust-analyzer) loads it with `cargo metadata`, which must resolve from PREFIX/vendor too, or
+# cells like `let x = …;` fail with "Couldn't automatically determine type of variable".
+library=$prefix/rust/lib/rustlib/src/rust/library/Cargo.toml
+sync=(); [ -f "$library" ] && sync=(--sync "$library")
+lock_sum=$( { cat "$prefix/src/Cargo.lock"; [ -f "$library" ] && cat "${library%.toml}.lock"; } | sha256sum | cut -c1-16)
+if [ -f "$prefix/vendor/.moe-lens-lock" ] && [ "$(cat "$prefix/vendor/.moe-lens-lock")" = "$lock_sum" ]; then
+  say "already vendored for this Cargo.lock"
+else
+  rm -rf "$prefix/vendor.new"
+  # RUSTC_BOOTSTRAP: the library's manifest uses nightly cargo features; nothing is compiled here.
+  # First from the crates cargo already has (offline), else downloading them.
+  (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo --offline vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null 2>&1) \
+    || { rm -rf "$prefix/vendor.new"; (cd "$prefix/src" && RUSTC_BOOTSTRAP=1 cargo vendor --locked --quiet "${sync[@]}" "$prefix/vendor.new" >/dev/null); }
+  echo "$lock_sum" > "$prefix/vendor.new/.moe-lens-lock"
+  rm -rf "$prefix/vendor"; mv "$prefix/vendor.new" "$prefix/vendor"
+  say "vendored $(ls "$prefix/vendor" | wc -l) crates ($(du -sh "$prefix/vendor" | cut -f1))"
+fi
+
+# ------------------------------------------------------------------------------------------------
+begin "GPU or CPU (MOE_LENS_CUDA=${MOE_LENS_CUDA:-auto})" \
+  "CUDA needs nvcc (module load cuda / CUDA_HOME) and CUDA_COMPUTE_CAP; or MOE_LENS_CUDA=0"
+cuda=0; cuda_cap=""; nvcc_bin=""; gpu_name=""
+for cand in "$(command -v nvcc 2>/dev/null || true)" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" /usr/local/cuda/bin/nvcc; do
+  if [ -n "$cand" ] && [ -x "$cand" ]; then nvcc_bin=$cand; break; fi
+done
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  cuda_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .' || true)
+fi
+cuda_cap=${CUDA_COMPUTE_CAP:-$cuda_cap}
+case ${MOE_LENS_CUDA:-auto} in
+  0|no|off|cpu) ;;
+  1|yes|on|cuda) [ -n "$nvcc_bin" ] && [ -n "$cuda_cap" ] || { say "MOE_LENS_CUDA=1 but no nvcc or compute capability"; false; }; cuda=1 ;;
+  *) if [ -n "$gpu_name" ] && [ -n "$nvcc_bin" ] && [ -n "$cuda_cap" ]; then cuda=1
+     elif [ -n "$gpu_name" ]; then say "WARNING: a GPU ($gpu_name) but no nvcc: CPU build only ('module load cuda' and run again)"; fi ;;
+esac
+modes=(cpu); [ "$cuda" = 1 ] && modes+=(cuda)
+say "builds: ${modes[*]}${gpu_name:+ (GPU: $gpu_name, compute capability $cuda_cap)}"
+
+# ------------------------------------------------------------------------------------------------
+begin "the shared kernel and its spec ($prefix/kernel)" "check that $prefix is writable"
+mkdir -p "$prefix/kernel/spec"
+install -m 755 "$here/shared-kernel.sh" "$prefix/kernel/evcxr-kernel"
+install -m 755 "$here/student-setup.sh" "$prefix/bin/moe-lens-student-setup"
+cat > "$prefix/kernel/spec/kernel.json" <<JSON
+{
+  "argv": ["$prefix/kernel/evcxr-kernel", "--control_file", "{connection_file}"],
+  "display_name": "Rust (moe-lens)",
+  "interrupt_mode": "message",
+  "language": "rust",
+  "metadata": {"moe-lens": {"evcxr_jupyter": "$evcxr_version", "shared": "$prefix"}}
+}
+JSON
+# evcxr's logos, from the plain 'rust' spec that evcxr_jupyter --install writes (in a scratch HOME)
+tmp_home=$(mktemp -d)
+if HOME=$tmp_home "$prefix/bin/evcxr_jupyter" --install >/dev/null 2>&1; then
+  for f in "$tmp_home"/.local/share/jupyter/kernels/rust/logo-*; do
+    [ -f "$f" ] && cp "$f" "$prefix/kernel/spec/"
+  done
+fi
+rm -rf "$tmp_home"
+cat > "$prefix/moe-lens-shared.env.new" <<ENV
+# written by kernel-setup/install.sh --shared on $(date -u +%Y-%m-%dT%H:%M:%SZ); read by the scripts
+MOE_LENS_SHARED_VERSION=1
+MOE_LENS_SHARED_EVCXR=$evcxr_version
+MOE_LENS_SHARED_CUDA=$cuda
+MOE_LENS_SHARED_CUDA_CAP=$cuda_cap
+MOE_LENS_SHARED_NVCC_DIR=$( [ -n "$nvcc_bin" ] && dirname "$nvcc_bin" )
+ENV
+mv "$prefix/moe-lens-shared.env.new" "$prefix/moe-lens-shared.env"
+say "kernel: $prefix/kernel/evcxr-kernel"
+
+# ------------------------------------------------------------------------------------------------
+for mode in "${modes[@]}"; do
+  begin "warm build of the notebooks' moe-lens ($mode) in $prefix/warm/$mode" \
+    "run again; a compile error: 'cargo build -p moe-lens' in $repo shows it. A timeout: MOE_LENS_WARMUP_TIMEOUT=7200"
+  warm=$prefix/warm/$mode
+  dep=$("$venv/bin/python" "$here/execute.py" --dep-line "$prefix/src/notebooks")
+  key=$( { echo "$dep"; echo "$evcxr_version $mode $cuda_cap"; "$prefix/rust/bin/rustc" -vV; cat "$prefix/vendor/.moe-lens-lock";
+           (cd "$prefix/src" && find crates/moe-lens -type f ! -path '*/data/*' | sort | xargs sha256sum); } | sha256sum | cut -c1-16)
+  if [ -f "$warm/stamp" ] && [ "$(cat "$warm/stamp")" = "$key" ] && [ -d "$warm/target" ] && [ "${MOE_LENS_REWARM:-0}" != 1 ]; then
+    say "already done for these sources ($key)"
+    continue
+  fi
+  rm -f "$warm/stamp"
+  mkdir -p "$warm"
+  jp=$(mktemp -d)
+  mkdir -p "$jp/kernels/moe-lens-shared-warm"
+  sed 's/"display_name": "Rust (moe-lens)"/"display_name": "moe-lens warm-up"/' "$prefix/kernel/spec/kernel.json" \
+    > "$jp/kernels/moe-lens-shared-warm/kernel.json"
+  say "compiling candle, tokenizers, plotters and moe-lens as a notebook cell does (4-15 min on 2 cores)"
+  t0=$(date +%s)
+  # the kernel's own state (its CARGO_HOME with the vendor config) goes to a folder of the install
+  JUPYTER_PATH=$jp EVCXR_TMPDIR=$warm MOE_LENS_KERNEL_MODE=$mode MOE_LENS_HOME=$prefix/warm/.state-$mode \
+    "$venv/bin/python" "$here/execute.py" --warm-up "$prefix/src/notebooks" --kernel moe-lens-shared-warm
+  rm -rf "$jp" "$prefix/warm/.state-$mode"
+  echo "$key" > "$warm/stamp"
+  say "done in $(( $(date +%s) - t0 )) s; $(du -sh "$warm/target" | cut -f1)"
+done
+
+# ------------------------------------------------------------------------------------------------
+begin "readable by everyone, writable by you only" "check the ownership of $prefix"
+chmod -R a+rX,go-w "$prefix"
+say "$(du -sh "$prefix" | cut -f1) in $prefix"
+
+if [ "$system_spec" = 1 ]; then
+  begin "system-wide kernel spec '$kernel_name' (for JupyterHub's single-user servers)" \
+    "needs write access to the Jupyter data folder (root, or --kernelspec-system JUPYTER_PREFIX you own)"
+  if [ -n "$system_prefix" ]; then
+    "$venv/bin/jupyter" kernelspec install --prefix "$system_prefix" --name "$kernel_name" "$prefix/kernel/spec" >/dev/null
+    say "installed into $system_prefix/share/jupyter/kernels/$kernel_name"
+  else
+    "$venv/bin/jupyter" kernelspec install --name "$kernel_name" "$prefix/kernel/spec" >/dev/null
+    say "installed: $("$venv/bin/jupyter" kernelspec list | grep " $kernel_name ")"
+  fi
+fi
+
+trap - ERR
+cat <<EOF
+
+moe-lens shared install finished in $(( $(date +%s) - t_start )) s: $prefix
+
+Each student, once (about ten seconds; nothing is compiled):
+    $prefix/src/kernel-setup/install.sh
+then starts their lab with
+    ~/moe-lens-lab/kernel-setup/start-lab.sh --socket
+(A student's own clone works too: MOE_LENS_SHARED=$prefix kernel-setup/install.sh.)
+Before the class: INSTRUCTORS.md (the model cache: moe-lens prepare; GPU slices; the checklist).
+EOF

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The Rust kernel of a shared moe-lens install (kernel-setup/install.sh --shared PREFIX copies this
+# file to PREFIX/kernel/evcxr-kernel; every student's kernel spec, or the system-wide one, runs it).
+# It never compiles anything itself and never writes under PREFIX: what a kernel writes goes to the
+# user's own folders, made here on first use:
+#   ${MOE_LENS_HOME:-~/.local/share/moe-lens}/shared-cargo   CARGO_HOME: a config.toml that points
+#                                              cargo at PREFIX/vendor (no network, no registry copy)
+#   ${MOE_LENS_HOME:-…}/shared-evcxr         evcxr's config folder (no :cache: the warm build is
+#                                              the cache)
+#   /var/tmp/moe-lens-$USER/shared-N          the kernel's build folder (EVCXR_TMPDIR, 0700), seeded
+#                                              from PREFIX/warm/MODE/target, the instructor's
+#                                              pre-build, so the first `:dep` cell only links
+# The paths cargo compiled against (the toolchain in PREFIX/rust, the crates in PREFIX/vendor, the
+# notebooks' moe-lens in PREFIX/src/crates) are the same for every user, so the copy is up to date
+# for cargo and nothing is recompiled.
+#
+# Settings: MOE_LENS_KERNEL_THREADS, MOE_LENS_KERNEL_SLOTS (as kernel-setup/install.sh),
+# MOE_LENS_BUILD_DIR (where the build folders go), MOE_LENS_KERNEL_MODE=cpu|cuda (default: cuda
+# when the shared install has the CUDA build and nvidia-smi sees a GPU).
+set -euo pipefail
+user_umask=$(umask)
+umask 077
+self=$(readlink -f "${BASH_SOURCE[0]}")
+prefix=$(cd "$(dirname "$self")/.." && pwd)
+if [ ! -f "$prefix/moe-lens-shared.env" ]; then
+  echo "moe-lens kernel: $prefix/moe-lens-shared.env is missing: the shared install is incomplete; ask the instructor to run kernel-setup/install.sh --shared $prefix again" >&2
+  exit 1
+fi
+# shellcheck disable=SC1091
+. "$prefix/moe-lens-shared.env"
+export MOE_LENS_SHARED=$prefix
+export PATH="$prefix/rust/bin:$prefix/bin:$PATH"
+export CANDLE_BARRIER_POOL_SPIN_LIMIT="${CANDLE_BARRIER_POOL_SPIN_LIMIT:-0}"
+if [ -z "${RAYON_NUM_THREADS:-}" ]; then
+  n=${MOE_LENS_KERNEL_THREADS:-$(nproc 2>/dev/null || echo 4)}
+  [ "$n" -gt 8 ] && n=8
+  export RAYON_NUM_THREADS=$n
+fi
+
+user=$(id -un)
+state=${MOE_LENS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/moe-lens}
+mkdir -p "$state"
+
+# cargo: the shared, vendored crates; offline; the user's own CARGO_HOME for whatever cargo writes
+export CARGO_HOME=$state/shared-cargo
+mkdir -p "$CARGO_HOME"
+want="[source.crates-io]
+replace-with = \"moe-lens-vendor\"
+
+[source.moe-lens-vendor]
+directory = \"$prefix/vendor\"
+
+[net]
+offline = true"
+if [ "$(cat "$CARGO_HOME/config.toml" 2>/dev/null)" != "$want" ]; then printf '%s\n' "$want" > "$CARGO_HOME/config.toml"; fi
+unset CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER
+
+# CPU or CUDA build (the instructor's install decides which exist)
+mode=${MOE_LENS_KERNEL_MODE:-}
+if [ -z "$mode" ]; then
+  mode=cpu
+  if [ "${MOE_LENS_SHARED_CUDA:-0}" = 1 ] && command -v nvidia-smi >/dev/null 2>&1 \
+     && [ -n "$(nvidia-smi -L 2>/dev/null | head -1)" ]; then mode=cuda; fi
+fi
+cfg=$state/shared-evcxr
+mkdir -p "$cfg"
+{
+  echo "// written by the moe-lens shared kernel at each start"
+  if [ "$mode" = cuda ]; then
+    echo ":build_env RUSTFLAGS=-Cprefer-dynamic --cfg moe_lens_cuda"
+    echo ":build_env CUDA_COMPUTE_CAP=${MOE_LENS_SHARED_CUDA_CAP:-80}"
+  fi
+} > "$cfg/init.evcxr"
+export EVCXR_CONFIG_DIR=$cfg
+if [ "$mode" = cuda ] && [ -n "${MOE_LENS_SHARED_NVCC_DIR:-}" ]; then
+  export PATH="$MOE_LENS_SHARED_NVCC_DIR:$PATH"
+  export CUDA_COMPUTE_CAP="${MOE_LENS_SHARED_CUDA_CAP:-80}"
+fi
+
+# the build folder: a slot of our own (one kernel per slot at a time), seeded from the warm build
+if [ -z "${EVCXR_TMPDIR:-}" ]; then
+  root=${MOE_LENS_BUILD_DIR:-}
+  top_of() { echo "$1" | cut -d/ -f2; }
+  if [ -z "$root" ]; then
+    # not under the toolchain's top folder (evcxr's relative rpath to libstd; see install.sh)
+    for base in /var/tmp /tmp "$HOME"; do
+      if [ -d "$base" ] && [ -w "$base" ] && [ "$(top_of "$base")" != "$(top_of "$prefix")" ]; then
+        root=$base/moe-lens-$user; [ "$base" = "$HOME" ] && root=$HOME/.cache/moe-lens-build
+        break
+      fi
+    done
+  fi
+  if [ -n "$root" ]; then
+    mkdir -p "$root"
+    if [ -L "$root" ] || [ ! -O "$root" ]; then
+      echo "moe-lens kernel: $root is not a folder of yours; move it away (or set MOE_LENS_BUILD_DIR)" >&2
+      root=""
+    else
+      chmod 700 "$root"
+    fi
+  fi
+  if [ -n "$root" ] && command -v flock >/dev/null 2>&1; then
+    for n in $(seq 0 $(( ${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
+      d=$root/shared-$mode-$n
+      mkdir -p "$d"
+      exec 9>"$d.lock"
+      if flock -n 9; then export EVCXR_TMPDIR=$d; break; fi
+      exec 9>&-
+    done
+  fi
+  warm=$prefix/warm/$mode
+  if [ -n "${EVCXR_TMPDIR:-}" ] && [ -f "$warm/stamp" ] \
+     && [ "$(cat "$EVCXR_TMPDIR/seed.stamp" 2>/dev/null)" != "$(cat "$warm/stamp")" ]; then
+    # first use of this slot, or the instructor rebuilt: copy the warm build (about 600 MB, seconds)
+    rm -rf "$EVCXR_TMPDIR/target" "$EVCXR_TMPDIR/seed.stamp"
+    cp -R --preserve=timestamps "$warm/target" "$EVCXR_TMPDIR/target"
+    [ -f "$warm/Cargo.lock" ] && cp --preserve=timestamps "$warm/Cargo.lock" "$EVCXR_TMPDIR/Cargo.lock"
+    cp "$warm/stamp" "$EVCXR_TMPDIR/seed.stamp"
+  fi
+  if [ "${MOE_LENS_SEED_ONLY:-0}" = 1 ]; then
+    # kernel-setup/student-setup.sh: only prepare a build folder, start no kernel
+    echo "${EVCXR_TMPDIR:-}" > "$state/.seeded"
+    exit 0
+  fi
+fi
+umask "$user_umask"
+exec "$prefix/bin/evcxr_jupyter" "$@"
