@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use moe_lens::corpus::{self, Sentence};
+use moe_lens::study::analyses::{COACTIVATION_FILE, CONSECUTIVE_FILE};
 use moe_lens::study::checkpoint::{self, DirResult, DirScan, RunInfo, ScanEvent};
 use moe_lens::study::{
     CompareOptions, ScanOptions, Scanner, Shard, COUNTS_FILE, METRICS_CSV, METRICS_FILE, ROUTES_FILE,
@@ -209,7 +210,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
 fn print_summary(dir: &Path, res: &DirResult, what: &str) {
     let toks: Vec<String> = res.study.counts.tokens_by_lang().iter().map(|(l, n)| format!("{l} {n}")).collect();
     eprintln!(
-        "{what}: wrote {COUNTS_FILE}, {METRICS_FILE}, {METRICS_CSV} and {ROUTES_FILE} in {} (tokens: {})",
+        "{what}: wrote {COUNTS_FILE}, {METRICS_FILE}, {METRICS_CSV}, {ROUTES_FILE} and the routing analyses ({COACTIVATION_FILE}, {CONSECUTIVE_FILE} and their CSVs, see SCAN.md) in {} (tokens: {})",
         dir.display(),
         toks.join(", ")
     );

@@ -182,6 +182,15 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
             st.routes_bytes
         )));
     }
+    if !routes::is_current_layout(&path)? {
+        return Err(dir_err(
+            dir,
+            format!(
+                "its {ROUTES_FILE} was written by an older moe-lens (without token ids), so this scan cannot continue \
+                 it: start over in another output directory"
+            ),
+        ));
+    }
     f.set_len(st.routes_bytes).map_err(|e| Error::io(&path, e))?;
     f.sync_all().map_err(|e| Error::io(&path, e))?;
     drop(f);
@@ -315,7 +324,9 @@ pub fn scan_to_dir(
     let mut study = scanner.into_study();
     study.sort();
     let report = study.report(job.reference.as_deref(), &job.compare)?;
-    study.save(dir, &report)?;
+    let tokenizer = lens.tokenizer();
+    let labels = |ids: &[u32]| tokenizer.labels(ids).unwrap_or_default();
+    study.save_labelled(dir, &report, Some(&labels))?;
     state.complete = true;
     state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
     state.counts = study.counts.to_json();

@@ -27,6 +27,7 @@
 //! right-padded to the longest of their batch, with the padded positions masked out of attention;
 //! a sentence's routing in a batch equals its routing alone (up to float rounding).
 
+pub mod analyses;
 pub mod checkpoint;
 pub mod compare;
 pub mod counts;
@@ -48,6 +49,7 @@ use crate::lab::Lens;
 use crate::spy::{RouterEvent, RouterSpy, Step};
 use crate::tokens::{Script, Token};
 
+pub use analyses::{AnalysisOptions, Consecutive, RoutingAnalyses};
 pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdict};
 pub use counts::{Counts, CountsJson};
 pub use metrics::{LayerJsd, LayerLang, Metrics};
@@ -267,10 +269,27 @@ impl Study {
         Ok(())
     }
 
-    /// Writes `counts.json`, `metrics.json` (with `report`'s comparisons), `metrics.csv` and the
-    /// routes (`routes.bin`) into `dir`, each atomically.
+    /// The routing analyses of the scanned sentences: co-activation, token specialisation,
+    /// consecutive tokens, expert profiles (see [`analyses`]).
+    pub fn analyses(&self) -> Result<RoutingAnalyses> {
+        let c = &self.counts;
+        RoutingAnalyses::from_routes(&c.model, c.layers, c.experts, c.k, &self.routes)
+    }
+
+    /// Writes `counts.json`, `metrics.json` (with `report`'s comparisons), `metrics.csv`, the
+    /// routes (`routes.bin`) and the routing analyses' files (`coactivation.json`,
+    /// `consecutive.json` and their CSVs, see SCAN.md) into `dir`, each atomically.
     pub fn save(&self, dir: impl AsRef<Path>, report: &Metrics) -> Result<()> {
-        let dir = dir.as_ref();
+        self.save_labelled(dir.as_ref(), report, None)
+    }
+
+    /// [`Study::save`], with token labels for `specialisation_tokens.csv`.
+    pub(crate) fn save_labelled(
+        &self,
+        dir: &Path,
+        report: &Metrics,
+        labels: Option<&analyses::TokenLabels<'_>>,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let c = &self.counts;
         let mut bytes = routes::header(c.layers, c.k, c.experts);
@@ -285,7 +304,8 @@ impl Study {
         let json = serde_json::to_string_pretty(&mf)
             .map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
         write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
-        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())
+        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())?;
+        self.analyses()?.save(dir, &AnalysisOptions::default(), labels)
     }
 
     /// Reads a saved study (`counts.json`, `routes.bin`, settings from `metrics.json`), checking
@@ -675,7 +695,20 @@ impl<'a> Scanner<'a> {
                 experts.extend(chosen.iter().map(|&e| e as u16));
             }
         }
-        Ok(SentenceRoutes { index: p as u32, id: s.id.clone(), langs, token_lang, layers, k, experts })
+        let token_ids = kept.iter().map(|&t| tokens[t].id).collect();
+        let positions = kept.iter().map(|&t| t as u32).collect();
+        Ok(SentenceRoutes {
+            index: p as u32,
+            id: s.id.clone(),
+            langs,
+            token_lang,
+            domain: None,
+            token_ids,
+            positions,
+            layers,
+            k,
+            experts,
+        })
     }
 }
 

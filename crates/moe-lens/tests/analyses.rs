@@ -1,0 +1,234 @@
+//! The routing analyses (co-activation, consecutive tokens, token specialisation, expert profiles)
+//! against the independent NumPy reference `tests/analyses/reference.py`, whose committed output
+//! was computed from `moe-lens trace --format json` exports of `tests/analyses/corpus.tsv` on the
+//! narrow test checkpoint: counts equal exactly, rates within 1e-9.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use moe_lens::corpus;
+use moe_lens::hub;
+use moe_lens::lab::{DeviceChoice, Lens, LoadOptions};
+use moe_lens::study::analyses::{self, RoutingAnalyses};
+use moe_lens::study::{self, ScanOptions, SentenceRoutes, Study};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn narrow() -> Lens {
+    let dir = root().join("tests/fixtures/olmoe-narrow");
+    assert!(dir.join("tokenizer.json").exists(), "run tests/setup-data.sh first");
+    let files = hub::local_dir(&dir, "olmoe-narrow").unwrap();
+    Lens::from_files(files, &LoadOptions { device: DeviceChoice::Cpu, dtype: Some(DType::F32), ..Default::default() })
+        .unwrap()
+}
+
+fn expected(name: &str) -> Value {
+    let p = root().join("tests/analyses").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-9, "{what}: ours {a}, reference {b}");
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap()
+}
+
+fn check_against_reference(a: &RoutingAnalyses, want: &Value) {
+    let top_n = want["top_tokens"].as_u64().unwrap() as usize;
+    assert_eq!(a.tokens(), u(&want["tokens"]));
+    // co-activation: exact counts
+    for (layer, m) in want["coactivation"].as_array().unwrap().iter().enumerate() {
+        let ours = a.coactivation(layer).unwrap();
+        let theirs: Vec<Vec<u64>> = serde_json::from_value(m.clone()).unwrap();
+        assert_eq!(ours, theirs, "co-activation of layer {layer}");
+    }
+    // the random router's values
+    let r = a.random_router();
+    close(r.top1_same, f(&want["random"]["top1_same"]), "random top1_same");
+    close(r.top1_in_next_top2, f(&want["random"]["top1_in_next_top2"]), "random top1_in_next_top2");
+    close(r.mean_shared, f(&want["random"]["mean_shared"]), "random mean_shared");
+    // consecutive tokens
+    let langs: Vec<String> = want["consecutive"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(a.languages(), langs);
+    for lang in &langs {
+        let ours = a.consecutive(lang).unwrap();
+        for (layer, w) in want["consecutive"][lang].as_array().unwrap().iter().enumerate() {
+            let o = &ours[layer];
+            let what = format!("consecutive {lang} layer {layer}");
+            assert_eq!(o.pairs, u(&w["pairs"]), "{what}: pairs");
+            close(o.top1_same, f(&w["top1_same"]), &format!("{what}: top1_same"));
+            close(o.top1_in_next_top2, f(&w["top1_in_next_top2"]), &format!("{what}: top1_in_next_top2"));
+            close(o.mean_shared, f(&w["mean_shared"]), &format!("{what}: mean_shared"));
+        }
+        // expert profiles
+        for (layer, w) in want["profiles"][lang].as_array().unwrap().iter().enumerate() {
+            let p = a.profile(lang, layer).unwrap();
+            let experts: Vec<usize> = p.experts.iter().map(|e| e.expert).collect();
+            let picks: Vec<u64> = p.experts.iter().map(|e| e.picks).collect();
+            assert_eq!(experts, serde_json::from_value::<Vec<usize>>(w["experts"].clone()).unwrap());
+            assert_eq!(picks, serde_json::from_value::<Vec<u64>>(w["picks"].clone()).unwrap());
+            for (e, c) in p.experts.iter().zip(w["cumulative"].as_array().unwrap()) {
+                close(e.cumulative, f(c), &format!("profile {lang} layer {layer} cumulative"));
+            }
+        }
+    }
+    // token specialisation
+    assert!(a.has_token_ids());
+    for w in want["specialisation"].as_array().unwrap() {
+        let (layer, expert) = (u(&w["layer"]) as usize, u(&w["expert"]) as usize);
+        let what = format!("specialisation of layer {layer} expert {expert}");
+        let s = a.specialisation(layer, expert, top_n).unwrap();
+        assert_eq!(s.picks, u(&w["picks"]), "{what}");
+        assert_eq!(s.distinct_tokens as u64, u(&w["distinct_tokens"]), "{what}");
+        close(s.top1_share, f(&w["top1_share"]), &what);
+        close(s.top_n_share, f(&w["top_n_share"]), &what);
+        let top = w["top"].as_array().unwrap();
+        assert_eq!(s.top.len(), top.len(), "{what}");
+        for (t, x) in s.top.iter().zip(top) {
+            assert_eq!(t.token_id as u64, u(&x[0]), "{what}");
+            assert_eq!(t.count, u(&x[1]), "{what}");
+            close(t.share_of_expert, f(&x[2]), &what);
+            close(t.share_of_token, f(&x[3]), &what);
+        }
+        for (l, picks, _) in &s.langs {
+            assert_eq!(*picks, u(&w["langs"][l.as_str()]), "{what}: {l}");
+        }
+    }
+}
+
+fn scan(lens: &Lens, batch: usize, by_script: bool, skip_common: bool) -> Study {
+    let s = corpus::load_corpus(root().join("tests/analyses/corpus.tsv"), None).unwrap();
+    let opts = ScanOptions { batch_size: batch, by_script, skip_common, progress: false };
+    study::scan(lens, &s, &opts).unwrap()
+}
+
+#[test]
+fn analyses_equal_the_numpy_reference() {
+    let lens = narrow();
+    for (by_script, skip_common, file) in
+        [(false, false, "expected-narrow.json"), (true, true, "expected-narrow-script-skip.json")]
+    {
+        let want = expected(file);
+        assert_eq!(want["by_script"], by_script);
+        assert_eq!(want["skip_common"], skip_common);
+        for batch in [1, 5] {
+            let study = scan(&lens, batch, by_script, skip_common);
+            check_against_reference(&study.analyses().unwrap(), &want);
+        }
+    }
+}
+
+#[test]
+fn saved_files_have_the_fixed_formats_and_reload() {
+    let lens = narrow();
+    let study = scan(&lens, 4, false, false);
+    let dir = std::env::temp_dir().join(format!("moe-lens-analyses-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = study.metrics();
+    study.save(&dir, &report).unwrap();
+    let want = expected("expected-narrow.json");
+
+    // coactivation.json = {"model", "k", "experts", "layers": [[[int]]]}
+    let co: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(analyses::COACTIVATION_FILE)).unwrap()).unwrap();
+    let keys: Vec<&str> = co.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["experts", "k", "layers", "model"]);
+    assert_eq!(co["k"], 8);
+    assert_eq!(co["experts"], 64);
+    assert_eq!(co["model"], lens.name());
+    assert_eq!(co["layers"], want["coactivation"]);
+
+    // consecutive.json = {"model", "langs": {LANG: [{"pairs", "top1_same", "top1_in_next_top2", "mean_shared"}]}}
+    let cj: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(analyses::CONSECUTIVE_FILE)).unwrap()).unwrap();
+    let keys: Vec<&str> = cj.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["langs", "model"]);
+    for (lang, layers) in cj["langs"].as_object().unwrap() {
+        let w = want["consecutive"][lang].as_array().unwrap();
+        assert_eq!(layers.as_array().unwrap().len(), 16);
+        for (o, w) in layers.as_array().unwrap().iter().zip(w) {
+            let keys: Vec<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["mean_shared", "pairs", "top1_in_next_top2", "top1_same"]);
+            assert_eq!(o["pairs"], w["pairs"]);
+            close(f(&o["top1_same"]), f(&w["top1_same"]), lang);
+            close(f(&o["mean_shared"]), f(&w["mean_shared"]), lang);
+        }
+    }
+    // one tidy CSV per analysis, each with its header
+    for (file, header) in [
+        (analyses::COACTIVATION_CSV, "layer,expert,partner,count,share"),
+        (analyses::PARTNERS_CSV, "layer,expert,rank,partner,count,share"),
+        (analyses::CONSECUTIVE_CSV, "lang,layer,pairs,top1_same,top1_in_next_top2,mean_shared,random_top1_same,random_top1_in_next_top2,random_mean_shared"),
+        (analyses::SPECIALISATION_CSV, "layer,expert,picks,distinct_tokens,top1_share,top10_share"),
+        (analyses::SPECIALISATION_TOKENS_CSV, "layer,expert,rank,token_id,token,count,share_of_expert,share_of_token"),
+        (analyses::SPECIALISATION_LANGS_CSV, "layer,expert,lang,picks,share"),
+        (analyses::PROFILES_CSV, "lang,layer,rank,expert,picks,share,cumulative_share"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(text.lines().next().unwrap(), header, "{file}");
+        let cols = header.split(',').count();
+        assert!(text.lines().skip(1).all(|l| l.split(',').count() == cols || l.contains('"')), "{file}");
+    }
+    let rows = std::fs::read_to_string(dir.join(analyses::COACTIVATION_CSV)).unwrap().lines().count();
+    assert_eq!(rows, 1 + 16 * 64 * 64);
+
+    // a loaded study gives the same analyses
+    let loaded = Study::load(&dir).unwrap();
+    check_against_reference(&loaded.analyses().unwrap(), &want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Hand-made routes: neighbours only where positions are adjacent, pairs under the first token's
+/// language, the random router's values from their formulas.
+#[test]
+fn consecutive_pairs_by_hand() {
+    // one layer, 4 experts, top-2; tokens at positions 0, 1, 3 (2 left out), languages en, ko, ko
+    let r = SentenceRoutes {
+        index: 0,
+        id: "x".into(),
+        langs: vec!["en".into(), "ko".into()],
+        token_lang: vec![0, 1, 1],
+        domain: Some("news".into()),
+        token_ids: vec![7, 7, 9],
+        positions: vec![0, 1, 3],
+        layers: 1,
+        k: 2,
+        experts: vec![1, 2, /**/ 2, 1, /**/ 1, 3],
+    };
+    let a = RoutingAnalyses::from_routes("m", 1, 4, 2, [&r]).unwrap();
+    let en = a.consecutive("en").unwrap()[0];
+    assert_eq!(en.pairs, 1); // (0,1) only: 1 and 3 are not neighbours
+    assert_eq!(en.top1_same, 0.0); // 1 vs 2
+    assert_eq!(en.top1_in_next_top2, 1.0); // 1 ∈ {2, 1}
+    assert_eq!(en.mean_shared, 2.0);
+    assert_eq!(a.consecutive("ko").unwrap()[0].pairs, 0);
+    assert_eq!(
+        a.coactivation(0).unwrap(),
+        vec![vec![0, 0, 0, 0], vec![0, 3, 2, 1], vec![0, 2, 2, 0], vec![0, 1, 0, 1]]
+    );
+    let p = a.partners(0, 1, 5).unwrap();
+    assert_eq!(p.iter().map(|p| (p.expert, p.count)).collect::<Vec<_>>(), [(2, 2), (3, 1)]);
+    let s = a.specialisation(0, 1, 1).unwrap();
+    assert_eq!((s.picks, s.distinct_tokens), (3, 2));
+    assert_eq!(s.top[0].token_id, 7);
+    assert!((s.top1_share - 2.0 / 3.0).abs() < 1e-15);
+    assert_eq!(s.top[0].share_of_token, 1.0); // both occurrences of 7 chose expert 1
+    assert_eq!(s.domains, [("news".to_string(), 3, 1.0)]);
+    let rr = analyses::random_router(64, 8);
+    assert_eq!((rr.top1_same, rr.top1_in_next_top2, rr.mean_shared), (1.0 / 64.0, 2.0 / 64.0, 1.0));
+    assert!(a.consecutive("xx").is_err());
+    assert!(a.coactivation(1).is_err());
+    // a routes record of another shape is refused, not a panic
+    let mut bad = r.clone();
+    bad.k = 3;
+    assert!(RoutingAnalyses::from_routes("m", 1, 4, 2, [&bad]).is_err());
+}
