@@ -637,6 +637,41 @@ fn save_load_and_merge_round_trip() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sharded scan runs every sentence in the same batch as the unsharded scan: the shards' scan
+/// orders, one after the other, are the unsharded scan order, each cut on a batch boundary; so
+/// the shards' routes merged equal the whole exactly (here with batches that do not divide the
+/// corpus, and more shards than some runs have batches).
+#[test]
+fn shards_are_runs_of_the_unsharded_batches() {
+    let lens = narrow();
+    let s = sentences();
+    for (batch, n) in [(5, 2), (4, 3), (1, 5), (3, 7)] {
+        let o = quiet(batch);
+        let whole = study::Scanner::new(&lens, &s, &o).unwrap();
+        let mut whole_study = study::scan(&lens, &s, &o).unwrap();
+        let order: Vec<u32> = whole_study.routes.iter().map(|r| r.index).collect();
+        let mut got = Vec::new();
+        let mut merged: Option<Study> = None;
+        for i in 0..n {
+            let mut sc = study::Scanner::for_shard(&lens, &s, Shard::new(i, n).unwrap(), &o).unwrap();
+            while sc.step().unwrap().is_some() {}
+            let part = sc.into_study();
+            assert!(got.len() % batch == 0, "batch {batch}, shard {i}/{n} starts on a batch boundary");
+            got.extend(part.routes.iter().map(|r| r.index));
+            match &mut merged {
+                None => merged = Some(part),
+                Some(m) => m.merge(part).unwrap(),
+            }
+        }
+        assert_eq!(got, order, "batch {batch}, {n} shards");
+        assert_eq!(whole.total(), s.len());
+        let mut merged = merged.unwrap();
+        merged.sort();
+        whole_study.sort();
+        assert_eq!(merged, whole_study, "batch {batch}, {n} shards: merged = whole");
+    }
+}
+
 #[test]
 fn shards_partition_the_corpus() {
     for n in 1..=7 {

@@ -132,10 +132,22 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
-    /// The corpus positions of this shard in a corpus of `total` sentences.
+    /// The corpus positions of the `i`-th of `n` contiguous chunks of a corpus of `total`
+    /// sentences. (A scan's shard is a run of batches instead: see [`Shard::batches`].)
     pub fn range(&self, total: usize) -> std::ops::Range<usize> {
         let at = |i: usize| ((i as u128 * total as u128) / self.count as u128) as usize;
         at(self.index)..at(self.index + 1)
+    }
+}
+
+impl Shard {
+    /// The batches of this shard among `batches` batches: the `i`-th of `n` nearly equal runs.
+    /// A sharded scan orders the whole corpus as an unsharded one does (longest first), cuts it
+    /// into the same batches and gives each shard a run of them, so every sentence is run in the
+    /// same batch, padded the same, as in the unsharded scan, and the shards merged equal it
+    /// exactly (with the same batch size).
+    pub fn batches(&self, batches: usize) -> std::ops::Range<usize> {
+        self.range(batches)
     }
 }
 
@@ -502,7 +514,22 @@ impl<'a> Scanner<'a> {
         Self::for_positions(lens, sentences, 0..sentences.len(), opts)
     }
 
-    /// A scan of some corpus positions (a shard); the routes keep the positions in the whole corpus.
+    /// A scan of one shard of the corpus: the corpus ordered and cut into batches as by
+    /// [`Scanner::new`], and the shard's run of those batches ([`Shard::batches`]). The routes
+    /// keep the positions in the whole corpus.
+    pub fn for_shard(lens: &'a Lens, sentences: &'a [Sentence], shard: Shard, opts: &ScanOptions) -> Result<Self> {
+        let mut s = Self::new(lens, sentences, opts)?;
+        let bs = s.batch_size;
+        let batches = s.order.len().div_ceil(bs);
+        let r = shard.batches(batches);
+        let (start, end) = ((r.start * bs).min(s.order.len()), (r.end * bs).min(s.order.len()));
+        s.order = s.order[start..end].to_vec();
+        s.tokens = s.tokens.drain(start..end).collect();
+        s.tokens_total = s.tokens.iter().map(|t| t.len() as u64).sum();
+        Ok(s)
+    }
+
+    /// A scan of some corpus positions; the routes keep the positions in the whole corpus.
     pub fn for_positions(
         lens: &'a Lens,
         sentences: &'a [Sentence],
