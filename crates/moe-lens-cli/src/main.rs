@@ -83,6 +83,19 @@ enum Cmd {
     Scan(scan::ScanArgs),
     /// Sum the outputs of `scan --shard i/n` runs into one directory.
     Merge(scan::MergeArgs),
+    /// Compare two finished scans of the same corpus token by token (two models, precisions or
+    /// checkpoints): per layer, top-k set agreement, mean overlap, top-1 agreement, the
+    /// Jensen–Shannon divergence of the expert counts, and whether the language study's verdict
+    /// changes.
+    CompareScans {
+        /// The first scan's --out directory.
+        dir_a: std::path::PathBuf,
+        /// The second scan's --out directory.
+        dir_b: std::path::PathBuf,
+        /// Also write the table as CSV to this file.
+        #[arg(long)]
+        csv: Option<std::path::PathBuf>,
+    },
     /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
     /// model directory and token-id sentences (see bench/run_gpu.sh).
     Bench(bench::BenchArgs),
@@ -145,6 +158,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Scan(args) => scan::run_scan(args)?,
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
+        Cmd::CompareScans { dir_a, dir_b, csv } => {
+            let c = moe_lens::study::scan_compare::compare_scan_dirs(&dir_a, &dir_b)?;
+            println!("{c}");
+            if let Some(p) = csv {
+                std::fs::write(&p, c.to_csv()).with_context(|| format!("writing {}", p.display()))?;
+            }
+        }
     }
     Ok(())
 }

@@ -255,6 +255,18 @@ fn shards_merged_equal_the_unsharded_scan() {
     let refs: Vec<&Path> = parts.iter().map(PathBuf::as_path).collect();
     ok(merge_cmd(&merged, &refs));
     assert_same_outputs(&whole, &merged);
+    // compare-scans: the merged scan against the whole agrees on every token of every layer
+    let csv = w.join("cmp.csv");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moe-lens"));
+    c.arg("compare-scans").arg(&whole).arg(&merged).arg("--csv").arg(&csv);
+    let o = c.output().unwrap();
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(table.contains("30 sentences") && table.contains("verdict changes in 0 of 16 layers"), "{table}");
+    assert_eq!(table.matches("100.0%").count(), 16 * 3, "{table}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert!(csv.starts_with("layer,tokens,set_agreement,mean_overlap,top1_agreement,jsd"), "{csv}");
+    assert_eq!(csv.lines().count(), 17);
 
     // merging a merge with nothing new changes nothing; overlapping parts are refused
     let e = fails(merge_cmd(&w.join("m2"), &[&parts[0], &parts[1], &parts[0]]));

@@ -10,6 +10,7 @@ use moe_lens::corpus;
 use moe_lens::hub;
 use moe_lens::lab::{DeviceChoice, Lens, LoadOptions};
 use moe_lens::study::analyses::{self, RoutingAnalyses};
+use moe_lens::study::scan_compare::compare_scan_dirs;
 use moe_lens::study::{self, ScanOptions, SentenceRoutes, Study};
 use serde_json::Value;
 
@@ -231,4 +232,88 @@ fn consecutive_pairs_by_hand() {
     let mut bad = r.clone();
     bad.k = 3;
     assert!(RoutingAnalyses::from_routes("m", 1, 4, 2, [&bad]).is_err());
+}
+
+// ------------------------------------------------------------------------------------------------
+// compare-scans
+// ------------------------------------------------------------------------------------------------
+
+fn saved_scan(lens: &Lens, name: &str) -> PathBuf {
+    let study = scan(lens, 1, false, false);
+    let dir = std::env::temp_dir().join(format!("moe-lens-cmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = study.report(None, &moe_lens::study::CompareOptions { replicates: 50, ..Default::default() }).unwrap();
+    study.save(&dir, &report).unwrap();
+    dir
+}
+
+#[test]
+fn a_scan_compared_with_itself_agrees_everywhere() {
+    let lens = narrow();
+    let dir = saved_scan(&lens, "self");
+    let c = compare_scan_dirs(&dir, &dir).unwrap();
+    assert_eq!(c.layers.len(), 16);
+    assert_eq!((c.sentences, c.only_a, c.only_b), (13, 0, 0));
+    for l in &c.layers {
+        assert_eq!((l.set_agreement, l.mean_overlap, l.top1_agreement, l.jsd), (1.0, 1.0, 1.0, 0.0));
+    }
+    assert!(!c.verdicts.is_empty());
+    assert!(c.changed_layers().is_empty());
+    assert!(c.to_string().contains("verdict changes in 0 of 16 layers"), "{c}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The narrow checkpoint in float32 against llama.cpp's Q4_K_M of it: the agreement equals what
+/// the two models' traces give sentence by sentence (computed here from the trace exports).
+#[test]
+fn compare_scans_equals_the_trace_level_agreement() {
+    let f32_lens = narrow();
+    let q_path = root().join("tests/fixtures/llamacpp/olmoe-narrow-Q4_K_M.gguf");
+    let q_lens =
+        Lens::load_with(q_path.to_str().unwrap(), &LoadOptions { device: DeviceChoice::Cpu, ..Default::default() })
+            .unwrap();
+    let (a, b) = (saved_scan(&f32_lens, "f32"), saved_scan(&q_lens, "q4km"));
+    let c = compare_scan_dirs(&a, &b).unwrap();
+    let sentences = corpus::load_corpus(root().join("tests/analyses/corpus.tsv"), None).unwrap();
+    let (mut same, mut overlap, mut top1, mut n) = ([0u64; 16], [0u64; 16], [0u64; 16], 0u64);
+    for s in &sentences {
+        let ta: Value = serde_json::from_str(&f32_lens.trace(&s.text).unwrap().to_json().unwrap()).unwrap();
+        let tb: Value = serde_json::from_str(&q_lens.trace(&s.text).unwrap().to_json().unwrap()).unwrap();
+        assert_eq!(ta["tokens"].as_array().unwrap().len(), tb["tokens"].as_array().unwrap().len());
+        n += ta["tokens"].as_array().unwrap().len() as u64;
+        for l in 0..16 {
+            for (x, y) in
+                ta["layers"][l]["top_k"].as_array().unwrap().iter().zip(tb["layers"][l]["top_k"].as_array().unwrap())
+            {
+                let x: Vec<u64> = x.as_array().unwrap().iter().map(u).collect();
+                let y: Vec<u64> = y.as_array().unwrap().iter().map(u).collect();
+                let shared = x.iter().filter(|e| y.contains(e)).count() as u64;
+                overlap[l] += shared;
+                same[l] += u64::from(shared == 8);
+                top1[l] += u64::from(x[0] == y[0]);
+            }
+        }
+    }
+    assert_eq!(c.tokens, n);
+    let mut differs = false;
+    for (l, got) in c.layers.iter().enumerate() {
+        close(got.set_agreement, same[l] as f64 / n as f64, "set agreement");
+        close(got.mean_overlap, overlap[l] as f64 / (8 * n) as f64, "mean overlap");
+        close(got.top1_agreement, top1[l] as f64 / n as f64, "top-1 agreement");
+        differs |= got.set_agreement < 1.0;
+        assert!(got.jsd >= 0.0 && got.jsd < 0.2, "layer {l}: JSD {}", got.jsd);
+    }
+    assert!(differs, "the 4/5-bit model routes some token differently");
+    eprintln!("{c}");
+    // a scan of another corpus is refused
+    let other = std::env::temp_dir().join(format!("moe-lens-cmp-other-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&other);
+    let s2 = vec![moe_lens::corpus::Sentence::new("x", "en", "Something else entirely.").unwrap()];
+    let st = study::scan(&f32_lens, &s2, &ScanOptions { progress: false, ..Default::default() }).unwrap();
+    st.save(&other, &st.metrics()).unwrap();
+    let e = compare_scan_dirs(&a, &other).unwrap_err().to_string();
+    assert!(e.contains("not of the same corpus"), "{e}");
+    for d in [a, b, other] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -33,6 +33,7 @@ pub mod compare;
 pub mod counts;
 pub mod metrics;
 pub mod routes;
+pub mod scan_compare;
 pub mod shares;
 pub mod stats;
 
