@@ -317,3 +317,62 @@ fn compare_scans_equals_the_trace_level_agreement() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// the token-identity null
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn null_top_k_is_k_distinct_experts_fixed_per_token_id() {
+    use moe_lens::study::null::null_top_k;
+    for id in [0u32, 1, 50_000] {
+        for layer in [0, 15] {
+            let v = null_top_k(7, layer, id, 64, 8);
+            assert_eq!(v.len(), 8);
+            let mut s = v.clone();
+            s.sort_unstable();
+            s.dedup();
+            assert_eq!(s.len(), 8, "distinct");
+            assert!(v.iter().all(|&e| e < 64));
+            assert_eq!(v, null_top_k(7, layer, id, 64, 8), "fixed");
+        }
+    }
+    assert_ne!(null_top_k(7, 0, 1, 64, 8), null_top_k(7, 0, 2, 64, 8));
+}
+
+#[test]
+fn the_null_comparison_matches_the_plain_one_and_is_zero_on_null_routing() {
+    use moe_lens::study::null::{compare_with_null, null_routes};
+    use moe_lens::study::{CompareOptions, Verdict};
+    let lens = narrow();
+    let study = scan(&lens, 4, false, false);
+    let opts = CompareOptions { replicates: 60, ..Default::default() };
+    let plain = study.compare_with("ko", "en", &opts).unwrap();
+    let n = study.compare_null_with("ko", "en", &opts).unwrap();
+    assert_eq!(n.layers.len(), 16);
+    assert_eq!(n.matched_tokens, plain.matched_tokens);
+    for (x, p) in n.layers.iter().zip(&plain.layers) {
+        // the same draws: the observed column is the plain comparison's estimate, exactly
+        assert_eq!(x.observed, p.diff, "layer {}", x.layer);
+        assert_eq!(x.excess, x.observed - x.null);
+        assert!(x.ci_low <= x.excess && x.excess <= x.ci_high);
+    }
+    // distinct ids counted independently
+    let sentences = corpus::load_corpus(root().join("tests/analyses/corpus.tsv"), None).unwrap();
+    let mut ko = std::collections::HashSet::new();
+    for s in sentences.iter().filter(|s| s.lang == "ko") {
+        for t in lens.tokenize(&s.text).unwrap() {
+            ko.insert(t.id);
+        }
+    }
+    assert_eq!(n.a_distinct_ids, ko.len());
+    // routing that is the null itself: nothing beyond the tokenizer, in every layer
+    let c = &study.counts;
+    let routes = null_routes(&study.routes, c.experts, opts.seed).unwrap();
+    let z = compare_with_null(&routes, c.layers, c.experts, c.k, "ko", "en", &opts).unwrap();
+    for l in &z.layers {
+        assert_eq!((l.excess, l.ci_low, l.ci_high, l.verdict), (0.0, 0.0, 0.0, Verdict::NoClearDifference));
+    }
+    assert!(n.to_string().contains("beyond what the tokenizer explains"), "{n}");
+    eprintln!("{n}");
+}

@@ -32,6 +32,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod counts;
 pub mod metrics;
+pub mod null;
 pub mod routes;
 pub mod scan_compare;
 pub mod shares;
@@ -220,6 +221,19 @@ impl Study {
     pub fn compare_with(&self, a: &str, b: &str, opts: &CompareOptions) -> Result<Comparison> {
         let c = &self.counts;
         compare::compare(&self.routes, c.layers, c.experts, c.k, a, b, opts)
+    }
+
+    /// [`Study::compare`] next to the same comparison under a token-identity null (each distinct
+    /// token id one fixed random top-k), with the verdict on the difference: see [`null`].
+    pub fn compare_null(&self, a: &str, b: &str) -> Result<null::NullComparison> {
+        let c = &self.counts;
+        null::compare_with_null(&self.routes, c.layers, c.experts, c.k, a, b, &CompareOptions::default())
+    }
+
+    /// [`Study::compare_null`] with options.
+    pub fn compare_null_with(&self, a: &str, b: &str, opts: &CompareOptions) -> Result<null::NullComparison> {
+        let c = &self.counts;
+        null::compare_with_null(&self.routes, c.layers, c.experts, c.k, a, b, opts)
     }
 
     /// The reference language of a report: `en` when counted, else the first language.
