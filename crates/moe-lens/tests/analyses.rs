@@ -182,6 +182,9 @@ fn saved_files_have_the_fixed_formats_and_reload() {
     let rows = std::fs::read_to_string(dir.join(analyses::COACTIVATION_CSV)).unwrap().lines().count();
     assert_eq!(rows, 1 + 16 * 64 * 64);
 
+    // streamed from routes.bin, and from a loaded study: the same analyses
+    let streamed = RoutingAnalyses::from_routes_file(lens.name(), &dir.join("routes.bin")).unwrap();
+    check_against_reference(&streamed, &want);
     // a loaded study gives the same analyses
     let loaded = Study::load(&dir).unwrap();
     check_against_reference(&loaded.analyses().unwrap(), &want);

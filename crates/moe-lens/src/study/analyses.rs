@@ -257,6 +257,18 @@ impl RoutingAnalyses {
         Ok(a)
     }
 
+    /// The analyses of a saved scan's `routes.bin`, read one sentence at a time (memory does not
+    /// grow with the number of sentences; only with the distinct token ids per expert).
+    pub fn from_routes_file(model: &str, path: &Path) -> Result<RoutingAnalyses> {
+        let reader = super::routes::RoutesReader::open(path)?;
+        let (layers, k, experts) = reader.shape();
+        let mut a = RoutingAnalyses::new(model, layers, experts, k);
+        for r in reader {
+            a.add(&r?)?;
+        }
+        Ok(a)
+    }
+
     /// Adds one sentence's routes.
     pub fn add(&mut self, r: &SentenceRoutes) -> Result<()> {
         let (layers, experts, k) = (self.layers, self.experts, self.k);
