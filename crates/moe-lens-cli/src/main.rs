@@ -110,6 +110,19 @@ enum Cmd {
     /// GPUs, MOE_LENS_DEVICE, the model and its caches, the tokenizer, the lab's folder, memory.
     /// Exits 1 when a check fails.
     Doctor,
+    /// Compare two finished scans of the same corpus token by token (two models, precisions or
+    /// checkpoints): per layer, top-k set agreement, mean overlap, top-1 agreement, the
+    /// Jensen–Shannon divergence of the expert counts, and whether the language study's verdict
+    /// changes.
+    CompareScans {
+        /// The first scan's --out directory.
+        dir_a: std::path::PathBuf,
+        /// The second scan's --out directory.
+        dir_b: std::path::PathBuf,
+        /// Also write the table as CSV to this file.
+        #[arg(long)]
+        csv: Option<std::path::PathBuf>,
+    },
     /// Time loading, single-sentence traces, a sentence loop, batched counting and generation on a
     /// model directory and token-id sentences (see bench/run_gpu.sh).
     Bench(bench::BenchArgs),
@@ -186,6 +199,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{report}");
             if report.failed() {
                 anyhow::bail!("a check failed: see the FAIL lines above and what they say to fix");
+            }
+        }
+        Cmd::CompareScans { dir_a, dir_b, csv } => {
+            let c = moe_lens::study::scan_compare::compare_scan_dirs(&dir_a, &dir_b)?;
+            println!("{c}");
+            if let Some(p) = csv {
+                std::fs::write(&p, c.to_csv()).with_context(|| format!("writing {}", p.display()))?;
             }
         }
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use moe_lens::corpus::{self, Sentence};
+use moe_lens::study::analyses::{COACTIVATION_FILE, CONSECUTIVE_FILE};
 use moe_lens::study::checkpoint::{self, DirResult, DirScan, RunInfo, ScanEvent};
 use moe_lens::study::{
     CompareOptions, ScanOptions, Scanner, Shard, COUNTS_FILE, METRICS_CSV, METRICS_FILE, ROUTES_FILE,
@@ -28,7 +29,9 @@ pub struct ScanArgs {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Scan only part i of n (0-based): the i-th of n contiguous, nearly equal chunks of the corpus.
+    /// Scan only part i of n (0-based): the i-th of n nearly equal runs of the scan's batches (the
+    /// corpus sorted longest first, cut into batches of --batch), so shards merged equal the
+    /// unsharded scan exactly. Every shard of one scan needs the same --batch.
     #[arg(long)]
     shard: Option<String>,
     /// The language of a .txt corpus (one sentence per line), e.g. ko.
@@ -156,14 +159,18 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         dtype: opts.dtype.map(|d| format!("{d:?}").to_ascii_lowercase()).unwrap_or_default(),
         by_script: a.by_script,
         skip_common: a.skip_common,
+        batch: a.batch,
     };
-    // refuse another run's directory before spending time on loading the model
+    // refuse a directory another scan is writing to, or another run's directory, before spending
+    // time on loading the model
+    let lock = checkpoint::lock_dir(&a.out)?;
     checkpoint::check_dir(&a.out, &run, shard)?;
     let lens = a.model.load()?;
     let scan_opts =
         ScanOptions { batch_size: a.batch, by_script: a.by_script, skip_common: a.skip_common, progress: false };
     let throttle = std::env::var("MOE_LENS_SCAN_THROTTLE_MS").ok().and_then(|v| v.parse::<u64>().ok());
-    let range = shard.range(sentences.len());
+    let batches = sentences.len().div_ceil(a.batch.max(1));
+    let range = shard.batches(batches);
     let mut progress = Progress::new();
     let dir = a.out.clone();
     let mut on_event = |ev: ScanEvent<'_, '_>| match ev {
@@ -178,10 +185,12 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
                 eprintln!("scan: continuing {} at {}/{} sentences", dir.display(), scanner.done(), scanner.total());
             } else {
                 eprintln!(
-                    "scan: {} · shard {shard}: sentences {}..{} of {} · {} tokens · batches of {} → {}",
+                    "scan: {} · shard {shard}: batches {}..{} of {} ({} of {} sentences) · {} tokens · batches of {} → {}",
                     a.model.name,
                     range.start,
                     range.end,
+                    batches,
+                    scanner.total(),
                     sentences.len(),
                     scanner.tokens_total(),
                     a.batch,
@@ -200,7 +209,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
     };
     let job =
         DirScan { run, shard, options: scan_opts, reference: a.report.reference.clone(), compare: a.report.options() };
-    let res = checkpoint::scan_to_dir(&lens, &sentences, &job, &a.out, &mut on_event)?;
+    let res = checkpoint::scan_to_dir_locked(&lens, &sentences, &job, &a.out, &lock, &mut on_event)?;
     progress.finish();
     print_summary(&a.out, &res, "scan");
     Ok(())
@@ -209,7 +218,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
 fn print_summary(dir: &Path, res: &DirResult, what: &str) {
     let toks: Vec<String> = res.study.counts.tokens_by_lang().iter().map(|(l, n)| format!("{l} {n}")).collect();
     eprintln!(
-        "{what}: wrote {COUNTS_FILE}, {METRICS_FILE}, {METRICS_CSV} and {ROUTES_FILE} in {} (tokens: {})",
+        "{what}: wrote {COUNTS_FILE}, {METRICS_FILE}, {METRICS_CSV}, {ROUTES_FILE} and the routing analyses ({COACTIVATION_FILE}, {CONSECUTIVE_FILE} and their CSVs, see SCAN.md) in {} (tokens: {})",
         dir.display(),
         toks.join(", ")
     );

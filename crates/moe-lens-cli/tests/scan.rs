@@ -83,7 +83,22 @@ fn read(p: &Path) -> Vec<u8> {
 
 /// The outputs of two scan directories are identical.
 fn assert_same_outputs(a: &Path, b: &Path) {
-    for f in ["counts.json", "metrics.json", "metrics.csv", "routes.bin"] {
+    // and the routing analyses (specialisation_tokens.csv differs in its token labels: a merge has
+    // no tokenizer to write them with)
+    for f in [
+        "counts.json",
+        "metrics.json",
+        "metrics.csv",
+        "routes.bin",
+        "coactivation.json",
+        "consecutive.json",
+        "coactivation.csv",
+        "coactivation_partners.csv",
+        "consecutive.csv",
+        "specialisation.csv",
+        "specialisation_langs.csv",
+        "expert_profiles.csv",
+    ] {
         assert!(read(&a.join(f)) == read(&b.join(f)), "{f} differs between {} and {}", a.display(), b.display());
     }
     // and what they hold is sound: counts add up and are the sum of the routes
@@ -240,6 +255,18 @@ fn shards_merged_equal_the_unsharded_scan() {
     let refs: Vec<&Path> = parts.iter().map(PathBuf::as_path).collect();
     ok(merge_cmd(&merged, &refs));
     assert_same_outputs(&whole, &merged);
+    // compare-scans: the merged scan against the whole agrees on every token of every layer
+    let csv = w.join("cmp.csv");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moe-lens"));
+    c.arg("compare-scans").arg(&whole).arg(&merged).arg("--csv").arg(&csv);
+    let o = c.output().unwrap();
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(table.contains("30 sentences") && table.contains("verdict changes in 0 of 16 layers"), "{table}");
+    assert_eq!(table.matches("100.0%").count(), 16 * 3, "{table}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert!(csv.starts_with("layer,tokens,set_agreement,mean_overlap,top1_agreement,jsd"), "{csv}");
+    assert_eq!(csv.lines().count(), 17);
 
     // merging a merge with nothing new changes nothing; overlapping parts are refused
     let e = fails(merge_cmd(&w.join("m2"), &[&parts[0], &parts[1], &parts[0]]));
@@ -269,5 +296,38 @@ fn shards_merged_equal_the_unsharded_scan() {
     assert!(e.contains("state.json"), "{e}");
     let e = fails(merge_cmd(&parts[0], &[&parts[0], &parts[1]]));
     assert!(e.contains("`moe-lens scan`") || e.contains("both a part"), "{e}");
+    let _ = std::fs::remove_dir_all(&w);
+}
+
+/// A second scan on an --out that a running scan writes to is refused at once, with a message that
+/// says so; once the first is done, the same command runs (and finds the scan complete).
+#[test]
+fn a_second_scan_on_the_same_out_is_refused_while_one_runs() {
+    let w = work("lock");
+    let corpus = corpus_file(&w);
+    let m = model("olmoe-narrow");
+    let out = w.join("out");
+    let mut first = scan_cmd(&m, &corpus, &out, &[]);
+    first.env("MOE_LENS_SCAN_THROTTLE_MS", "300");
+    let child = first.spawn().unwrap();
+    let start = Instant::now();
+    while !matches!(read_state(&out), Ok(Some(ref st)) if st.done >= 2) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the first scan did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let e = fails(scan_cmd(&m, &corpus, &out, &[]));
+    assert!(e.contains("another `moe-lens scan` or `moe-lens merge` is writing to it now"), "{e}");
+    // a merge into it is refused the same way
+    let e = fails(merge_cmd(&out, &[&w]));
+    assert!(e.contains("is writing to it now"), "{e}");
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = ok(scan_cmd(&m, &corpus, &out, &[]));
+    assert!(log.contains("already complete"), "{log}");
+    // a sharded scan continues only with its batch size
+    let part = w.join("part");
+    ok(scan_cmd(&m, &corpus, &part, &["--shard", "0/2"]));
+    let e = fails(scan_cmd(&m, &corpus, &part, &["--shard", "0/2", "--batch", "3"]));
+    assert!(e.contains("batch 2 (now 3"), "{e}");
     let _ = std::fs::remove_dir_all(&w);
 }

@@ -447,6 +447,9 @@ fn synthetic(index: u32, lang: &str, n: usize, mut pick: impl FnMut() -> u16) ->
         id: format!("{lang}{index}"),
         langs: vec![lang.into()],
         token_lang: vec![0; n],
+        domain: None,
+        token_ids: vec![0; n],
+        positions: (0..n as u32).collect(),
         layers: 1,
         k: 1,
         experts: (0..n).map(|_| pick()).collect(),
@@ -632,6 +635,41 @@ fn save_load_and_merge_round_trip() {
     std::fs::write(dir.join("counts.json"), serde_json::to_string(&c).unwrap()).unwrap();
     assert!(Study::load(&dir).is_err());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sharded scan runs every sentence in the same batch as the unsharded scan: the shards' scan
+/// orders, one after the other, are the unsharded scan order, each cut on a batch boundary; so
+/// the shards' routes merged equal the whole exactly (here with batches that do not divide the
+/// corpus, and more shards than some runs have batches).
+#[test]
+fn shards_are_runs_of_the_unsharded_batches() {
+    let lens = narrow();
+    let s = sentences();
+    for (batch, n) in [(5, 2), (4, 3), (1, 5), (3, 7)] {
+        let o = quiet(batch);
+        let whole = study::Scanner::new(&lens, &s, &o).unwrap();
+        let mut whole_study = study::scan(&lens, &s, &o).unwrap();
+        let order: Vec<u32> = whole_study.routes.iter().map(|r| r.index).collect();
+        let mut got = Vec::new();
+        let mut merged: Option<Study> = None;
+        for i in 0..n {
+            let mut sc = study::Scanner::for_shard(&lens, &s, Shard::new(i, n).unwrap(), &o).unwrap();
+            while sc.step().unwrap().is_some() {}
+            let part = sc.into_study();
+            assert!(got.len() % batch == 0, "batch {batch}, shard {i}/{n} starts on a batch boundary");
+            got.extend(part.routes.iter().map(|r| r.index));
+            match &mut merged {
+                None => merged = Some(part),
+                Some(m) => m.merge(part).unwrap(),
+            }
+        }
+        assert_eq!(got, order, "batch {batch}, {n} shards");
+        assert_eq!(whole.total(), s.len());
+        let mut merged = merged.unwrap();
+        merged.sort();
+        whole_study.sort();
+        assert_eq!(merged, whole_study, "batch {batch}, {n} shards: merged = whole");
+    }
 }
 
 #[test]

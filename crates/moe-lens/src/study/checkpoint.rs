@@ -28,6 +28,40 @@ use crate::corpus::Sentence;
 use crate::error::{Error, Result};
 use crate::lab::Lens;
 
+/// The lock file of a scan or merge directory: held (an exclusive `flock`, released by the system
+/// when the process ends, however it ends) while a scan or merge writes there.
+pub const LOCK_FILE: &str = "scan.lock";
+
+/// A held lock on an output directory (see [`lock_dir`]); released when dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _lock: crate::fsutil::FileLock,
+    dir: PathBuf,
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}
+
+/// Creates `dir` if needed and takes its lock, refusing at once when another scan or merge holds
+/// it (two writers would interleave their batches and state files).
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(LOCK_FILE);
+    match crate::fsutil::FileLock::acquire(&path, 1).map_err(|e| Error::io(&path, e))? {
+        Some(l) => Ok(DirLock { _lock: l, dir: dir.to_path_buf() }),
+        None => Err(dir_err(
+            dir,
+            format!(
+                "another `moe-lens scan` or `moe-lens merge` is writing to it now (it holds {LOCK_FILE}): wait for \
+                 it to finish (then run this command again to continue or rewrite its outputs), or use another \
+                 output directory"
+            ),
+        )),
+    }
+}
+
 /// The state file of a scan or merge directory.
 pub const STATE_FILE: &str = "state.json";
 const STATE_VERSION: u32 = 1;
@@ -48,6 +82,10 @@ pub struct RunInfo {
     pub dtype: String,
     pub by_script: bool,
     pub skip_common: bool,
+    /// Sentences per batch. A shard is a run of batches, so a sharded scan continues only with
+    /// the same batch size (0 in state files written before this was recorded).
+    #[serde(default)]
+    pub batch: usize,
 }
 
 /// `state.json`.
@@ -127,6 +165,12 @@ fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shar
     if old.skip_common != new.skip_common {
         d.push(format!("skip-common {} (now {})", old.skip_common, new.skip_common));
     }
+    if new_shard.count > 1 && old.batch != new.batch {
+        d.push(format!(
+            "batch {} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch)",
+            old.batch, new.batch
+        ));
+    }
     if old_shards != [new_shard] {
         let s: Vec<String> = old_shards.iter().map(Shard::to_string).collect();
         d.push(format!("shard {} (now {new_shard})", s.join(",")));
@@ -181,6 +225,15 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
             "{ROUTES_FILE} is shorter ({len} bytes) than {STATE_FILE} records ({})",
             st.routes_bytes
         )));
+    }
+    if !routes::is_current_layout(&path)? {
+        return Err(dir_err(
+            dir,
+            format!(
+                "its {ROUTES_FILE} was written by an older moe-lens (without token ids), so this scan cannot continue \
+                 it: start over in another output directory"
+            ),
+        ));
     }
     f.set_len(st.routes_bytes).map_err(|e| Error::io(&path, e))?;
     f.sync_all().map_err(|e| Error::io(&path, e))?;
@@ -242,12 +295,29 @@ pub fn scan_to_dir(
     dir: &Path,
     on_event: &mut dyn FnMut(ScanEvent<'_, '_>),
 ) -> Result<DirResult> {
+    let lock = lock_dir(dir)?;
+    scan_to_dir_locked(lens, sentences, job, dir, &lock, on_event)
+}
+
+/// [`scan_to_dir`] under a lock the caller took with [`lock_dir`] (e.g. before loading the model).
+pub fn scan_to_dir_locked(
+    lens: &Lens,
+    sentences: &[Sentence],
+    job: &DirScan,
+    dir: &Path,
+    lock: &DirLock,
+    on_event: &mut dyn FnMut(ScanEvent<'_, '_>),
+) -> Result<DirResult> {
+    if !same_dir(&lock.dir, dir) {
+        return Err(dir_err(dir, format!("the lock given is of {}, not of this directory", lock.dir.display())));
+    }
     let (shard, opts) = (job.shard, &job.options);
     let mut run = job.run.clone();
     run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
     let previous = check_dir(dir, &run, shard)?;
     let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
-    let mut scanner = Scanner::for_positions(lens, sentences, shard.range(sentences.len()), opts)?;
+    run.batch = opts.batch_size;
+    let mut scanner = Scanner::for_shard(lens, sentences, shard, opts)?;
     let cfg = lens.config();
     let (layers, k, experts) = (cfg.num_hidden_layers, cfg.num_experts_per_tok, cfg.num_experts);
     let routes_path = dir.join(ROUTES_FILE);
@@ -315,7 +385,9 @@ pub fn scan_to_dir(
     let mut study = scanner.into_study();
     study.sort();
     let report = study.report(job.reference.as_deref(), &job.compare)?;
-    study.save(dir, &report)?;
+    let tokenizer = lens.tokenizer();
+    let labels = |ids: &[u32]| tokenizer.labels(ids).unwrap_or_default();
+    study.save_labelled(dir, &report, Some(&labels))?;
     state.complete = true;
     state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
     state.counts = study.counts.to_json();
@@ -333,6 +405,12 @@ pub fn merge_dirs(
     reference: Option<&str>,
     compare: &CompareOptions,
 ) -> Result<DirResult> {
+    for part in parts {
+        if same_dir(part, out) {
+            return Err(dir_err(part, "it is both a part and the output: merge into another directory"));
+        }
+    }
+    let _lock = lock_dir(out)?;
     if let Some(st) = read_state(out)? {
         if st.kind != "merge" {
             return Err(dir_err(
@@ -382,6 +460,9 @@ pub fn merge_dirs(
                 }
                 if st.run.dtype != run.dtype {
                     d.push(format!("dtype {} vs {}", st.run.dtype, run.dtype));
+                }
+                if st.shards.iter().any(|x| x.count > 1) && run.batch != 0 && st.run.batch != run.batch {
+                    d.push(format!("batch size {} vs {} (shards are runs of batches)", st.run.batch, run.batch));
                 }
                 if st.run.by_script != run.by_script || st.run.skip_common != run.skip_common {
                     d.push("the counting options (by-script, skip-common) differ".into());

@@ -240,7 +240,7 @@ impl SplitMix64 {
 }
 
 /// A resampling unit: one sentence's tokens of one language.
-struct Unit<'a> {
+pub(super) struct Unit<'a> {
     routes: &'a SentenceRoutes,
     tokens: Vec<u32>,
     /// Counts of all its tokens' selections `[layer * experts + expert]`, kept for sentences long
@@ -251,7 +251,13 @@ struct Unit<'a> {
 /// Memory the per-sentence totals may take.
 const TOTALS_BUDGET_BYTES: usize = 256 << 20;
 
-fn units<'a>(routes: &[&'a SentenceRoutes], lang: &str, layers: usize, experts: usize, k: usize) -> Vec<Unit<'a>> {
+pub(super) fn units<'a>(
+    routes: &[&'a SentenceRoutes],
+    lang: &str,
+    layers: usize,
+    experts: usize,
+    k: usize,
+) -> Vec<Unit<'a>> {
     let mut out = Vec::new();
     let mut budget = TOTALS_BUDGET_BYTES / (4 * (layers * experts).max(1));
     for &r in routes {
@@ -298,7 +304,7 @@ fn random_subset<'s>(u: &Unit<'_>, need: usize, rng: &mut SplitMix64, scratch: &
 /// taking a random subset of the last one's tokens, and counts their top-k selections per layer
 /// into `counts`.
 #[allow(clippy::too_many_arguments)]
-fn draw(
+pub(super) fn draw(
     units: &[Unit<'_>],
     m: usize,
     replace: bool,
@@ -345,7 +351,7 @@ fn draw(
 }
 
 /// Percentile (linear interpolation between order statistics) of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -27,11 +27,14 @@
 //! right-padded to the longest of their batch, with the padded positions masked out of attention;
 //! a sentence's routing in a batch equals its routing alone (up to float rounding).
 
+pub mod analyses;
 pub mod checkpoint;
 pub mod compare;
 pub mod counts;
 pub mod metrics;
+pub mod null;
 pub mod routes;
+pub mod scan_compare;
 pub mod shares;
 pub mod stats;
 
@@ -48,6 +51,7 @@ use crate::lab::Lens;
 use crate::spy::{RouterEvent, RouterSpy, Step};
 use crate::tokens::{Script, Token};
 
+pub use analyses::{AnalysisOptions, Consecutive, RoutingAnalyses};
 pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdict};
 pub use counts::{Counts, CountsJson};
 pub use metrics::{LayerJsd, LayerLang, Metrics};
@@ -130,10 +134,22 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
-    /// The corpus positions of this shard in a corpus of `total` sentences.
+    /// The corpus positions of the `i`-th of `n` contiguous chunks of a corpus of `total`
+    /// sentences. (A scan's shard is a run of batches instead: see [`Shard::batches`].)
     pub fn range(&self, total: usize) -> std::ops::Range<usize> {
         let at = |i: usize| ((i as u128 * total as u128) / self.count as u128) as usize;
         at(self.index)..at(self.index + 1)
+    }
+}
+
+impl Shard {
+    /// The batches of this shard among `batches` batches: the `i`-th of `n` nearly equal runs.
+    /// A sharded scan orders the whole corpus as an unsharded one does (longest first), cuts it
+    /// into the same batches and gives each shard a run of them, so every sentence is run in the
+    /// same batch, padded the same, as in the unsharded scan, and the shards merged equal it
+    /// exactly (with the same batch size).
+    pub fn batches(&self, batches: usize) -> std::ops::Range<usize> {
+        self.range(batches)
     }
 }
 
@@ -207,6 +223,19 @@ impl Study {
         compare::compare(&self.routes, c.layers, c.experts, c.k, a, b, opts)
     }
 
+    /// [`Study::compare`] next to the same comparison under a token-identity null (each distinct
+    /// token id one fixed random top-k), with the verdict on the difference: see [`null`].
+    pub fn compare_null(&self, a: &str, b: &str) -> Result<null::NullComparison> {
+        let c = &self.counts;
+        null::compare_with_null(&self.routes, c.layers, c.experts, c.k, a, b, &CompareOptions::default())
+    }
+
+    /// [`Study::compare_null`] with options.
+    pub fn compare_null_with(&self, a: &str, b: &str, opts: &CompareOptions) -> Result<null::NullComparison> {
+        let c = &self.counts;
+        null::compare_with_null(&self.routes, c.layers, c.experts, c.k, a, b, opts)
+    }
+
     /// The reference language of a report: `en` when counted, else the first language.
     pub fn default_reference(&self) -> Option<String> {
         let langs = self.languages();
@@ -267,10 +296,27 @@ impl Study {
         Ok(())
     }
 
-    /// Writes `counts.json`, `metrics.json` (with `report`'s comparisons), `metrics.csv` and the
-    /// routes (`routes.bin`) into `dir`, each atomically.
+    /// The routing analyses of the scanned sentences: co-activation, token specialisation,
+    /// consecutive tokens, expert profiles (see [`analyses`]).
+    pub fn analyses(&self) -> Result<RoutingAnalyses> {
+        let c = &self.counts;
+        RoutingAnalyses::from_routes(&c.model, c.layers, c.experts, c.k, &self.routes)
+    }
+
+    /// Writes `counts.json`, `metrics.json` (with `report`'s comparisons), `metrics.csv`, the
+    /// routes (`routes.bin`) and the routing analyses' files (`coactivation.json`,
+    /// `consecutive.json` and their CSVs, see SCAN.md) into `dir`, each atomically.
     pub fn save(&self, dir: impl AsRef<Path>, report: &Metrics) -> Result<()> {
-        let dir = dir.as_ref();
+        self.save_labelled(dir.as_ref(), report, None)
+    }
+
+    /// [`Study::save`], with token labels for `specialisation_tokens.csv`.
+    pub(crate) fn save_labelled(
+        &self,
+        dir: &Path,
+        report: &Metrics,
+        labels: Option<&analyses::TokenLabels<'_>>,
+    ) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let c = &self.counts;
         let mut bytes = routes::header(c.layers, c.k, c.experts);
@@ -285,7 +331,8 @@ impl Study {
         let json = serde_json::to_string_pretty(&mf)
             .map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
         write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
-        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())
+        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())?;
+        self.analyses()?.save(dir, &AnalysisOptions::default(), labels)
     }
 
     /// Reads a saved study (`counts.json`, `routes.bin`, settings from `metrics.json`), checking
@@ -482,7 +529,22 @@ impl<'a> Scanner<'a> {
         Self::for_positions(lens, sentences, 0..sentences.len(), opts)
     }
 
-    /// A scan of some corpus positions (a shard); the routes keep the positions in the whole corpus.
+    /// A scan of one shard of the corpus: the corpus ordered and cut into batches as by
+    /// [`Scanner::new`], and the shard's run of those batches ([`Shard::batches`]). The routes
+    /// keep the positions in the whole corpus.
+    pub fn for_shard(lens: &'a Lens, sentences: &'a [Sentence], shard: Shard, opts: &ScanOptions) -> Result<Self> {
+        let mut s = Self::new(lens, sentences, opts)?;
+        let bs = s.batch_size;
+        let batches = s.order.len().div_ceil(bs);
+        let r = shard.batches(batches);
+        let (start, end) = ((r.start * bs).min(s.order.len()), (r.end * bs).min(s.order.len()));
+        s.order = s.order[start..end].to_vec();
+        s.tokens = s.tokens.drain(start..end).collect();
+        s.tokens_total = s.tokens.iter().map(|t| t.len() as u64).sum();
+        Ok(s)
+    }
+
+    /// A scan of some corpus positions; the routes keep the positions in the whole corpus.
     pub fn for_positions(
         lens: &'a Lens,
         sentences: &'a [Sentence],
@@ -675,7 +737,20 @@ impl<'a> Scanner<'a> {
                 experts.extend(chosen.iter().map(|&e| e as u16));
             }
         }
-        Ok(SentenceRoutes { index: p as u32, id: s.id.clone(), langs, token_lang, layers, k, experts })
+        let token_ids = kept.iter().map(|&t| tokens[t].id).collect();
+        let positions = kept.iter().map(|&t| t as u32).collect();
+        Ok(SentenceRoutes {
+            index: p as u32,
+            id: s.id.clone(),
+            langs,
+            token_lang,
+            domain: None,
+            token_ids,
+            positions,
+            layers,
+            k,
+            experts,
+        })
     }
 }
 
