@@ -10,9 +10,9 @@ use clap::Args;
 use moe_lens::config::Config;
 use moe_lens::gguf;
 use moe_lens::olmoe::{Olmoe, Tuning};
-use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::quant::{self, Quant, QuantChoice};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
+use moe_lens::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::ModelArgs;

@@ -22,22 +22,27 @@ pub mod study;
 pub mod tokens;
 pub mod trace;
 
+/// candle's tensor types, for spies and programs that read a [`spy::RouterEvent`]'s tensors.
+pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
 
-/// Everything a notebook cell or a small program needs, in one import.
+/// What notebook cells use, in one import: `use moe_lens::prelude::*;` (25 names).
+///
+/// Loading ([`load`](crate::lab::load), [`Lens`](crate::lab::Lens)), a run's record
+/// ([`Trace`](crate::trace::Trace), [`Step`](crate::spy::Step), [`Token`](crate::tokens::Token),
+/// [`Script`](crate::tokens::Script)), the language study ([`Study`](crate::study::Study) and its
+/// options), interventions ([`Interventions`](crate::intervene::Interventions)), and the picture
+/// traits that put `.heatmap(…)`, `.explore()` and the study charts on those values. Everything else
+/// (spies, the model, tensors, quantization) is in its module: `moe_lens::spy::RoutingCache`,
+/// `moe_lens::olmoe::Olmoe`, `moe_lens::quant::Quant`, ….
 pub mod prelude {
-    pub use crate::config::Config;
     pub use crate::corpus::{self, Sentence};
     pub use crate::error::{Error, Result};
     pub use crate::intervene::Interventions;
-    pub use crate::lab::{load, load_with_quant, DeviceChoice, GenerateOptions, Hooks, Lens, LoadOptions};
-    pub use crate::plot::{
-        DisplayResult, Figure, Figures, Heatmap, Measure, StudyPlots, TopKTable, TracePlots, Values,
-    };
-    pub use crate::quant::Quant;
-    pub use crate::spy::{spy_fn, LayerRef, LayerSelection, RouterEvent, RouterSpy, Routing, RoutingCache, Step};
-    pub use crate::study::{CompareOptions, Comparison, ScanExt, ScanOptions, Study, Verdict};
-    pub use crate::tokens::{Script, Token, Tokenizer};
-    pub use crate::trace::{LayerTrace, Trace, TraceExport};
-    pub use candle_core::{DType, Device, Tensor};
+    pub use crate::lab::{load, load_with_quant, GenerateOptions, Lens, LoadOptions};
+    pub use crate::plot::{explore_pair, DisplayResult, Figures, Measure, StudyPlots, TracePlots};
+    pub use crate::spy::Step;
+    pub use crate::study::{CompareOptions, ScanExt, ScanOptions, Study, Verdict};
+    pub use crate::tokens::{Script, Token};
+    pub use crate::trace::Trace;
 }

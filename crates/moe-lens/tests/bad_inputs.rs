@@ -18,10 +18,17 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file;
 use common::fixture::{copy_fixture_to, cpu, edit_config, load_dir, root, scratch, scratch_root};
 use common::hubserver::HubServer;
+use moe_lens::config::Config;
 use moe_lens::hub::{self, HubSettings};
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
 use moe_lens::quant::{self, Quant};
+use moe_lens::spy::spy_fn;
+use moe_lens::spy::LayerSelection;
 use moe_lens::study::{Shard, Study};
+use moe_lens::DType;
+use moe_lens::Device;
+use moe_lens::Tensor;
 
 /// Scratch space of this test process (removed when the table passes).
 fn tmp(name: &str) -> PathBuf {

@@ -15,9 +15,11 @@ use std::sync::OnceLock;
 
 use moe_lens::corpus;
 use moe_lens::hub;
+use moe_lens::lab::DeviceChoice;
 use moe_lens::plot::{evcxr_output, EffectiveExpertsPlot, Figure, Figures, LanguageHeatmap, Measure, StudyPlots};
 use moe_lens::prelude::*;
 use moe_lens::study::{metrics, CompareOptions, Comparison, Counts, CountsJson, ScanExt, ScanOptions, Study, Verdict};
+use moe_lens::DType;
 
 const LAYERS: usize = 16;
 const EXPERTS: usize = 64;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use moe_lens::config::Config;
 use moe_lens::olmoe::{Olmoe, Tuning};
-use moe_lens::prelude::{DType, Device, Tensor};
 use moe_lens::spy::{RouterEvent, RouterSpy, RoutingCache, Step};
+use moe_lens::{DType, Device, Tensor};
 use serde_json::Value;
 
 mod kquant_model;

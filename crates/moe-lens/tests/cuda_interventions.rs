@@ -15,7 +15,11 @@ use std::path::{Path, PathBuf};
 use moe_lens::intervene::{Intervention, Interventions};
 use moe_lens::olmoe::Tuning;
 use moe_lens::prelude::*;
+use moe_lens::spy::spy_fn;
 use moe_lens::spy::Step;
+use moe_lens::DType;
+use moe_lens::Device;
+use moe_lens::Tensor;
 use serde_json::Value;
 
 mod kquant_model;

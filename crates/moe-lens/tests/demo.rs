@@ -16,8 +16,10 @@ use std::sync::OnceLock;
 
 use moe_lens::corpus::{self, Sentence};
 use moe_lens::hub;
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
 use moe_lens::study::{self, metrics, ScanOptions, SplitMix64, Study};
+use moe_lens::DType;
 use serde_json::Value;
 
 const PAIRS: [(&str, &str); 3] = [("en", "ko"), ("en", "ja"), ("ko", "ja")];

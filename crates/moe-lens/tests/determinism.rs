@@ -7,8 +7,12 @@
 
 use std::path::{Path, PathBuf};
 
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::spy::RouterEvent;
+use moe_lens::spy::RouterSpy;
 use moe_lens::study::forward_padded;
+use moe_lens::DType;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use common::hubserver::{etag, HubServer, Mode};
 use moe_lens::hub::{self, HubSettings, INCOMPLETE_SUFFIX};
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::DType;
 
 const REPO: &str = "tiny-org/olmoe-gqa";
 const WEIGHTS: &str = "model.safetensors";

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use common::fixture::{copy_fixture_to, edit_config, load_dir, scratch};
 
 use moe_lens::hub::{self, HubSettings};
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::spy::LayerRef;
+use moe_lens::spy::LayerSelection;
 
 /// A private copy of a fixture model directory (with the tokenizer), to break in one way.
 fn copy_fixture(name: &str, tag: &str) -> PathBuf {

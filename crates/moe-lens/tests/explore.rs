@@ -7,6 +7,7 @@ use common::fixture::{load_dir, root};
 
 use moe_lens::plot::{evcxr_output, expert_use_overlap, explore_pair, Explorer, Figure, TracePlots};
 use moe_lens::prelude::*;
+use moe_lens::spy::LayerSelection;
 
 fn lens() -> Lens {
     load_dir(&root().join("tests/fixtures/olmoe-narrow")).expect("the olmoe-narrow fixture loads")

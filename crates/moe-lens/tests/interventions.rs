@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use moe_lens::intervene::Interventions;
 use moe_lens::prelude::*;
+use moe_lens::spy::spy_fn;
 use moe_lens::spy::{RoutingCache, Step};
+use moe_lens::Device;
+use moe_lens::Tensor;
 use serde_json::Value;
 
 fn root() -> PathBuf {

@@ -6,7 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use moe_lens::hub::{ModelFiles, ModelSource};
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::spy::RoutingCache;
+use moe_lens::DType;
+use moe_lens::Device;
+use moe_lens::Tensor;
 use serde_json::Value;
 
 fn root() -> PathBuf {

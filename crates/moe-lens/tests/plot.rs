@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use moe_lens::plot::{evcxr_output, DisplayResult, Figure, Figures, Heatmap, TopKTable, TracePlots, Values};
 use moe_lens::prelude::*;
+use moe_lens::trace::LayerTrace;
 
 const EXPERTS: usize = 64;
 const K: usize = 8;

@@ -9,6 +9,8 @@ use common::xml::parse_xml;
 
 use moe_lens::plot::{explore_pair, PngOptions, TracePlots};
 use moe_lens::prelude::*;
+use moe_lens::spy::RoutingCache;
+use moe_lens::trace::LayerTrace;
 
 fn tok(id: u32, label: &str, script: Script) -> Token {
     Token { id, label: label.to_string(), start: 0, end: 0, script }

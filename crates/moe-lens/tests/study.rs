@@ -15,11 +15,15 @@ use std::path::{Path, PathBuf};
 
 use moe_lens::corpus::{self, Sentence};
 use moe_lens::hub;
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::spy::RouterEvent;
+use moe_lens::spy::RouterSpy;
 use moe_lens::study::{
     self, metrics, CompareOptions, Counts, CountsJson, Metrics, ScanExt, ScanOptions, SentenceRoutes, Settings, Shard,
     Study, Verdict,
 };
+use moe_lens::DType;
 use serde_json::Value;
 
 fn root() -> PathBuf {

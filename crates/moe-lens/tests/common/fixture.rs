@@ -3,7 +3,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use moe_lens::lab::DeviceChoice;
 use moe_lens::prelude::*;
+use moe_lens::DType;
 
 /// The repository root.
 pub fn root() -> PathBuf {
