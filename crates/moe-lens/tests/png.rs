@@ -58,6 +58,7 @@ fn trace() -> Trace {
         layers,
         cache: RoutingCache::new(),
         model_layers: 16,
+        interventions: Default::default(),
     }
 }
 
