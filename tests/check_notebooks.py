@@ -33,6 +33,7 @@ Prints one line per failed check and ends with `notebooks: N passed, M failed`.
 
 import base64
 import json
+import os
 import re
 import sys
 from collections import Counter
@@ -395,9 +396,11 @@ def main():
     ch = Checks()
     nbs = sorted(out.glob("*.ipynb"))
     ch.check(str(out), "executed notebooks present", bool(nbs))
-    ch.check(str(out), f"{MAIN} present", (out / MAIN).exists())
-    ch.check(str(out), f"{STUDY} present", (out / STUDY).exists())
-    ch.check(str(out), f"{INTERVENE} present", (out / INTERVENE).exists())
+    # MOE_LENS_NOTEBOOKS="01 02" (as tests/run-notebooks.sh takes it): only those are expected
+    only = os.environ.get("MOE_LENS_NOTEBOOKS", "").split()
+    for nb in (MAIN, STUDY, INTERVENE):
+        if not only or nb.split("_")[0] in only:
+            ch.check(str(out), f"{nb} present", (out / nb).exists())
     dep_lines = {}
     for p in nbs:
         try:

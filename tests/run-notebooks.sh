@@ -7,6 +7,7 @@
 # The notebooks load the model named by MOE_LENS_MODEL (their default: allenai/OLMoE-1B-7B-0924,
 # which needs the Hub or its cache). CI sets it to the small test checkpoint:
 #   MOE_LENS_MODEL=$PWD/tests/fixtures/olmoe-narrow tests/run-notebooks.sh OUT_DIR
+# MOE_LENS_NOTEBOOKS="01 02" runs only the notebooks whose names start with these numbers.
 # Per-cell limits: MOE_LENS_DEP_TIMEOUT (default 900 s) for the `:dep` cell, which compiles
 # everything on a cold machine; MOE_LENS_CELL_TIMEOUT (default 600 s) for the others.
 # Exits non-zero if any cell fails (an error, or anything on stderr: evcxr shows `?` errors and
@@ -33,6 +34,10 @@ failed=()
 t0=$(date +%s)
 for nb in "$repo"/notebooks/*.ipynb; do
   name=$(basename "$nb")
+  # MOE_LENS_NOTEBOOKS="01 02": only the notebooks whose names start with these (default: all)
+  if [ -n "${MOE_LENS_NOTEBOOKS:-}" ] && ! [[ " $MOE_LENS_NOTEBOOKS " == *" ${name%%_*} "* ]]; then
+    continue
+  fi
   echo "run-notebooks: $name"
   if ! "$py" "$repo/kernel-setup/execute.py" --run "$nb" --out "$out/$name"; then
     failed+=("$name")
