@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use moe_lens::config::Config;
 use moe_lens::corpus::{parse_delimited, parse_jsonl, parse_lines};
-use moe_lens::prelude::*;
 use moe_lens::tokens::Tokenizer;
 use moe_lens::DType;
 use moe_lens::Device;
