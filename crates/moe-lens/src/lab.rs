@@ -34,10 +34,14 @@ use crate::trace::Trace;
 /// `"cuda"` / `"cuda:N"`, `"metal"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// A GPU when built with one and one is present, else the CPU (`"auto"`).
     #[default]
     Auto,
+    /// The CPU (`"cpu"`).
     Cpu,
+    /// CUDA GPU number N (`"cuda"` is `"cuda:0"`); needs a build with the `cuda` feature.
     Cuda(usize),
+    /// The Apple GPU (`"metal"`); needs a build with Metal support.
     Metal,
 }
 
@@ -462,9 +466,11 @@ impl Lens {
     pub fn files(&self) -> &ModelFiles {
         &self.files
     }
+    /// The model's hyper-parameters (layers, experts, top-k, ...).
     pub fn config(&self) -> &Config {
         self.model.config()
     }
+    /// The loaded OLMoE model itself, for custom forward passes and spies.
     pub fn model(&self) -> &Olmoe {
         &self.model
     }
@@ -472,6 +478,7 @@ impl Lens {
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.model.set_tuning(tuning);
     }
+    /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -648,6 +655,7 @@ impl fmt::Debug for Lens {
 /// Options of [`Lens::generate_with`].
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// The most tokens to generate after the prompt.
     pub max_new_tokens: usize,
     /// Stop after the end-of-text token (as transformers' `generate` does).
     pub stop_at_eos: bool,
@@ -668,16 +676,22 @@ fn argmax(logits: &Tensor) -> Result<u32> {
 /// The router hooks of a model: what the Python lab registers on every `mlp.gate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hooks {
+    /// Hook name of each router layer, `model.layers.{i}.mlp.gate`, in layer order.
     pub names: Vec<String>,
+    /// Experts per layer (OLMoE-1B-7B: 64).
     pub experts: usize,
+    /// Experts chosen per token, the top-k (OLMoE-1B-7B: 8).
     pub k: usize,
+    /// Whether the chosen experts' weights are renormalised to sum to 1.
     pub norm_topk_prob: bool,
 }
 
 impl Hooks {
+    /// Number of router hooks (one per layer).
     pub fn len(&self) -> usize {
         self.names.len()
     }
+    /// Whether there are no hooks.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
