@@ -312,6 +312,20 @@ pub struct Lens {
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
 /// file, with the default options (device from `MOE_LENS_DEVICE`, else `auto`; dtype by device;
 /// quant `auto`). Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
+///
+/// `"demo"` is the small random model shipped with the crate (OLMoE's shape: 16 router layers of
+/// 64 experts, top-8, with OLMoE's tokenizer):
+///
+/// ```
+/// use moe_lens::prelude::*;
+///
+/// let lens = load("demo")?;
+/// let hooks = lens.hooks();
+/// assert_eq!(hooks.len(), 16);
+/// assert_eq!(hooks.names[14], "model.layers.14.mlp.gate");
+/// assert_eq!((hooks.experts, hooks.k), (64, 8));
+/// # Ok::<(), moe_lens::Error>(())
+/// ```
 pub fn load(model: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, ..LoadOptions::default() })
 }
@@ -526,6 +540,22 @@ impl Lens {
     }
 
     /// Runs `text` once and captures every router.
+    ///
+    /// ```
+    /// use moe_lens::prelude::*;
+    ///
+    /// let lens = load("demo")?;
+    /// let trace = lens.trace("저는 보통 여섯 시에 일어나요.")?;
+    /// assert_eq!(trace.layers.len(), 16); // one per router layer
+    /// let layer = trace.layer(14)?;
+    /// for (probs, chosen) in layer.probs.iter().zip(&layer.top_k) {
+    ///     assert_eq!(probs.len(), 64); // a probability for every expert…
+    ///     assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-3); // …summing to 1
+    ///     assert_eq!(chosen.len(), 8); // and the 8 experts the token was routed to
+    /// }
+    /// assert_eq!(layer.probs.len(), trace.tokens.len()); // one row per token
+    /// # Ok::<(), moe_lens::Error>(())
+    /// ```
     pub fn trace(&self, text: &str) -> Result<Trace> {
         self.trace_layers(text, LayerSelection::All)
     }

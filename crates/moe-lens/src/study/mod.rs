@@ -509,6 +509,26 @@ pub fn scan(lens: &Lens, sentences: &[Sentence], opts: &ScanOptions) -> Result<S
 pub trait ScanExt {
     /// Scans `sentences` (see [`scan`]): runs every sentence through the model and counts each token's
     /// routing under its language.
+    ///
+    /// ```
+    /// use moe_lens::prelude::*;
+    ///
+    /// let lens = load("demo")?;
+    /// let sentences: Vec<Sentence> = corpus::builtin()?.into_iter().take(3).collect(); // en, ko, ja
+    /// let study = lens.scan(&sentences, &ScanOptions { progress: false, ..ScanOptions::default() })?;
+    /// assert_eq!(study.languages(), ["en", "ja", "ko"]); // sorted
+    /// assert_eq!(study.routes.len(), 3); // one per sentence
+    /// // each counted token picks k = 8 experts at every layer
+    /// let c = &study.counts;
+    /// for (i, lang) in c.languages.iter().enumerate() {
+    ///     assert!(c.tokens_of(lang) > 0);
+    ///     for layer in 0..c.layers {
+    ///         let picks: u64 = (0..c.experts).map(|e| c.topk[[i, layer, e]]).sum();
+    ///         assert_eq!(picks, c.tokens_of(lang) * 8);
+    ///     }
+    /// }
+    /// # Ok::<(), moe_lens::Error>(())
+    /// ```
     fn scan(&self, sentences: &[Sentence], opts: &ScanOptions) -> Result<Study>;
 }
 
