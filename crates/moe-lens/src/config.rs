@@ -14,23 +14,39 @@ use crate::error::{Error, Result};
 /// The model hyper-parameters that the forward pass needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Tokens in the vocabulary (rows of the embedding and of the LM head).
     pub vocab_size: usize,
+    /// Width of the residual stream (OLMoE-1B-7B: 2048).
     pub hidden_size: usize,
     /// Per expert.
     pub intermediate_size: usize,
+    /// Decoder layers, each with one router (OLMoE-1B-7B: 16).
     pub num_hidden_layers: usize,
+    /// Query heads per attention layer.
     pub num_attention_heads: usize,
+    /// Key/value heads per attention layer (fewer than query heads means grouped-query attention).
     pub num_key_value_heads: usize,
+    /// Width of one attention head: `hidden_size / num_attention_heads` (a config that says otherwise is refused).
     pub head_dim: usize,
+    /// Experts per MoE layer (OLMoE-1B-7B: 64).
     pub num_experts: usize,
+    /// Experts each token is routed to, the router's top-k (OLMoE-1B-7B: 8).
     pub num_experts_per_tok: usize,
+    /// Whether the top-k routing weights are renormalised to sum to 1 (OLMoE-1B-7B: false).
     pub norm_topk_prob: bool,
+    /// The longest text in tokens the model takes.
     pub max_position_embeddings: usize,
+    /// Base of the rotary position embedding's frequencies.
     pub rope_theta: f64,
+    /// Epsilon added inside every RMSNorm.
     pub rms_norm_eps: f64,
+    /// If set, queries, keys and values are clamped to `[-clip_qkv, clip_qkv]`.
     pub clip_qkv: Option<f64>,
+    /// Whether the LM head reuses the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// The end-of-sequence token (the first one where the config lists several).
     pub eos_token_id: Option<u32>,
+    /// The padding token, if the config names one.
     pub pad_token_id: Option<u32>,
     /// The checkpoint's stored dtype as the config names it ("bfloat16", "float32", ...), if given.
     pub dtype: Option<String>,

@@ -54,9 +54,11 @@ pub const EFFECT_GENERATE: usize = 10;
 /// One of the most likely next tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NextToken {
+    /// The token's id in the vocabulary.
     pub id: u32,
     /// How a student reads it (`␣` for a leading space; split characters shown whole).
     pub label: String,
+    /// Its probability under the model, 0..=1.
     pub prob: f64,
 }
 
@@ -65,8 +67,11 @@ pub struct NextToken {
 /// routing, before and after.
 #[derive(Debug, Clone)]
 pub struct Effect {
+    /// The interventions whose effect this is.
     pub interventions: Interventions,
+    /// The prompt, as given.
     pub prompt: String,
+    /// The continuation whose log-probability is measured, as given (may be empty).
     pub continuation: String,
     /// The prompt + continuation without interventions (one teacher-forced pass).
     pub before: Trace,
@@ -75,15 +80,18 @@ pub struct Effect {
     /// Sum of the log-probabilities (natural log) of the continuation's tokens given what precedes
     /// each; 0 when the continuation is empty.
     pub logprob_before: f64,
+    /// The same sum under the interventions (natural log).
     pub logprob_after: f64,
     /// KL(before ‖ after) of the next-token distribution after the prompt, in nats.
     pub kl: f64,
     /// The 5 most likely next tokens after the prompt.
     pub top_before: Vec<NextToken>,
+    /// The 5 most likely next tokens after the prompt, under the interventions.
     pub top_after: Vec<NextToken>,
     /// The prompt's greedy continuation ([`EFFECT_GENERATE`] tokens at most); `▯` marks bytes that
     /// do not form a character (a model under ablation may write broken UTF-8).
     pub generated_before: String,
+    /// The prompt's greedy continuation under the interventions (same limits and `▯` marks).
     pub generated_after: String,
 }
 
@@ -163,7 +171,9 @@ fn ratio(r: f64) -> String {
 /// One row of an importance [`Sweep`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepRow {
+    /// The ablated expert's layer, from 0.
     pub layer: usize,
+    /// The ablated expert, 0..num_experts.
     pub expert: usize,
     /// How many of the text's tokens chose this expert at this layer (unmodified run).
     pub tokens: usize,
@@ -191,8 +201,11 @@ impl Default for SweepOptions {
 /// An importance sweep: every (layer, expert) the text routes to, ablated one at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sweep {
+    /// The model's name, as [`Lens::name`] gives it.
     pub model: String,
+    /// The text, the prompt before the continuation.
     pub text: String,
+    /// The continuation whose log-probability is measured.
     pub continuation: String,
     /// The continuation's log-probability without intervention (the text alone, one sequence).
     pub base_logprob: f64,
@@ -204,6 +217,7 @@ pub struct Sweep {
     pub rows: Vec<SweepRow>,
     /// Forward passes and wall time of the sweep.
     pub passes: usize,
+    /// Wall time of the sweep, in seconds.
     pub seconds: f64,
 }
 

@@ -20,16 +20,31 @@ pub enum Error {
         "the text is {tokens} tokens long but the model takes at most {max}: shorten it, or split it \
          into sentences and trace them one by one (a corpus scan does that for you)"
     )]
-    TextTooLong { tokens: usize, max: usize },
+    TextTooLong {
+        /// Tokens in the text, as the tokenizer counted them.
+        tokens: usize,
+        /// The most tokens the model takes (its `max_position_embeddings`).
+        max: usize,
+    },
 
     /// A layer index or hook name that the model does not have.
     #[error("unknown layer {requested:?}: this model has {layers} router layers, 0..={last}, named \
              model.layers.{{i}}.mlp.gate", last = layers.saturating_sub(1))]
-    UnknownLayer { requested: String, layers: usize },
+    UnknownLayer {
+        /// The layer index or hook name that was asked for, as given.
+        requested: String,
+        /// Router layers the model has (valid indices are `0..layers`).
+        layers: usize,
+    },
 
     /// `config.json` cannot be read as an OLMoE config, or its values contradict each other.
     #[error("config {}: {msg}", path.display())]
-    Config { path: PathBuf, msg: String },
+    Config {
+        /// The `config.json` that was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
 
     /// Something this library deliberately does not implement.
     #[error("unsupported: {0}")]
@@ -37,18 +52,37 @@ pub enum Error {
 
     /// A file the model needs is not there.
     #[error("missing {what}: {} does not exist; {hint}", path.display())]
-    MissingFile { path: PathBuf, what: &'static str, hint: String },
+    MissingFile {
+        /// Where the file was looked for.
+        path: PathBuf,
+        /// What the file is (`"config.json"`, `"model directory"`, `"GGUF file"`, ...).
+        what: &'static str,
+        /// How to get it.
+        hint: String,
+    },
 
     /// A weights file is truncated, corrupt or lacks a tensor.
     #[error("weights {}: {msg}", path.display())]
-    Weights { path: PathBuf, msg: String },
+    Weights {
+        /// The weights file (safetensors or GGUF).
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
 
     /// A tensor has a shape other than the config implies.
     #[error(
         "tensor {name} has shape {found:?} but the config implies {expected:?}: the weights and \
              config.json do not belong together"
     )]
-    TensorShape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    TensorShape {
+        /// The tensor's name in the weights file.
+        name: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
 
     /// The tokenizer cannot be loaded or cannot encode/decode.
     #[error("tokenizer: {0}")]
@@ -57,17 +91,33 @@ pub enum Error {
     /// The model is not in the local cache and the Hub must not (or cannot) be asked.
     #[error("{model} is not in the Hugging Face cache at {} and HF_HUB_OFFLINE=1 forbids \
              downloading it. {hint}", cache.display())]
-    Offline { model: String, cache: PathBuf, hint: String },
+    Offline {
+        /// The Hub model id that was asked for.
+        model: String,
+        /// The Hugging Face cache directory that was searched.
+        cache: PathBuf,
+        /// How to get the model here anyway.
+        hint: String,
+    },
 
     /// A download from the Hub failed.
     #[error("could not fetch {file} of {model} from the Hugging Face Hub: {msg}")]
-    Hub { model: String, file: String, msg: String },
+    Hub {
+        /// The Hub model id.
+        model: String,
+        /// The file of the model that failed to download.
+        file: String,
+        /// The Hub client's message.
+        msg: String,
+    },
 
     /// A file could not be read or written. The message adds what to do for the usual causes
     /// (missing, no permission, not a directory, disk full).
     #[error("{}: {source}{}", path.display(), io_hint(source))]
     Io {
+        /// The file or directory that was being read or written.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -78,7 +128,12 @@ pub enum Error {
 
     /// An argument outside what is allowed (names the argument and the allowed values).
     #[error("invalid {what}: {msg}")]
-    InvalidArgument { what: &'static str, msg: String },
+    InvalidArgument {
+        /// The argument's name.
+        what: &'static str,
+        /// What is wrong with it and which values are allowed.
+        msg: String,
+    },
 
     /// A spy asked for routing that the forward pass did not deliver, or refused an event.
     #[error("router spy: {0}")]
@@ -86,20 +141,29 @@ pub enum Error {
 
     /// A sentence file has a line that cannot be read.
     #[error("{}:{line}: {msg}", path.display())]
-    Corpus { path: PathBuf, line: usize, msg: String },
+    Corpus {
+        /// The sentence file.
+        path: PathBuf,
+        /// The line number, counted from 1.
+        line: usize,
+        /// What is wrong with the line.
+        msg: String,
+    },
 
     /// The device ran out of memory (a CUDA or Metal allocation failed), with what was being done,
     /// the numbers where they are known, and what will work. A model that was already loaded stays
     /// loaded; a smaller request usually works.
     #[error("out of memory on the {device} while {during}{}: {advice} [{cause}]", oom_numbers(*needed, *free, *total))]
     OutOfMemory {
+        /// The kind of device that ran out ("GPU", "CPU", ...).
         device: String,
         /// What was being done: "loading the model", "running the model".
         during: String,
         /// Bytes the step needs, where estimated.
         needed: Option<u64>,
-        /// Free and total bytes of the device when the error was made, where the driver says.
+        /// Free bytes of the device when the error was made, where the driver says.
         free: Option<u64>,
+        /// Total bytes of the device, where the driver says.
         total: Option<u64>,
         /// The one or two things that will work here.
         advice: String,

@@ -36,7 +36,9 @@ use crate::error::{Error, Result};
 pub enum Intervention {
     /// The router cannot choose `experts` (logits −∞ before the softmax).
     Ablate {
+        /// The router layer, from 0.
         layer: usize,
+        /// The experts the router may not choose, each in 0..num_experts.
         experts: Vec<usize>,
         /// Token positions `start..end` it applies to (`None`: every token).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,17 +46,24 @@ pub enum Intervention {
     },
     /// The chosen set is exactly `experts` (k of them), weighted by the router's own probabilities.
     Force {
+        /// The router layer, from 0.
         layer: usize,
+        /// The experts chosen instead of the router's top-k: exactly k, each in 0..num_experts.
         experts: Vec<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Token positions `start..end` it applies to (`None`: every token).
         at: Option<Range<usize>>,
     },
     /// `delta` is added to `expert`'s logit before the softmax.
     Bias {
+        /// The router layer, from 0.
         layer: usize,
+        /// The expert whose logit is shifted, in 0..num_experts.
         expert: usize,
+        /// Added to the expert's router logit (before the softmax); negative makes it less likely.
         delta: f32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// Token positions `start..end` it applies to (`None`: every token).
         at: Option<Range<usize>>,
     },
 }

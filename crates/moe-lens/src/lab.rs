@@ -34,10 +34,14 @@ use crate::trace::Trace;
 /// `"cuda"` / `"cuda:N"`, `"metal"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// A GPU when built with one and one is present, else the CPU (`"auto"`).
     #[default]
     Auto,
+    /// The CPU (`"cpu"`).
     Cpu,
+    /// CUDA GPU number N (`"cuda"` is `"cuda:0"`); needs a build with the `cuda` feature.
     Cuda(usize),
+    /// The Apple GPU (`"metal"`); needs a build with Metal support.
     Metal,
 }
 
@@ -308,6 +312,20 @@ pub struct Lens {
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
 /// file, with the default options (device from `MOE_LENS_DEVICE`, else `auto`; dtype by device;
 /// quant `auto`). Reuses the Hugging Face cache; honours `HF_HUB_OFFLINE` and `HF_TOKEN`.
+///
+/// `"demo"` is the small random model shipped with the crate (OLMoE's shape: 16 router layers of
+/// 64 experts, top-8, with OLMoE's tokenizer):
+///
+/// ```
+/// use moe_lens::prelude::*;
+///
+/// let lens = load("demo")?;
+/// let hooks = lens.hooks();
+/// assert_eq!(hooks.len(), 16);
+/// assert_eq!(hooks.names[14], "model.layers.14.mlp.gate");
+/// assert_eq!((hooks.experts, hooks.k), (64, 8));
+/// # Ok::<(), moe_lens::Error>(())
+/// ```
 pub fn load(model: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, ..LoadOptions::default() })
 }
@@ -462,9 +480,11 @@ impl Lens {
     pub fn files(&self) -> &ModelFiles {
         &self.files
     }
+    /// The model's hyper-parameters (layers, experts, top-k, ...).
     pub fn config(&self) -> &Config {
         self.model.config()
     }
+    /// The loaded OLMoE model itself, for custom forward passes and spies.
     pub fn model(&self) -> &Olmoe {
         &self.model
     }
@@ -472,6 +492,7 @@ impl Lens {
     pub fn set_tuning(&mut self, tuning: Tuning) {
         self.model.set_tuning(tuning);
     }
+    /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }
@@ -519,6 +540,22 @@ impl Lens {
     }
 
     /// Runs `text` once and captures every router.
+    ///
+    /// ```
+    /// use moe_lens::prelude::*;
+    ///
+    /// let lens = load("demo")?;
+    /// let trace = lens.trace("저는 보통 여섯 시에 일어나요.")?;
+    /// assert_eq!(trace.layers.len(), 16); // one per router layer
+    /// let layer = trace.layer(14)?;
+    /// for (probs, chosen) in layer.probs.iter().zip(&layer.top_k) {
+    ///     assert_eq!(probs.len(), 64); // a probability for every expert…
+    ///     assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-3); // …summing to 1
+    ///     assert_eq!(chosen.len(), 8); // and the 8 experts the token was routed to
+    /// }
+    /// assert_eq!(layer.probs.len(), trace.tokens.len()); // one row per token
+    /// # Ok::<(), moe_lens::Error>(())
+    /// ```
     pub fn trace(&self, text: &str) -> Result<Trace> {
         self.trace_layers(text, LayerSelection::All)
     }
@@ -648,6 +685,7 @@ impl fmt::Debug for Lens {
 /// Options of [`Lens::generate_with`].
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
+    /// The most tokens to generate after the prompt.
     pub max_new_tokens: usize,
     /// Stop after the end-of-text token (as transformers' `generate` does).
     pub stop_at_eos: bool,
@@ -668,16 +706,22 @@ fn argmax(logits: &Tensor) -> Result<u32> {
 /// The router hooks of a model: what the Python lab registers on every `mlp.gate`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hooks {
+    /// Hook name of each router layer, `model.layers.{i}.mlp.gate`, in layer order.
     pub names: Vec<String>,
+    /// Experts per layer (OLMoE-1B-7B: 64).
     pub experts: usize,
+    /// Experts chosen per token, the top-k (OLMoE-1B-7B: 8).
     pub k: usize,
+    /// Whether the chosen experts' weights are renormalised to sum to 1.
     pub norm_topk_prob: bool,
 }
 
 impl Hooks {
+    /// Number of router hooks (one per layer).
     pub fn len(&self) -> usize {
         self.names.len()
     }
+    /// Whether there are no hooks.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }

@@ -166,6 +166,7 @@ impl Quant {
 /// What a quantized load did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantReport {
+    /// The quantization that was applied.
     pub quant: Quant,
     /// The cache file.
     pub cache: PathBuf,
@@ -633,7 +634,9 @@ pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<(Config, 
 
 /// A llama.cpp GGUF model as [`open_gguf`] loads it.
 pub struct GgufModel {
+    /// The model's hyper-parameters, read from the GGUF metadata.
     pub config: Config,
+    /// The loaded model.
     pub model: Olmoe,
     /// The block type of the experts as the file stores them (`"Q4_K"`, `"Q8_0"`, `"BF16"`…; layers
     /// that differ are listed after the first, e.g. `"Q4_K, Q6_K"`).

@@ -79,8 +79,11 @@ pub struct RouterEvent<'a> {
     pub layer: usize,
     /// `model.layers.{layer}.mlp.gate`.
     pub name: &'a str,
+    /// Which forward call this is (the prefill or a decode step).
     pub step: Step,
+    /// Sequences in the batch.
     pub batch: usize,
+    /// Rows per sequence (padded length); rows = `batch * seq_len`.
     pub seq_len: usize,
     /// Position of the first row's token in its sequence (the KV-cache length before this call).
     pub offset: usize,
@@ -170,12 +173,17 @@ impl<F: FnMut(&RouterEvent<'_>) -> Result<()>> RouterSpy for FnSpy<F> {
 /// One layer's routing for one forward call, copied to the host (row-major `Vec`s).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Routing {
+    /// Which forward call this is (the prefill or a decode step).
     pub step: Step,
+    /// Layer index, from 0.
     pub layer: usize,
     /// Position of the first row's token.
     pub offset: usize,
+    /// Token rows of the call (batch-major, as in [`RouterEvent`]).
     pub rows: usize,
+    /// Experts per layer (columns of `logits`).
     pub experts: usize,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
     /// `[rows * experts]`
     pub logits: Vec<f32>,
@@ -305,7 +313,9 @@ const ROUTER_SUFFIX: &str = ".mlp.gate";
 /// A layer given by index (`14`) or by hook name (`"model.layers.14.mlp.gate"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LayerRef {
+    /// A layer by index, from 0 (`14`).
     Index(usize),
+    /// A layer by hook name (`"model.layers.14.mlp.gate"`).
     Name(String),
 }
 

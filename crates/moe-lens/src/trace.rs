@@ -43,9 +43,13 @@ impl LayerTrace {
 /// The export schema, exactly: what `--format json` prints and [`Trace::to_json`] writes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceExport {
+    /// The model as the user named it (directory or Hub id).
     pub model: String,
+    /// The whole text: prompt plus any generated continuation.
     pub text: String,
+    /// The text's tokens, in order.
     pub tokens: Vec<Token>,
+    /// One entry per captured router layer, in layer order; row `i` is token `i`.
     pub layers: Vec<LayerTrace>,
     /// The interventions of the run, in their text form (`"ablate 14:27,35"`); absent for a plain run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +63,7 @@ pub struct Trace {
     pub model: String,
     /// The whole text: the prompt plus, after generation, the generated continuation.
     pub text: String,
+    /// The text's tokens, in order; row `i` of every layer is token `i`.
     pub tokens: Vec<Token>,
     /// Number of prompt tokens (all tokens for a plain trace).
     pub prompt_len: usize,

@@ -505,12 +505,15 @@ pub struct Olmoe {
 }
 
 impl Olmoe {
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
     }
+    /// The float dtype of the weights and activations (quantized experts excepted).
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -59,6 +59,20 @@ use crate::trace::Trace;
 pub trait TracePlots {
     /// The tokens × experts heatmap of one layer (probabilities; call `.logits()` on it for logits).
     /// The layer is an index (`14`) or a hook name (`"model.layers.14.mlp.gate"`).
+    ///
+    /// ```
+    /// use moe_lens::prelude::*;
+    ///
+    /// let trace = load("demo")?.trace("I usually wake up at six.")?;
+    /// let svg = trace.heatmap(14)?.svg()?;
+    /// assert!(svg.starts_with("<svg"));
+    /// // every token's row carries a tooltip with its top-8 experts
+    /// assert_eq!(svg.matches(r#"class="moe-lens-row""#).count(), trace.tokens.len());
+    /// assert!(svg.contains("top-8 experts"));
+    /// // the same layer by its hook name
+    /// assert_eq!(trace.heatmap("model.layers.14.mlp.gate")?.svg()?, svg);
+    /// # Ok::<(), moe_lens::Error>(())
+    /// ```
     fn heatmap(&self, layer: impl Into<LayerRef>) -> Result<Heatmap>;
 
     /// The per-token table of chosen experts and their weights, for one layer.

@@ -113,8 +113,11 @@ pub fn random_router(experts: usize, k: usize) -> Consecutive {
 /// `coactivation.json`: `{"model", "k", "experts", "layers": [[[int]]]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoactivationJson {
+    /// The model's name, as the scan recorded it.
     pub model: String,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
+    /// Experts per layer (each matrix is `experts` × `experts`).
     pub experts: usize,
     /// Per layer, the E × E matrix (see the module docs).
     pub layers: Vec<Vec<Vec<u64>>>,
@@ -123,13 +126,16 @@ pub struct CoactivationJson {
 /// `consecutive.json`: `{"model", "langs": {LANG: [Consecutive, … one per layer]}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsecutiveJson {
+    /// The model's name, as the scan recorded it.
     pub model: String,
+    /// Per language code, one [`Consecutive`] per layer, in layer order.
     pub langs: BTreeMap<String, Vec<Consecutive>>,
 }
 
 /// One co-activation partner of an expert.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Partner {
+    /// The partner expert, in 0..experts.
     pub expert: usize,
     /// Tokens that chose both.
     pub count: u64,
@@ -140,6 +146,7 @@ pub struct Partner {
 /// One of an expert's most frequent token ids.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TopToken {
+    /// The token's id in the vocabulary.
     pub token_id: u32,
     /// Times the expert picked this token id (in its top-k).
     pub count: u64,
@@ -153,7 +160,9 @@ pub struct TopToken {
 /// Token specialisation of one expert at one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpertSpecialisation {
+    /// Layer index, from 0.
     pub layer: usize,
+    /// Expert index, in 0..experts.
     pub expert: usize,
     /// Top-k selections of this expert.
     pub picks: u64,
@@ -174,7 +183,9 @@ pub struct ExpertSpecialisation {
 /// One row of an expert profile.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProfileEntry {
+    /// Expert index, in 0..experts.
     pub expert: usize,
+    /// Tokens of the language at this layer that chose this expert (in their top-k).
     pub picks: u64,
     /// Share of the language's picks at this layer.
     pub share: f64,
@@ -185,7 +196,9 @@ pub struct ProfileEntry {
 /// The experts carrying one language's picks at one layer, most first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
+    /// The language code.
     pub lang: String,
+    /// Layer index, from 0.
     pub layer: usize,
     /// Every expert, by share (ties: smaller id first).
     pub experts: Vec<ProfileEntry>,
@@ -201,9 +214,13 @@ impl Profile {
 /// The accumulated analyses of a scan (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingAnalyses {
+    /// The model's name, as the scan recorded it.
     pub model: String,
+    /// Router layers of the model.
     pub layers: usize,
+    /// Experts per layer.
     pub experts: usize,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
     /// `[layer][i][j]`, flattened.
     coact: Vec<u64>,

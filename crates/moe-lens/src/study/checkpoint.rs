@@ -75,12 +75,17 @@ pub struct RunInfo {
     pub corpus: String,
     /// [`crate::corpus::fingerprint`] of the whole corpus.
     pub corpus_fingerprint: String,
+    /// Sentences in the whole corpus (all shards).
     pub corpus_sentences: usize,
     /// `--lang` of a .txt corpus.
     pub lang: Option<String>,
     /// The model's dtype (`f32`, `bf16`, `f16`); empty before the model is loaded.
     pub dtype: String,
+    /// Whether tokens count under the language of their script (see
+    /// [`ScanOptions::by_script`](super::ScanOptions::by_script)).
     pub by_script: bool,
+    /// Whether tokens of the Common script are left out (see
+    /// [`ScanOptions::skip_common`](super::ScanOptions::skip_common)).
     pub skip_common: bool,
     /// Sentences per batch. A shard is a run of batches, so a sharded scan continues only with
     /// the same batch size (0 in state files written before this was recorded).
@@ -91,18 +96,23 @@ pub struct RunInfo {
 /// `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanState {
+    /// Version of the state file's format.
     pub version: u32,
     /// `scan` or `merge`.
     pub kind: String,
+    /// The run the directory belongs to.
     pub run: RunInfo,
     /// Shards covered (one for a scan).
     pub shards: Vec<Shard>,
     /// Sentences of the scan, and how many are done (in scan order).
     pub sentences: usize,
+    /// Sentences done so far, in scan order (a prefix of the scan).
     pub done: usize,
     /// Valid length of routes.bin.
     pub routes_bytes: u64,
+    /// Whether every sentence of the scan is done.
     pub complete: bool,
+    /// The routing counts of the sentences done so far.
     pub counts: CountsJson,
 }
 
@@ -260,16 +270,25 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
 /// What a resumable scan reports as it goes.
 pub enum ScanEvent<'s, 'a> {
     /// Starting (fresh or continuing); the scanner tells how far it is.
-    Start { scanner: &'s Scanner<'a>, resumed: bool, complete: bool },
+    Start {
+        /// The scanner, which tells how far the scan is.
+        scanner: &'s Scanner<'a>,
+        /// Whether an earlier, interrupted scan of this directory is being continued.
+        resumed: bool,
+        /// Whether the scan was already complete (nothing left to do).
+        complete: bool,
+    },
     /// A batch was committed to disk.
     Batch(&'s Scanner<'a>),
 }
 
 /// The result of [`scan_to_dir`] and [`merge_dirs`].
 pub struct DirResult {
+    /// The counts of the whole scan.
     pub study: Study,
     /// Metrics with the comparisons against the reference language.
     pub report: Metrics,
+    /// The state file as written at the end.
     pub state: ScanState,
 }
 
@@ -278,10 +297,13 @@ pub struct DirResult {
 pub struct DirScan {
     /// Describes the run for the state file (its `dtype` is filled in from the model).
     pub run: RunInfo,
+    /// Which shard of the corpus this process scans.
     pub shard: Shard,
+    /// How to scan (batch size, counting by script, ...).
     pub options: ScanOptions,
     /// The language the others are compared with in `metrics.json` (default `en`).
     pub reference: Option<String>,
+    /// How `metrics.json` compares languages.
     pub compare: CompareOptions,
 }
 

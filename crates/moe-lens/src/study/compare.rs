@@ -108,6 +108,7 @@ impl Verdict {
 /// One layer of a comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerComparison {
+    /// Layer index, from 0.
     pub layer: usize,
     /// Effective number of A's matched samples (mean over subsamples without replacement).
     pub a_effective: f64,
@@ -117,7 +118,9 @@ pub struct LayerComparison {
     pub diff: f64,
     /// The interval of A − B (see the module docs).
     pub ci_low: f64,
+    /// Upper end of the interval of A − B (`ci_low` is the lower end).
     pub ci_high: f64,
+    /// What the interval says: A has fewer effective experts than B, more, or no clear difference.
     pub verdict: Verdict,
     /// The verdict as a sentence.
     pub answer: String,
@@ -130,16 +133,21 @@ pub struct Comparison {
     pub a: String,
     /// The reference (e.g. `en`).
     pub b: String,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
     /// Sentences (units) of each language.
     pub a_sentences: usize,
+    /// Sentences (units) of B.
     pub b_sentences: usize,
     /// Tokens of each language in the whole scan.
     pub a_tokens: u64,
+    /// Tokens of B in the whole scan.
     pub b_tokens: u64,
     /// Tokens per language per replicate.
     pub matched_tokens: usize,
+    /// The bootstrap's replicates, level, seed and token cap.
     pub options: CompareOptions,
+    /// One comparison per layer, in layer order.
     pub layers: Vec<LayerComparison>,
 }
 
@@ -215,9 +223,11 @@ impl fmt::Display for Comparison {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator started from `seed` (the same seed gives the same sequence).
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// The next 64-bit value of the sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

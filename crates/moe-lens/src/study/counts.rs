@@ -41,12 +41,19 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CountsJson {
+    /// The model's name, as the scan recorded it.
     pub model: String,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
+    /// Experts per layer.
     pub experts: usize,
+    /// Router layers of the model.
     pub layers: usize,
+    /// Tokens counted per language code.
     pub tokens: BTreeMap<String, u64>,
+    /// Per language, per layer, per expert: tokens that had the expert among their top-k.
     pub topk_counts: BTreeMap<String, Vec<Vec<u64>>>,
+    /// Per language, per layer, per expert: tokens whose first choice was the expert.
     pub top1_counts: BTreeMap<String, Vec<Vec<u64>>>,
 }
 

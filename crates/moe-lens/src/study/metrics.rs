@@ -38,7 +38,9 @@ pub use super::stats::{coverage, distinct, effective_number, entropy, jensen_sha
 /// One layer and language.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerLang {
+    /// Layer index, from 0.
     pub layer: usize,
+    /// The language code.
     pub lang: String,
     /// Counted tokens.
     pub tokens: u64,
@@ -60,30 +62,42 @@ pub struct LayerLang {
     pub top1_effective: f64,
     /// The most selected expert and its share of the selections.
     pub top_expert: usize,
+    /// The most selected expert's share of the selections, 0–1.
     pub top_expert_share: f64,
     /// The expert with the highest specialization N(E,L)/N(E) among experts with at least
     /// `min_selections` selections, and that value.
     pub most_specialized_expert: Option<usize>,
+    /// That expert's specialization N(E,L)/N(E), 0–1 (`None` when no expert qualifies).
     pub most_specialized: Option<f64>,
 }
 
 /// Jensen–Shannon divergence of two languages at one layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerJsd {
+    /// Layer index, from 0.
     pub layer: usize,
+    /// The first language code.
     pub a: String,
+    /// The second language code.
     pub b: String,
+    /// Jensen–Shannon divergence of their top-k selection distributions, base 2: 0 (identical) to 1 (disjoint).
     pub jsd: f64,
 }
 
 /// The descriptive metrics of a scan (and, from [`super::Study::report`], its comparisons).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// The model's name, as the scan recorded it.
     pub model: String,
+    /// Experts chosen per token, the top-k.
     pub k: usize,
+    /// Experts per layer.
     pub experts: usize,
+    /// Router layers of the model.
     pub layers: usize,
+    /// The language codes of the scan.
     pub languages: Vec<String>,
+    /// Counted tokens per language code.
     pub tokens: BTreeMap<String, u64>,
     /// One row per layer × language, layer-major.
     pub rows: Vec<LayerLang>,
@@ -93,6 +107,7 @@ pub struct Metrics {
     pub specialization: BTreeMap<String, Vec<Vec<Option<f64>>>>,
     /// Baselines of `specialization`: uniform `1 / languages`, and each language's token share.
     pub specialization_uniform: f64,
+    /// Each language's share of all counted tokens, the token-share baseline of `specialization`.
     pub token_share: BTreeMap<String, f64>,
     /// `usage[lang][layer][expert]` = N(E,L)/tokens(L): fraction of L's tokens routed to E.
     pub usage: BTreeMap<String, Vec<Vec<f64>>>,

@@ -80,7 +80,9 @@ impl Default for ScanOptions {
 /// The counting settings a study was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Settings {
+    /// Tokens counted under the language of their script ([`ScanOptions::by_script`]).
     pub by_script: bool,
+    /// Tokens of the Common script left out ([`ScanOptions::skip_common`]).
     pub skip_common: bool,
 }
 
@@ -98,7 +100,9 @@ pub fn script_language(script: Script) -> String {
 /// nearly equal chunks (sentences `⌊i·N/n⌋ .. ⌊(i+1)·N/n⌋` of N), 0-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
+    /// Which chunk, from 0 (`index < count`).
     pub index: usize,
+    /// Chunks the corpus is split into, at least 1.
     pub count: usize,
 }
 
@@ -166,21 +170,27 @@ pub struct Study {
     pub counts: Counts,
     /// Per-sentence routing, in scan order (see [`Study::sort`]).
     pub routes: Vec<SentenceRoutes>,
+    /// The counting settings the study was made with.
     pub settings: Settings,
 }
 
 /// `metrics.json`: the counting settings and the [`Metrics`] (with comparisons).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsFile {
+    /// The counting settings the study was made with.
     pub settings: Settings,
     #[serde(flatten)]
+    /// The metrics and comparisons, flattened into the same JSON object.
     pub metrics: Metrics,
 }
 
-/// Files a study is saved as.
+/// The file a saved study keeps its counts in ([`CountsJson`]).
 pub const COUNTS_FILE: &str = "counts.json";
+/// The file a saved study keeps its metrics in ([`MetricsFile`]).
 pub const METRICS_FILE: &str = "metrics.json";
+/// The file a saved study keeps its metrics in as a table, one row per layer × language.
 pub const METRICS_CSV: &str = "metrics.csv";
+/// The file a saved study keeps every counted token's routing in (binary; see [`routes`]).
 pub const ROUTES_FILE: &str = "routes.bin";
 
 impl Study {
@@ -497,6 +507,28 @@ pub fn scan(lens: &Lens, sentences: &[Sentence], opts: &ScanOptions) -> Result<S
 
 /// [`scan`] as a method of [`Lens`]: `lens.scan(&corpus::builtin()?, &ScanOptions::default())?`.
 pub trait ScanExt {
+    /// Scans `sentences` (see [`scan`]): runs every sentence through the model and counts each token's
+    /// routing under its language.
+    ///
+    /// ```
+    /// use moe_lens::prelude::*;
+    ///
+    /// let lens = load("demo")?;
+    /// let sentences: Vec<Sentence> = corpus::builtin()?.into_iter().take(3).collect(); // en, ko, ja
+    /// let study = lens.scan(&sentences, &ScanOptions { progress: false, ..ScanOptions::default() })?;
+    /// assert_eq!(study.languages(), ["en", "ja", "ko"]); // sorted
+    /// assert_eq!(study.routes.len(), 3); // one per sentence
+    /// // each counted token picks k = 8 experts at every layer
+    /// let c = &study.counts;
+    /// for (i, lang) in c.languages.iter().enumerate() {
+    ///     assert!(c.tokens_of(lang) > 0);
+    ///     for layer in 0..c.layers {
+    ///         let picks: u64 = (0..c.experts).map(|e| c.topk[[i, layer, e]]).sum();
+    ///         assert_eq!(picks, c.tokens_of(lang) * 8);
+    ///     }
+    /// }
+    /// # Ok::<(), moe_lens::Error>(())
+    /// ```
     fn scan(&self, sentences: &[Sentence], opts: &ScanOptions) -> Result<Study>;
 }
 
@@ -642,6 +674,7 @@ impl<'a> Scanner<'a> {
     pub fn done(&self) -> usize {
         self.pos
     }
+    /// Whether every sentence has been scanned.
     pub fn is_done(&self) -> bool {
         self.pos >= self.order.len()
     }
@@ -657,9 +690,11 @@ impl<'a> Scanner<'a> {
     pub fn tokens_this_run(&self) -> u64 {
         self.tokens_done - self.tokens_at_start
     }
+    /// The counts and routes so far.
     pub fn study(&self) -> &Study {
         &self.study
     }
+    /// The counts and routes so far, taking the scanner apart.
     pub fn into_study(self) -> Study {
         self.study
     }

@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 /// One layer of a comparison against the token-identity null.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NullLayer {
+    /// Layer index, from 0.
     pub layer: usize,
     /// The observed estimate of A − B (effective number of experts; as [`super::compare`]).
     pub observed: f64,
@@ -33,6 +34,7 @@ pub struct NullLayer {
     pub excess: f64,
     /// Interval of `excess`.
     pub ci_low: f64,
+    /// Upper end of the interval of `excess` (`ci_low` is the lower end).
     pub ci_high: f64,
     /// The verdict on `excess` (fewer: A uses fewer experts beyond what the tokenizer explains).
     pub verdict: Verdict,
@@ -41,13 +43,19 @@ pub struct NullLayer {
 /// A language comparison next to its token-identity null, per layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NullComparison {
+    /// The language asked about (e.g. `ko`).
     pub a: String,
+    /// The reference language (e.g. `en`).
     pub b: String,
+    /// Tokens per language per replicate.
     pub matched_tokens: usize,
     /// Distinct token ids of each language.
     pub a_distinct_ids: usize,
+    /// Distinct token ids of B (`a_distinct_ids` is A's).
     pub b_distinct_ids: usize,
+    /// The bootstrap's replicates, level, seed and token cap.
     pub options: CompareOptions,
+    /// One entry per layer, in layer order.
     pub layers: Vec<NullLayer>,
 }
 

@@ -50,7 +50,9 @@ pub struct SentenceRoutes {
     /// For each counted token, its position among all the sentence's tokens (empty in files of
     /// the first layout); two counted tokens are neighbours when their positions differ by one.
     pub positions: Vec<u32>,
+    /// Router layers recorded per token.
     pub layers: usize,
+    /// Experts recorded per token and layer, the top-k.
     pub k: usize,
     /// `[layer][token][k]`, best first.
     pub experts: Vec<u16>,

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 /// One layer of a scan comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerAgreement {
+    /// Layer index, from 0.
     pub layer: usize,
     /// Share of tokens whose top-k sets agree.
     pub set_agreement: f64,
@@ -45,8 +46,11 @@ pub struct LayerAgreement {
 pub struct VerdictPair {
     /// `a` vs `b`, e.g. `ko vs en`.
     pub comparison: String,
+    /// Layer index, from 0.
     pub layer: usize,
+    /// The verdict in the first scan (A).
     pub verdict_a: Verdict,
+    /// The verdict in the second scan (B).
     pub verdict_b: Verdict,
 }
 
@@ -60,14 +64,19 @@ impl VerdictPair {
 /// Two scans compared (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScanComparison {
+    /// The model of the first scan (A), as its `metrics.json` names it.
     pub model_a: String,
+    /// The model of the second scan (B), as its `metrics.json` names it.
     pub model_b: String,
     /// Sentences and counted tokens in both scans.
     pub sentences: u64,
+    /// Counted tokens in both scans.
     pub tokens: u64,
     /// Sentences only in one of the two (e.g. a shard against the whole).
     pub only_a: u64,
+    /// Sentences only in the second scan (B); `only_a` counts those only in A.
     pub only_b: u64,
+    /// Agreement of the two scans' routing, one entry per layer in layer order.
     pub layers: Vec<LayerAgreement>,
     /// Verdicts per language comparison and layer (empty when the scans share no comparison).
     pub verdicts: Vec<VerdictPair>,

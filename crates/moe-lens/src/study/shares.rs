@@ -41,9 +41,11 @@ pub enum Measure {
 /// One of a language's most used experts at one layer (see [`ExpertShares::top_experts`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopExpert {
+    /// The language code.
     pub lang: String,
     /// 1 = most used.
     pub rank: usize,
+    /// Expert index, in 0..experts.
     pub expert: usize,
     /// Top-k selections of the expert by the language's tokens at this layer.
     pub count: u64,

@@ -18,23 +18,41 @@ use crate::error::{Error, Result};
 /// Displays, parses (case-insensitively) and serializes as its name, e.g. `"Hangul"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Script {
+    /// Latin letters (English, most European languages).
     Latin,
+    /// Greek letters.
     Greek,
+    /// Cyrillic letters (Russian, Ukrainian, …).
     Cyrillic,
+    /// Armenian letters.
     Armenian,
+    /// Hebrew letters.
     Hebrew,
+    /// Arabic letters.
     Arabic,
+    /// Devanagari (Hindi, Marathi, …).
     Devanagari,
+    /// Bengali letters.
     Bengali,
+    /// Thai letters.
     Thai,
+    /// Georgian letters.
     Georgian,
+    /// Korean Hangul syllables and jamo.
     Hangul,
+    /// Japanese hiragana.
     Hiragana,
+    /// Japanese katakana.
     Katakana,
+    /// Han characters (Chinese hanzi, Japanese kanji, Korean hanja).
     Han,
+    /// Characters several scripts share: digits, punctuation, spaces, emoji, `ー`, `。`.
     Common,
+    /// Combining marks (accents and other marks that attach to the character before them).
     Inherited,
+    /// A token with letters of several scripts (tokens only).
     Mixed,
+    /// Bytes that form no character, or a script this enum does not name.
     Unknown,
 }
 
