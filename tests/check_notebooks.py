@@ -28,6 +28,13 @@ in layers 0-3), both effects print the continuation's log-probability, KL, top 5
 continuations, the change of both; the routing-changes figure (tokens x 16 layers, tooltips), the
 heatmap under the intervention with the ablated experts at probability 0 (no outlined cell in
 their columns), the sweep over >= 1 pair with its noise floor, its bars; the error example.
+04_Routing_Analyses.ipynb in addition: the scan; the analyses' languages (en, ja, ko); the
+co-activation heatmap of the 16 busiest experts (16 x 16 cells, tooltips with counts, the shares
+recomputed here from the counts of each row's diagonal) and the partners printed next to the random
+router's 11.1%; the consecutive-token plot (3 languages x 16 layers x 2 panels, the random router's
+1/64 and 64/64) and its numbers, with layer 14 of each language printed; token specialisation and
+profiles printed for en/ko/ja; the token-identity null's table (16 layers, its verdict line); the
+error example and the cell after it.
 Prints one line per failed check and ends with `notebooks: N passed, M failed`.
 """
 
@@ -44,6 +51,7 @@ KANA = re.compile("[\u3040-\u30ff]")
 MAIN = "01_Router_Analysis.ipynb"
 STUDY = "02_Language_Experts.ipynb"
 INTERVENE = "03_Interventions.ipynb"
+ANALYSES = "04_Routing_Analyses.ipynb"
 HOOKS = ("16 router hooks (model.layers.0.mlp.gate … model.layers.15.mlp.gate) · 64 experts · top-8 · "
          "top-k weights not renormalised")
 
@@ -389,6 +397,59 @@ def check_intervene(ch, name, nb):
     check_error_example(ch, name, cells, ("expert 64", "experts 0 to 63"))
 
 
+def check_analyses(ch, name, nb):
+    """04_Routing_Analyses.ipynb: co-activation, consecutive tokens, specialisation, profiles, the
+    token-identity null, the error example."""
+    cells = nb.get("cells", [])
+    _, c = find_cell(cells, r"study\.analyses\(\)")
+    out = cell_text(c or {})
+    ch.check(name, "the analyses cover en, ja and ko", '["en", "ja", "ko"]' in out, out[:200])
+    _, c = find_cell(cells, r"coactivation_heatmap\(14\)\?\.top\(16\)\s*$")
+    if ch.check(name, "the co-activation heatmap cell exists", c is not None):
+        live = check_picture(ch, name, "co-activation heatmap", c)
+        cells_ = re.findall(r'<rect class="moe-lens-cell"([^>]*)>', live)
+        ch.check(name, "co-activation: 16 x 16 cells", len(cells_) == 256, str(len(cells_)))
+        parsed = []
+        for attrs in cells_:
+            d = dict(re.findall(r'data-(\w+)="([^"]*)"', attrs))
+            parsed.append((int(d.get("i", -1)), int(d.get("j", -1)), int(d.get("count", -1)), float(d.get("share", "nan"))))
+        own = {i: n for i, j, n, _ in parsed if i == j}
+        ok = bool(parsed) and all(own.get(i, 0) > 0 and abs(n / own[i] - sh) < 1e-6 for i, j, n, sh in parsed)
+        ch.check(name, "co-activation: every share is the count over the row expert's own count", ok)
+        ch.check(name, "co-activation: tooltips with counts", len(re.findall(r"tokens also chose expert \d+", live)) == 240)
+    _, c = find_cell(cells, r"analyses\.partners\(14")
+    out = cell_text(c or {})
+    ch.check(name, "the partners of 4 experts are printed next to the random router",
+             len(re.findall(r"(?m)^expert +\d+ \( *\d+ tokens\) is chosen with( +expert +\d+ in +\d+\.\d%){1,3}$", out)) == 4
+             and "a random router: 11.1% for every pair" in out, out[:300])
+    _, c = find_cell(cells, r"consecutive_plot\(\)\?\s*$")
+    if ch.check(name, "the consecutive-token plot cell exists", c is not None):
+        live = check_picture(ch, name, "consecutive plot", c)
+        points = re.findall(r'<circle class="moe-lens-point"[^>]*data-lang="(\w+)"', live)
+        ch.check(name, "consecutive: 3 languages x 16 layers x 2 panels", sorted(Counter(points).items()) == [("en", 32), ("ja", 32), ("ko", 32)], str(Counter(points)))
+        randoms = re.findall(r'class="moe-lens-random"[^>]*data-value="([\d.]+)"', live)
+        ch.check(name, "consecutive: the random router at 1/64 and 64/64", len(randoms) == 2 and abs(float(randoms[0]) - 100 / 64) < 1e-6 and abs(float(randoms[1]) - 1.0) < 1e-6, str(randoms))
+    _, c = find_cell(cells, r"analyses\.random_router\(\)")
+    out = cell_text(c or {})
+    ch.check(name, "the consecutive numbers: the random router and layer 14 of en/ko/ja",
+             "random router: top-1 the same 1.6%, top-1 in the next top-2 3.1%, 1.00 experts shared" in out
+             and all(re.search(rf"(?m)^{l}, layer 14: +[1-9]\d* pairs, top-1 the same +\d+\.\d%", out) for l in ("en", "ko", "ja")), out[:400])
+    _, c = find_cell(cells, r"analyses\.specialisation\(14")
+    out = cell_text(c or {})
+    ch.check(name, "token specialisation of 3 experts, with languages and top tokens",
+             len(re.findall(r"(?m)^expert +\d+: \d+ picks of \d+ different tokens; .* by language en \d+% ja \d+% ko \d+%$", out)) == 3
+             and len(re.findall(r"% of the expert's picks", out)) >= 3, out[:300])
+    _, c = find_cell(cells, r"analyses\.profile\(lang, 14\)")
+    out = cell_text(c or {})
+    ch.check(name, "the profiles of en, ko and ja", all(re.search(rf"(?m)^{l}, layer 14: half of the picks go to +\d+ experts", out) for l in ("en", "ko", "ja")), out[:300])
+    _, c = find_cell(cells, r'study\.compare_null\("ko", "en"\)')
+    out = cell_text(c or {})
+    rows = re.findall(r"(?m)^ +(\d+) +-?\d+\.\d\d +-?\d+\.\d\d .*(fewer|more|no clear difference)$", out)
+    ch.check(name, "the token-identity null: 16 layers and the verdict beyond the tokenizer",
+             [int(r[0]) for r in rows] == list(range(16)) and "beyond what the tokenizer explains in" in out, out[:300])
+    check_error_example(ch, name, cells, ('"zh" has no counted tokens', "en, ja, ko"))
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -398,7 +459,7 @@ def main():
     ch.check(str(out), "executed notebooks present", bool(nbs))
     # MOE_LENS_NOTEBOOKS="01 02" (as tests/run-notebooks.sh takes it): only those are expected
     only = os.environ.get("MOE_LENS_NOTEBOOKS", "").split()
-    for nb in (MAIN, STUDY, INTERVENE):
+    for nb in (MAIN, STUDY, INTERVENE, ANALYSES):
         if not only or nb.split("_")[0] in only:
             ch.check(str(out), f"{nb} present", (out / nb).exists())
     dep_lines = {}
@@ -415,6 +476,8 @@ def main():
             check_study(ch, p.name, nb)
         elif p.name == INTERVENE:
             check_intervene(ch, p.name, nb)
+        elif p.name == ANALYSES:
+            check_analyses(ch, p.name, nb)
     ch.check(str(out), "one identical :dep line in every notebook", len(set(dep_lines.values())) == 1, str(dep_lines))
     print(f"notebooks: {ch.passed} passed, {ch.failed} failed")
     return 1 if ch.failed else 0

@@ -39,8 +39,8 @@ mod table;
 pub(crate) mod util;
 
 pub use charts::{
-    EffectiveExpertsPlot, ExpertTable, LanguageHeatmap, LayersOverview, Measure, RoutingChanges, StudyPlots, SweepBars,
-    TopExpert, TopExperts,
+    AnalysesPlots, CoactivationHeatmap, ConsecutivePlot, EffectiveExpertsPlot, ExpertTable, LanguageHeatmap,
+    LayersOverview, Measure, RoutingChanges, StudyPlots, SweepBars, TopExpert, TopExperts,
 };
 pub use display::{evcxr_output, DisplayResult, Figure, Figures, Layout};
 pub use explore::{expert_use_overlap, explore_pair, Explorer};

@@ -33,6 +33,7 @@ mod expert_table;
 mod interventions;
 mod language_heatmap;
 mod layers_overview;
+mod routing;
 mod style;
 mod text;
 mod top_experts;
@@ -52,6 +53,7 @@ pub use expert_table::ExpertTable;
 pub use interventions::{RoutingChanges, SweepBars};
 pub use language_heatmap::LanguageHeatmap;
 pub use layers_overview::LayersOverview;
+pub use routing::{AnalysesPlots, CoactivationHeatmap, ConsecutivePlot};
 pub use top_experts::TopExperts;
 
 // ------------------------------------------------------------------------------------------------
