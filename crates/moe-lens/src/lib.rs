@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod corpus_set;
 pub mod doctor;
 pub mod effects;
 pub mod error;
@@ -13,16 +14,19 @@ pub mod gguf;
 pub mod hub;
 pub mod intervene;
 pub mod lab;
+pub mod lessons;
 pub mod memory;
 pub mod olmoe;
 pub mod plot;
 pub mod quant;
 pub mod spy;
 pub mod study;
+pub mod teach;
 pub mod tokens;
 pub mod trace;
 
 pub use error::{Error, Result};
+pub use teach::check;
 
 /// Everything a notebook cell or a small program needs, in one import.
 pub mod prelude {
