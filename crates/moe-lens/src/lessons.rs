@@ -177,8 +177,8 @@ impl Study {
 }
 
 impl Comparison {
-    /// Prints the evidence of the comparison without concluding: per layer the estimate and its
-    /// interval, grouped by where the interval lies (below 0, above 0, containing 0), and how many
+    /// Prints the evidence of the comparison without concluding: how many layers have their
+    /// interval below 0, above 0, or containing 0 (counts, not which layers), and how many
     /// layers would exclude 0 by chance alone. What it means is the reader's to say.
     pub fn print_evidence(&self, model: &str) {
         let layers = self.layers.len();
@@ -188,31 +188,38 @@ impl Comparison {
             "{}−{} effective experts, token-matched: {} tokens per language per sample; {} replicates; {pct:.0}% intervals.",
             self.a, self.b, self.matched_tokens, self.options.replicates
         );
-        let group = |v: Verdict| -> Vec<String> {
-            self.layers
-                .iter()
-                .filter(|l| l.verdict == v)
-                .map(|l| format!("{} ({:+.1} [{:+.1}, {:+.1}])", l.layer, l.diff, l.ci_low, l.ci_high))
-                .collect()
-        };
-        let (below, above, zero) = (group(Verdict::Fewer), group(Verdict::More), group(Verdict::NoClearDifference));
+        let n = |v: Verdict| self.layers.iter().filter(|l| l.verdict == v).count();
         println!(
             "interval below 0 in {} of {layers} layers, above 0 in {}, containing 0 in {}.",
-            below.len(),
-            above.len(),
-            zero.len()
+            n(Verdict::Fewer),
+            n(Verdict::More),
+            n(Verdict::NoClearDifference)
         );
-        for (what, g) in [("below 0", &below), ("above 0", &above)] {
-            if !g.is_empty() {
-                println!("  {what} at layers: {}", g.join(", "));
-            }
-        }
         println!(
             "By chance alone, about {:.1} of {layers} layers could exclude 0.",
             layers as f64 * (1.0 - self.options.level)
         );
         if !model.starts_with("allenai/OLMoE") {
             println!("NOTE: {model} is not the released OLMoE model: this evidence says nothing about OLMoE.");
+        }
+    }
+
+    /// Prints the comparison's numbers per layer — both languages' effective experts, the difference
+    /// and its interval — without a verdict column or a conclusion (`println!("{ko_en}")` prints
+    /// those too).
+    pub fn print_table(&self) {
+        let pct = self.options.level * 100.0;
+        println!(
+            "Effective number of experts, token-matched ({} tokens of each language per sample), {} replicates:",
+            self.matched_tokens, self.options.replicates
+        );
+        let diff = format!("{}−{}", self.a, self.b);
+        println!("{:>5} {:>8} {:>8} {:>8}  {pct:.0}% interval of {diff}", "layer", self.a, self.b, diff);
+        for l in &self.layers {
+            println!(
+                "{:>5} {:>8.2} {:>8.2} {:>+8.2}  [{:+.2}, {:+.2}]",
+                l.layer, l.a_effective, l.b_effective, l.diff, l.ci_low, l.ci_high
+            );
         }
     }
 

@@ -238,10 +238,11 @@ impl Comparison {
         }
         let mut given = match answer {
             Answer::List(v) => v,
+            Answer::Text(t) if matches!(t.trim().to_lowercase().as_str(), "none" | "[]") => vec![],
             Answer::Number(x) if x >= 0.0 && x.fract() == 0.0 => vec![x as usize],
             other => {
                 return Outcome::Wrong(format!(
-                    "{other} is not a list of layers: write them in brackets, e.g. [3, 7], or [] for none. {}",
+                    "{other} is not a list of layers: write them in brackets, e.g. [3, 7], or \"none\". {}",
                     q3.hint
                 ))
             }
