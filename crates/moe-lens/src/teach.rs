@@ -227,11 +227,13 @@ impl Comparison {
                 format!("{} is not about a comparison: check it with {}", q.id, q.wants),
             ));
         }
-        println!("{}: {}", q.id, self.check_quiet(layers.into()));
+        println!("{}: {}", q.id, self.check_quiet(layers));
         Ok(())
     }
 
-    fn check_quiet(&self, answer: Answer) -> Outcome {
+    /// [`Comparison::check`] for `q3` without printing: the [`Outcome`].
+    pub fn check_quiet(&self, answer: impl Into<Answer>) -> Outcome {
+        let answer = answer.into();
         let q3 = &QUESTIONS[2];
         if answer.is_placeholder() {
             return Outcome::NotAnswered(format!("replace \"?\" with {}. Hint: {}", q3.wants, q3.hint));

@@ -202,6 +202,17 @@ fn q3_is_checked_against_the_students_own_comparison() {
     assert!(c.check("q3", [4, 1, 3]).is_ok());
     assert!(c.check("q3", "?").is_ok());
     assert!(c.check("q3", [1]).is_ok(), "a wrong answer does not fail the cell");
+    assert_eq!(c.check_quiet([3, 1, 4, 4]), Outcome::Right);
+    match c.check_quiet([1, 2]) {
+        Outcome::Wrong(h) => {
+            assert!(h.contains("1 of your 2 layers are right, 1 should not be there and 2 are missing"), "{h}");
+            assert!(!h.contains('3') && !h.contains('4'), "the hint does not name the layers: {h}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let none = comparison(&[NoClearDifference, NoClearDifference]);
+    assert_eq!(none.check_quiet("none"), Outcome::Right);
+    assert!(matches!(none.check_quiet("?"), Outcome::NotAnswered(_)));
     let e = c.check("q1", [1]).unwrap_err().to_string();
     assert!(e.contains("check(\"q1\""), "{e}");
 }
