@@ -13,7 +13,7 @@ carrying the interactive SVG, which JupyterLab runs for trusted outputs.
 01_Router_Analysis.ipynb in addition: the 16-hook report; prefill + 10 decode steps (fewer only
 when the model generated <|endoftext|>), each with a layer-14 top-8; the layer-14 heatmap with one
 row per token and 64 expert columns, a hover tooltip (<title>) on every cell, Korean and Japanese
-labels; the top-k table; the error example showing the library's message; the explorer
+labels; the top-k table; the check cells of q1 and q2 (their placeholder prints a hint); the error example showing the library's message; the explorer
 (`trace.explore()?.layer(14)?`): an <img> of its still picture of layer 14 with Hangul and kana and
 the line about the interactive view (what an untrusted notebook shows), one script with the payload
 (16 layers x 64 experts, top-8, one entry per token, no network address), within the size budget;
@@ -22,7 +22,7 @@ from the payload's top-k ids; each output with its own element id.
 02_Language_Experts.ipynb in addition: the corpus and scan cells (all sentences scanned, progress
 shown); the expert table (12 rows); the language heatmap (3 x 64 cells), the 16-panel overview,
 top experts (3 x 10 bars), effective experts (3 x 16 points) and the comparison (16 differences);
-the answer over 16 layers naming the model; the error example and the cell after it.
+the evidence over 16 layers naming the model and not stating the answer; the check cells of q3 and q4; the error example and the cell after it.
 03_Interventions.ipynb in addition: the knock-out prints in the command line's syntax (ablations
 in layers 0-3), both effects print the continuation's log-probability, KL, top 5 and greedy
 continuations, the change of both; the routing-changes figure (tokens x 16 layers, tooltips), the
@@ -164,6 +164,15 @@ def check_common(ch, name, nb, dep_lines):
     ch.check(name, "no U+FFFD (replacement character) in any output", not fffd, f"cells {fffd}")
 
 
+def check_questions(ch, name, cells, ids):
+    """Each question `ids` has a check cell; as shipped (the placeholder "?") it prints a hint, not ✓ or ✗."""
+    for q in ids:
+        _, c = find_cell(cells, rf'check\("{q}"')
+        if ch.check(name, f"question {q} has a check cell", c is not None):
+            out = cell_text(c)
+            ch.check(name, f"{q}'s placeholder prints a hint", f"{q}: … not answered yet" in out and "Hint:" in out, out[:200])
+
+
 def check_error_example(ch, name, cells, says):
     """The cell tagged "raises-exception" shows the library's message (every fragment of `says`),
     and the cell after it still has the variables and runs the model again."""
@@ -199,7 +208,7 @@ def check_main(ch, name, nb):
         ch.check(name, f"{'decode steps up to end-of-text' if stopped else '10 decode steps'} reported, each with a layer-14 top-8",
                  [int(d) for d, _ in decodes] == list(range(n_dec)) and 0 < n_dec <= 10, f"found steps {[d for d, _ in decodes]}")
 
-    i, c = find_cell(cells, r"run\.cache\.get\(")
+    i, c = find_cell(cells, r"run\.cache\.(?:get|print)\(")
     ch.check(name, "routing cache cell exists", c is not None)
     if c is not None:
         out = cell_text(c)
@@ -249,11 +258,12 @@ def check_main(ch, name, nb):
                  f"{trs} rows for {n_tokens} tokens")
         ch.check(name, "top-k table shows Hangul and kana", bool(HANGUL.search(html)) and bool(KANA.search(html)))
 
-    i, c = find_cell(cells, r"sum::<f32>")
+    i, c = find_cell(cells, r"sum::<f32>|print_weight_sums\(")
     if ch.check(name, "weight-sum cell exists", c is not None):
         m = re.search(r"sum to between ([\d.]+) and ([\d.]+)", cell_text(c))
         ch.check(name, "top-8 weights sum to less than 1", m is not None and float(m.group(2)) < 1.0, cell_text(c)[:200])
 
+    check_questions(ch, name, cells, ("q1", "q2"))
     check_error_example(ch, name, cells, ("unknown layer", "16 router layers"))
     check_explorer(ch, name, cells, n_tokens)
 
@@ -322,7 +332,7 @@ def check_explorer(ch, name, cells, n_tokens):
 def check_study(ch, name, nb):
     """02_Language_Experts.ipynb: the corpus, the scan, the four study pictures, the answer."""
     cells = nb["cells"]
-    i, c = find_cell(cells, r"corpus::builtin\(\)")
+    i, c = find_cell(cells, r"(?:corpus|Corpus)::builtin\(\)")
     n_sent = None
     if ch.check(name, "corpus cell exists", c is not None):
         m = re.search(r"(\d+) sentences", cell_text(c))
@@ -352,12 +362,15 @@ def check_study(ch, name, nb):
             svg = check_picture(ch, name, what, c)
             got = len(re.findall(rf'class="{cls}"', svg))
             ch.check(name, f"{what}: {n} elements of class {cls}", got == n, f"found {got}")
-    i, c = find_cell(cells, r"ko_en\.tally\(\)")
+    i, c = find_cell(cells, r"ko_en\.(?:tally|print_evidence)\(")
     if ch.check(name, "answer cell exists", c is not None):
         out = cell_text(c)
-        m = re.search(r"FEWER experts than English in (\d+) of 16 layers, MORE in (\d+), no clear difference in (\d+)", out)
-        ch.check(name, "the answer covers all 16 layers", m is not None and sum(int(g) for g in m.groups()) == 16, out[:300])
-        ch.check(name, "the answer names the model", "Model: " in out)
+        m = re.search(r"interval below 0 in (\d+) of 16 layers, above 0 in (\d+), containing 0 in (\d+)", out)
+        ch.check(name, "the evidence covers all 16 layers", m is not None and sum(int(g) for g in m.groups()) == 16, out[:300])
+        ch.check(name, "the evidence names the model", "Model: " in out)
+        ch.check(name, "the evidence does not state the lab's answer (the student concludes)",
+                 not re.search(r"(?i)korean uses (fewer|more) experts", out), out[:300])
+    check_questions(ch, name, cells, ("q3", "q4"))
     check_error_example(ch, name, cells, ("\"zh\"", "it has: en, ja, ko"))
 
 def check_intervene(ch, name, nb):

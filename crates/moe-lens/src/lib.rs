@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod corpus_set;
 pub mod doctor;
 pub mod effects;
 pub mod error;
@@ -13,18 +14,21 @@ pub mod gguf;
 pub mod hub;
 pub mod intervene;
 pub mod lab;
+pub mod lessons;
 pub mod memory;
 pub mod olmoe;
 pub mod plot;
 pub mod quant;
 pub mod spy;
 pub mod study;
+pub mod teach;
 pub mod tokens;
 pub mod trace;
 
 /// candle's tensor types, for spies and programs that read a [`spy::RouterEvent`]'s tensors.
 pub use candle_core::{DType, Device, Tensor};
 pub use error::{Error, Result};
+pub use teach::check;
 
 /// What notebook cells use, in one import: `use moe_lens::prelude::*;` (25 names).
 ///
