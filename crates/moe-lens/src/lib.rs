@@ -40,13 +40,14 @@ pub use teach::check;
 /// (spies, the model, tensors, quantization) is in its module: `moe_lens::spy::RoutingCache`,
 /// `moe_lens::olmoe::Olmoe`, `moe_lens::quant::Quant`, ….
 pub mod prelude {
-    pub use crate::corpus::{self, Sentence};
+    pub use crate::corpus::{self, Corpus, Sentence};
     pub use crate::error::{Error, Result};
     pub use crate::intervene::Interventions;
-    pub use crate::lab::{load, load_with_quant, GenerateOptions, Lens, LoadOptions};
+    pub use crate::lab::{load, load_with_quant, Lens, LoadOptions};
     pub use crate::plot::{explore_pair, DisplayResult, Figures, Measure, StudyPlots, TracePlots};
     pub use crate::spy::Step;
-    pub use crate::study::{CompareOptions, ScanExt, ScanOptions, Study, Verdict};
+    pub use crate::study::{CompareOptions, ScanExt, ScanOptions, Study};
+    pub use crate::teach::check;
     pub use crate::tokens::{Script, Token};
     pub use crate::trace::Trace;
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use moe_lens::hub::{ModelFiles, ModelSource};
 use moe_lens::lab::DeviceChoice;
+use moe_lens::lab::GenerateOptions;
 use moe_lens::prelude::*;
 use moe_lens::spy::RoutingCache;
 use moe_lens::DType;
