@@ -17,15 +17,15 @@
 use std::fmt;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::intervene::Interventions;
 use crate::lab::{GenerateOptions, Lens};
-use crate::spy::{LayerSelection, RoutingCache, Step};
+use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::Token;
-use crate::trace::Trace;
+use crate::trace::{LayerTrace, Trace};
 
 /// A [`Lens`] with interventions at its routers: `lens.intervene(&iv).trace(text)`.
 #[derive(Debug, Clone, Copy)]
@@ -226,9 +226,12 @@ impl Sweep {
     /// loaded in another precision, e.g. float32 beside bf16) on the unmodified run, and marks the
     /// effects below it again.
     pub fn with_reference(mut self, reference: &Lens) -> Result<Sweep> {
-        let (full, p) = split_point(reference, &self.text, &self.continuation)?;
-        let base = score(reference, &full, p, &[Interventions::new()])?;
-        let lp = base.first().copied().ok_or_else(|| Error::Spy("no score for the reference".into()))?;
+        let split = Split::new(reference, &self.text, &self.continuation)?;
+        let lp = split
+            .score(reference, &[])?
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Spy("no score for the reference".into()))?;
         let spread = (lp - self.base_logprob).abs();
         self.noise = format!(
             "{}; against {} in {:?}: |{:.6} − {:.6}| = {spread:.3e}",
@@ -295,71 +298,100 @@ impl fmt::Display for Sweep {
     }
 }
 
-/// The text of `prompt + continuation` and the prompt's token count, checking the prompt's tokens
-/// are a prefix of the whole text's (so that the continuation starts at a token boundary).
-fn split_point(lens: &Lens, prompt: &str, continuation: &str) -> Result<(String, usize)> {
-    let full = format!("{prompt}{continuation}");
-    let p = lens.tokenize(prompt)?;
-    let all = lens.tokenize(&full)?;
-    if p.is_empty() {
-        return Err(Error::EmptyText(" (the prompt has no tokens: give the text the continuation follows)"));
-    }
-    let same = all.len() >= p.len() && all.iter().zip(&p).all(|(a, b)| a.id == b.id);
-    if !same {
-        return Err(Error::invalid(
-            "continuation",
-            format!(
-                "{continuation:?} merges with the end of {prompt:?} into other tokens; start the continuation at a \
-                 word boundary (usually with a space, e.g. \" Paris\") or move the split"
-            ),
-        ));
-    }
-    Ok((full, p.len()))
+/// A prompt followed by a continuation, tokenized once: the whole text, its tokens, and how many of
+/// them are the prompt's.
+struct Split {
+    full: String,
+    tokens: Vec<Token>,
+    prompt_len: usize,
 }
 
-/// Runs `full` (prompt of `p` tokens + continuation) once per set of `edits` (one sequence each, in
-/// one batch) and returns each sequence's continuation log-probability.
-fn score(lens: &Lens, full: &str, p: usize, edits: &[Interventions]) -> Result<Vec<f64>> {
-    let tokens = lens.tokenize(full)?;
-    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-    let (b, t) = (edits.len(), ids.len());
-    let model = lens.model();
-    let dev = model.device();
-    let row = Tensor::new(ids.as_slice(), dev)?; // [T]
-    let input = row.unsqueeze(0)?.repeat((b, 1))?; // [B, T]
-    let hidden = model.forward_edited(&input, None, None, Step::Prefill, None, edits)?; // [B, T, hidden]
-    let c = t - p;
-    if c == 0 {
-        return Ok(vec![0.0; b]);
+impl Split {
+    /// Checks that the prompt's tokens are a prefix of the whole text's (so that the continuation
+    /// starts at a token boundary).
+    fn new(lens: &Lens, prompt: &str, continuation: &str) -> Result<Split> {
+        let full = format!("{prompt}{continuation}");
+        let p = lens.tokenize(prompt)?;
+        let tokens = lens.tokenize(&full)?;
+        if p.is_empty() {
+            return Err(Error::EmptyText(" (the prompt has no tokens: give the text the continuation follows)"));
+        }
+        let same = tokens.len() >= p.len() && tokens.iter().zip(&p).all(|(a, b)| a.id == b.id);
+        if !same {
+            return Err(Error::invalid(
+                "continuation",
+                format!(
+                    "{continuation:?} merges with the end of {prompt:?} into other tokens; start the continuation at a \
+                     word boundary (usually with a space, e.g. \" Paris\") or move the split"
+                ),
+            ));
+        }
+        Ok(Split { full, tokens, prompt_len: p.len() })
     }
-    let logits = model.logits_at(&hidden, p - 1, c)?; // [B, c, vocab] f32
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // [B, c, vocab]
-    let target = Tensor::new(&ids[p..], dev)?.unsqueeze(0)?.repeat((b, 1))?.unsqueeze(2)?; // [B, c, 1]
-    let picked: Vec<Vec<f32>> = logp.gather(&target, 2)?.squeeze(2)?.to_dtype(DType::F32)?.to_vec2()?; // [B, c]
-    Ok(picked.iter().map(|r| r.iter().map(|&v| v as f64).sum()).collect())
+
+    fn ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    /// One teacher-forced pass of the text, once per set of `edits` (one sequence each, in one
+    /// batch; no set: the model as it is): the log-probabilities `[B, m, vocab]` of the positions
+    /// that predict the continuation (`m` = its length, at least 1: the position after the prompt).
+    fn log_probs(&self, lens: &Lens, edits: &[Interventions], spy: Option<&mut dyn RouterSpy>) -> Result<Tensor> {
+        let model = lens.model();
+        let b = edits.len().max(1);
+        let input = Tensor::new(self.ids().as_slice(), model.device())?.unsqueeze(0)?.repeat((b, 1))?; // [B, T]
+        let hidden = model.forward_edited(&input, None, None, Step::Prefill, spy, edits)?; // [B, T, hidden]
+        let m = (self.tokens.len() - self.prompt_len).max(1);
+        let logits = model.logits_at(&hidden, self.prompt_len - 1, m)?; // [B, m, vocab] f32
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// The continuation's log-probability under each set of `edits` (one sequence each, one batch).
+    fn score(&self, lens: &Lens, edits: &[Interventions]) -> Result<Vec<f64>> {
+        let ids = self.ids();
+        let c = ids.len() - self.prompt_len;
+        if c == 0 {
+            return Ok(vec![0.0; edits.len().max(1)]);
+        }
+        let logp = self.log_probs(lens, edits, None)?; // [B, c, vocab]
+        let b = logp.dim(0)?;
+        let target = Tensor::new(&ids[self.prompt_len..], logp.device())?.unsqueeze(0)?.repeat((b, 1))?.unsqueeze(2)?; // [B, c, 1]
+        let picked: Vec<Vec<f32>> = logp.gather(&target, 2)?.squeeze(2)?.to_vec2()?; // [B, c]
+        Ok(picked.iter().map(|r| r.iter().map(|&v| v as f64).sum()).collect())
+    }
+
+    /// A teacher-forced run under `edits`: its trace, the continuation's log-probability and the
+    /// next-token log-probabilities after the prompt (`[vocab]`).
+    fn traced(&self, lens: &Lens, edits: &Interventions) -> Result<(Trace, f64, Vec<f32>)> {
+        let mut cache = RoutingCache::new();
+        let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
+        let logp = self.log_probs(lens, sets, Some(&mut cache))?.squeeze(0)?.to_device(&Device::Cpu)?; // [m, vocab]
+        let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+        let next = rows.first().cloned().unwrap_or_default();
+        let lp: f64 = self.tokens[self.prompt_len..]
+            .iter()
+            .zip(&rows)
+            .map(|(t, r)| r.get(t.id as usize).copied().unwrap_or(f32::NAN) as f64)
+            .sum();
+        let n = self.tokens.len();
+        let mut trace =
+            Trace::assemble(lens.name(), &self.full, self.tokens.clone(), n, cache, lens.config().num_hidden_layers)?;
+        trace.interventions = edits.clone();
+        Ok((trace, lp, next))
+    }
 }
 
-/// A teacher-forced run of `full` under `edits`: its trace, the continuation's log-probability and
-/// the next-token log-probabilities after the prompt (`[vocab]`).
-fn scored_trace(lens: &Lens, full: &str, p: usize, edits: &Interventions) -> Result<(Trace, f64, Vec<f32>)> {
-    let tokens: Vec<Token> = lens.tokenize(full)?;
-    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-    let model = lens.model();
-    let input = Tensor::new(ids.as_slice(), model.device())?.unsqueeze(0)?; // [1, T]
-    let mut cache = RoutingCache::new();
-    let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
-    let hidden = model.forward_edited(&input, None, None, Step::Prefill, Some(&mut cache), sets)?; // [1, T, hidden]
-    let c = ids.len() - p;
-    let logits = model.logits_at(&hidden, p - 1, c.max(1))?; // [1, m, vocab]
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?.squeeze(0)?.to_device(&Device::Cpu)?; // [m, vocab]
-    let rows: Vec<Vec<f32>> = logp.to_vec2()?;
-    let next = rows.first().cloned().unwrap_or_default();
-    let lp: f64 =
-        ids[p..].iter().zip(&rows).map(|(&id, r)| r.get(id as usize).copied().unwrap_or(f32::NAN) as f64).sum();
-    let n = tokens.len();
-    let mut trace = Trace::assemble(lens.name(), full, tokens, n, cache, lens.config().num_hidden_layers)?;
-    trace.interventions = edits.clone();
-    Ok((trace, lp, next))
+/// How many of a layer's tokens chose each expert (`[experts]`).
+fn expert_counts(lt: &LayerTrace) -> Vec<usize> {
+    let mut count = vec![0usize; lt.experts()];
+    for row in &lt.top_k {
+        for &e in row {
+            if let Some(c) = count.get_mut(e as usize) {
+                *c += 1;
+            }
+        }
+    }
+    count
 }
 
 fn top5(lens: &Lens, logp: &[f32]) -> Result<Vec<NextToken>> {
@@ -379,15 +411,7 @@ impl Trace {
     /// The `n` experts of `layer` chosen by most of this trace's tokens (most first; ties: the lower
     /// expert first).
     pub fn most_used_experts(&self, layer: usize, n: usize) -> Result<Vec<usize>> {
-        let lt = self.layer(layer)?;
-        let mut count = vec![0usize; lt.experts()];
-        for row in &lt.top_k {
-            for &e in row {
-                if let Some(c) = count.get_mut(e as usize) {
-                    *c += 1;
-                }
-            }
-        }
+        let count = expert_counts(self.layer(layer)?);
         let mut order: Vec<usize> = (0..count.len()).filter(|&e| count[e] > 0).collect();
         order.sort_by(|&a, &b| count[b].cmp(&count[a]).then(a.cmp(&b)));
         order.truncate(n);
@@ -418,9 +442,9 @@ impl Lens {
     pub fn effect(&self, prompt: &str, continuation: &str, interventions: &Interventions) -> Result<Effect> {
         let c = self.config();
         interventions.check(c.num_hidden_layers, c.num_experts, c.num_experts_per_tok)?;
-        let (full, p) = split_point(self, prompt, continuation)?;
-        let (before, lp_b, next_b) = scored_trace(self, &full, p, &Interventions::new())?;
-        let (after, lp_a, next_a) = scored_trace(self, &full, p, interventions)?;
+        let split = Split::new(self, prompt, continuation)?;
+        let (before, lp_b, next_b) = split.traced(self, &Interventions::new())?;
+        let (after, lp_a, next_a) = split.traced(self, interventions)?;
         let kl: f64 = next_b
             .iter()
             .zip(&next_a)
@@ -476,8 +500,8 @@ impl Lens {
             ));
         }
         let started = Instant::now();
-        let (full, p) = split_point(self, text, continuation)?;
-        let tokens = self.tokenize(&full)?.len();
+        let split = Split::new(self, text, continuation)?;
+        let tokens = split.tokens.len();
         let c = self.config();
         let (experts, k) = (c.num_experts, c.num_experts_per_tok);
         if experts <= k {
@@ -486,19 +510,11 @@ impl Lens {
                 format!("the model chooses {k} of {experts} experts: nothing to ablate"),
             ));
         }
-        // the unmodified run: which experts the text routes to, and the baseline
-        let base = self.trace(&full)?;
-        let base_lp = score(self, &full, p, &[Interventions::new()])?.first().copied().unwrap_or(f64::NAN);
+        // the unmodified run, one pass: which experts the text routes to, and the baseline
+        let (base, base_lp, _) = split.traced(self, &Interventions::new())?;
         let mut pairs: Vec<(usize, usize, usize)> = Vec::new(); // (layer, expert, tokens)
         for (l, lt) in base.layers.iter().enumerate() {
-            let mut count = vec![0usize; experts];
-            for row in &lt.top_k {
-                for &e in row {
-                    if let Some(n) = count.get_mut(e as usize) {
-                        *n += 1;
-                    }
-                }
-            }
+            let count = expert_counts(lt);
             pairs.extend(count.iter().enumerate().filter(|(_, &n)| n > 0).map(|(e, &n)| (l, e, n)));
         }
         let per_batch = (opts.max_batch_tokens / tokens.max(1)).max(2); // one slot is the unmodified text
@@ -508,7 +524,7 @@ impl Lens {
         for chunk in pairs.chunks(per_batch - 1) {
             let mut sets = vec![Interventions::new()];
             sets.extend(chunk.iter().map(|&(l, e, _)| Interventions::new().ablate(l, [e])));
-            let lps = score(self, &full, p, &sets)?;
+            let lps = split.score(self, &sets)?;
             passes += 1;
             noise = noise.max((lps[0] - base_lp).abs());
             for (&(layer, expert, n), &lp) in chunk.iter().zip(&lps[1..]) {
