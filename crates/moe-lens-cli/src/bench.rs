@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// `<stem>_<variant>.json`.
     #[arg(long)]
     variants: bool,
+    /// Only load once and time N single-sentence traces (25 tokens) and N batched passes over the
+    /// sentences (for profilers: nothing else runs).
+    #[arg(long)]
+    single_only: Option<usize>,
 }
 
 impl BenchArgs {
@@ -411,6 +415,30 @@ fn run_bench_with(
         return Ok(());
     }
 
+    if let Some(reps) = a.single_only {
+        let (m, first) = load(&a, &cfg, &files, &device, dtype, q)?;
+        res.insert("load".into(), first);
+        let single: Vec<u32> =
+            sents.iter().find(|s| s.len() >= 25).map(|s| s[..25].to_vec()).unwrap_or_else(|| sents[0].clone());
+        let input = Tensor::new(single.as_slice(), &device)?.unsqueeze(0)?;
+        let mut ms = Vec::new();
+        for i in 0..reps + 3 {
+            sync(&device)?;
+            let t = Instant::now();
+            let mut cache = RoutingCache::new();
+            m.forward(&input, None, None, Step::Prefill, Some(&mut cache))?;
+            sync(&device)?;
+            if i >= 3 {
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        res.insert("single_trace_ms_median".into(), json!(median(ms.clone())));
+        res.insert("single_trace_ms_all".into(), json!(ms));
+        let out = Value::Object(res);
+        std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)?;
+        println!("{out}");
+        return Ok(());
+    }
     if a.fresh && q != Quant::None {
         let _ = std::fs::remove_file(quant::cache_path(&a.path(), q));
     }

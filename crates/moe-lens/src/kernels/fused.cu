@@ -86,6 +86,61 @@ extern "C" __global__ void ml_rmsnorm_bf16(const bf16* __restrict__ x, const bf1
     }
 }
 
+// The same with 8 consecutive values per thread, kept in registers between the two passes: cols ==
+// 8 * blockDim.x, and every row start (x, res, out, sum_out, and the second segment's) 16-byte
+// aligned. Each thread's 8 squares are summed in order, then the block's sums as above.
+__device__ __forceinline__ void ld8(const bf16* p, float* v) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const bf16* h = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+    for (int m = 0; m < 8; m++) v[m] = b2f(h[m]);
+}
+__device__ __forceinline__ void st8(bf16* p, const float* v) {
+    __align__(16) bf16 o[8];
+#pragma unroll
+    for (int m = 0; m < 8; m++) o[m] = f2b(v[m]);
+    *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(o);
+}
+extern "C" __global__ void ml_rmsnorm8_bf16(const bf16* __restrict__ x, const bf16* __restrict__ res,
+                                            const bf16* __restrict__ w, bf16* __restrict__ out,
+                                            bf16* __restrict__ sum_out, int cols, int x_stride,
+                                            int x_off, float eps, const bf16* __restrict__ w2,
+                                            bf16* __restrict__ out2, int cols2, int x_off2) {
+    if (blockIdx.y == 1) {
+        w = w2; out = out2; cols = cols2; x_off = x_off2; res = nullptr; sum_out = nullptr;
+    }
+    const int r = blockIdx.x, c = 8 * threadIdx.x;
+    float v[8];
+    ld8(x + (size_t)r * x_stride + x_off + c, v);
+    if (res) {
+        float a[8];
+        ld8(res + (size_t)r * cols + c, a);
+#pragma unroll
+        for (int m = 0; m < 8; m++) v[m] = rb(v[m] + a[m]);
+        st8(sum_out + (size_t)r * cols + c, v);
+    }
+    float acc = 0.f;
+#pragma unroll
+    for (int m = 0; m < 8; m++) acc += v[m] * v[m];
+    __shared__ float part[32];
+    acc = warp_sum(acc);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) part[wid] = acc;
+    __syncthreads();
+    if (wid == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        s = warp_sum(s);
+        if (lane == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float inv = rsqrtf(part[0] / (float)cols + eps);
+    float wv[8];
+    ld8(w + c, wv);
+#pragma unroll
+    for (int m = 0; m < 8; m++) v[m] = b2f(f2b(wv[m] * rb(v[m] * inv)));
+    st8(out + (size_t)r * cols + c, v);
+}
+
 // ------------------------------------------------------------------------------------------------
 // Router: one warp per row. logits bf16, element (r, e) at r * logits_stride + e * col_stride
 // -> packed f32, planar over the rows:
@@ -211,6 +266,28 @@ extern "C" __global__ void ml_swiglu_bf16(const bf16* __restrict__ gu, bf16* __r
     }
 }
 
+// The same for contiguous columns (col_stride 1), 8 values of one row and expert per thread: I,
+// row_stride and row_off multiples of 8, gu and out 16-byte aligned. Each value as above.
+extern "C" __global__ void ml_swiglu8_bf16(const bf16* __restrict__ gu, bf16* __restrict__ out, int N,
+                                           int E, int I, int row_stride, int row_off) {
+    const int I8 = I / 8;
+    const size_t total = (size_t)N * E * I8;
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        const int i = 8 * (int)(t % I8);
+        const size_t ne = t / I8;  // n * E + e
+        const int e = (int)(ne % E);
+        const size_t n = ne / E;
+        const bf16* row = gu + n * (size_t)row_stride + row_off + (size_t)e * 2 * I + i;
+        float g[8], u[8], y[8];
+        ld8(row, g);
+        ld8(row + I, u);
+#pragma unroll
+        for (int m = 0; m < 8; m++) y[m] = rb(g[m] / (1.0f + expf(-g[m]))) * u[m];
+        st8(out + ((size_t)e * N + n) * I + i, y);
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Expert combine. out[n, h] = bf16( sum_j bf16( bf16(y_j[n, h]) * bf16(w[n, j]) ) ), f32 sum over
 // the k slots in slot order, where y_j is
@@ -291,7 +368,9 @@ extern "C" __global__ void ml_rope_bf16(const bf16* __restrict__ x, bf16* __rest
 }
 
 // ------------------------------------------------------------------------------------------------
-// Causal attention for short prefills (no KV cache), one block of ATT_WARPS warps per (batch, head).
+// Causal attention for short prefills (no KV cache), one block of ATT_WARPS warps per (batch, head,
+// chunk of ATT_WARPS queries): grid (B * heads, ceil(T / ATT_WARPS)), one warp per query; a block
+// loads only the keys its queries can see.
 //   q, k, v: row r = b*T + t of each at ptr + r * stride, heads*D values, head h at h*D (q and k
 //            already RMS-normed, not yet rotated)
 //   cos/sin: [>= T, D/2] bf16 tables
@@ -314,8 +393,10 @@ extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16*
     __shared__ bf16 vs[ATT_MAX_T][ATT_D];
     __shared__ float sc[ATT_WARPS][ATT_MAX_T];
     const int len = lens ? (int)lens[b] : T;
+    const int q0 = blockIdx.y * ATT_WARPS;
+    const int kT = min(T, q0 + ATT_WARPS);  // keys 0 .. kT - 1 are all any query of this block sees
     // keys (rotated) and values into shared memory
-    for (int t = threadIdx.x; t < T * ATT_D; t += blockDim.x) {
+    for (int t = threadIdx.x; t < kT * ATT_D; t += blockDim.x) {
         const int j = t / ATT_D, d = t % ATT_D;
         const bf16* kr = kp + (size_t)(b * T + j) * k_stride + (size_t)h * ATT_D;
         const bf16* vr = vp + (size_t)(b * T + j) * v_stride + (size_t)h * ATT_D;
@@ -327,7 +408,7 @@ extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16*
         vs[j][d] = vr[d];
     }
     __syncthreads();
-    for (int i = wid; i < T; i += ATT_WARPS) {
+    for (int i = q0 + wid; i < kT; i += ATT_WARPS) {
         const bf16* qr = qp + (size_t)(b * T + i) * q_stride + (size_t)h * ATT_D;
         float q[4];
 #pragma unroll
@@ -341,15 +422,29 @@ extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16*
         }
         const int last = min(i, len - 1);  // keys 0..=last (padding rows see the real keys)
         float mx = -INFINITY;
-        for (int j = 0; j <= last; j++) {
-            float p = 0.f;
+        for (int j0 = 0; j0 <= last; j0 += 4) {
+            // four keys at a time: their warp sums interleave (each sum as warp_sum computes it)
+            float p[4];
 #pragma unroll
-            for (int m = 0; m < 4; m++) p += q[m] * b2f(ks[j][lane + 32 * m]);
-            p = warp_sum(p);
-            // eager: bf16 scores, scaled in bf16; flash: raw f32 scores (scaled inside exp2 below)
-            const float s = eager ? rb(rb(p) * scale) : p;
-            if (lane == 0) sc[wid][j] = s;
-            mx = fmaxf(mx, s);
+            for (int u = 0; u < 4; u++) {
+                const int j = min(j0 + u, last);
+                p[u] = 0.f;
+#pragma unroll
+                for (int m = 0; m < 4; m++) p[u] += q[m] * b2f(ks[j][lane + 32 * m]);
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+#pragma unroll
+                for (int u = 0; u < 4; u++) p[u] += __shfl_xor_sync(0xffffffff, p[u], o);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                if (j0 + u <= last) {
+                    // eager: bf16 scores, scaled in bf16; flash: raw f32 scores (scaled inside exp2 below)
+                    const float s = eager ? rb(rb(p[u]) * scale) : p[u];
+                    if (lane == 0) sc[wid][j0 + u] = s;
+                    mx = fmaxf(mx, s);
+                }
+            }
         }
         __syncwarp();
         float sum = 0.f;
@@ -390,6 +485,10 @@ extern "C" __global__ void ml_attn_bf16(const bf16* __restrict__ qp, const bf16*
 // Each value is computed in f32 as ggml's reference does (no fused multiply-add), then rounded to
 // bf16. C must be a multiple of 8 (block sizes are 32 and 256).
 // ------------------------------------------------------------------------------------------------
+// (float)q for |q| < 2^22 without the integer conversion instruction (a quarter-rate one, which
+// bounded the short-input matmul): 0x4B400000 + q is the float 2^23 + 2^22 + q. Exact.
+__device__ __forceinline__ float i2f(int q) { return __int_as_float(0x4B400000 + q) - 12582912.f; }
+
 __device__ __forceinline__ float ld_half(const uint8_t* p) {
     return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
 }
@@ -403,7 +502,7 @@ __device__ __forceinline__ void deq8_q8_0(const uint8_t* row, int v, float* y) {
     const float d = ld_half(b);
     const uint8_t* q = b + 2 + v % 32;
 #pragma unroll
-    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, (float)(int8_t)q[m]);
+    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, i2f((int8_t)q[m]));
 }
 
 // Q4_K/Q5_K sub-block s (0..8) of the super-block at b: d * scale and dmin * min, from the f16 d
@@ -436,7 +535,9 @@ __device__ __forceinline__ void deq8_q4_k(const uint8_t* row, int v, float* y) {
 #pragma unroll
     for (int m = 0; m < 8; m++) {
         const int nib = hi ? (q[m] >> 4) : (q[m] & 0xF);
-        y[m] = __fsub_rn(__fmul_rn(d1, (float)nib), m1);
+        // d1 (an f16 times a 6-bit scale) times a 4-bit q is exact in f32, so the fused
+        // multiply-add rounds once, as the separate multiply and subtract of ggml do
+        y[m] = fmaf(d1, i2f(nib), -m1);
     }
 }
 
@@ -452,7 +553,7 @@ __device__ __forceinline__ void deq8_q6_k(const uint8_t* row, int v, float* y) {
     for (int m = 0; m < 8; m++) {
         const uint8_t lo = b[64 * n + l + m + 32 * (t & 1)];
         const int q = ((t < 2 ? (lo & 0xF) : (lo >> 4)) | (((b[128 + 32 * n + l + m] >> (2 * t)) & 3) << 4)) - 32;
-        y[m] = __fmul_rn(dsc, (float)q);
+        y[m] = __fmul_rn(dsc, i2f(q));
     }
 }
 
@@ -464,7 +565,7 @@ __device__ __forceinline__ void deq8_q4_0(const uint8_t* row, int v, float* y) {
     const int w = v % 32, hi = w / 16;
     const uint8_t* q = b + 2 + w % 16;
 #pragma unroll
-    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, (float)((hi ? (q[m] >> 4) : (q[m] & 0xF)) - 8));
+    for (int m = 0; m < 8; m++) y[m] = __fmul_rn(d, i2f((hi ? (q[m] >> 4) : (q[m] & 0xF)) - 8));
 }
 
 // Q5_K: 176-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of scales and mins (as Q4_K),
@@ -480,7 +581,7 @@ __device__ __forceinline__ void deq8_q5_k(const uint8_t* row, int v, float* y) {
 #pragma unroll
     for (int m = 0; m < 8; m++) {
         const int nib = (hi ? (q[m] >> 4) : (q[m] & 0xF)) + (((qh[l + m] >> s) & 1) << 4);
-        y[m] = __fsub_rn(__fmul_rn(d1, (float)nib), m1);
+        y[m] = fmaf(d1, i2f(nib), -m1);  // exact product (5-bit q), one rounding: as Q4_K
     }
 }
 
@@ -580,7 +681,11 @@ __device__ __forceinline__ void qmm(const uint8_t* __restrict__ src, long long e
             float w[8];
             deq8<TYPE>(row, v, w);
 #pragma unroll
-            for (int m = 0; m < 8; m++) w[m] = rb(w[m]);
+            for (int m = 0; m < 8; m += 2) {  // bf16 pairs: one conversion for two weights
+                const __nv_bfloat162 p = __floats2bfloat162_rn(w[m], w[m + 1]);
+                w[m] = __low2float(p);
+                w[m + 1] = __high2float(p);
+            }
 #pragma unroll
             for (int t = 0; t < QMM_TILE; t++) {
                 if (t < nt) {
@@ -613,3 +718,4 @@ ML_QMM(q4_k, 1)
 ML_QMM(q6_k, 2)
 ML_QMM(q4_0, 3)
 ML_QMM(q5_k, 4)
+

@@ -132,7 +132,20 @@ pub(crate) fn rmsnorm(
         Some((c2, _, _)) => Some(unsafe { dev.alloc::<bf16>(rows * c2) }?),
         None => None,
     };
-    let func = dev.get_or_load_custom_func("ml_rmsnorm_bf16", MODULE, PTX)?;
+    // 8 values per thread (one 16-byte load each) when the row fits one block and every row start
+    // is 16-byte aligned; otherwise the general kernel
+    let vec8 = cols % 256 == 0
+        && cols / 8 <= 1024
+        && x_stride % 8 == 0
+        && x_off % 8 == 0
+        && xp % 16 == 0
+        && wp % 16 == 0
+        && rp % 16 == 0
+        && second
+            .is_none_or(|(c2, o2, w2)| c2 == cols && o2 % 8 == 0 && ptr(w2, DType::BF16).is_ok_and(|p| p % 16 == 0));
+    let kernel = if vec8 { "ml_rmsnorm8_bf16" } else { "ml_rmsnorm_bf16" };
+    let threads = if vec8 { (cols / 8) as u32 } else { 256 };
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let op = out.device_ptr(out.stream()).0;
     let sp = sum.as_ref().map_or(0, |s| s.device_ptr(s.stream()).0);
     let o2p = out2.as_ref().map_or(0, |s| s.device_ptr(s.stream()).0);
@@ -157,7 +170,7 @@ pub(crate) fn rmsnorm(
     b.arg(&c2_i);
     b.arg(&o2_i);
     let segments = if second.is_some() { 2 } else { 1 };
-    let cfg = LaunchConfig { grid_dim: (rows as u32, segments, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: (rows as u32, segments, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: pointers are to live device buffers of the sizes checked above; the kernel reads
     // rows * cols values (strided) and writes rows * cols values into fresh buffers.
     unsafe { b.launch(cfg) }.w()?;
@@ -263,9 +276,27 @@ pub(crate) fn swiglu(
     // before anything reads them.
     let out = unsafe { dev.alloc::<bf16>(total) }?;
     let op = out.device_ptr(out.stream()).0;
-    let func = dev.get_or_load_custom_func("ml_swiglu_bf16", MODULE, PTX)?;
     let (n_i, e_i, i_i) = (i32_of(n, "rows")?, i32_of(e, "experts")?, i32_of(i, "intermediate")?);
     let (s_i, o_i, c_i) = (i32_of(stride, "stride")?, i32_of(off, "offset")?, i32_of(col, "column stride")?);
+    if col == 1 && i % 8 == 0 && stride % 8 == 0 && off % 8 == 0 && gp % 16 == 0 {
+        // contiguous columns: 8 values per thread, 16-byte loads and stores (the same values)
+        let func = dev.get_or_load_custom_func("ml_swiglu8_bf16", MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&gp);
+        b.arg(&op);
+        b.arg(&n_i);
+        b.arg(&e_i);
+        b.arg(&i_i);
+        b.arg(&s_i);
+        b.arg(&o_i);
+        let cfg =
+            LaunchConfig { grid_dim: (grid_for(total / 8, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: reads 2 * total and writes total bf16 values, sizes checked above; the pointers and
+        // strides are 16-byte aligned (checked here, fresh allocations are).
+        unsafe { b.launch(cfg) }.w()?;
+        return Ok(wrap(out, &dev, &[e, n, i]));
+    }
+    let func = dev.get_or_load_custom_func("ml_swiglu_bf16", MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(&gp);
     b.arg(&op);
@@ -491,7 +522,10 @@ pub(crate) fn attention(
     b.arg(&h_i);
     b.arg(&scale);
     b.arg(&eager_i);
-    let cfg = LaunchConfig { grid_dim: ((batch * heads) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // one block per (sequence, head, chunk of 8 queries): ATT_WARPS warps, a query each
+    let chunks = t.div_ceil(8) as u32;
+    let cfg =
+        LaunchConfig { grid_dim: ((batch * heads) as u32, chunks, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: sizes checked above; t <= ATT_MAX_T fits the kernel's shared arrays.
     unsafe { b.launch(cfg) }.w()?;
     Ok(wrap(out, &dev, &[batch * t, width]))
@@ -640,8 +674,8 @@ pub(crate) fn qmm(parts: &[(&QTensor, usize)], xg: &Tensor, counts: &Tensor, wid
         }
         let name = kernel_type(q.dtype()).ok_or_else(|| err(format!("qmm: no kernel for {:?}", q.dtype())))?;
         let rb = row_bytes(q.dtype(), kdim)?;
-        let func = dev.get_or_load_custom_func(&format!("ml_qmm_{name}"), MODULE, PTX)?;
         let src = q.device_ptr()? as u64;
+        let func = dev.get_or_load_custom_func(&format!("ml_qmm_{name}"), MODULE, PTX)?;
         let (eb, rb_i) = ((r * rb) as i64, rb as i64);
         let (r_i, k_i, c_i, w_i, o_i) = (
             i32_of(r, "rows")?,
