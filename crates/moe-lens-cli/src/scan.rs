@@ -26,12 +26,16 @@ pub struct ScanArgs {
     /// Output directory; running again with the same arguments continues an interrupted scan.
     #[arg(long)]
     out: PathBuf,
-    /// Sentences per forward pass.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
+    /// Most sentences per forward pass (default: 8 on the CPU, no limit on a GPU).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Most tokens per forward pass, padding included: what bounds its memory (default: 4096 on a
+    /// GPU, no limit on the CPU).
+    #[arg(long)]
+    batch_tokens: Option<usize>,
     /// Scan only part i of n (0-based): the i-th of n nearly equal runs of the scan's batches (the
-    /// corpus sorted longest first, cut into batches of --batch), so shards merged equal the
-    /// unsharded scan exactly. Every shard of one scan needs the same --batch.
+    /// corpus sorted longest first, cut into batches by --batch and --batch-tokens), so shards
+    /// merged equal the unsharded scan exactly. Every shard of one scan needs the same batch limits.
     #[arg(long)]
     shard: Option<String>,
     /// The language of a .txt corpus (one sentence per line), e.g. ko.
@@ -159,18 +163,23 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         dtype: opts.dtype.map(|d| format!("{d:?}").to_ascii_lowercase()).unwrap_or_default(),
         by_script: a.by_script,
         skip_common: a.skip_common,
-        batch: a.batch,
+        // 0: the defaults, known once the model's device is (checked again then)
+        batch: a.batch.unwrap_or(0),
+        batch_tokens: a.batch_tokens.unwrap_or(0),
     };
     // refuse a directory another scan is writing to, or another run's directory, before spending
     // time on loading the model
     let lock = checkpoint::lock_dir(&a.out)?;
     checkpoint::check_dir(&a.out, &run, shard)?;
     let lens = a.model.load()?;
-    let scan_opts =
-        ScanOptions { batch_size: a.batch, by_script: a.by_script, skip_common: a.skip_common, progress: false };
+    let scan_opts = ScanOptions {
+        batch_size: a.batch,
+        batch_tokens: a.batch_tokens,
+        by_script: a.by_script,
+        skip_common: a.skip_common,
+        progress: false,
+    };
     let throttle = std::env::var("MOE_LENS_SCAN_THROTTLE_MS").ok().and_then(|v| v.parse::<u64>().ok());
-    let batches = sentences.len().div_ceil(a.batch.max(1));
-    let range = shard.batches(batches);
     let mut progress = Progress::new();
     let dir = a.out.clone();
     let mut on_event = |ev: ScanEvent<'_, '_>| match ev {
@@ -185,15 +194,13 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
                 eprintln!("scan: continuing {} at {}/{} sentences", dir.display(), scanner.done(), scanner.total());
             } else {
                 eprintln!(
-                    "scan: {} · shard {shard}: batches {}..{} of {} ({} of {} sentences) · {} tokens · batches of {} → {}",
+                    "scan: {} · shard {shard}: {} batches ({} of {} sentences) · {} tokens · {} → {}",
                     a.model.name,
-                    range.start,
-                    range.end,
-                    batches,
+                    scanner.batch_count(),
                     scanner.total(),
                     sentences.len(),
                     scanner.tokens_total(),
-                    a.batch,
+                    ScanOptions::describe(scanner.limits()),
                     dir.display()
                 );
             }

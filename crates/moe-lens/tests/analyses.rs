@@ -108,7 +108,8 @@ fn check_against_reference(a: &RoutingAnalyses, want: &Value) {
 
 fn scan(lens: &Lens, batch: usize, by_script: bool, skip_common: bool) -> Study {
     let s = corpus::load_corpus(root().join("tests/analyses/corpus.tsv"), None).unwrap();
-    let opts = ScanOptions { batch_size: batch, by_script, skip_common, progress: false };
+    let opts =
+        ScanOptions { batch_size: Some(batch), by_script, skip_common, progress: false, ..ScanOptions::default() };
     study::scan(lens, &s, &opts).unwrap()
 }
 

@@ -43,7 +43,7 @@ fn study() -> &'static Study {
         )
         .unwrap();
         let sentences = corpus::builtin().unwrap()[..36].to_vec();
-        lens.scan(&sentences, &ScanOptions { batch_size: 8, progress: false, ..ScanOptions::default() }).unwrap()
+        lens.scan(&sentences, &ScanOptions { batch_size: Some(8), progress: false, ..ScanOptions::default() }).unwrap()
     })
 }
 

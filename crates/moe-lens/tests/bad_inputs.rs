@@ -779,8 +779,12 @@ fn table() -> Vec<Row> {
         ),
         row!("scan batch size 0", Error::InvalidArgument { .. }, "batch", || {
             let s = vec![Sentence::new("1", "en", "Hello").unwrap()];
-            moe_lens::study::scan(lens(), &s, &ScanOptions { batch_size: 0, progress: false, ..Default::default() })
-                .map(drop)
+            moe_lens::study::scan(
+                lens(),
+                &s,
+                &ScanOptions { batch_size: Some(0), progress: false, ..Default::default() },
+            )
+            .map(drop)
         }),
     ]
 }

@@ -45,8 +45,9 @@ fn study() -> &'static Study {
         )
         .unwrap();
         let sentences = corpus::builtin().unwrap()[..36].to_vec();
-        let s =
-            lens.scan(&sentences, &ScanOptions { batch_size: 8, progress: false, ..ScanOptions::default() }).unwrap();
+        let s = lens
+            .scan(&sentences, &ScanOptions { batch_size: Some(8), progress: false, ..ScanOptions::default() })
+            .unwrap();
         assert_eq!(s.languages(), ["en", "ja", "ko"]);
         s
     })

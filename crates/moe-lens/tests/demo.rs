@@ -81,9 +81,12 @@ fn scanned() -> &'static (Value, Study) {
         )
         .unwrap();
         let sentences = held_out(&ev);
-        let mut study =
-            study::scan(&lens, &sentences, &ScanOptions { batch_size: 16, progress: false, ..ScanOptions::default() })
-                .unwrap();
+        let mut study = study::scan(
+            &lens,
+            &sentences,
+            &ScanOptions { batch_size: Some(16), progress: false, ..ScanOptions::default() },
+        )
+        .unwrap();
         study.sort();
         (ev, study)
     })

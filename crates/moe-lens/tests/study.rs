@@ -62,7 +62,7 @@ fn sentences() -> Vec<Sentence> {
 }
 
 fn quiet(batch: usize) -> ScanOptions {
-    ScanOptions { batch_size: batch, progress: false, ..ScanOptions::default() }
+    ScanOptions { batch_size: Some(batch), progress: false, ..ScanOptions::default() }
 }
 
 /// The reference language of a token when counting by script, written out independently.
@@ -134,7 +134,13 @@ fn counts_equal_a_brute_force_recount_of_trace_exports() {
     for (by_script, skip_common) in [(false, false), (true, false), (false, true), (true, true)] {
         let (tokens, topk, top1) = recount(&lens, &s, by_script, skip_common);
         for batch in [1, 3, 8] {
-            let opts = ScanOptions { batch_size: batch, by_script, skip_common, progress: false };
+            let opts = ScanOptions {
+                batch_size: Some(batch),
+                by_script,
+                skip_common,
+                progress: false,
+                ..ScanOptions::default()
+            };
             let study = study::scan(&lens, &s, &opts).unwrap();
             let v = counts_value(&study);
             let what = format!("batch {batch}, by_script {by_script}, skip_common {skip_common}");
@@ -267,6 +273,57 @@ fn batch_size_does_not_change_the_study() {
         one.sort();
         other.sort();
         assert_eq!(one, other, "batch {batch}");
+    }
+}
+
+#[test]
+fn batches_cut_by_tokens_do_not_change_the_study() {
+    let lens = narrow();
+    let s = sentences();
+    let mut one = study::scan(&lens, &s, &quiet(1)).unwrap();
+    one.sort();
+    for tokens in [1, 40, 100, 10_000] {
+        let opts =
+            ScanOptions { batch_size: None, batch_tokens: Some(tokens), progress: false, ..ScanOptions::default() };
+        let mut other = study::scan(&lens, &s, &opts).unwrap();
+        other.sort();
+        assert_eq!(one, other, "batches of at most {tokens} tokens");
+    }
+    let zero = ScanOptions { batch_tokens: Some(0), progress: false, ..ScanOptions::default() };
+    let e = study::scan(&lens, &s, &zero).unwrap_err().to_string();
+    assert!(e.contains("at least 1 token"), "{e}");
+}
+
+/// The batch cut's stated properties: contiguous, in order, covering every sentence; each batch
+/// within both limits (count × its longest sentence for tokens) unless it is one sentence; and
+/// greedy: the next sentence would have broken a limit.
+#[test]
+fn cut_batches_keeps_both_limits_and_is_greedy() {
+    let mut seed = 7u64;
+    for case in 0..300 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let n = (seed >> 33) as usize % 60;
+        let mut lengths: Vec<usize> =
+            (0..n).map(|i| 1 + ((seed >> (i % 40)) as usize ^ (i * 2654435761)) % 90).collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a)); // scan order: longest first
+        let max_s = 1 + (seed >> 20) as usize % 12;
+        let max_t = if case % 3 == 0 { usize::MAX } else { 1 + (seed >> 10) as usize % 400 };
+        let b = study::cut_batches(&lengths, max_s, max_t);
+        assert_eq!(b.first(), Some(&0));
+        assert_eq!(*b.last().unwrap(), n, "case {case}");
+        for w in b.windows(2) {
+            let (start, end) = (w[0], w[1]);
+            assert!(end > start, "case {case}: empty batch");
+            let count = end - start;
+            let longest = lengths[start..end].iter().copied().max().unwrap();
+            if count > 1 {
+                assert!(count <= max_s && count * longest <= max_t, "case {case}: batch {start}..{end} too big");
+            }
+            if end < n {
+                let longer = lengths[start..=end].iter().copied().max().unwrap();
+                assert!(count + 1 > max_s || (count + 1) * longer > max_t, "case {case}: {start}..{end} not greedy");
+            }
+        }
     }
 }
 

@@ -87,10 +87,15 @@ pub struct RunInfo {
     /// Whether tokens of the Common script are left out (see
     /// [`ScanOptions::skip_common`](super::ScanOptions::skip_common)).
     pub skip_common: bool,
-    /// Sentences per batch. A shard is a run of batches, so a sharded scan continues only with
-    /// the same batch size (0 in state files written before this was recorded).
+    /// Most sentences per batch. A shard is a run of batches, so a sharded scan continues only with
+    /// the same batch limits (0: not known yet, or a state file written before this was recorded;
+    /// `usize::MAX`: no limit).
     #[serde(default)]
     pub batch: usize,
+    /// Most padded tokens per batch (as `batch`; `usize::MAX`: no limit, 0: not known yet or not
+    /// recorded).
+    #[serde(default)]
+    pub batch_tokens: usize,
 }
 
 /// `state.json`.
@@ -175,10 +180,15 @@ fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shar
     if old.skip_common != new.skip_common {
         d.push(format!("skip-common {} (now {})", old.skip_common, new.skip_common));
     }
-    if new_shard.count > 1 && old.batch != new.batch {
+    // 0 on either side: not known (yet): the model's device decides a default
+    let differ = |a: usize, b: usize| a != 0 && b != 0 && a != b;
+    if new_shard.count > 1 && (differ(old.batch, new.batch) || differ(old.batch_tokens, new.batch_tokens)) {
+        let lim = |s: usize, t: usize| super::ScanOptions::describe((s, t));
         d.push(format!(
-            "batch {} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch)",
-            old.batch, new.batch
+            "{} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch and \
+             --batch-tokens)",
+            lim(old.batch, old.batch_tokens),
+            lim(new.batch, new.batch_tokens)
         ));
     }
     if old_shards != [new_shard] {
@@ -338,7 +348,7 @@ pub fn scan_to_dir_locked(
     run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
     let previous = check_dir(dir, &run, shard)?;
     let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
-    run.batch = opts.batch_size;
+    (run.batch, run.batch_tokens) = opts.limits(lens.model().device())?;
     let mut scanner = Scanner::for_shard(lens, sentences, shard, opts)?;
     let cfg = lens.config();
     let (layers, k, experts) = (cfg.num_hidden_layers, cfg.num_experts_per_tok, cfg.num_experts);
@@ -483,8 +493,16 @@ pub fn merge_dirs(
                 if st.run.dtype != run.dtype {
                     d.push(format!("dtype {} vs {}", st.run.dtype, run.dtype));
                 }
-                if st.shards.iter().any(|x| x.count > 1) && run.batch != 0 && st.run.batch != run.batch {
-                    d.push(format!("batch size {} vs {} (shards are runs of batches)", st.run.batch, run.batch));
+                let known = |a: usize, b: usize| a != 0 && b != 0 && a != b;
+                if st.shards.iter().any(|x| x.count > 1)
+                    && (known(st.run.batch, run.batch) || known(st.run.batch_tokens, run.batch_tokens))
+                {
+                    let lim = |s: usize, t: usize| super::ScanOptions::describe((s, t));
+                    d.push(format!(
+                        "{} vs {} (shards are runs of batches)",
+                        lim(st.run.batch, st.run.batch_tokens),
+                        lim(run.batch, run.batch_tokens)
+                    ));
                 }
                 if st.run.by_script != run.by_script || st.run.skip_common != run.skip_common {
                     d.push("the counting options (by-script, skip-common) differ".into());

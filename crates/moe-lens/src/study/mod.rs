@@ -61,8 +61,13 @@ pub use shares::{ExpertShares, Measure, TopExpert};
 /// How to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanOptions {
-    /// Sentences per forward pass (default 8). Larger is faster on a GPU until memory runs out.
-    pub batch_size: usize,
+    /// Most sentences per forward pass. `None` (the default): 8 on the CPU; on a GPU no limit, so
+    /// that [`ScanOptions::batch_tokens`] alone decides.
+    pub batch_size: Option<usize>,
+    /// Most tokens per forward pass, counting the padding (sentences × the longest of them): what
+    /// bounds a pass's memory. `None` (the default): 4,096 on a GPU (the H200 bench's batches:
+    /// BENCHMARKS.md), no limit on the CPU. A sentence longer than this runs alone.
+    pub batch_tokens: Option<usize>,
     /// Count each token under the language of its script instead of its sentence's language.
     pub by_script: bool,
     /// Leave out tokens whose script is Common (punctuation, digits, whitespace).
@@ -73,8 +78,70 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { batch_size: 8, by_script: false, skip_common: false, progress: true }
+        ScanOptions { batch_size: None, batch_tokens: None, by_script: false, skip_common: false, progress: true }
     }
+}
+
+/// Sentences per batch on the CPU when [`ScanOptions::batch_size`] is not given.
+pub const CPU_BATCH_SIZE: usize = 8;
+/// Padded tokens per batch on a GPU when [`ScanOptions::batch_tokens`] is not given.
+pub const GPU_BATCH_TOKENS: usize = 4096;
+
+impl ScanOptions {
+    /// The batch limits for a model on `device`: (most sentences, most padded tokens), each
+    /// `usize::MAX` for none; an error for a limit of 0.
+    pub fn limits(&self, device: &candle_core::Device) -> Result<(usize, usize)> {
+        if self.batch_size == Some(0) {
+            return Err(Error::invalid("batch size", "0: give at least 1 sentence per batch"));
+        }
+        if self.batch_tokens == Some(0) {
+            return Err(Error::invalid("batch tokens", "0: give at least 1 token per batch"));
+        }
+        let gpu = !device.is_cpu();
+        let sents = self.batch_size.unwrap_or(if gpu { usize::MAX } else { CPU_BATCH_SIZE });
+        let tokens = self.batch_tokens.unwrap_or(if gpu { GPU_BATCH_TOKENS } else { usize::MAX });
+        Ok((sents, tokens))
+    }
+
+    /// "batches of ≤ 8 sentences", "batches of ≤ 4096 tokens", or both, for progress lines.
+    pub fn describe(limits: (usize, usize)) -> String {
+        let n = |v: usize| if v == 0 { "?".to_string() } else { v.to_string() }; // 0: not recorded
+        match limits {
+            (usize::MAX, usize::MAX) => "one batch".to_string(),
+            (s, usize::MAX) => format!("batches of ≤ {} sentences", n(s)),
+            (usize::MAX, t) => format!("batches of ≤ {} tokens", n(t)),
+            (s, t) => format!("batches of ≤ {} sentences and ≤ {} tokens", n(s), n(t)),
+        }
+    }
+}
+
+/// Cuts sentences of `lengths` tokens (in scan order, longest first) into batches of at most
+/// `max_sentences` sentences and `max_tokens` padded tokens (count × the first, longest, one); a
+/// sentence longer than `max_tokens` runs alone. Returns the batch boundaries: `[0, .., n]`.
+pub fn cut_batches(lengths: &[usize], max_sentences: usize, max_tokens: usize) -> Vec<usize> {
+    let mut bounds = vec![0];
+    let mut start = 0;
+    while start < lengths.len() {
+        start = batch_end(|i| lengths.get(i).copied(), start, max_sentences, max_tokens);
+        bounds.push(start);
+    }
+    bounds
+}
+
+/// The end of the batch that starts at `start` (see [`cut_batches`]): greedy, so batches cut from
+/// any boundary are those of the whole cut.
+fn batch_end(length: impl Fn(usize) -> Option<usize>, start: usize, max_sentences: usize, max_tokens: usize) -> usize {
+    let mut longest = length(start).unwrap_or(0);
+    let mut end = start + 1;
+    while let Some(len) = length(end) {
+        longest = longest.max(len);
+        let count = end - start + 1;
+        if count > max_sentences || count.saturating_mul(longest) > max_tokens {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// The counting settings a study was made with.
@@ -151,7 +218,7 @@ impl Shard {
     /// A sharded scan orders the whole corpus as an unsharded one does (longest first), cuts it
     /// into the same batches and gives each shard a run of them, so every sentence is run in the
     /// same batch, padded the same, as in the unsharded scan, and the shards merged equal it
-    /// exactly (with the same batch size).
+    /// exactly (with the same batch limits).
     pub fn batches(&self, batches: usize) -> std::ops::Range<usize> {
         self.range(batches)
     }
@@ -489,10 +556,10 @@ pub fn scan(lens: &Lens, sentences: &[Sentence], opts: &ScanOptions) -> Result<S
     let mut last = start;
     if opts.progress {
         println!(
-            "scan: {} sentences, {} tokens, batches of {} · {}",
+            "scan: {} sentences, {} tokens, {} · {}",
             s.total(),
             s.tokens_total(),
-            opts.batch_size,
+            ScanOptions::describe(s.limits()),
             crate::corpus::summary(sentences)
         );
     }
@@ -548,7 +615,10 @@ pub struct Scanner<'a> {
     /// Tokens of `order[i]`.
     tokens: Vec<Vec<Token>>,
     pos: usize,
-    batch_size: usize,
+    /// Batch boundaries in `order` as first cut: `[0, .., order.len()]` (see [`cut_batches`]).
+    bounds: Vec<usize>,
+    /// (most sentences, most padded tokens) per batch.
+    limits: (usize, usize),
     study: Study,
     tokens_total: u64,
     tokens_done: u64,
@@ -566,10 +636,9 @@ impl<'a> Scanner<'a> {
     /// keep the positions in the whole corpus.
     pub fn for_shard(lens: &'a Lens, sentences: &'a [Sentence], shard: Shard, opts: &ScanOptions) -> Result<Self> {
         let mut s = Self::new(lens, sentences, opts)?;
-        let bs = s.batch_size;
-        let batches = s.order.len().div_ceil(bs);
-        let r = shard.batches(batches);
-        let (start, end) = ((r.start * bs).min(s.order.len()), (r.end * bs).min(s.order.len()));
+        let r = shard.batches(s.batch_count());
+        let (start, end) = (s.bounds[r.start], s.bounds[r.end]);
+        s.bounds = s.bounds[r.start..=r.end].iter().map(|b| b - start).collect();
         s.order = s.order[start..end].to_vec();
         s.tokens = s.tokens.drain(start..end).collect();
         s.tokens_total = s.tokens.iter().map(|t| t.len() as u64).sum();
@@ -583,9 +652,7 @@ impl<'a> Scanner<'a> {
         positions: impl IntoIterator<Item = usize>,
         opts: &ScanOptions,
     ) -> Result<Self> {
-        if opts.batch_size == 0 {
-            return Err(Error::invalid("batch size", "0: give at least 1 sentence per batch"));
-        }
+        let limits = opts.limits(lens.model().device())?;
         let cfg = lens.config();
         let max = cfg.max_position_embeddings;
         if cfg.num_experts > usize::from(u16::MAX) + 1 {
@@ -621,7 +688,9 @@ impl<'a> Scanner<'a> {
         // longest first; ties in corpus order
         items.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         let tokens_total = items.iter().map(|(_, t)| t.len() as u64).sum();
-        let (order, tokens) = items.into_iter().unzip();
+        let (order, tokens): (Vec<usize>, Vec<Vec<Token>>) = items.into_iter().unzip();
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let bounds = cut_batches(&lengths, limits.0, limits.1);
         let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
         Ok(Scanner {
             lens,
@@ -629,7 +698,8 @@ impl<'a> Scanner<'a> {
             order,
             tokens,
             pos: 0,
-            batch_size: opts.batch_size,
+            bounds,
+            limits,
             study: Study::new(lens.name(), cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok, settings),
             tokens_total,
             tokens_done: 0,
@@ -659,6 +729,7 @@ impl<'a> Scanner<'a> {
             ));
         }
         self.study.counts.check_compatible(&study.counts)?;
+        // batches are cut greedily from here: with the same limits, those of the first run
         self.pos = done;
         self.tokens_done = self.tokens[..done].iter().map(|t| t.len() as u64).sum();
         self.tokens_at_start = self.tokens_done;
@@ -666,6 +737,14 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    /// Batches in this scan.
+    pub fn batch_count(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+    /// (most sentences, most padded tokens) per batch, `usize::MAX` for no limit.
+    pub fn limits(&self) -> (usize, usize) {
+        self.limits
+    }
     /// Sentences in this scan.
     pub fn total(&self) -> usize {
         self.order.len()
@@ -714,7 +793,7 @@ impl<'a> Scanner<'a> {
         if self.is_done() {
             return Ok(None);
         }
-        let end = (self.pos + self.batch_size).min(self.order.len());
+        let end = batch_end(|i| self.tokens.get(i).map(Vec::len), self.pos, self.limits.0, self.limits.1);
         let ids: Vec<Vec<u32>> = self.tokens[self.pos..end].iter().map(|t| t.iter().map(|x| x.id).collect()).collect();
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
         let layers = self.study.counts.layers;
