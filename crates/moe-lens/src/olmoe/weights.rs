@@ -176,24 +176,28 @@ fn stack_raw<T: candle_core::WithDType>(
     {
         return Err(Error::invalid("weights", "parts to stack differ in size"));
     }
-    let mut buf: Vec<T> = vec![T::zero(); shape.0 * shape.1];
-    {
-        // SAFETY: T is a plain numeric type (bf16, f16 or f32) of `size` bytes with no invalid bit
-        // patterns; the byte view covers exactly the vector's initialised elements and is dropped
-        // before the vector is used again.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), buf.len() * size) };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-        let per_thread = parts.len().div_ceil(threads).max(1);
-        std::thread::scope(|sc| {
-            for (dst, src) in bytes.chunks_mut(per * per_thread).zip(parts.chunks(per_thread)) {
-                sc.spawn(move || {
-                    for (d, (_, s)) in dst.chunks_mut(per).zip(src) {
-                        d.copy_from_slice(s);
-                    }
-                });
-            }
-        });
-    }
+    // not zeroed first (that alone was a second pass over the model's bytes): every byte is
+    // written by the copies below, which cover exactly parts.len() * per = n * size bytes (checked)
+    let n = shape.0 * shape.1;
+    let mut buf: Vec<T> = Vec::with_capacity(n);
+    let base = buf.as_mut_ptr().cast::<u8>() as usize; // as an address, to hand to the threads
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let per_thread = parts.len().div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (t, src) in parts.chunks(per_thread).enumerate() {
+            sc.spawn(move || {
+                for (i, (_, s)) in src.iter().enumerate() {
+                    let at = (t * per_thread + i) * per;
+                    // SAFETY: bytes at..at + per of the buffer's n * size allocated bytes (at + per <=
+                    // parts.len() * per = n * size); each part goes to its own range, so no two
+                    // threads write the same byte; the source is a live slice of `per` bytes.
+                    unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), (base + at) as *mut u8, per) };
+                }
+            });
+        }
+    });
+    // SAFETY: all n elements were written above (T is bf16, f16 or f32: any bytes are a valid value)
+    unsafe { buf.set_len(n) };
     Ok(Tensor::from_vec(buf, shape, device)?)
 }
 
