@@ -151,7 +151,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         load_sentences(&a.corpus, lang.as_deref()).with_context(|| format!("loading the corpus {}", a.corpus))?;
     let opts = a.model.options()?;
     let run = RunInfo {
-        model: a.model.name.clone(),
+        model: a.model.model_name(),
         corpus: a.corpus.clone(),
         corpus_fingerprint: corpus::fingerprint(&sentences),
         corpus_sentences: sentences.len(),
@@ -186,7 +186,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
             } else {
                 eprintln!(
                     "scan: {} · shard {shard}: batches {}..{} of {} ({} of {} sentences) · {} tokens · batches of {} → {}",
-                    a.model.name,
+                    a.model.model_name(),
                     range.start,
                     range.end,
                     batches,

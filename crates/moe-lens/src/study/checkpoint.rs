@@ -335,7 +335,7 @@ pub fn scan_to_dir_locked(
     }
     let (shard, opts) = (job.shard, &job.options);
     let mut run = job.run.clone();
-    run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
+    run.dtype = format!("{:?}", lens.dtype()).to_ascii_lowercase();
     let previous = check_dir(dir, &run, shard)?;
     let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
     run.batch = opts.batch_size;

@@ -457,14 +457,36 @@ pub fn forward_padded(lens: &Lens, ids: &[&[u32]], spy: &mut dyn RouterSpy) -> R
     }
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let padded = lengths.iter().any(|&n| n < t);
-    let input = Tensor::from_vec(flat, (ids.len(), t), lens.model().device())?;
-    lens.model().forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
+    let model = lens.model()?;
+    let input = Tensor::from_vec(flat, (ids.len(), t), model.device())?;
+    model.forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
     Ok(())
 }
 
 /// Keeps each layer's top-k choices of one batch on the host.
-struct TopKSpy {
-    layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
+pub(crate) struct TopKSpy {
+    pub(crate) layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
+}
+
+/// Each layer's top-k choices of one scan batch ([`forward_padded`] with a [`TopKSpy`]), run here
+/// or, for a `Lens` on a shared model server, there (the same batch, the same numbers).
+pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
+    let layers = lens.config().num_hidden_layers;
+    let mut spy = TopKSpy { layers: vec![None; layers] };
+    if let Some(client) = lens.client() {
+        let reply = client.top_k(ids.iter().map(|s| s.to_vec()).collect())?;
+        if reply.layers.len() != layers {
+            return Err(Error::Spy(format!("the server sent {} layers for a model of {layers}", reply.layers.len())));
+        }
+        for (slot, l) in spy.layers.iter_mut().zip(reply.layers) {
+            if let Some(l) = l {
+                *slot = Some((l.seq_len, l.k, crate::remote::protocol::b64_to_u32s(&l.top_k)?));
+            }
+        }
+        return Ok(spy);
+    }
+    forward_padded(lens, ids, &mut spy)?;
+    Ok(spy)
 }
 
 impl RouterSpy for TopKSpy {
@@ -717,9 +739,10 @@ impl<'a> Scanner<'a> {
         let end = (self.pos + self.batch_size).min(self.order.len());
         let ids: Vec<Vec<u32>> = self.tokens[self.pos..end].iter().map(|t| t.iter().map(|x| x.id).collect()).collect();
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let layers = self.study.counts.layers;
-        let mut spy = TopKSpy { layers: vec![None; layers] };
-        forward_padded(self.lens, &refs, &mut spy)?;
+        if self.study.counts.layers != self.lens.config().num_hidden_layers {
+            return Err(Error::Spy("the study's layers are not the model's".into()));
+        }
+        let spy = batch_top_k(self.lens, &refs)?;
         let first_new = self.study.routes.len();
         for (b, i) in (self.pos..end).enumerate() {
             let p = self.order[i];
