@@ -72,7 +72,7 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The model directory or .gguf file.
     fn path(&self) -> PathBuf {
-        PathBuf::from(&self.model.name)
+        PathBuf::from(self.model.model_name())
     }
 }
 

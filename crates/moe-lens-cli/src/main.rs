@@ -3,6 +3,7 @@
 mod bench;
 mod prepare;
 mod scan;
+mod serve;
 mod sweep;
 
 use std::io::Write;
@@ -35,8 +36,12 @@ enum Format {
 pub struct ModelArgs {
     /// Model directory (Hugging Face layout), llama.cpp .gguf file, Hub id (e.g.
     /// allenai/OLMoE-1B-7B-0924) or demo.
-    #[arg(long = "model", value_name = "MODEL")]
-    pub name: String,
+    #[arg(long = "model", value_name = "MODEL", required_unless_present = "server")]
+    pub name: Option<String>,
+    /// Run on a shared model server (`moe-lens serve --socket PATH`) instead of loading a model:
+    /// only the forward passes go there; the model and its options are the server's.
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["name", "device", "dtype"])]
+    pub server: Option<std::path::PathBuf>,
     /// auto (GPU if built with one and present, else CPU), cpu, cuda, cuda:N, metal (default:
     /// $MOE_LENS_DEVICE, else auto; a MIG slice: CUDA_VISIBLE_DEVICES=MIG-<uuid> and cuda).
     #[arg(long)]
@@ -62,10 +67,19 @@ impl ModelArgs {
         Ok(opts)
     }
 
-    /// Loads the model.
+    /// The model as `Lens::load_with` takes it: `--model`, or `server:PATH` for `--server PATH`.
+    pub fn model_name(&self) -> String {
+        match (&self.server, &self.name) {
+            (Some(s), _) => format!("{}{}", moe_lens::remote::SERVER_PREFIX, s.display()),
+            (None, Some(n)) => n.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Loads the model (or connects to the server).
     pub fn load(&self) -> anyhow::Result<Lens> {
         let opts = self.options()?;
-        let model = &self.name;
+        let model = &self.model_name();
         let lens = Lens::load_with(model, &opts).with_context(|| match opts.quant {
             QuantChoice::Fixed(q) if q != Quant::None => format!("loading {model} with {q} experts"),
             _ => format!("loading {model}"),
@@ -129,6 +143,12 @@ enum Cmd {
     /// Ablate each expert one text routes to, one at a time, and rank them by the change in a
     /// continuation's log-probability (JSON and CSV in --out).
     Sweep(sweep::SweepArgs),
+    /// Hold one model and answer many clients over a Unix socket: the class's notebooks with
+    /// MOE_LENS_SERVER=SOCKET, the command line with --server SOCKET (see INSTRUCTORS.md).
+    Serve(serve::ServeArgs),
+    /// N simulated students (traces, a generation, a small scan, with think time) against a running
+    /// server: latency percentiles per request type, throughput, errors, the server's memory.
+    Loadtest(serve::LoadtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -193,6 +213,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
         Cmd::Sweep(args) => sweep::run_sweep(args)?,
+        Cmd::Serve(args) => serve::run_serve(args)?,
+        Cmd::Loadtest(args) => serve::run_loadtest(args)?,
         Cmd::Prepare(args) => prepare::run_prepare(args)?,
         Cmd::Doctor => {
             let report = moe_lens::doctor::doctor()?;

@@ -45,6 +45,9 @@ pub fn run_prepare(a: PrepareArgs) -> anyhow::Result<()> {
             report_access(&shared);
             return Ok(());
         }
+        ModelSource::Server { socket } => {
+            anyhow::bail!("{} is a model server's socket: prepare the model the server loads", socket.display())
+        }
     };
     let cfg = Config::from_file(&config)?;
     let q4k_ok = cfg.hidden_size.is_multiple_of(256) && cfg.intermediate_size.is_multiple_of(256);

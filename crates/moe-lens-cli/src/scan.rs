@@ -155,7 +155,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
         load_sentences(&a.corpus, lang.as_deref()).with_context(|| format!("loading the corpus {}", a.corpus))?;
     let opts = a.model.options()?;
     let run = RunInfo {
-        model: a.model.name.clone(),
+        model: a.model.model_name(),
         corpus: a.corpus.clone(),
         corpus_fingerprint: corpus::fingerprint(&sentences),
         corpus_sentences: sentences.len(),
@@ -195,7 +195,7 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
             } else {
                 eprintln!(
                     "scan: {} · shard {shard}: {} batches ({} of {} sentences) · {} tokens · {} → {}",
-                    a.model.name,
+                    a.model.model_name(),
                     scanner.batch_count(),
                     scanner.total(),
                     sentences.len(),

@@ -69,7 +69,7 @@ pub fn run_sweep(a: SweepArgs) -> anyhow::Result<()> {
         // the same model, device and quantization, in another dtype
         let ropts = ModelArgs { dtype: Some(dtype.clone()), ..a.model.clone() }.options()?;
         let reference =
-            Lens::load_with(&a.model.name, &ropts).with_context(|| format!("loading the {dtype} reference"))?;
+            Lens::load_with(&a.model.model_name(), &ropts).with_context(|| format!("loading the {dtype} reference"))?;
         sweep = sweep.with_reference(&reference)?;
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

@@ -7,12 +7,13 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The model hyper-parameters that the forward pass needs.
-#[derive(Debug, Clone, PartialEq)]
+/// The model hyper-parameters that the forward pass needs. (Its serde form is moe-lens' own, what
+/// `moe-lens serve` sends a client, not `config.json`: read that with [`Config::from_file`].)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     /// Tokens in the vocabulary (rows of the embedding and of the LM head).
     pub vocab_size: usize,

@@ -237,7 +237,7 @@ impl Sweep {
             "{}; against {} in {:?}: |{:.6} − {:.6}| = {spread:.3e}",
             self.noise,
             reference.name(),
-            reference.model().dtype(),
+            reference.dtype(),
             lp,
             self.base_logprob
         );
@@ -337,7 +337,7 @@ impl Split {
     /// batch; no set: the model as it is): the log-probabilities `[B, m, vocab]` of the positions
     /// that predict the continuation (`m` = its length, at least 1: the position after the prompt).
     fn log_probs(&self, lens: &Lens, edits: &[Interventions], spy: Option<&mut dyn RouterSpy>) -> Result<Tensor> {
-        let model = lens.model();
+        let model = lens.model()?;
         let b = edits.len().max(1);
         let input = Tensor::new(self.ids().as_slice(), model.device())?.unsqueeze(0)?.repeat((b, 1))?; // [B, T]
         let hidden = model.forward_edited(&input, None, None, Step::Prefill, spy, edits)?; // [B, T, hidden]
@@ -545,8 +545,8 @@ impl Lens {
             noise_floor: noise,
             noise: format!(
                 "{:?} on {}: the unmodified text in each batch of {per_batch} against it alone",
-                self.model().dtype(),
-                if self.model().device().is_cpu() { "the CPU" } else { "the GPU" }
+                self.dtype(),
+                if self.model()?.device().is_cpu() { "the CPU" } else { "the GPU" }
             ),
             rows,
             passes,

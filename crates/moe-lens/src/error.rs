@@ -171,6 +171,16 @@ pub enum Error {
         cause: String,
     },
 
+    /// The shared model server (`moe-lens serve`, `MOE_LENS_SERVER`) could not be reached or
+    /// refused a request; the message says which server and what to do.
+    #[error("moe-lens server {}: {msg}", socket.display())]
+    Server {
+        /// The server's Unix socket.
+        socket: std::path::PathBuf,
+        /// What went wrong and what to do.
+        msg: String,
+    },
+
     /// An error inside the tensor library.
     #[error("tensor computation failed: {0}")]
     Candle(candle_core::Error),

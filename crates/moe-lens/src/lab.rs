@@ -26,6 +26,9 @@ use crate::intervene::Interventions;
 use crate::memory;
 use crate::olmoe::{Olmoe, Tuning};
 use crate::quant::{self, Quant, QuantChoice, QuantReport};
+use crate::remote::client::Client;
+use crate::remote::protocol::{RequestBody, RunReply};
+use crate::remote::{self, SERVER_PREFIX};
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::{Token, Tokenizer};
 use crate::trace::Trace;
@@ -298,15 +301,37 @@ impl<'a> LoadFit<'a> {
     }
 }
 
-/// A loaded model with its tokenizer: the object notebook cells work with.
+/// A loaded model with its tokenizer: the object notebook cells work with. The model is in this
+/// process, or held by a shared model server (`load("server:PATH")`, `MOE_LENS_SERVER`: see
+/// [`crate::remote`]) that runs the forward passes of traces, generations and scans.
 pub struct Lens {
     name: String,
     files: ModelFiles,
-    model: Olmoe,
+    backend: Backend,
     tokenizer: Tokenizer,
     quant: Option<QuantReport>,
     /// For a llama.cpp GGUF model: the experts' block types as the file stores them.
     gguf_experts: Option<String>,
+}
+
+/// Where a [`Lens`]'s forward passes run. (One per `Lens`, never moved in a loop: the size
+/// difference of the variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    /// The model in this process.
+    Local(Olmoe),
+    /// A shared model server (`moe-lens serve`), with the model's dtype there.
+    Remote(Box<Client>, DType),
+}
+
+/// The socket a model name or `MOE_LENS_SERVER` points at: `"server:PATH"` always; otherwise
+/// `MOE_LENS_SERVER` when `env` says to read it and it is set.
+fn server_socket(model: &str, env: bool) -> Option<PathBuf> {
+    match model.strip_prefix(SERVER_PREFIX) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if env => remote::server_from_env(),
+        None => None,
+    }
 }
 
 /// Loads a model by Hub id (`"allenai/OLMoE-1B-7B-0924"`), local directory or llama.cpp `.gguf`
@@ -326,7 +351,14 @@ pub struct Lens {
 /// assert_eq!((hooks.experts, hooks.k), (64, 8));
 /// # Ok::<(), moe_lens::Error>(())
 /// ```
+///
+/// `"server:PATH"` connects to a shared model server's socket instead (`moe-lens serve`; see
+/// [`Lens::connect`]), and so does any name while `MOE_LENS_SERVER=PATH` is set: on a class's GPU
+/// server the instructor sets it, and the same cells run on the one shared model.
 pub fn load(model: &str) -> Result<Lens> {
+    if let Some(socket) = server_socket(model, true) {
+        return Lens::connect(socket);
+    }
     Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, ..LoadOptions::default() })
 }
 
@@ -342,15 +374,88 @@ pub fn load(model: &str) -> Result<Lens> {
 /// or `none`; asking it for `q8_0`/`q4k` is an error). The printed `Lens` says which was chosen.
 /// (`Lens::load_with(model, &LoadOptions { device, quant, ..Default::default() })` with a device of
 /// your choice: an explicit device there wins over `MOE_LENS_DEVICE`.)
+///
+/// With `MOE_LENS_SERVER` set (or a `"server:PATH"` model) this connects to the server as [`load`]
+/// does; `quant` is then the server's.
 pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
+    if let Some(socket) = server_socket(model, true) {
+        return Lens::connect(socket);
+    }
     let quant = quant.parse::<QuantChoice>()?;
     Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, quant, ..LoadOptions::default() })
 }
 
 impl Lens {
-    /// Loads `model` (a Hub id, directory or `.gguf` file: [`hub::resolve`]) with `opts`.
+    /// Loads `model` (a Hub id, directory or `.gguf` file: [`hub::resolve`]) with `opts`, in this
+    /// process whatever `MOE_LENS_SERVER` says; `"server:PATH"` connects to that server (whose
+    /// options are its own).
     pub fn load_with(model: &str, opts: &LoadOptions) -> Result<Lens> {
+        if let Some(socket) = server_socket(model, false) {
+            return Self::connect(socket);
+        }
         Self::from_files(hub::resolve(model)?, opts)
+    }
+
+    /// Connects to a shared model server (`moe-lens serve --socket PATH`): the `Lens` tokenizes,
+    /// checks and assembles its results here and sends the forward passes of `trace`, `generate`,
+    /// `intervene(…)` and `scan` to the server, which returns exactly the numbers a local run of its
+    /// model computes. What needs the model's tensors in this process (`model()`, `run_with` and
+    /// custom spies, `effect`, `sweep`) is an error that says so. A server that went away is an
+    /// error naming the socket; the next call connects again.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Lens> {
+        let socket = socket.as_ref();
+        let client = Client::connect(socket)?;
+        let h = client.hello();
+        let tokenizer = Tokenizer::from_wire(&h.tokenizer, h.eos, socket.to_path_buf())?;
+        let dtype = parse_dtype(&h.dtype)?;
+        let name = h.model.clone();
+        let files = ModelFiles {
+            name: name.clone(),
+            dir: socket.to_path_buf(),
+            source: ModelSource::Server { socket: socket.to_path_buf() },
+        };
+        Ok(Lens {
+            name,
+            files,
+            backend: Backend::Remote(Box::new(client), dtype),
+            tokenizer,
+            quant: None,
+            gguf_experts: None,
+        })
+    }
+
+    /// The shared model server's socket, when this `Lens` runs there.
+    pub fn server(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Remote(c, _) => Some(c.socket()),
+        }
+    }
+
+    /// The server's counters, queue and memory (its GPU's too), when this `Lens` runs on a server.
+    pub fn server_stats(&self) -> Result<remote::protocol::Stats> {
+        match &self.backend {
+            Backend::Local(_) => {
+                Err(Error::invalid("server_stats", "this Lens holds its model itself, not a server's"))
+            }
+            Backend::Remote(c, _) => c.stats(),
+        }
+    }
+
+    /// The connection to the shared model server, when this `Lens` runs there.
+    pub(crate) fn client(&self) -> Option<&Client> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Remote(c, _) => Some(c),
+        }
+    }
+
+    /// The model's dtype (in this process or on the server).
+    pub(crate) fn dtype(&self) -> DType {
+        match &self.backend {
+            Backend::Local(m) => m.dtype(),
+            Backend::Remote(_, d) => *d,
+        }
     }
 
     /// Loads from already resolved files (what [`hub::resolve`] found, or files named by hand):
@@ -363,6 +468,7 @@ impl Lens {
                 Self::from_safetensors(files, &config, &tokenizer, &weights, opts)
             }
             ModelSource::Gguf { path, tokenizer } => Self::from_gguf(files, path, tokenizer, opts),
+            ModelSource::Server { socket } => Self::connect(socket),
         }
     }
 
@@ -409,7 +515,14 @@ impl Lens {
             }
         };
         let model = model.with_tuning(opts.tuning.clone());
-        Ok(Lens { name: files.name.clone(), files, model, tokenizer, quant, gguf_experts: None })
+        Ok(Lens {
+            name: files.name.clone(),
+            files,
+            backend: Backend::Local(model),
+            tokenizer,
+            quant,
+            gguf_experts: None,
+        })
     }
 
     /// Loads a llama.cpp OLMoE GGUF file (see [`quant::open_gguf`]): config from its metadata,
@@ -464,7 +577,7 @@ impl Lens {
         Ok(Lens {
             name: files.name.clone(),
             files,
-            model: g.model.with_tuning(opts.tuning.clone()),
+            backend: Backend::Local(g.model.with_tuning(opts.tuning.clone())),
             tokenizer,
             quant: None,
             gguf_experts: Some(g.experts),
@@ -482,15 +595,31 @@ impl Lens {
     }
     /// The model's hyper-parameters (layers, experts, top-k, ...).
     pub fn config(&self) -> &Config {
-        self.model.config()
+        match &self.backend {
+            Backend::Local(m) => m.config(),
+            Backend::Remote(c, _) => &c.hello().config,
+        }
     }
-    /// The loaded OLMoE model itself, for custom forward passes and spies.
-    pub fn model(&self) -> &Olmoe {
-        &self.model
+    /// The loaded OLMoE model itself, for custom forward passes and spies; an error for a `Lens`
+    /// connected to a shared model server (the model is in the server's process).
+    pub fn model(&self) -> Result<&Olmoe> {
+        match &self.backend {
+            Backend::Local(m) => Ok(m),
+            Backend::Remote(c, _) => Err(Error::Unsupported(format!(
+                "this needs the model's tensors in this process, but this Lens runs on the moe-lens server at {} \
+                 (MOE_LENS_SERVER or load(\"server:…\")), which does traces, generations, interventions and scans \
+                 only; for custom spies, effect and sweep load the model here: \
+                 Lens::load_with(model, &LoadOptions::default()) (it needs a GPU or memory of its own)",
+                c.socket().display()
+            ))),
+        }
     }
-    /// Changes how the model runs on a GPU (see [`Tuning`]).
+    /// Changes how the model runs on a GPU (see [`Tuning`]); a `Lens` on a shared server keeps the
+    /// server's settings.
     pub fn set_tuning(&mut self, tuning: Tuning) {
-        self.model.set_tuning(tuning);
+        if let Backend::Local(m) = &mut self.backend {
+            m.set_tuning(tuning);
+        }
     }
     /// The model's tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -523,6 +652,14 @@ impl Lens {
     }
 
     fn encode_checked(&self, text: &str, extra: usize) -> Result<(Vec<Token>, Tensor)> {
+        let tokens = self.tokens_checked(text, extra)?;
+        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+        let input = Tensor::new(ids.as_slice(), self.model()?.device())?.unsqueeze(0)?; // [1, T]
+        Ok((tokens, input))
+    }
+
+    /// The tokens of `text`, checked to fit the model's context with `extra` tokens more.
+    fn tokens_checked(&self, text: &str, extra: usize) -> Result<Vec<Token>> {
         let tokens = self.tokenizer.encode(text)?;
         let max = self.config().max_position_embeddings;
         let Some(total) = tokens.len().checked_add(extra) else {
@@ -534,9 +671,34 @@ impl Lens {
         if total > max {
             return Err(Error::TextTooLong { tokens: total, max });
         }
-        let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
-        let input = Tensor::new(ids.as_slice(), self.model.device())?.unsqueeze(0)?; // [1, T]
-        Ok((tokens, input))
+        Ok(tokens)
+    }
+
+    /// A trace or generation run on the server, assembled here as [`Trace::assemble`] assembles a
+    /// local one (the same checks, the same layout).
+    fn remote_run(
+        &self,
+        client: &Client,
+        body: RequestBody,
+        layers: &LayerSelection,
+        edits: &Interventions,
+    ) -> Result<Trace> {
+        let c = self.config();
+        layers.check(c.num_hidden_layers)?;
+        if !edits.is_empty() {
+            edits.check(c.num_hidden_layers, c.num_experts, c.num_experts_per_tok)?;
+        }
+        let RunReply { text, tokens, prompt_len, routing } = client.run(body)?;
+        let mut cache = match layers {
+            LayerSelection::All => RoutingCache::new(),
+            LayerSelection::Only(v) => RoutingCache::for_layers(v),
+        };
+        for r in &routing {
+            cache.push(r.to_routing()?);
+        }
+        let mut trace = Trace::assemble(&self.name, &text, tokens, prompt_len, cache, c.num_hidden_layers)?;
+        trace.interventions = edits.clone();
+        Ok(trace)
     }
 
     /// Runs `text` once and captures every router.
@@ -567,13 +729,22 @@ impl Lens {
 
     /// [`Lens::trace_layers`] under interventions at the routers (see [`crate::intervene`]).
     pub(crate) fn trace_edited(&self, text: &str, layers: LayerSelection, edits: &Interventions) -> Result<Trace> {
+        if let Backend::Remote(client, _) = &self.backend {
+            self.tokens_checked(text, 0)?;
+            let only = match &layers {
+                LayerSelection::All => None,
+                LayerSelection::Only(v) => Some(v.clone()),
+            };
+            let body = RequestBody::Trace { text: text.to_string(), layers: only, interventions: edits.clone() };
+            return self.remote_run(client, body, &layers, edits);
+        }
         let (tokens, input) = self.encode_checked(text, 0)?;
         let mut cache = match &layers {
             LayerSelection::All => RoutingCache::new(),
             LayerSelection::Only(v) => RoutingCache::for_layers(v),
         };
         let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
-        self.model.forward_edited(&input, None, None, Step::Prefill, Some(&mut cache), sets)?;
+        self.model()?.forward_edited(&input, None, None, Step::Prefill, Some(&mut cache), sets)?;
         let n = tokens.len();
         let mut trace = Trace::assemble(&self.name, text, tokens, n, cache, self.config().num_hidden_layers)?;
         trace.interventions = edits.clone();
@@ -583,7 +754,7 @@ impl Lens {
     /// Runs `text` with any spy attached (see [`crate::spy`]); returns its tokens.
     pub fn run_with(&self, text: &str, spy: &mut dyn RouterSpy) -> Result<Vec<Token>> {
         let (tokens, input) = self.encode_checked(text, 0)?;
-        self.model.forward(&input, None, None, Step::Prefill, Some(spy))?;
+        self.model()?.forward(&input, None, None, Step::Prefill, Some(spy))?;
         Ok(tokens)
     }
 
@@ -600,25 +771,35 @@ impl Lens {
 
     /// [`Lens::generate_with`] under interventions at the routers, which hold at every step.
     pub(crate) fn generate_edited(&self, text: &str, opts: &GenerateOptions, edits: &Interventions) -> Result<Trace> {
+        if let Backend::Remote(client, _) = &self.backend {
+            self.tokens_checked(text, opts.max_new_tokens)?;
+            let body = RequestBody::Generate {
+                text: text.to_string(),
+                max_new_tokens: opts.max_new_tokens,
+                stop_at_eos: opts.stop_at_eos,
+                interventions: edits.clone(),
+            };
+            return self.remote_run(client, body, &LayerSelection::All, edits);
+        }
         let (tokens, input) = self.encode_checked(text, opts.max_new_tokens)?;
+        let model = self.model()?;
         let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
         let mut cache = RoutingCache::new();
-        let mut kv = self.model.new_cache();
-        let hidden = self.model.forward_edited(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache), sets)?;
-        let mut next = argmax(&self.model.next_token_logits(&hidden)?)?;
+        let mut kv = model.new_cache();
+        let hidden = model.forward_edited(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache), sets)?;
+        let mut next = argmax(&model.next_token_logits(&hidden)?)?;
         let eos = self.config().eos_token_id.or(self.tokenizer.eos_id());
         let mut new_ids = Vec::new();
         for n in 0..opts.max_new_tokens {
             new_ids.push(next);
             // route the new token (its routing is part of the trace even when it is the last one)
-            let input = Tensor::new(&[next], self.model.device())?.unsqueeze(0)?; // [1, 1]
-            let hidden =
-                self.model.forward_edited(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache), sets)?;
+            let input = Tensor::new(&[next], model.device())?.unsqueeze(0)?; // [1, 1]
+            let hidden = model.forward_edited(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache), sets)?;
             if opts.stop_at_eos && Some(next) == eos {
                 break;
             }
             if n + 1 < opts.max_new_tokens {
-                next = argmax(&self.model.next_token_logits(&hidden)?)?;
+                next = argmax(&model.next_token_logits(&hidden)?)?;
             }
         }
         let prompt_len = tokens.len();
@@ -633,7 +814,20 @@ impl Lens {
 impl fmt::Display for Lens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.config();
-        let device = match self.model.device() {
+        let model = match &self.backend {
+            Backend::Local(m) => m,
+            Backend::Remote(client, _) => {
+                let h = client.hello();
+                return write!(
+                    f,
+                    "{} on the moe-lens server at {} ({})",
+                    self.name,
+                    client.socket().display(),
+                    h.summary
+                );
+            }
+        };
+        let device = match model.device() {
             Device::Cpu => "cpu".to_string(),
             // the ordinal among the GPUs this process sees (CUDA_VISIBLE_DEVICES renumbers them)
             d @ Device::Cuda(_) => match d.location() {
@@ -646,14 +840,14 @@ impl fmt::Display for Lens {
             f,
             "{} on {device} in {:?}: {} layers × {} experts (top-{}), hidden {}, vocabulary {}",
             self.name,
-            self.model.dtype(),
+            model.dtype(),
             c.num_hidden_layers,
             c.num_experts,
             c.num_experts_per_tok,
             c.hidden_size,
             c.vocab_size
         )?;
-        if let Some((free, total)) = memory::device_memory(self.model.device()) {
+        if let Some((free, total)) = memory::device_memory(model.device()) {
             // the device's memory after the load, so a student on a shared GPU or a MIG slice
             // sees at once how much room is left
             write!(f, "; GPU memory {} free of {}", crate::error::gib(free), crate::error::gib(total))?;

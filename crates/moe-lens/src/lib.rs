@@ -19,6 +19,8 @@ pub mod memory;
 pub mod olmoe;
 pub mod plot;
 pub mod quant;
+pub mod remote;
+pub mod server;
 pub mod spy;
 pub mod study;
 pub mod teach;

@@ -284,6 +284,16 @@ impl RoutingCache {
         self.entries.values().map(Vec::len).max().unwrap_or(0)
     }
 
+    /// Every entry, layer by layer, each layer's in forward-call order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &Routing> {
+        self.entries.values().flatten()
+    }
+
+    /// Adds one entry after those of its layer (how a client rebuilds a server's cache).
+    pub(crate) fn push(&mut self, r: Routing) {
+        self.entries.entry(r.layer).or_default().push(r);
+    }
+
     /// Forgets everything collected.
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -210,7 +210,7 @@ fn batched_sequences_with_their_own_sets_match_single_runs_on_the_gpu() {
         Interventions::new().ablate(3, [0, 1, 2]),
         Interventions::new().force(9, 8..16).at(2..5),
     ];
-    let dev = lens.model().device().clone();
+    let dev = lens.model().unwrap().device().clone();
     let input = Tensor::new(row.as_slice(), &dev)
         .and_then(|t| t.unsqueeze(0)?.repeat((sets.len(), 1)))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -221,6 +221,7 @@ fn batched_sequences_with_their_own_sets_match_single_runs_on_the_gpu() {
             Ok(())
         });
         lens.model()
+            .unwrap()
             .forward_edited(&input, None, None, Step::Prefill, Some(&mut spy), &sets)
             .unwrap_or_else(|e| panic!("{e}"));
     }

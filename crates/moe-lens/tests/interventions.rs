@@ -90,10 +90,12 @@ fn check_model(name: &str) {
             let mut cache = RoutingCache::new();
             let hidden = lens
                 .model()
+                .unwrap()
                 .forward_edited(&input, None, None, Step::Prefill, Some(&mut cache), std::slice::from_ref(&iv))
                 .unwrap_or_else(|e| panic!("{e}"));
             let logits: Vec<f32> = lens
                 .model()
+                .unwrap()
                 .next_token_logits(&hidden)
                 .and_then(|t| Ok(t.flatten_all()?.to_vec1()?))
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -156,6 +158,7 @@ fn batched_sequences_carry_their_own_interventions() {
             Ok(())
         });
         lens.model()
+            .unwrap()
             .forward_edited(&input, None, None, Step::Prefill, Some(&mut spy), &sets)
             .unwrap_or_else(|e| panic!("{e}"));
     }
@@ -169,7 +172,7 @@ fn batched_sequences_carry_their_own_interventions() {
     }
     // a wrong number of sets is an error, not a panic
     let two = &sets[..2];
-    assert!(lens.model().forward_edited(&input, None, None, Step::Prefill, None, two).is_err());
+    assert!(lens.model().unwrap().forward_edited(&input, None, None, Step::Prefill, None, two).is_err());
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
         }
         // the whole decoder, not just the routers: final normed hidden states
         let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let hidden = lens.model().forward(&input, None, None, Step::Prefill, None).unwrap();
+        let hidden = lens.model().unwrap().forward(&input, None, None, Step::Prefill, None).unwrap();
         let hidden: Vec<Vec<f32>> = hidden.squeeze(0).unwrap().to_vec2().unwrap();
         for (ours, theirs) in hidden.iter().zip(s["final_hidden"].as_array().unwrap()) {
             for (a, b) in ours.iter().zip(f32s(theirs)) {
@@ -123,7 +123,8 @@ fn check_lens(name: &str, lens: &Lens, r: &Value) {
         }
         let logits = lens
             .model()
-            .next_token_logits(&lens.model().forward(&input, None, None, Step::Prefill, None).unwrap())
+            .unwrap()
+            .next_token_logits(&lens.model().unwrap().forward(&input, None, None, Step::Prefill, None).unwrap())
             .unwrap();
         let top1 = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
         assert_eq!(top1, u32s(&s["last_logits_top5"])[0], "{name}: next token of {text:?}");
@@ -276,7 +277,7 @@ fn decode_steps_route_like_a_full_forward() {
         let ids: Vec<u32> = run.tokens.iter().map(|t| t.id).collect();
         let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let mut full = RoutingCache::new();
-        lens.model().forward(&input, None, None, Step::Prefill, Some(&mut full)).unwrap();
+        lens.model().unwrap().forward(&input, None, None, Step::Prefill, Some(&mut full)).unwrap();
         for l in 0..lens.config().num_hidden_layers {
             let f = &full.get(l).unwrap()[0];
             let ours = run.layer(l).unwrap();

@@ -92,6 +92,12 @@ pub enum ModelSource {
         /// `tokenizer.ggml.*` metadata.
         tokenizer: Option<PathBuf>,
     },
+    /// A shared model server's socket (`load("server:PATH")`, `MOE_LENS_SERVER`): the model and
+    /// its files are the server's.
+    Server {
+        /// The server's Unix socket.
+        socket: PathBuf,
+    },
 }
 
 impl ModelFiles {
@@ -99,7 +105,7 @@ impl ModelFiles {
     pub fn config(&self) -> Option<&Path> {
         match &self.source {
             ModelSource::Safetensors { config, .. } => Some(config),
-            ModelSource::Gguf { .. } => None,
+            ModelSource::Gguf { .. } | ModelSource::Server { .. } => None,
         }
     }
 
@@ -108,6 +114,7 @@ impl ModelFiles {
         match &self.source {
             ModelSource::Safetensors { tokenizer, .. } => Some(tokenizer),
             ModelSource::Gguf { tokenizer, .. } => tokenizer.as_deref(),
+            ModelSource::Server { .. } => None,
         }
     }
 
@@ -116,6 +123,7 @@ impl ModelFiles {
         match &self.source {
             ModelSource::Safetensors { weights, .. } => weights,
             ModelSource::Gguf { path, .. } => std::slice::from_ref(path),
+            ModelSource::Server { .. } => &[],
         }
     }
 
@@ -123,7 +131,7 @@ impl ModelFiles {
     pub fn gguf(&self) -> Option<&Path> {
         match &self.source {
             ModelSource::Gguf { path, .. } => Some(path),
-            ModelSource::Safetensors { .. } => None,
+            ModelSource::Safetensors { .. } | ModelSource::Server { .. } => None,
         }
     }
 }

@@ -345,10 +345,10 @@ pub fn scan_to_dir_locked(
     }
     let (shard, opts) = (job.shard, &job.options);
     let mut run = job.run.clone();
-    run.dtype = format!("{:?}", lens.model().dtype()).to_ascii_lowercase();
+    run.dtype = format!("{:?}", lens.dtype()).to_ascii_lowercase();
     let previous = check_dir(dir, &run, shard)?;
     let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
-    (run.batch, run.batch_tokens) = opts.limits(lens.model().device())?;
+    (run.batch, run.batch_tokens) = opts.limits(&super::scan_device(lens))?;
     let mut scanner = Scanner::for_shard(lens, sentences, shard, opts)?;
     let cfg = lens.config();
     let (layers, k, experts) = (cfg.num_hidden_layers, cfg.num_experts_per_tok, cfg.num_experts);

@@ -115,6 +115,12 @@ impl ScanOptions {
     }
 }
 
+/// The device whose batch defaults a scan takes ([`ScanOptions::limits`]): the model's; the CPU's
+/// (8 sentences per batch) for a model on a shared server, whose own limits then apply.
+pub(crate) fn scan_device(lens: &Lens) -> candle_core::Device {
+    lens.model().map_or(candle_core::Device::Cpu, |m| m.device().clone())
+}
+
 /// Cuts sentences of `lengths` tokens (in scan order, longest first) into batches of at most
 /// `max_sentences` sentences and `max_tokens` padded tokens (count × the first, longest, one); a
 /// sentence longer than `max_tokens` runs alone. Returns the batch boundaries: `[0, .., n]`.
@@ -524,14 +530,36 @@ pub fn forward_padded(lens: &Lens, ids: &[&[u32]], spy: &mut dyn RouterSpy) -> R
     }
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let padded = lengths.iter().any(|&n| n < t);
-    let input = Tensor::from_vec(flat, (ids.len(), t), lens.model().device())?;
-    lens.model().forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
+    let model = lens.model()?;
+    let input = Tensor::from_vec(flat, (ids.len(), t), model.device())?;
+    model.forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
     Ok(())
 }
 
 /// Keeps each layer's top-k choices of one batch on the host.
-struct TopKSpy {
-    layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
+pub(crate) struct TopKSpy {
+    pub(crate) layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
+}
+
+/// Each layer's top-k choices of one scan batch ([`forward_padded`] with a [`TopKSpy`]), run here
+/// or, for a `Lens` on a shared model server, there (the same batch, the same numbers).
+pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
+    let layers = lens.config().num_hidden_layers;
+    let mut spy = TopKSpy { layers: vec![None; layers] };
+    if let Some(client) = lens.client() {
+        let reply = client.top_k(ids.iter().map(|s| s.to_vec()).collect())?;
+        if reply.layers.len() != layers {
+            return Err(Error::Spy(format!("the server sent {} layers for a model of {layers}", reply.layers.len())));
+        }
+        for (slot, l) in spy.layers.iter_mut().zip(reply.layers) {
+            if let Some(l) = l {
+                *slot = Some((l.seq_len, l.k, crate::remote::protocol::b64_to_u32s(&l.top_k)?));
+            }
+        }
+        return Ok(spy);
+    }
+    forward_padded(lens, ids, &mut spy)?;
+    Ok(spy)
 }
 
 impl RouterSpy for TopKSpy {
@@ -652,7 +680,7 @@ impl<'a> Scanner<'a> {
         positions: impl IntoIterator<Item = usize>,
         opts: &ScanOptions,
     ) -> Result<Self> {
-        let limits = opts.limits(lens.model().device())?;
+        let limits = opts.limits(&scan_device(lens))?;
         let cfg = lens.config();
         let max = cfg.max_position_embeddings;
         if cfg.num_experts > usize::from(u16::MAX) + 1 {
@@ -796,9 +824,10 @@ impl<'a> Scanner<'a> {
         let end = batch_end(|i| self.tokens.get(i).map(Vec::len), self.pos, self.limits.0, self.limits.1);
         let ids: Vec<Vec<u32>> = self.tokens[self.pos..end].iter().map(|t| t.iter().map(|x| x.id).collect()).collect();
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let layers = self.study.counts.layers;
-        let mut spy = TopKSpy { layers: vec![None; layers] };
-        forward_padded(self.lens, &refs, &mut spy)?;
+        if self.study.counts.layers != self.lens.config().num_hidden_layers {
+            return Err(Error::Spy("the study's layers are not the model's".into()));
+        }
+        let spy = batch_top_k(self.lens, &refs)?;
         let first_new = self.study.routes.len();
         for (b, i) in (self.pos..end).enumerate() {
             let p = self.order[i];

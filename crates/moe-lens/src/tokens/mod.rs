@@ -134,6 +134,25 @@ impl Tokenizer {
         t
     }
 
+    /// The tokenizer as one JSON document, as `tokenizer.json` holds it, with its end-of-text id
+    /// (what `moe-lens serve` sends a client, which rebuilds it with [`Tokenizer::from_wire`]).
+    pub(crate) fn to_wire(&self) -> Result<(String, Option<u32>)> {
+        let json = self.inner.to_string(false).map_err(|e| Error::Tokenizer(format!("cannot serialise: {e}")))?;
+        Ok((json, self.eos))
+    }
+
+    /// The tokenizer a server sent ([`Tokenizer::to_wire`]); `label` stands for its path in messages.
+    pub(crate) fn from_wire(json: &str, eos: Option<u32>, label: PathBuf) -> Result<Self> {
+        let mut inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
+            Error::Tokenizer(format!("the server's tokenizer ({}) cannot be read: {e}", label.display()))
+        })?;
+        inner.with_truncation(None).map_err(|e| Error::Tokenizer(format!("{}: {e}", label.display())))?;
+        inner.with_padding(None);
+        let mut t = Self::from_inner(inner, label);
+        t.eos = eos;
+        Ok(t)
+    }
+
     /// Gathers what the labels and offsets need from a loaded tokenizer.
     fn from_inner(inner: tokenizers::Tokenizer, path: PathBuf) -> Self {
         let added = inner

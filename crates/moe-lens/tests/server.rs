@@ -1,0 +1,375 @@
+//! The shared model server (`moe-lens serve`, `moe_lens::server`) against local runs of the same
+//! model, on the CPU in float32, where the issue asks for equality bit for bit: traces (every
+//! layer's logits, probabilities, top-k and weights), generations, both under interventions, and a
+//! scan's counts and routes; many clients at once; malformed and hostile requests; a socket the
+//! user may not open; a server stopped and started again while a client holds a `Lens`.
+//!
+//! Each test starts its own server in this process on a socket in a fresh 0700 folder.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use moe_lens::intervene::Interventions;
+use moe_lens::prelude::*;
+use moe_lens::remote::protocol::{
+    read_frame, write_frame, Limits, Request, RequestBody, Response, ResponseBody, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+};
+use moe_lens::server::{self, ServeOptions, ServerHandle};
+use moe_lens::spy::LayerSelection;
+use serde_json::json;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A fresh 0700 folder for one test's socket (short: a socket path has at most 107 bytes).
+fn socket_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap_or_else(|e| panic!("{e}"));
+    d
+}
+
+fn fixture() -> String {
+    root().join("tests/fixtures/olmoe-narrow").to_string_lossy().into_owned()
+}
+
+fn local() -> Lens {
+    let opts = LoadOptions::parse("cpu", "f32", "none").unwrap_or_else(|e| panic!("{e}"));
+    Lens::load_with(&fixture(), &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn serve_with(socket: &Path, limits: Limits) -> ServerHandle {
+    let opts = ServeOptions { limits, ..ServeOptions::new(socket) };
+    server::start(|| Ok(local()), opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn serve(socket: &Path) -> ServerHandle {
+    serve_with(socket, Limits::default())
+}
+
+fn ok<T>(r: Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Everything a trace holds, floats as their bits (so -0.0, NaN and every last bit count).
+fn fingerprint(t: &Trace) -> serde_json::Value {
+    let layers: Vec<serde_json::Value> = t
+        .layers
+        .iter()
+        .map(|l| {
+            let bits = |m: &Vec<Vec<f32>>| m.iter().map(|r| r.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+            json!({"name": l.name, "logits": bits(&l.logits), "probs": bits(&l.probs), "top_k": l.top_k, "weights": bits(&l.weights)})
+        })
+        .collect();
+    let steps: Vec<String> = t.steps.iter().map(|(s, r)| format!("{s} {r:?}")).collect();
+    let cache: Vec<String> =
+        t.cache.layers().iter().map(|&l| format!("{l}:{}", t.cache.get(l).map(|e| e.len()).unwrap_or(0))).collect();
+    json!({
+        "model": t.model, "text": t.text, "tokens": t.tokens, "prompt_len": t.prompt_len, "steps": steps,
+        "layers": layers, "model_layers": t.model_layers, "interventions": t.interventions.to_string(), "cache": cache,
+    })
+}
+
+const TEXTS: [&str; 4] = [
+    "The quick brown fox jumps over the lazy dog.",
+    "저는 보통 여섯 시에 일어나요.",
+    "今日はいい天気ですね。",
+    "Mixed: 안녕하세요, こんにちは, hello!",
+];
+
+#[test]
+fn traces_generations_interventions_and_scans_equal_a_local_run_bit_for_bit() {
+    let dir = socket_dir("equal");
+    let socket = dir.join("s.sock");
+    let handle = serve(&socket);
+    let local = local();
+    let remote = ok(Lens::connect(&socket));
+    assert_eq!(remote.name(), local.name());
+    assert_eq!(remote.hooks(), local.hooks());
+    assert_eq!(remote.config(), local.config());
+    assert!(remote.to_string().contains("on the moe-lens server at"), "{remote}");
+    assert_eq!(remote.server(), Some(socket.as_path()));
+    for text in TEXTS {
+        assert_eq!(ok(remote.tokenize(text)), ok(local.tokenize(text)), "{text}");
+        assert_eq!(fingerprint(&ok(remote.trace(text))), fingerprint(&ok(local.trace(text))), "trace of {text}");
+        let only = LayerSelection::Only(vec![1, 3]);
+        assert_eq!(
+            fingerprint(&ok(remote.trace_layers(text, only.clone()))),
+            fingerprint(&ok(local.trace_layers(text, only))),
+            "layers 1 and 3 of {text}"
+        );
+        assert_eq!(
+            fingerprint(&ok(remote.generate(text, 6))),
+            fingerprint(&ok(local.generate(text, 6))),
+            "generation from {text}"
+        );
+    }
+    let iv = Interventions::new().ablate(1, [0, 1, 2]).bias(2, 3, 2.5).force(0, 8..16).at(0..2);
+    for text in TEXTS {
+        let (r, l) = (remote.intervene(&iv), local.intervene(&iv));
+        let (rt, lt) = (ok(r.trace(text)), ok(l.trace(text)));
+        assert!(!rt.interventions.is_empty());
+        assert_eq!(fingerprint(&rt), fingerprint(&lt), "trace of {text} under {iv}");
+        assert_eq!(
+            fingerprint(&ok(r.generate(text, 5))),
+            fingerprint(&ok(l.generate(text, 5))),
+            "generation under {iv}"
+        );
+    }
+    // a scan: the same batches run on the server, the same counts and routes here
+    let sentences: Vec<Sentence> = ok(corpus::builtin()).into_iter().take(30).collect();
+    let opts = ScanOptions { progress: false, batch_size: 4, ..ScanOptions::default() };
+    let (rs, ls) = (ok(remote.scan(&sentences, &opts)), ok(local.scan(&sentences, &opts)));
+    assert_eq!(rs.counts.topk, ls.counts.topk);
+    assert_eq!(rs.counts.top1, ls.counts.top1);
+    assert_eq!(rs.counts.languages, ls.counts.languages);
+    assert_eq!(rs.routes, ls.routes);
+    assert!(rs.counts.topk.iter().sum::<u64>() > 0);
+    let stats = ok(remote.server_stats());
+    assert_eq!(stats.served.get("scan").copied(), Some(30u64.div_ceil(4)), "{stats:?}");
+    assert_eq!(stats.errors, 0);
+    handle.stop();
+    assert!(!socket.exists(), "the socket is removed when the server stops");
+}
+
+#[test]
+fn many_clients_at_once_each_get_their_own_answers() {
+    let dir = socket_dir("many");
+    let socket = dir.join("s.sock");
+    let handle = serve(&socket);
+    let local = local();
+    let want: Arc<Vec<serde_json::Value>> = Arc::new(TEXTS.iter().map(|t| fingerprint(&ok(local.trace(t)))).collect());
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let (socket, want) = (socket.clone(), want.clone());
+            std::thread::spawn(move || {
+                let lens = ok(Lens::connect(&socket));
+                for j in 0..6 {
+                    let k = (i + j) % TEXTS.len();
+                    assert_eq!(fingerprint(&ok(lens.trace(TEXTS[k]))), want[k], "client {i}, request {j}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().is_ok(), "a client failed");
+    }
+    let s = handle.stats();
+    assert_eq!(s.served.get("trace").copied(), Some(72));
+    assert_eq!(s.errors, 0);
+}
+
+fn raw(socket: &Path) -> UnixStream {
+    UnixStream::connect(socket).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn ask(s: &mut UnixStream, id: u64, body: RequestBody) -> ResponseBody {
+    ok(write_frame(s, &Request { v: PROTOCOL_VERSION, id, body }).map_err(|e| Error::Device(e.to_string())));
+    let r: Response = read_frame(s, MAX_RESPONSE_FRAME).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.id, id);
+    r.body
+}
+
+fn error_of(body: ResponseBody) -> String {
+    match body {
+        ResponseBody::Error { message, .. } => message,
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
+fn send_bytes(s: &mut UnixStream, bytes: &[u8]) -> ResponseBody {
+    let mut frame = (bytes.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(bytes);
+    s.write_all(&frame).unwrap_or_else(|e| panic!("{e}"));
+    let r: Response = read_frame(s, MAX_RESPONSE_FRAME).unwrap_or_else(|e| panic!("{e}"));
+    r.body
+}
+
+#[test]
+fn malformed_and_hostile_requests_get_errors_and_the_server_goes_on() {
+    let dir = socket_dir("bad");
+    let socket = dir.join("s.sock");
+    let limits = Limits { max_text_bytes: 1000, max_new_tokens: 8, max_batch_sequences: 4, max_batch_tokens: 64 };
+    let handle = serve_with(&socket, limits);
+    let mut s = raw(&socket);
+    // not JSON, JSON of something else, an unknown kind, another protocol version: errors, and the
+    // same connection answers the next request
+    let e = error_of(send_bytes(&mut s, b"{not json"));
+    assert!(e.contains("not a moe-lens request"), "{e}");
+    let e = error_of(send_bytes(&mut s, br#"{"v":1,"id":5,"body":{"kind":"format_disk"}}"#));
+    assert!(e.contains("not a moe-lens request"), "{e}");
+    let e = error_of(send_bytes(&mut s, br#"[1,2,3]"#));
+    assert!(e.contains("not a moe-lens request"), "{e}");
+    let e = error_of(send_bytes(&mut s, br#"{"v":99,"id":6,"body":{"kind":"stats"}}"#));
+    assert!(e.contains("protocol 99"), "{e}");
+    assert!(matches!(ask(&mut s, 7, RequestBody::Hello), ResponseBody::Hello(_)));
+    // sizes over the limits
+    let trace = |text: String| RequestBody::Trace { text, layers: None, interventions: Interventions::new() };
+    let e = error_of(ask(&mut s, 8, trace("word ".repeat(500))));
+    assert!(e.contains("2500 bytes") && e.contains("at most 1000"), "{e}");
+    let gen = RequestBody::Generate {
+        text: "Hello".into(),
+        max_new_tokens: 1_000_000,
+        stop_at_eos: true,
+        interventions: Interventions::new(),
+    };
+    let e = error_of(ask(&mut s, 9, gen));
+    assert!(e.contains("at most 8"), "{e}");
+    let e = error_of(ask(&mut s, 10, RequestBody::TopK { sequences: vec![vec![1; 40]; 3] }));
+    assert!(e.contains("smaller batch_size"), "{e}");
+    let e = error_of(ask(&mut s, 11, RequestBody::TopK { sequences: vec![] }));
+    assert!(e.contains("empty"), "{e}");
+    let e = error_of(ask(&mut s, 12, RequestBody::TopK { sequences: vec![vec![1, u32::MAX]] }));
+    assert!(e.contains("past the vocabulary"), "{e}");
+    let e = error_of(ask(&mut s, 13, RequestBody::TopK { sequences: vec![vec![1], vec![]] }));
+    assert!(e.contains("no tokens"), "{e}");
+    // what the model refuses: an empty text, unknown layers and experts in interventions or layers
+    let e = error_of(ask(&mut s, 14, trace(String::new())));
+    assert!(e.contains("empty"), "{e}");
+    let bad_layer =
+        RequestBody::Trace { text: "Hello".into(), layers: None, interventions: Interventions::new().ablate(99, [1]) };
+    let e = error_of(ask(&mut s, 15, bad_layer));
+    assert!(e.contains("99"), "{e}");
+    let bad_expert =
+        RequestBody::Trace { text: "Hello".into(), layers: None, interventions: Interventions::new().force(0, [1000]) };
+    let e = error_of(ask(&mut s, 16, bad_expert));
+    assert!(e.contains("1000"), "{e}");
+    let e = error_of(ask(
+        &mut s,
+        17,
+        RequestBody::Trace { text: "Hi".into(), layers: Some(vec![42]), interventions: Interventions::new() },
+    ));
+    assert!(e.contains("42"), "{e}");
+    // a remote Lens reports the server's limit as an error, not a panic
+    let lens = ok(Lens::connect(&socket));
+    let e = lens.trace(&"word ".repeat(500)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("moe-lens server") && e.contains("at most 1000"), "{e}");
+    // and checks interventions here first, with the error a local run gives
+    let iv = Interventions::new().ablate(99, [1]);
+    let local_err = local().intervene(&iv).trace("Hello").err().map(|e| e.to_string());
+    assert_eq!(lens.intervene(&iv).trace("Hello").err().map(|e| e.to_string()), local_err);
+    // a frame longer than the limit: an error, then the connection is closed
+    let mut big = raw(&socket);
+    ok(big.write_all(&u32::MAX.to_be_bytes()).map_err(|e| Error::Device(e.to_string())));
+    let r: Response = read_frame(&mut big, MAX_RESPONSE_FRAME).unwrap_or_else(|e| panic!("{e}"));
+    assert!(error_of(r.body).contains("over the server's limit"));
+    let mut rest = Vec::new();
+    assert_eq!(big.read_to_end(&mut rest).ok(), Some(0), "closed after an oversized frame");
+    // a client that vanishes inside a frame, and one that vanishes while its scan batch waits
+    let mut half = raw(&socket);
+    ok(half.write_all(&[0, 0, 1, 0, b'{']).map_err(|e| Error::Device(e.to_string())));
+    drop(half);
+    for i in 0..4 {
+        let mut gone = raw(&socket);
+        let req = Request { v: PROTOCOL_VERSION, id: i, body: RequestBody::TopK { sequences: vec![vec![3; 16]; 4] } };
+        ok(write_frame(&mut gone, &req).map_err(|e| Error::Device(e.to_string())));
+        drop(gone);
+    }
+    // the server still answers, and its answers are still right
+    assert_eq!(fingerprint(&ok(lens.trace("Hello there"))), fingerprint(&ok(local().trace("Hello there"))));
+    assert!(matches!(ask(&mut s, 99, RequestBody::Stats), ResponseBody::Stats(_)));
+    handle.stop();
+}
+
+#[test]
+fn a_remote_lens_says_what_needs_a_local_model() {
+    let dir = socket_dir("local-only");
+    let socket = dir.join("s.sock");
+    let _handle = serve(&socket);
+    let lens = ok(Lens::connect(&socket));
+    let e = lens.model().err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("moe-lens server at") && e.contains("Lens::load_with"), "{e}");
+    let mut cache = moe_lens::spy::RoutingCache::new();
+    assert!(lens.run_with("Hello", &mut cache).is_err());
+    let e = lens.effect("The capital of France is", " Paris", &Interventions::new().ablate(0, [1])).err();
+    assert!(e.is_some_and(|e| e.to_string().contains("moe-lens server at")));
+    assert!(lens.sweep("Hello", " there").is_err());
+    // what a notebook prints works
+    assert!(lens.files().dir == socket);
+    assert!(local().server_stats().is_err());
+}
+
+#[test]
+fn the_socket_is_private_stale_ones_are_replaced_and_other_files_never() {
+    let dir = socket_dir("perm");
+    let socket = dir.join("s.sock");
+    // a file that is not a socket is left alone
+    std::fs::write(&socket, "precious").unwrap_or_else(|e| panic!("{e}"));
+    let e = server::start(|| Ok(local()), ServeOptions::new(&socket)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&socket).ok().as_deref(), Some("precious"));
+    std::fs::remove_file(&socket).unwrap_or_else(|e| panic!("{e}"));
+    // a stale socket (its server gone) is replaced
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap_or_else(|e| panic!("{e}")));
+    assert!(std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()));
+    let handle = server::start(|| Ok(local()), ServeOptions::new(&socket)).unwrap_or_else(|e| panic!("{e}"));
+    let mode = std::fs::metadata(&socket).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    assert_eq!(mode, 0o600, "{mode:o}");
+    // a live one is not taken over
+    let e = server::start(|| Ok(local()), ServeOptions::new(&socket)).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("another server is answering"), "{e}");
+    // a mode wider than the group's is refused
+    let wide = ServeOptions { mode: 0o666, ..ServeOptions::new(dir.join("w.sock")) };
+    assert!(server::start(|| Ok(local()), wide).is_err());
+    // a socket the user may not open: permission denied, said plainly (root may open anything)
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o000)).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: geteuid has no preconditions
+    if unsafe { libc::geteuid() } != 0 {
+        let e = Lens::connect(&socket).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("may not be opened by you") && e.contains("group"), "{e}");
+    } else {
+        eprintln!("running as root: the permission-denied check is skipped");
+    }
+    handle.stop();
+}
+
+#[test]
+fn a_server_stopped_and_started_again_gives_a_clear_error_then_answers() {
+    let dir = socket_dir("restart");
+    let socket = dir.join("s.sock");
+    let handle = serve(&socket);
+    let lens = ok(Lens::connect(&socket));
+    let before = fingerprint(&ok(lens.trace("Hello again")));
+    // a long scan in another thread, with the server stopped under it
+    let sentences: Vec<Sentence> = ok(corpus::builtin()).into_iter().cycle().take(3000).collect();
+    let waiting = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let lens = ok(Lens::connect(&socket));
+            let opts = ScanOptions { progress: false, batch_size: 2, ..ScanOptions::default() };
+            lens.scan(&sentences, &opts).err().map(|e| e.to_string())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    handle.stop();
+    let e = waiting.join().ok().flatten().unwrap_or_default();
+    assert!(e.contains("is not running") || e.contains("broke"), "the waiting scan: {e}");
+    let e = lens.trace("Hello again").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("is not running") && e.contains("moe-lens serve"), "{e}");
+    // started again: the same Lens connects on its next call
+    let handle = serve(&socket);
+    assert_eq!(fingerprint(&ok(lens.trace("Hello again"))), before);
+    handle.stop();
+}
+
+#[test]
+fn moe_lens_server_makes_the_notebooks_load_connect() {
+    let dir = socket_dir("env");
+    let socket = dir.join("s.sock");
+    let _handle = serve(&socket);
+    // the only test of this binary that sets the variable (the others connect by path)
+    std::env::set_var("MOE_LENS_SERVER", &socket);
+    let by_env = load("allenai/OLMoE-1B-7B-0924");
+    let by_env_quant = load_with_quant("demo", "q4k");
+    std::env::remove_var("MOE_LENS_SERVER");
+    let (a, b) = (ok(by_env), ok(by_env_quant));
+    assert_eq!(a.server(), Some(socket.as_path()));
+    assert_eq!(b.server(), Some(socket.as_path()));
+    let by_name = ok(load(&format!("server:{}", socket.display())));
+    assert_eq!(fingerprint(&ok(by_name.trace("Hi"))), fingerprint(&ok(local().trace("Hi"))));
+}
