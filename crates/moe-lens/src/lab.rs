@@ -355,8 +355,9 @@ pub const MODEL_VAR: &str = "MOE_LENS_MODEL";
 /// The environment variable naming the notebooks' experts' format ([`load_with`] with `""`).
 pub const QUANT_VAR: &str = "MOE_LENS_QUANT";
 
-/// What [`Lens`]'s Display and every figure say when the demo model stands in for a model nobody
-/// named: the first words of the notice.
+/// The first words of a [`Lens`]'s Display (what the notebooks' load cell prints) when the demo
+/// model stands in for a model nobody named ([`load_with`]); its figures then say "demo model …
+/// not OLMoE", as every figure of the demo model does.
 pub const DEMO_FALLBACK_NOTICE: &str = "⚠ DEMO MODEL, NOT OLMoE";
 
 /// Loads a model with the settings chosen in a cell, without restarting JupyterLab:
