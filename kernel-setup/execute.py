@@ -7,8 +7,8 @@
   execute.py --warm-up NOTEBOOK_DIR [--kernel NAME]
       runs that `:dep` line and `use moe_lens::prelude::*;` once, from NOTEBOOK_DIR, so that evcxr's
       cache holds the compiled dependencies
-  execute.py --run NOTEBOOK.ipynb --out OUT.ipynb [--kernel NAME]
-      executes a notebook in its own directory and writes the executed copy (also when a cell
+  execute.py --run NOTEBOOK.ipynb --out OUT.ipynb [--kernel NAME] [--cwd DIR]
+      executes a notebook in its own directory (or DIR) and writes the executed copy (also when a cell
       fails, for inspection); exit 1 naming the notebook and cell that failed. evcxr shows a `?`
       error or a panic only as stderr text, so any stderr output fails a cell too, except in
       cells tagged "raises-exception" (deliberate error examples)
@@ -150,6 +150,9 @@ def main():
     ap.add_argument("--run", metavar="NOTEBOOK")
     ap.add_argument("--out", metavar="OUT")
     ap.add_argument("--kernel", help="kernel spec name (default: the notebook's own)")
+    ap.add_argument("--cwd", metavar="DIR", help="run the kernel in DIR (default: the notebook's directory); "
+                    "a notebook kept elsewhere (a handout, a test's scratch notebook) runs with the "
+                    "notebooks' `:dep` path from notebooks/")
     a = ap.parse_args()
 
     if a.dep_line:
@@ -180,7 +183,7 @@ def main():
         t0 = time.monotonic()
         status, msg = 0, ""
         try:
-            execute(nb, path.parent, a.kernel, path.name)
+            execute(nb, Path(a.cwd).resolve() if a.cwd else path.parent, a.kernel, path.name)
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as e:
             i, c = failed_cell(nb, e)
             where = f"cell {i} ({first_line(c.source)})" if c is not None else "a cell"

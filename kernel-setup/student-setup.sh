@@ -5,7 +5,7 @@
 # one command to give students). Nothing is compiled and nothing under PREFIX is written; it takes
 # seconds. What it makes, all in your own home (and scratch):
 #
-#   ~/moe-lens-lab/notebooks/     your copies of the notebooks (never overwritten once there)
+#   ~/moe-lens-lab/notebooks/     your copies of the notebooks, the student versions (never overwritten once there)
 #   ~/moe-lens-lab/crates, kernel-setup   links to PREFIX/src (the notebooks' `:dep` finds moe-lens)
 #   ~/.local/share/moe-lens/      lab-venv (a link to PREFIX/lab-venv), your lab's private run folder
 #   ~/.local/share/jupyter/kernels/moe-lens-rust   the kernel spec (runs PREFIX/kernel/evcxr-kernel)
@@ -58,7 +58,13 @@ for l in crates kernel-setup; do
 done
 copied=0
 for nb in "$prefix/src/notebooks/"*.ipynb; do
-  if [ ! -e "$lab/notebooks/$(basename "$nb")" ]; then cp "$nb" "$lab/notebooks/"; copied=$((copied + 1)); fi
+  # the student version of the master: each exercise's solution replaced by `let answer = "?";`
+  # (kernel-setup/handouts.py; INSTRUCTORS.md, "Handouts")
+  if [ ! -e "$lab/notebooks/$(basename "$nb")" ]; then
+    "$prefix/lab-venv/bin/python" "$prefix/src/kernel-setup/handouts.py" split "$nb" \
+      --student "$lab/notebooks/$(basename "$nb")" >/dev/null || die "could not make the student version of $nb"
+    copied=$((copied + 1))
+  fi
 done
 chmod u+w "$lab/notebooks/"*.ipynb
 echo "  notebooks: $lab/notebooks ($copied copied, the others kept as you left them)"

@@ -13,7 +13,8 @@ carrying the interactive SVG, which JupyterLab runs for trusted outputs.
 01_Router_Analysis.ipynb in addition: the 16-hook report; prefill + 10 decode steps (fewer only
 when the model generated <|endoftext|>), each with a layer-14 top-8; the layer-14 heatmap with one
 row per token and 64 expert columns, a hover tooltip (<title>) on every cell, Korean and Japanese
-labels; the top-k table; the check cells of q1 and q2 (their placeholder prints a hint); the error example showing the library's message; the explorer
+labels; the top-k table; the check cells of q1 and q2 (a student version's placeholder prints a hint,
+the master's solution ✓); the error example showing the library's message; the explorer
 (`trace.explore()?.layer(14)?`): an <img> of its still picture of layer 14 with Hangul and kana and
 the line about the interactive view (what an untrusted notebook shows), one script with the payload
 (16 layers x 64 experts, top-8, one entry per token, no network address), within the size budget;
@@ -165,12 +166,18 @@ def check_common(ch, name, nb, dep_lines):
 
 
 def check_questions(ch, name, cells, ids):
-    """Each question `ids` has a check cell; as shipped (the placeholder "?") it prints a hint, not ✓ or ✗."""
+    """Each question `ids` has an exercise cell (tagged "exercise") with a check; in a student
+    version (the placeholder `let answer = "?";`) it prints a hint, not ✓ or ✗; in the master (the
+    solution version) it prints ✓."""
     for q in ids:
         _, c = find_cell(cells, rf'check\("{q}"')
         if ch.check(name, f"question {q} has a check cell", c is not None):
             out = cell_text(c)
-            ch.check(name, f"{q}'s placeholder prints a hint", f"{q}: … not answered yet" in out and "Hint:" in out, out[:200])
+            ch.check(name, f"{q}'s cell is tagged exercise", "exercise" in (c.get("metadata", {}).get("tags") or []))
+            if re.search(r'(?m)^\s*let answer = "\?";', src(c)):
+                ch.check(name, f"{q}'s placeholder prints a hint", f"{q}: … not answered yet" in out and "Hint:" in out, out[:200])
+            else:
+                ch.check(name, f"{q}'s solution prints ✓", f"{q}: ✓ right" in out, out[:200])
 
 
 def check_error_example(ch, name, cells, says):

@@ -3,7 +3,9 @@
 # kernel-setup/install.sh (idempotent; about 30 minutes on a fresh 2-core machine, seconds later),
 # executes every notebook headlessly on the shipped demo model, on the random test checkpoint and
 # on llama.cpp's Q4_K_M file of it (all have OLMoE's 16 layers x 64 experts, top-8), and checks what the executed notebooks show
-# (tests/check_notebooks.py). Executed copies go to OUT_DIR (default target/notebooks/).
+# (tests/check_notebooks.py); on the demo model also the handouts (kernel-setup/handouts.sh: the
+# student versions run and checked, the HTML handouts offline) and tests/python_mistakes.py.
+# Executed copies go to OUT_DIR (default target/notebooks/).
 #
 #   tests/notebooks.sh [OUT_DIR]
 #
@@ -27,6 +29,18 @@ for model in demo "$PWD/tests/fixtures/olmoe-narrow" "$PWD/tests/fixtures/llamac
   MOE_LENS_MODEL=$model MOE_LENS_NOTEBOOKS=$only bash tests/run-notebooks.sh "$out/$name"
   MOE_LENS_NOTEBOOKS=$only python3 tests/check_notebooks.py "$out/$name"
 done
+# the handouts (issue #20), on the demo model only: the student versions run (every cell, the
+# placeholders included; their checks print hints; a notebook without exercises is its master, whose
+# demo run above is reused) and pass the same checks, the HTML handouts are
+# built and fetch nothing from the network; then a Python student's mistakes, each stopping its own
+# cell with a message that says what to write instead
+t1=$(date +%s)
+MOE_LENS_MODEL=demo MOE_LENS_HANDOUTS_REUSE="$out/demo" bash kernel-setup/handouts.sh "$out/handouts"
+python3 tests/check_notebooks.py "$out/handouts/executed"
+python3 kernel-setup/handouts.py offline-check "$out"/handouts/html/*.html
+py=${MOE_LENS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/moe-lens}/lab-venv/bin/python
+MOE_LENS_NO_PROGRESS=1 "$py" tests/python_mistakes.py "$out/mistakes"
+echo "notebooks.sh: handouts and the mistakes notebook in $(( $(date +%s) - t1 )) s"
 if [ "${MOE_LENS_SKIP_BROWSER:-0}" != 1 ]; then
   bash tests/browser-check.sh "$out/demo"
 fi

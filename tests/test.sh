@@ -8,6 +8,8 @@ cargo fmt --all --check
 # lints as errors (the allow-list, each with its reason, is in the crates' Cargo.toml [lints.clippy])
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+# the handouts' master -> student / solution split and the HTML handouts' offline check (#20)
+python3 tests/test_handouts.py
 # PNG export (the optional `png` feature: resvg with the system's fonts; needs a CJK font such as
 # fonts-noto-cjk): figures read back at the size and DPI asked, with Hangul and kana drawn
 cargo test -p moe-lens --features png --locked --test png

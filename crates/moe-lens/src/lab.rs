@@ -312,6 +312,9 @@ pub struct Lens {
     quant: Option<QuantReport>,
     /// For a llama.cpp GGUF model: the experts' block types as the file stores them.
     gguf_experts: Option<String>,
+    /// Why the demo model was loaded in place of the default one ([`load_with`] with nothing named
+    /// and the Hub out of reach); `None` for a model that was asked for.
+    fallback: Option<String>,
 }
 
 /// Where a [`Lens`]'s forward passes run. (One per `Lens`, never moved in a loop: the size
@@ -385,7 +388,84 @@ pub fn load_with_quant(model: &str, quant: &str) -> Result<Lens> {
     Lens::load_with(model, &LoadOptions { device: DeviceChoice::from_env()?, quant, ..LoadOptions::default() })
 }
 
+/// The environment variable naming the notebooks' model ([`load_with`] with `""` for the model).
+pub const MODEL_VAR: &str = "MOE_LENS_MODEL";
+/// The environment variable naming the notebooks' experts' format ([`load_with`] with `""`).
+pub const QUANT_VAR: &str = "MOE_LENS_QUANT";
+
+/// The first words of a [`Lens`]'s Display (what the notebooks' load cell prints) when the demo
+/// model stands in for a model nobody named ([`load_with`]); its figures then say "demo model …
+/// not OLMoE", as every figure of the demo model does.
+pub const DEMO_FALLBACK_NOTICE: &str = "⚠ DEMO MODEL, NOT OLMoE";
+
+/// Loads a model with the settings chosen in a cell, without restarting JupyterLab:
+/// `load_with("demo", "", "cpu")?`. Each argument is text; `""` takes the instructor's setting from
+/// the environment:
+///
+/// - `model`: a Hub id, a local directory, a `.gguf` file or `"demo"` (as [`load`]); `""` is
+///   `MOE_LENS_MODEL`, or, when that is unset too, [`hub::OLMOE_HUB_ID`] from the Hugging Face
+///   cache (downloaded once).
+/// - `quant`: `"auto"`, `"none"`, `"q8_0"` or `"q4k"` (as [`load_with_quant`]); `""` is
+///   `MOE_LENS_QUANT`, else `auto`.
+/// - `device`: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:N"` (as [`DeviceChoice`]); `""` is
+///   `MOE_LENS_DEVICE`, else `auto`.
+///
+/// **Nothing named, no Hub:** when no model is named at all (`""` and `MOE_LENS_MODEL` unset) and
+/// OLMoE is neither in the cache nor reachable (no network, or `HF_HUB_OFFLINE=1`), the shipped demo
+/// model is loaded instead, so that a newcomer's notebook runs; the loaded [`Lens`] says so in its
+/// first line ([`Lens::fallback`]) and every figure names the demo model. A model named in
+/// `MOE_LENS_MODEL` or in `model` never falls back: its error says what to do.
+pub fn load_with(model: &str, quant: &str, device: &str) -> Result<Lens> {
+    if let Some(socket) = server_socket(model.trim(), true) {
+        return Lens::connect(socket); // a shared server's settings are its own (as `load`)
+    }
+    let env = |var: &str| std::env::var(var).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let quant = match quant.trim() {
+        "" => match env(QUANT_VAR) {
+            Some(v) => v.parse::<QuantChoice>().map_err(|e| Error::invalid(QUANT_VAR, format!("{e}; or unset it")))?,
+            None => QuantChoice::default(),
+        },
+        q => q.parse::<QuantChoice>()?,
+    };
+    let device = match device.trim() {
+        "" => DeviceChoice::from_env()?,
+        d => d.parse::<DeviceChoice>()?,
+    };
+    let opts = LoadOptions { device, quant, ..LoadOptions::default() };
+    let named = match model.trim() {
+        "" => env(MODEL_VAR),
+        m => Some(m.to_string()),
+    };
+    match named {
+        Some(model) => Lens::load_with(&model, &opts),
+        None => Lens::load_default(&opts, &hub::HubSettings::from_env()),
+    }
+}
+
 impl Lens {
+    /// [`hub::OLMOE_HUB_ID`], or the demo model when OLMoE is not cached and the Hub is out of reach
+    /// ([`hub::unreachable`]): what [`load_with`] loads when no model is named. When the demo model
+    /// cannot be loaded either, the error is OLMoE's.
+    pub(crate) fn load_default(opts: &LoadOptions, hub_settings: &hub::HubSettings) -> Result<Lens> {
+        let first = match hub::resolve_with(hub::OLMOE_HUB_ID, hub_settings) {
+            Ok(files) => return Self::from_files(files, opts),
+            Err(e) => e,
+        };
+        if !hub::unreachable(&first) {
+            return Err(first);
+        }
+        let Ok(mut demo) = hub::resolve_with("demo", hub_settings).and_then(|f| Self::from_files(f, opts)) else {
+            return Err(first);
+        };
+        let why = if hub_settings.offline {
+            format!("{} is not in the Hugging Face cache and HF_HUB_OFFLINE is set", hub::OLMOE_HUB_ID)
+        } else {
+            format!("{} is not in the Hugging Face cache and the Hub cannot be reached", hub::OLMOE_HUB_ID)
+        };
+        demo.fallback = Some(why);
+        Ok(demo)
+    }
+
     /// Loads `model` (a Hub id, directory or `.gguf` file: [`hub::resolve`]) with `opts`, in this
     /// process whatever `MOE_LENS_SERVER` says; `"server:PATH"` connects to that server (whose
     /// options are its own).
@@ -421,6 +501,7 @@ impl Lens {
             tokenizer,
             quant: None,
             gguf_experts: None,
+            fallback: None,
         })
     }
 
@@ -522,6 +603,7 @@ impl Lens {
             tokenizer,
             quant,
             gguf_experts: None,
+            fallback: None,
         })
     }
 
@@ -581,12 +663,18 @@ impl Lens {
             tokenizer,
             quant: None,
             gguf_experts: Some(g.experts),
+            fallback: None,
         })
     }
 
     /// The model as the user named it.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// Why the demo model was loaded in place of OLMoE, when [`load_with`] fell back to it (no
+    /// model named, OLMoE not cached, the Hub out of reach); `None` for a model that was asked for.
+    pub fn fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
     /// What the model was loaded from: its directory ([`ModelFiles::dir`]) and files
     /// ([`ModelFiles::source`]: a safetensors checkpoint or a llama.cpp GGUF file).
@@ -813,6 +901,21 @@ impl Lens {
 
 impl fmt::Display for Lens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(why) = &self.fallback {
+            // loud, first, and on lines of its own: a newcomer must not take the demo for OLMoE
+            writeln!(
+                f,
+                "{DEMO_FALLBACK_NOTICE}: no model was named (MOE_LENS_MODEL is not set) and {why}, so the \
+                 notebook runs on the small demo model shipped with moe-lens (trained for this course; its \
+                 routing says nothing about OLMoE). Every figure says \"demo\"."
+            )?;
+            writeln!(
+                f,
+                "  For OLMoE: download it once where there is network, or set MOE_LENS_MODEL before starting \
+                 the lab, or in a cell: let lens = moe_lens::lab::load_with(\"{}\", \"\", \"\")?;",
+                hub::OLMOE_HUB_ID
+            )?;
+        }
         let c = self.config();
         let model = match &self.backend {
             Backend::Local(m) => m,

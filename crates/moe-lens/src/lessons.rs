@@ -10,25 +10,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::corpus::Sentence;
 use crate::error::Result;
-use crate::lab::{load_with_quant, Lens};
+use crate::lab::{load_with, Lens};
 use crate::spy::{router_name, LayerRef, RoutingCache, Step};
 use crate::study::{Comparison, Study, Verdict};
 use crate::tokens::Script;
 use crate::trace::Trace;
 
 /// The model the lab's notebooks load when `MOE_LENS_MODEL` is not set.
-pub const DEFAULT_MODEL: &str = "allenai/OLMoE-1B-7B-0924";
+pub const DEFAULT_MODEL: &str = crate::hub::OLMOE_HUB_ID;
 
 impl Lens {
     /// Loads the model an instructor chose through the environment: `MOE_LENS_MODEL` (default
     /// [`DEFAULT_MODEL`]) with the experts' format `MOE_LENS_QUANT` (default `auto`) on the device
-    /// `MOE_LENS_DEVICE` (default `auto`): `load_with_quant(model, quant)` without the variable
-    /// reading. Prints how long the load took.
+    /// `MOE_LENS_DEVICE` (default `auto`): [`load_with`]`("", "", "")`, so when nothing is named and
+    /// OLMoE is neither cached nor reachable, the demo model, announced in the first line printed.
+    /// Prints the loaded model and how long the load took.
     pub fn from_env() -> Result<Lens> {
-        let model = std::env::var("MOE_LENS_MODEL").unwrap_or_else(|_| DEFAULT_MODEL.to_string());
-        let quant = std::env::var("MOE_LENS_QUANT").unwrap_or_else(|_| "auto".to_string());
         let started = std::time::Instant::now();
-        let lens = load_with_quant(&model, &quant)?;
+        let lens = load_with("", "", "")?;
         println!("{lens}");
         println!("loaded in {:.1} s from {}", started.elapsed().as_secs_f32(), lens.files().dir.display());
         Ok(lens)

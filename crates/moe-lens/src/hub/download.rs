@@ -57,6 +57,15 @@ pub(super) fn download(id: &HubId, given: &str, cache: &Path, s: &HubSettings) -
 }
 
 /// What a download is about, for messages.
+/// The end of an [`Error::Hub`] message when the Hub could not be reached at all (no network, no
+/// name resolution, a refused connection): what [`super::unreachable`] recognises.
+pub(super) const NO_NETWORK: &str = "check the network connection; without network, set HF_HUB_OFFLINE=1 to use \
+                                     only what is cached, or pass a local directory";
+
+/// The end of an [`Error::Hub`] message when the Hub answered that it is busy or down (429, 5xx).
+pub(super) const HUB_BUSY: &str =
+    "the Hub is busy or unavailable: try again later, or set HF_HUB_OFFLINE=1 to use only what is cached";
+
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
     id: &'a HubId,
@@ -85,11 +94,7 @@ impl Ctx<'_> {
                  ({}); if {:?} was meant as a local directory, it does not exist",
                 self.id.revision, self.given
             ),
-            (Some(429), _) | (Some(500..=599), _) => {
-                "the Hub is busy or unavailable: try again later, or set HF_HUB_OFFLINE=1 to use \
-                 only what is cached"
-                    .to_string()
-            }
+            (Some(429), _) | (Some(500..=599), _) => HUB_BUSY.to_string(),
             (_, ApiError::LockAcquisition(_)) => {
                 "another process is downloading the same file: let it finish and run again".to_string()
             }
@@ -103,9 +108,7 @@ impl Ctx<'_> {
                  it stopped (the bytes so far are kept in {}/blobs/*{INCOMPLETE_SUFFIX})",
                 self.cache.join(self.id.cache_folder()).display()
             ),
-            _ => "check the network connection; without network, set HF_HUB_OFFLINE=1 to use only \
-                  what is cached, or pass a local directory"
-                .to_string(),
+            _ => NO_NETWORK.to_string(),
         };
         Error::Hub { model: self.given.to_string(), file: file.to_string(), msg: format!("{e}; {hint}") }
     }

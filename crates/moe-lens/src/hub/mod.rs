@@ -228,6 +228,18 @@ pub fn resolve_with(model: &str, s: &HubSettings) -> Result<ModelFiles> {
     }
 }
 
+/// Whether `e` says that the Hub could not be asked for a model that is not in the cache: offline
+/// ([`Error::Offline`]: `HF_HUB_OFFLINE` set) or a download that failed because the Hub was out of
+/// reach (no network, or the Hub answered that it is down). A model that does not exist, a gated
+/// one, a full disk or an interrupted download are not "out of reach".
+pub(crate) fn unreachable(e: &Error) -> bool {
+    match e {
+        Error::Offline { .. } => true,
+        Error::Hub { msg, .. } => msg.ends_with(download::NO_NETWORK) || msg.ends_with(download::HUB_BUSY),
+        _ => false,
+    }
+}
+
 /// Whether `path` names a GGUF file (by its extension, any case).
 pub fn is_gguf_path(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))

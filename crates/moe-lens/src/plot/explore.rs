@@ -31,7 +31,7 @@ use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
 use serde::Serialize;
 
 use super::raster::png_rgb;
-use super::util::{base64, text_px, truncate_cols, visible, xml_escape, FONT_FAMILY};
+use super::util::{base64, model_label, text_px, truncate_cols, visible, xml_escape, FONT_FAMILY};
 use super::Values;
 use crate::error::{Error, Result};
 use crate::spy::{LayerRef, Step};
@@ -208,7 +208,7 @@ impl Run {
             .map(|(i, t)| Tok { l: t.label.clone(), s: t.script.name(), id: t.id, g: step_of(i) })
             .collect();
         Ok(Run {
-            model: trace.model.clone(),
+            model: model_label(&trace.model),
             text: trace.text.clone(),
             tokens,
             prompt_len,

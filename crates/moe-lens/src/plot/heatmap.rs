@@ -8,7 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::util::{nice_ticks, text_px, truncate_cols, visible, xml_escape, FONT_FAMILY};
+use super::util::{model_label, nice_ticks, text_px, truncate_cols, visible, xml_escape, FONT_FAMILY};
 use crate::error::{Error, Result};
 use crate::spy::LayerRef;
 use crate::tokens::Script;
@@ -468,7 +468,7 @@ impl Heatmap {
     fn subtitle(&self, rows: &Range<usize>, tooltips: bool) -> String {
         let n = self.rows.len();
         let generated = n - self.prompt_len;
-        let mut s = visible(&self.model).into_owned();
+        let mut s = model_label(&self.model);
         if generated > 0 {
             let _ = write!(s, " · {n} tokens: {} of the prompt, {generated} generated", self.prompt_len);
         } else {

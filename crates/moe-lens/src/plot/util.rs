@@ -26,6 +26,20 @@ pub(crate) fn xml_escape(s: &str) -> String {
     out
 }
 
+/// What a figure calls the model that drew it: the name as given ([`visible`]), and for the shipped
+/// demo model (`"demo"`, any case) a label no one can take for OLMoE, so that a picture handed in
+/// or put on a slide says what it shows.
+pub(crate) fn model_label(model: &str) -> String {
+    if model.trim().eq_ignore_ascii_case("demo") {
+        DEMO_LABEL.to_string()
+    } else {
+        visible(model).into_owned()
+    }
+}
+
+/// [`model_label`] of the demo model.
+pub(crate) const DEMO_LABEL: &str = "demo model (small, trained for this course) \u{2014} not OLMoE";
+
 /// Replaces characters that XML cannot carry (and that would be invisible anyway) by visible
 /// stand-ins: C0 controls (line breaks too) become their Control Pictures (U+2400 + code, e.g. `␀`,
 /// `␊`), DEL becomes `␡`, and the non-characters U+FFFE/U+FFFF become hex like `<FFFE>`. Leaves

@@ -5,7 +5,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 
 use super::super::display::Figure;
-use super::super::util::text_px;
+use super::super::util::{model_label, text_px};
 use super::style::{font, tip_rect, Area, DrawResult, GREY, INK, LIGHT, MARGIN};
 use super::{chart_figure, chart_output, Chart, Frame};
 use crate::effects::{Effect, Sweep};
@@ -27,6 +27,8 @@ pub struct RoutingChanges {
     after: Vec<Vec<Vec<u32>>>,
     k: usize,
     title: String,
+    /// The model, as figures name it.
+    model: String,
 }
 
 impl RoutingChanges {
@@ -42,6 +44,7 @@ impl RoutingChanges {
             after: a.layers.iter().map(|l| l.top_k.clone()).collect(),
             k: b.layers.first().map_or(0, |l| l.k()),
             title: format!("Routing changed by: {}", effect.interventions),
+            model: model_label(&b.model),
         })
     }
 
@@ -50,7 +53,8 @@ impl RoutingChanges {
         let layers = self.before.len() as i32;
         let rows = self.labels.len() as i32;
         let subtitle = format!(
-            "Colour: how many of a token's {} chosen experts differ from the run without intervention{}",
+            "{} · colour: how many of a token's {} chosen experts differ from the run without intervention{}",
+            self.model,
             self.k,
             if tooltips { " · hover a cell for the experts removed and added" } else { "" }
         );
@@ -183,8 +187,9 @@ impl SweepBars {
             noise: sweep.noise_floor,
             title: format!("Which experts matter for {:?} after {:?}", sweep.continuation, sweep.text),
             subtitle: format!(
-                "Change in the continuation's log-probability when one expert is ablated (all tokens); {} of {} pairs \
-                 shown; grey: within the noise floor ({:.1e})",
+                "{} · change in the continuation's log-probability when one expert is ablated (all tokens); {} of {} \
+                 pairs shown; grey: within the noise floor ({:.1e})",
+                model_label(&sweep.model),
                 n.min(sweep.rows.len()),
                 sweep.rows.len(),
                 sweep.noise_floor

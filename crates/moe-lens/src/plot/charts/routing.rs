@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 
 use super::super::display::Figure;
-use super::super::util::{text_px, visible};
+use super::super::util::{model_label, text_px, visible};
 use super::style::{axis, font, font_bold, lang_colour, major_ticks, tip_circle, tip_rect, viridis, ColourBar};
 use super::style::{Area, DrawResult, GREY, INK, LIGHT, MARGIN};
 use super::text::{lang_label, pct, thousands};
@@ -170,7 +170,7 @@ impl CoactivationHeatmap {
         };
         let subtitle = format!(
             "{} · top-{} of {} experts · {} tokens{subset}{}",
-            visible(&self.model),
+            model_label(&self.model),
             self.k,
             self.counts.len(),
             thousands(self.tokens),
@@ -459,7 +459,7 @@ impl ConsecutivePlot {
             .collect();
         let subtitle = format!(
             "{} · top-{} of {} experts · token pairs: {}{}",
-            visible(&self.model),
+            model_label(&self.model),
             self.k,
             self.experts,
             pairs.join(", "),

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::super::util::visible;
+use super::super::util::{model_label, visible};
 use crate::corpus::language_name;
 use crate::study::shares::{ExpertShares, Measure};
 
@@ -42,7 +42,7 @@ pub(super) fn tokens_line(d: &ExpertShares, shown: &[usize]) -> String {
 pub(super) fn subtitle(d: &ExpertShares, shown: &[usize], extra: &str, hover: Option<&str>) -> String {
     format!(
         "{} · top-{} of {} experts · {}{extra}{}",
-        visible(d.model()),
+        model_label(d.model()),
         d.k(),
         d.experts(),
         tokens_line(d, shown),
