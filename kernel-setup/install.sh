@@ -229,6 +229,7 @@ elif [ -n "$from" ]; then
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 else
   say "pip install $missing (about a minute)"
+  lab_pip_upgrade "$venv"
   lab_pip_install "$venv"
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 fi

@@ -8,6 +8,7 @@
 #   lab_pins_missing VENV          prints the pins VENV lacks (empty: all there)
 #   lab_pip_install VENV [WHEELS]  installs the missing pins; with WHEELS (a folder of wheels from
 #                                  bundle.sh) without any network: pip --no-index --find-links WHEELS
+#   lab_pip_upgrade VENV           upgrades VENV's pip (with network)
 #   lab_pip_download PY DEST       the wheels of every pin and their dependencies, for PY's
 #                                  platform and version (bundle.sh)
 
@@ -54,9 +55,12 @@ lab_pip_install() {
     env -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 \
       "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index --find-links "$wheels" "${lab_pins[@]}"
   else
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
     "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
   fi
+}
+
+lab_pip_upgrade() { # a recent pip first (install.sh, with network)
+  "$1/bin/python" -m pip install --quiet --upgrade pip
 }
 
 lab_pip_download() {
