@@ -21,7 +21,7 @@
 #
 # Not done here, to stay within CI's time (--full does them; about 25 minutes on 2 cores):
 # compiling evcxr_jupyter from the bundle (CI copies the same version that install.sh built, as the
-# shared install does), the warm builds (shared and the user's pre-build), and both notebooks run
+# shared install does), the warm builds (shared and the user's pre-build), and the notebooks run
 # as a student (a second Unix user) of the offline shared install, inside the namespace
 # (tests/shared-install.sh with MOE_LENS_SHARED_CI_PREFIX).
 #
