@@ -12,6 +12,11 @@
 # all in PREFIX, readable by everyone), and each student runs PREFIX/src/kernel-setup/install.sh, or
 # this script with MOE_LENS_SHARED=PREFIX (kernel-setup/student-setup.sh: seconds, no compiling).
 #
+# A server without network: make a bundle where there is network (kernel-setup/bundle.sh OUT.tar),
+# carry it over, and install from it, per user or shared (INSTRUCTORS.md, "Offline servers"):
+#   kernel-setup/install.sh --from OUT.tar [--shared PREFIX ...]
+# (the sums are checked, pip and cargo take only the bundle's wheels and vendored crates).
+#
 # Safe to run again: every step checks what is there and only does what is missing (a second run
 # takes seconds). Needs: a C toolchain (cc), Python >= 3.9, and Rust >= 1.95 via rustup or on PATH
 # (`module load` / conda are not needed; if Rust is missing entirely, it is installed with rustup
@@ -44,23 +49,29 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for arg in "$@"; do
   case $arg in --shared|--shared=*) exec bash "$here/shared-install.sh" "$@" ;; esac
 done
-if [ $# -gt 0 ]; then
+from=""
+while [ $# -gt 0 ]; do
   case $1 in
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "install.sh: unknown argument $1 (install.sh [--shared PREFIX [--kernelspec-system [DIR]]])" >&2; exit 2 ;;
+    --from) from=${2:?--from needs the bundle (a tar from kernel-setup/bundle.sh)}; shift 2 ;;
+    --from=*) from=${1#--from=}; shift ;;
+    *) echo "install.sh: unknown argument $1 (install.sh [--from BUNDLE.tar] [--shared PREFIX [--kernelspec-system [DIR]]])" >&2; exit 2 ;;
   esac
-fi
-if [ -n "${MOE_LENS_SHARED:-}" ] || [ -f "$here/../../moe-lens-shared.env" ]; then
+done
+if [ -z "$from" ] && { [ -n "${MOE_LENS_SHARED:-}" ] || [ -f "$here/../../moe-lens-shared.env" ]; }; then
   exec bash "$here/student-setup.sh"
 fi
+[ -n "$from" ] && from=$(cd "$(dirname "$from")" && pwd)/$(basename "$from")
+# shellcheck source=kernel-setup/lab-python.sh
+. "$here/lab-python.sh"
+# shellcheck source=kernel-setup/offline.sh
+. "$here/offline.sh"
 repo=$(cd "$here/.." && pwd)
 home=${MOE_LENS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/moe-lens}
 venv=$home/lab-venv
 py=${PYTHON:-python3}
 evcxr_version=${EVCXR_VERSION:-0.22.0}
 kernel_name=moe-lens-rust
-# Exact pins of what goes into the lab's virtual environment.
-lab_pins=(jupyterlab==4.6.6 nbclient==0.11.0 nbconvert==7.17.2)
 
 t_start=$(date +%s)
 step="start"
@@ -85,14 +96,51 @@ echo "moe-lens kernel set-up: repository $repo"
 echo "lab environment: $venv"
 
 # ------------------------------------------------------------------------------------------------
+offline=$home/offline   # with --from: the bundle's vendored crates (and Rust), kept for the kernel
+if [ -n "$from" ]; then
+  begin "the offline bundle $from (sums, versions)" \
+    "make the bundle again with kernel-setup/bundle.sh on a machine with network, and copy it with its .sha256"
+  # no network from here on: cargo, pip and the Hub are told so, and a stray attempt fails at once
+  export CARGO_NET_OFFLINE=true PIP_NO_INDEX=1 HF_HUB_OFFLINE=1
+  umask_was=$(umask); umask 077     # what is unpacked here is yours alone (0600 files, 0700 folders)
+  mkdir -p "$home"
+  bundle_open "$from" "$home/offline-unpack" "$repo"
+  mkdir -p "$offline"; chmod 700 "$home" "$offline"
+  if [ "$(cat "$offline/vendor/.moe-lens-lock" 2>/dev/null)" = "$MOE_LENS_BUNDLE_CARGO_LOCK" ] \
+     && (cd "$offline/vendor" && [ "$(ls | wc -l)" = "$MOE_LENS_BUNDLE_CRATES" ]); then
+    say "vendored crates already in $offline/vendor"
+  else
+    rm -rf "$offline/vendor"
+    if [ "$bundle" = "$home/offline-unpack/moe-lens-bundle" ]; then mv "$bundle/vendor" "$offline/vendor"
+    else cp -R "$bundle/vendor" "$offline/vendor"; fi
+    echo "$MOE_LENS_BUNDLE_CARGO_LOCK" > "$offline/vendor/.moe-lens-lock"
+    say "vendored crates: $offline/vendor ($(du -sh "$offline/vendor" | cut -f1))"
+  fi
+  if [ "$MOE_LENS_BUNDLE_WITH_RUST" = 1 ] && [ "$("$offline/rust/bin/rustc" -vV 2>/dev/null | sed -n 's/^release: //p')" != "$MOE_LENS_BUNDLE_RUSTC" ]; then
+    rm -rf "$offline/rust"; cp -R "$bundle/rust" "$offline/rust"
+    say "the bundle's Rust $MOE_LENS_BUNDLE_RUSTC: $offline/rust"
+  fi
+  bundle_cargo_home "$offline/cargo" "$offline/vendor"
+  umask "$umask_was"
+fi
+
+# ------------------------------------------------------------------------------------------------
 begin "Rust toolchain (cargo, rustc >= 1.95 for evcxr $evcxr_version)" \
   "install Rust for your user: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; then 'source ~/.cargo/env' (on clusters, 'module load rust' may also work if it is recent enough)"
 if [ -f "$HOME/.cargo/env" ]; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
+if [ -n "$from" ] && [ -x "$offline/rust/bin/cargo" ] \
+   && [ "$(rustc -vV 2>/dev/null | sed -n 's/^release: //p')" != "$MOE_LENS_BUNDLE_RUSTC" ]; then
+  say "using the bundle's Rust $MOE_LENS_BUNDLE_RUSTC ($offline/rust)"
+  export PATH="$offline/rust/bin:$PATH"
+fi
 if ! command -v cargo >/dev/null 2>&1; then
-  if command -v curl >/dev/null 2>&1; then
+  if [ -n "$from" ]; then
+    hint="offline, Rust must be on this machine already: rustc and cargo $MOE_LENS_BUNDLE_RUSTC (a system package, 'module load rust', or Rust's standalone installer from https://forge.rust-lang.org/infra/other-installation-methods.html, carried over), or make the bundle with 'bundle.sh OUT.tar --with-rust'"
+    say "no cargo on PATH, and the bundle has no Rust"; false
+  elif command -v curl >/dev/null 2>&1; then
     say "no cargo on PATH: installing Rust with rustup into ~/.cargo (no root needed)"
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --no-modify-path
     # shellcheck disable=SC1091
@@ -111,16 +159,19 @@ if [ "$(printf '%s\n' "1.$need_minor.0" "$rustc_v" | sort -V | head -1)" != "1.$
 fi
 command -v cc >/dev/null 2>&1 || { hint="a C compiler/linker 'cc' is needed to link Rust code: ask for gcc, or 'module load gcc', or 'conda install gcc'"; false; }
 cargo_bin=$(dirname "$(command -v cargo)")
+if [ -n "$from" ]; then bundle_check_rustc; fi
 
 # ------------------------------------------------------------------------------------------------
 begin "rust-src component (evcxr needs it for code completion and some std internals)" \
   "run 'rustup component add rust-src' yourself; without rustup, install Rust with rustup (see https://rustup.rs)"
-if command -v rustup >/dev/null 2>&1; then
+if [ -n "$from" ] && [ "$cargo_bin" = "$offline/rust/bin" ]; then
+  say "the bundle's Rust has it"
+elif command -v rustup >/dev/null 2>&1; then
   if rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
     say "already installed"
   else
     say "rustup component add rust-src"
-    if ! rustup component add rust-src; then
+    if [ -n "$from" ] || ! rustup component add rust-src; then
       # Cells still compile and run without it; only code completion in the notebook is missing.
       say "WARNING: could not install rust-src (offline?): notebooks run, but without code completion;"
       say "         run 'rustup component add rust-src' later to get it"
@@ -135,17 +186,27 @@ fi
 # ------------------------------------------------------------------------------------------------
 begin "evcxr_jupyter $evcxr_version (the Rust kernel)" \
   "look at the cargo error above; a network failure can simply be retried. To build by hand: cargo install --locked evcxr_jupyter --version $evcxr_version"
-have=$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\):$/\1/p' | head -1)
-evcxr_bin=$cargo_bin/evcxr_jupyter
-[ -n "${CARGO_INSTALL_ROOT:-}" ] && evcxr_bin=$CARGO_INSTALL_ROOT/bin/evcxr_jupyter
+# (installed from crates.io, or with --from from the bundle's copy of its crate: "v0.22.0 (/path)")
+have=$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\)\( (.*)\)\{0,1\}:$/\1/p' | head -1)
+# where cargo install puts it: CARGO_INSTALL_ROOT, else CARGO_HOME (rustup's ~/.cargo/bin)
+evcxr_bin=${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}/bin/evcxr_jupyter
 if [ "$have" = "$evcxr_version" ] && [ -x "$evcxr_bin" ]; then
   say "already installed: $evcxr_bin ($have)"
 else
   [ -n "$have" ] && say "found evcxr_jupyter $have; installing $evcxr_version instead"
-  say "cargo install --locked evcxr_jupyter --version $evcxr_version"
-  say "THIS TAKES LONG: about 16 minutes on 2 cores (4-5 min on 16). Cargo's progress follows."
   t0=$(date +%s)
-  cargo install --locked evcxr_jupyter --version "$evcxr_version"
+  if [ -n "$from" ]; then
+    [ "$MOE_LENS_BUNDLE_EVCXR" = "$evcxr_version" ] \
+      || { hint="the bundle has evcxr_jupyter $MOE_LENS_BUNDLE_EVCXR: run with EVCXR_VERSION=$MOE_LENS_BUNDLE_EVCXR"; false; }
+    say "cargo install --offline --locked --path <the bundle's evcxr_jupyter-$evcxr_version> (crates: $offline/vendor)"
+    say "THIS TAKES LONG: about 16 minutes on 2 cores (4-5 min on 16). Cargo's progress follows."
+    mapfile -t vendor_cfg < <(bundle_cargo_config "$offline/vendor")
+    cargo "${vendor_cfg[@]}" install --offline --locked --path "$bundle/evcxr_jupyter-$evcxr_version"
+  else
+    say "cargo install --locked evcxr_jupyter --version $evcxr_version"
+    say "THIS TAKES LONG: about 16 minutes on 2 cores (4-5 min on 16). Cargo's progress follows."
+    cargo install --locked evcxr_jupyter --version "$evcxr_version"
+  fi
   say "built in $(( $(date +%s) - t0 )) s"
 fi
 
@@ -153,38 +214,23 @@ fi
 begin "JupyterLab virtual environment (${lab_pins[*]})" \
   "Python >= 3.9 with the venv module is needed: on Debian/Ubuntu without root, 'module load python' or a conda/pyenv Python works; or set PYTHON=/path/to/python3. Delete $venv to start this step afresh."
 if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
-  command -v "$py" >/dev/null 2>&1 || { say "$py not found"; false; }
-  "$py" -c 'import sys; assert sys.version_info >= (3, 9), sys.version' \
-    || { hint="Python >= 3.9 needed; set PYTHON=/path/to/python3.x"; false; }
-  say "$py -m venv $venv"
-  mkdir -p "$home"
-  if ! "$py" -m venv "$venv" 2>/dev/null; then
-    say "'$py -m venv' failed (Debian's python3 without python3-venv?); trying virtualenv"
-    rm -rf "$venv"
-    "$py" -m pip install --user --quiet virtualenv
-    "$py" -m virtualenv --quiet "$venv"
-  fi
+  if [ -n "$from" ]; then bundle_check_python "$py"; fi
+  lab_make_venv "$venv" "$py"
 fi
-missing=$("$venv/bin/python" - "${lab_pins[@]}" <<'PY'
-import sys
-from importlib.metadata import version, PackageNotFoundError
-out = []
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    try:
-        if version(name) != want:
-            out.append(pin)
-    except PackageNotFoundError:
-        out.append(pin)
-print(" ".join(out))
-PY
-)
+missing=$(lab_pins_missing "$venv")
 if [ -z "$missing" ]; then
   say "already installed: $("$venv/bin/jupyter-lab" --version 2>/dev/null | sed 's/^/jupyterlab /')"
+elif [ -n "$from" ]; then
+  bundle_check_python "$venv/bin/python" \
+    || { hint="the bundle's wheels do not fit $venv's Python: delete $venv and set PYTHON, or make the bundle for this Python"; false; }
+  say "pip install --no-index --find-links <the bundle's wheels> $missing"
+  hint="the bundle's wheels do not fit $(readlink -f "$venv/bin/python") (Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())')): make the bundle on the machine with network with PYTHON set to a Python of this same version; then delete $venv and run this again"
+  lab_pip_install "$venv" "$bundle/wheels"
+  say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 else
   say "pip install $missing (about a minute)"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
+  lab_pip_upgrade "$venv"
+  lab_pip_install "$venv"
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 fi
 
@@ -262,11 +308,18 @@ if [ -n "$build_root" ]; then
     say "WARNING: cannot own $build_root; no persistent build directories"; build_root=""; fi
 fi
 say "persistent kernel build directories: ${build_root:-none (each kernel builds in a fresh temporary directory)}"
+wrapper_offline=""
+if [ -n "$from" ]; then wrapper_offline=$offline/cargo; fi
 cat > "$wrapper.new" <<SH
 #!/usr/bin/env bash
 # Written by moe-lens kernel-setup/install.sh: starts evcxr_jupyter with what moe-lens needs.
 # cargo/rustc must be on PATH for evcxr, even when JupyterLab was started without ~/.cargo/bin.
 export PATH="$cargo_bin:\$PATH"
+offline_cargo="$wrapper_offline"
+if [ -n "\$offline_cargo" ]; then
+  # installed with --from (an offline server): every crate from the bundle's vendored copy, no network
+  export CARGO_HOME="\$offline_cargo" CARGO_NET_OFFLINE=true
+fi
 # candle's CPU thread barrier spins while waiting: do not burn shared cores.
 export CANDLE_BARRIER_POOL_SPIN_LIMIT="\${CANDLE_BARRIER_POOL_SPIN_LIMIT:-0}"
 # evcxr re-creates rayon's pool in every cell and never frees the old one: keep each pool small.
@@ -342,6 +395,7 @@ if [ "${MOE_LENS_SKIP_PREWARM:-0}" != 1 ]; then
   say "dep line: $dep"
 fi
 key=$( { echo "${dep:-}"; echo "$evcxr_version"; echo "cuda=$cuda cap=$cuda_cap"; rustc -vV; echo "${CARGO_HOME:-$HOME/.cargo}";
+         [ -n "$from" ] && echo "offline $offline";
          cat "$repo/Cargo.toml" "$repo/crates/moe-lens/Cargo.toml" "$repo/Cargo.lock" 2>/dev/null;
          find "$repo/crates/moe-lens/src" -type f -name '*.rs' | sort | xargs cat; } | sha256sum | cut -c1-16)
 stamp=$home/prewarm-$key.stamp
@@ -364,12 +418,18 @@ fi
 # ------------------------------------------------------------------------------------------------
 begin "OLMoE's tokenizer for the demo model (tests/setup-data.sh; a 145 MB download from PyPI, once)" \
   "run tests/setup-data.sh by hand; only MOE_LENS_MODEL=demo needs it"
+if [ -n "$from" ]; then
+  # the bundle's (its sum was checked): setup-data.sh then copies it next to the demo model
+  mkdir -p "$repo/tests/data/tokenizer"
+  cp "$bundle/tokenizer/tokenizer.json" "$repo/tests/data/tokenizer/tokenizer.json"
+fi
 if [ -f "$repo/tests/setup-data.sh" ]; then
   if PYTHON="$venv/bin/python" bash "$repo/tests/setup-data.sh" 2>&1 | sed 's/^/    /'; then :; else
     say "WARNING: could not fetch the tokenizer: MOE_LENS_MODEL=demo will not load until tests/setup-data.sh succeeds"
   fi
 fi
 
+if [ -n "$from" ] && [ -d "$home/offline-unpack" ]; then rm -rf "$home/offline-unpack"; fi
 trap - ERR
 cat <<EOF
 

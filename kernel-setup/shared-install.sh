@@ -14,7 +14,12 @@
 # Then each student runs PREFIX/src/kernel-setup/install.sh (or their own clone's, with
 # MOE_LENS_SHARED=PREFIX): about ten seconds, nothing compiled; see kernel-setup/student-setup.sh.
 #
-#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]]
+#   kernel-setup/install.sh --shared PREFIX [--kernelspec-system [JUPYTER_PREFIX]] [--from BUNDLE.tar]
+#
+#   --from BUNDLE.tar     a server without network: everything from a bundle made with
+#                         kernel-setup/bundle.sh (sums checked; its Rust when it has one, its vendored
+#                         crates, its wheels with pip --no-index, its tokenizer; evcxr_jupyter compiled
+#                         offline from its crate unless yours is the same version)
 #
 #   --kernelspec-system   also install the kernel spec "moe-lens-rust" for every user of this
 #                         machine's Jupyter (JupyterHub): into JUPYTER_PREFIX/share/jupyter/kernels
@@ -30,6 +35,7 @@ set -Eeuo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 prefix=""
+from=""
 system_spec=0
 system_prefix=""
 while [ $# -gt 0 ]; do
@@ -40,18 +46,23 @@ while [ $# -gt 0 ]; do
       system_spec=1; shift
       if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then system_prefix=$1; shift; fi ;;
     --kernelspec-system=*) system_spec=1; system_prefix=${1#--kernelspec-system=}; shift ;;
-    --from|--from=*) echo "install.sh --from: not available yet (kernel-setup/bundle.sh is to come); for an offline machine, install where there is network and copy PREFIX to the same path" >&2; exit 2 ;;
+    --from) from=${2:?--from needs the bundle (a tar from kernel-setup/bundle.sh)}; shift 2 ;;
+    --from=*) from=${1#--from=}; shift ;;
     *) echo "install.sh --shared: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$prefix" ] || { echo "install.sh --shared PREFIX: give the folder" >&2; exit 2; }
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
+[ -n "$from" ] && from=$(cd "$(dirname "$from")" && pwd)/$(basename "$from")
 evcxr_version=${EVCXR_VERSION:-0.22.0}
 py=${PYTHON:-python3}
-lab_pins=(jupyterlab==4.6.6 nbclient==0.11.0 nbconvert==7.17.2)
 kernel_name=moe-lens-rust
 umask 022  # everything here is for every user to read
+# shellcheck source=kernel-setup/lab-python.sh
+. "$here/lab-python.sh"
+# shellcheck source=kernel-setup/offline.sh
+. "$here/offline.sh"
 
 t_start=$(date +%s)
 n=0; step=start; hint=""
@@ -69,11 +80,29 @@ trap 'on_err $LINENO' ERR
 echo "moe-lens shared install into $prefix (from $repo)"
 
 # ------------------------------------------------------------------------------------------------
+if [ -n "$from" ]; then
+  begin "the offline bundle $from (sums, versions)" \
+    "make the bundle again with kernel-setup/bundle.sh on a machine with network, and copy it with its .sha256"
+  # no network from here on: cargo, pip and the Hub are told so, and a stray attempt fails at once
+  export CARGO_NET_OFFLINE=true PIP_NO_INDEX=1 HF_HUB_OFFLINE=1
+  bundle_open "$from" "$prefix/.bundle" "$repo"
+fi
+
+# ------------------------------------------------------------------------------------------------
 begin "Rust toolchain, copied into $prefix/rust" \
   "Rust >= 1.95 must be on PATH for the instructor (rustup or a system install); students need none"
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
-command -v rustc >/dev/null 2>&1 || { say "no rustc on PATH"; false; }
+if [ -n "$from" ] && [ "$MOE_LENS_BUNDLE_WITH_RUST" = 1 ]; then
+  say "the bundle's Rust $MOE_LENS_BUNDLE_RUSTC"
+  export PATH="$bundle/rust/bin:$PATH"
+fi
+command -v rustc >/dev/null 2>&1 || {
+  if [ -n "$from" ]; then
+    hint="offline, Rust must be on this machine already: rustc and cargo $MOE_LENS_BUNDLE_RUSTC (a system package, 'module load rust', or Rust's standalone installer from https://forge.rust-lang.org/infra/other-installation-methods.html, carried over), or make the bundle with 'bundle.sh OUT.tar --with-rust'"
+  fi
+  say "no rustc on PATH"; false; }
 command -v cc >/dev/null 2>&1 || { hint="a C compiler/linker 'cc' must be installed for everyone (gcc)"; false; }
+if [ -n "$from" ]; then bundle_check_rustc; fi
 sysroot=$(rustc --print sysroot)
 if [ -x "$prefix/rust/bin/rustc" ] && [ "$("$prefix/rust/bin/rustc" -vV 2>/dev/null)" = "$(rustc -vV)" ] \
    && [ -x "$prefix/rust/bin/cargo" ]; then
@@ -102,8 +131,8 @@ if [ -x "$prefix/bin/evcxr_jupyter" ] && [ "$(cat "$prefix/bin/.evcxr_jupyter.ve
   say "already there"
 else
   found=""
-  if command -v cargo >/dev/null 2>&1 \
-     && [ "$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\):$/\1/p' | head -1)" = "$evcxr_version" ]; then
+  if command -v cargo >/dev/null 2>&1 && [ "${MOE_LENS_EVCXR_FROM_BUNDLE:-0}" != 1 ] \
+     && [ "$(cargo install --list 2>/dev/null | sed -n 's/^evcxr_jupyter v\([0-9.]*\)\( (.*)\)\{0,1\}:$/\1/p' | head -1)" = "$evcxr_version" ]; then
     for cand in "${CARGO_INSTALL_ROOT:+$CARGO_INSTALL_ROOT/bin/evcxr_jupyter}" "${CARGO_HOME:-$HOME/.cargo}/bin/evcxr_jupyter"; do
       if [ -n "$cand" ] && [ -x "$cand" ]; then found=$cand; break; fi
     done
@@ -115,7 +144,17 @@ else
     say "compiling it (about 5 minutes on 16 cores, 16 on 2)"
     t0=$(date +%s)
     tmp_target=$(mktemp -d)
-    CARGO_TARGET_DIR=$tmp_target cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$prefix"
+    if [ -n "$from" ]; then
+      [ "$MOE_LENS_BUNDLE_EVCXR" = "$evcxr_version" ] \
+        || { hint="the bundle has evcxr_jupyter $MOE_LENS_BUNDLE_EVCXR: run with EVCXR_VERSION=$MOE_LENS_BUNDLE_EVCXR"; false; }
+      say "offline, from the bundle's crate and vendored crates"
+      mapfile -t vendor_cfg < <(bundle_cargo_config "$bundle/vendor")
+      CARGO_TARGET_DIR=$tmp_target CARGO_HOME=$prefix/.cargo-offline cargo "${vendor_cfg[@]}" install --offline --locked \
+        --path "$bundle/evcxr_jupyter-$evcxr_version" --root "$prefix"
+      rm -rf "$prefix/.cargo-offline"
+    else
+      CARGO_TARGET_DIR=$tmp_target cargo install --locked evcxr_jupyter --version "$evcxr_version" --root "$prefix"
+    fi
     rm -rf "$tmp_target" "$prefix/.crates.toml" "$prefix/.crates2.json"
     say "built in $(( $(date +%s) - t0 )) s"
   fi
@@ -149,25 +188,20 @@ if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
     done
     others_can_run "$py" || { hint="set PYTHON to a python3 (>= 3.9, with venv) that every user can run, e.g. the system's /usr/bin/python3"; false; }
   fi
-  "$py" -c 'import sys; assert sys.version_info >= (3, 9), sys.version'
-  "$py" -m venv "$venv"
+  if [ -n "$from" ]; then bundle_check_python "$py"; fi
+  lab_make_venv "$venv" "$py"
 fi
-missing=$("$venv/bin/python" - "${lab_pins[@]}" <<'PY'
-import sys
-from importlib.metadata import version, PackageNotFoundError
-out = []
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    try:
-        if version(name) != want:
-            out.append(pin)
-    except PackageNotFoundError:
-        out.append(pin)
-print(" ".join(out))
-PY
-)
+missing=$(lab_pins_missing "$venv")
 if [ -z "$missing" ]; then say "already installed"; else
-  "$venv/bin/python" -m pip install --quiet "${lab_pins[@]}"
+  if [ -n "$from" ]; then
+    bundle_check_python "$venv/bin/python" \
+      || { hint="the bundle's wheels do not fit $venv's Python: delete $venv and set PYTHON, or make the bundle for this Python"; false; }
+    say "pip install --no-index --find-links <the bundle's wheels> $missing"
+    hint="the bundle's wheels do not fit $(readlink -f "$venv/bin/python") (Python $("$venv/bin/python" -c 'import platform; print(platform.python_version())')): make the bundle on the machine with network with PYTHON set to a Python of this same version; then delete $venv and run this again"
+    lab_pip_install "$venv" "$bundle/wheels"
+  else
+    lab_pip_install "$venv"
+  fi
   say "installed: jupyterlab $("$venv/bin/jupyter-lab" --version)"
 fi
 
@@ -175,7 +209,12 @@ fi
 begin "sources: notebooks, moe-lens and these scripts into $prefix/src; OLMoE's tokenizer for demo" \
   "tests/setup-data.sh must have fetched the tokenizer "
 demo_tok=$repo/crates/moe-lens/data/demo/tokenizer.json
-if [ ! -f "$demo_tok" ]; then
+if [ -n "$from" ]; then
+  # the bundle's (its sum was checked); setup-data.sh puts it next to the demo model, no download
+  mkdir -p "$repo/tests/data/tokenizer"
+  cp "$bundle/tokenizer/tokenizer.json" "$repo/tests/data/tokenizer/tokenizer.json"
+fi
+if [ ! -f "$demo_tok" ] || [ -n "$from" ]; then
   PYTHON="$venv/bin/python" bash "$repo/tests/setup-data.sh" 2>&1 | sed 's/^/    /'
 fi
 new_src=$prefix/src.new
@@ -203,6 +242,12 @@ sync=(); [ -f "$library" ] && sync=(--sync "$library")
 lock_sum=$( { cat "$prefix/src/Cargo.lock"; [ -f "$library" ] && cat "${library%.toml}.lock"; } | sha256sum | cut -c1-16)
 if [ -f "$prefix/vendor/.moe-lens-lock" ] && [ "$(cat "$prefix/vendor/.moe-lens-lock")" = "$lock_sum" ]; then
   say "already vendored for this Cargo.lock"
+elif [ -n "$from" ]; then
+  rm -rf "$prefix/vendor"
+  if [ "$bundle" = "$prefix/.bundle/moe-lens-bundle" ]; then mv "$bundle/vendor" "$prefix/vendor"
+  else cp -R "$bundle/vendor" "$prefix/vendor"; fi
+  echo "$lock_sum" > "$prefix/vendor/.moe-lens-lock"
+  say "the bundle's $(ls "$prefix/vendor" | wc -l) crates ($(du -sh "$prefix/vendor" | cut -f1))"
 else
   rm -rf "$prefix/vendor.new"
   # RUSTC_BOOTSTRAP: the library's manifest uses nightly cargo features; nothing is compiled here.
@@ -269,6 +314,7 @@ mv "$prefix/moe-lens-shared.env.new" "$prefix/moe-lens-shared.env"
 say "kernel: $prefix/kernel/evcxr-kernel"
 
 # ------------------------------------------------------------------------------------------------
+[ "${MOE_LENS_SKIP_PREWARM:-0}" = 1 ] && { say "warm build skipped (MOE_LENS_SKIP_PREWARM=1): each student's first :dep cell compiles everything"; modes=(); }
 for mode in "${modes[@]}"; do
   begin "warm build of the notebooks' moe-lens ($mode) in $prefix/warm/$mode" \
     "run again; a compile error: 'cargo build -p moe-lens' in $repo shows it. A timeout: MOE_LENS_WARMUP_TIMEOUT=7200"
@@ -298,6 +344,7 @@ done
 
 # ------------------------------------------------------------------------------------------------
 begin "readable by everyone, writable by you only" "check the ownership of $prefix"
+if [ -n "$from" ] && [ -d "$prefix/.bundle" ]; then rm -rf "$prefix/.bundle"; fi
 chmod -R a+rX,go-w "$prefix"
 say "$(du -sh "$prefix" | cut -f1) in $prefix"
 
