@@ -2,6 +2,7 @@
 
 mod bench;
 mod prepare;
+mod report;
 mod scan;
 mod sweep;
 
@@ -129,6 +130,11 @@ enum Cmd {
     /// Ablate each expert one text routes to, one at a time, and rank them by the change in a
     /// continuation's log-probability (JSON and CSV in --out).
     Sweep(sweep::SweepArgs),
+    /// Write a finished scan's expert cards as a static, searchable HTML site (offline, one file
+    /// per page): per (layer, expert) its top tokens in context, languages and scripts,
+    /// co-activation partners, consecutive-token rate and, with --sweep, its ablation effect; an
+    /// overview per layer.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -193,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Merge(args) => scan::run_merge(args)?,
         Cmd::Bench(args) => bench::run_bench(args)?,
         Cmd::Sweep(args) => sweep::run_sweep(args)?,
+        Cmd::Report(args) => report::run_report(args)?,
         Cmd::Prepare(args) => prepare::run_prepare(args)?,
         Cmd::Doctor => {
             let report = moe_lens::doctor::doctor()?;
