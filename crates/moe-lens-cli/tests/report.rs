@@ -75,13 +75,13 @@ fn num(r: &BTreeMap<String, String>, k: &str) -> f64 {
 fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
     let dir = work("site");
     let corpus = dir.join("c.tsv");
-    let mut text = String::from("id\tlang\ttext\n");
-    text.push_str("x1\ten\tLook: <script>alert('pwn')</script> & <b>bold</b> text, and the cat.\n");
-    text.push_str("<img src=x onerror=alert(1)>\ten\tThe cat sat on the mat. The cat sat.\n");
-    text.push_str("k1\tko\t안녕하세요 <script>x</script> 고양이\n");
-    text.push_str("j1\tja\t猫が座った。<script>\n");
+    let mut text = String::from("id\tlang\ttext\tdomain\n");
+    text.push_str("x1\ten\tLook: <script>alert('pwn')</script> & <b>bold</b> text, and the cat.\t<i>web</i>\n");
+    text.push_str("<img src=x onerror=alert(1)>\ten\tThe cat sat on the mat. The cat sat.\t<i>web</i>\n");
+    text.push_str("k1\tko\t안녕하세요 <script>x</script> 고양이\t<i>web</i>\n");
+    text.push_str("j1\tja\t猫が座った。<script>\t<i>web</i>\n");
     for s in moe_lens::corpus::builtin().unwrap().iter().step_by(7).take(12) {
-        text.push_str(&format!("{}\t{}\t{}\n", s.id, s.lang, s.text));
+        text.push_str(&format!("{}\t{}\t{}\teveryday\n", s.id, s.lang, s.text));
     }
     std::fs::write(&corpus, text).unwrap();
     let scan = dir.join("scan");
@@ -156,6 +156,7 @@ fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
             "<b>sat",
             "<script>alert",
             "<script>x",
+            "<i>web",
         ] {
             let hit = match bad {
                 // `//` only as a protocol-relative link
@@ -179,6 +180,7 @@ fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
     // the injected text is there, escaped
     let all: String = present.iter().map(|n| std::fs::read_to_string(site.join(n)).unwrap()).collect();
     assert!(all.contains("&lt;img src=x onerror=alert(1)&gt;"), "the sentence id is shown escaped");
+    assert!(all.contains("&lt;i&gt;web&lt;/i&gt;"), "the domain is shown escaped");
     assert!(all.contains("&lt;script&gt;") || all.contains("&lt;/script&gt;"), "the corpus' tags are shown escaped");
 
     // the numbers, against the scan's outputs
@@ -198,6 +200,9 @@ fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
             assert!((sum - 1.0).abs() < 1e-12, "language shares sum to {sum}");
             let sum: f64 = c.scripts.iter().map(|g| g.share).sum();
             assert!((sum - 1.0).abs() < 1e-12, "script shares sum to {sum}");
+            // every sentence has a domain (from the corpus' domain column)
+            let sum: f64 = c.domains.iter().map(|g| g.share).sum();
+            assert!((sum - 1.0).abs() < 1e-12, "domain shares sum to {sum}");
         }
         assert_eq!(c.tokens, counts["tokens"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum::<u64>());
         assert!(c.top_tokens.iter().all(|t| t.contexts.len() <= 3 && t.contexts.len() as u64 <= t.count));
@@ -231,6 +236,14 @@ fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
     for r in csv(&scan.join("specialisation_langs.csv")) {
         let c = cards.card(num(&r, "layer") as usize, num(&r, "expert") as usize).unwrap();
         let g = c.langs.iter().find(|g| g.name == r["lang"]).unwrap();
+        assert_eq!(g.picks, num(&r, "picks") as u64);
+        assert!((g.share - num(&r, "share")).abs() < 1e-12);
+    }
+    let domain_rows = csv(&scan.join("specialisation_domains.csv"));
+    assert_eq!(domain_rows.len(), layers * experts * 2);
+    for r in domain_rows {
+        let c = cards.card(num(&r, "layer") as usize, num(&r, "expert") as usize).unwrap();
+        let g = c.domains.iter().find(|g| g.name == r["domain"]).unwrap();
         assert_eq!(g.picks, num(&r, "picks") as u64);
         assert!((g.share - num(&r, "share")).abs() < 1e-12);
     }
