@@ -186,6 +186,9 @@ fn report_site_is_complete_offline_escaped_and_matches_the_scan() {
     // the numbers, against the scan's outputs
     let tok = Tokenizer::from_file(model().join("tokenizer.json")).unwrap();
     let cards = ExpertCards::from_scan_dir(&scan, Some(&tok)).unwrap();
+    // a study in memory (a notebook's) gives the same cards as the streamed file
+    let study = moe_lens::study::Study::load(&scan).unwrap();
+    assert!(ExpertCards::from_study(&study, Some(&tok)).unwrap().cards() == cards.cards());
     let counts: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(scan.join("counts.json")).unwrap()).unwrap();
     let topk = counts["topk_counts"].as_object().unwrap();
