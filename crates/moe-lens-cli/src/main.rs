@@ -2,6 +2,7 @@
 
 mod bench;
 mod prepare;
+mod report;
 mod scan;
 mod serve;
 mod sweep;
@@ -149,6 +150,11 @@ enum Cmd {
     /// N simulated students (traces, a generation, a small scan, with think time) against a running
     /// server: latency percentiles per request type, throughput, errors, the server's memory.
     Loadtest(serve::LoadtestArgs),
+    /// Write a finished scan's expert cards as a static, searchable HTML site (offline, one file
+    /// per page): per (layer, expert) its top tokens in context, languages and scripts,
+    /// co-activation partners, consecutive-token rate and, with --sweep, its ablation effect; an
+    /// overview per layer.
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -215,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Sweep(args) => sweep::run_sweep(args)?,
         Cmd::Serve(args) => serve::run_serve(args)?,
         Cmd::Loadtest(args) => serve::run_loadtest(args)?,
+        Cmd::Report(args) => report::run_report(args)?,
         Cmd::Prepare(args) => prepare::run_prepare(args)?,
         Cmd::Doctor => {
             let report = moe_lens::doctor::doctor()?;

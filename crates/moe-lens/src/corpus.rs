@@ -5,11 +5,11 @@
 //! - **`.tsv`** (tab-separated) and **`.csv`** (comma-separated, RFC 4180 quoting with `"`): a
 //!   header line names the columns; one needs to be the language (`lang` or `language`), one the
 //!   text (`text` or `sentence`), and `id` is optional (without it, or where a row leaves it empty,
-//!   a sentence's id is `<file-stem>:<line>`). Column names are case-insensitive; other columns are
-//!   allowed and ignored. TSV fields are taken literally (no quoting); in CSV a quoted field may
+//!   a sentence's id is `<file-stem>:<line>`); an optional `domain` column gives each sentence a
+//!   domain (empty = none). Column names are case-insensitive; other columns are allowed and ignored. TSV fields are taken literally (no quoting); in CSV a quoted field may
 //!   hold commas and doubled quotes `""`, but not line breaks.
 //! - **`.jsonl`**: one JSON object per line, `{"id": "s1", "lang": "ko", "text": "…"}`; `id` is
-//!   optional (a string or an integer), other keys are ignored.
+//!   optional (a string or an integer), so is `domain` (a string), other keys are ignored.
 //! - **`.txt`**: one sentence per line, all in the language you give (`load_corpus(path, Some("ko"))`,
 //!   `--lang ko` on the command line); ids are `<file-stem>:<line>`.
 //!
@@ -51,6 +51,11 @@ pub struct Sentence {
     pub lang: String,
     /// The text, trimmed.
     pub text: String,
+    /// The sentence's domain (news, code, chat, …) when the corpus names one: a `domain` column of
+    /// a TSV/CSV file or a `"domain"` field of a JSONL line. A scan keeps it per sentence, and the
+    /// analyses count each expert's picks per domain (`specialisation_domains.csv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 impl Sentence {
@@ -62,8 +67,31 @@ impl Sentence {
         if text.is_empty() {
             return Err(Error::EmptyText(" (a corpus sentence)"));
         }
-        Ok(Sentence { id: id.into(), lang, text })
+        Ok(Sentence { id: id.into(), lang, text, domain: None })
     }
+
+    /// The sentence with a domain (trimmed; empty = none). A domain longer than
+    /// [`MAX_DOMAIN_BYTES`] is refused.
+    pub fn with_domain(mut self, domain: &str) -> Result<Self> {
+        self.domain = check_domain(domain).map_err(|m| Error::invalid("domain", m))?;
+        Ok(self)
+    }
+}
+
+/// The longest domain a sentence may have, in UTF-8 bytes (a scan's routes file keeps its length in
+/// one byte).
+pub const MAX_DOMAIN_BYTES: usize = 255;
+
+/// A domain trimmed, `None` when empty; too long is an error message.
+fn check_domain(domain: &str) -> std::result::Result<Option<String>, String> {
+    let d = domain.trim();
+    if d.len() > MAX_DOMAIN_BYTES {
+        return Err(format!(
+            "the domain is {} bytes long, at most {MAX_DOMAIN_BYTES} are kept: shorten it (it is a tag such as news or chat)",
+            d.len()
+        ));
+    }
+    Ok((!d.is_empty()).then(|| d.to_string()))
 }
 
 impl fmt::Display for Sentence {
@@ -238,6 +266,11 @@ pub fn fingerprint(sentences: &[Sentence]) -> String {
         h.write(s.lang.as_bytes());
         h.write(&[0x1f]);
         h.write(s.text.as_bytes());
+        if let Some(d) = &s.domain {
+            // only when present: corpora without domains keep their fingerprints
+            h.write(&[0x1d]);
+            h.write(d.as_bytes());
+        }
         h.write(&[0x1e]);
     }
     format!("{:016x}", h.0)
@@ -301,8 +334,12 @@ impl<'a> Collector<'a> {
         Collector { path, out: Vec::new(), seen: HashMap::new() }
     }
 
-    fn push(&mut self, line: usize, id: String, lang: &str, text: &str) -> Result<()> {
+    fn push(&mut self, line: usize, id: String, lang: &str, text: &str, domain: Option<&str>) -> Result<()> {
         let lang = normalize_lang(lang).map_err(|m| corpus_err(self.path, line, m))?;
+        let domain = match domain {
+            Some(d) => check_domain(d).map_err(|m| corpus_err(self.path, line, m))?,
+            None => None,
+        };
         let text = text.trim();
         if text.is_empty() {
             return Err(corpus_err(self.path, line, "the text is empty: remove the row or give it a sentence"));
@@ -315,7 +352,7 @@ impl<'a> Collector<'a> {
             ));
         }
         self.seen.insert(id.clone(), line);
-        self.out.push(Sentence { id, lang, text: text.to_string() });
+        self.out.push(Sentence { id, lang, text: text.to_string(), domain });
         Ok(())
     }
 
@@ -399,7 +436,7 @@ pub fn parse_delimited(bytes: &[u8], delim: u8, path: &Path, stem: &str) -> Resu
             split_csv(line)
         }
     };
-    let mut header: Option<(usize, usize, Option<usize>, usize)> = None; // lang, text, id, columns
+    let mut header: Option<Header> = None;
     let mut c = Collector::new(path);
     for item in lines(bytes, path) {
         let (n, line) = item?;
@@ -407,7 +444,8 @@ pub fn parse_delimited(bytes: &[u8], delim: u8, path: &Path, stem: &str) -> Resu
             continue;
         }
         let fields = split(line).map_err(|m| corpus_err(path, n, m))?;
-        let Some((lang_col, text_col, id_col, ncols)) = header else {
+        let Some(Header { lang: lang_col, text: text_col, id: id_col, domain: domain_col, columns: ncols }) = header
+        else {
             header = Some(parse_header(&fields, path, n, kind)?);
             continue;
         };
@@ -430,7 +468,7 @@ pub fn parse_delimited(bytes: &[u8], delim: u8, path: &Path, stem: &str) -> Resu
             .map(|i| fields[i].trim().to_string())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("{stem}:{n}"));
-        c.push(n, id, &fields[lang_col], &fields[text_col])?;
+        c.push(n, id, &fields[lang_col], &fields[text_col], domain_col.map(|i| fields[i].as_str()))?;
     }
     if header.is_none() {
         return Err(corpus_err(
@@ -445,16 +483,28 @@ pub fn parse_delimited(bytes: &[u8], delim: u8, path: &Path, stem: &str) -> Resu
     c.finish()
 }
 
-fn parse_header(fields: &[String], path: &Path, n: usize, kind: &str) -> Result<(usize, usize, Option<usize>, usize)> {
+/// Where a TSV/CSV header puts each column, and how many there are.
+#[derive(Clone, Copy)]
+struct Header {
+    lang: usize,
+    text: usize,
+    id: Option<usize>,
+    domain: Option<usize>,
+    columns: usize,
+}
+
+fn parse_header(fields: &[String], path: &Path, n: usize, kind: &str) -> Result<Header> {
     let mut lang = None;
     let mut text = None;
     let mut id = None;
+    let mut domain = None;
     for (i, f) in fields.iter().enumerate() {
         let name = f.trim().to_ascii_lowercase();
         let slot = match name.as_str() {
             "lang" | "language" => &mut lang,
             "text" | "sentence" => &mut text,
             "id" => &mut id,
+            "domain" => &mut domain,
             _ => continue,
         };
         if slot.is_some() {
@@ -470,7 +520,7 @@ fn parse_header(fields: &[String], path: &Path, n: usize, kind: &str) -> Result<
     }
     let cols: Vec<&str> = fields.iter().map(|s| s.trim()).collect();
     match (lang, text) {
-        (Some(l), Some(t)) => Ok((l, t, id, fields.len())),
+        (Some(lang), Some(text)) => Ok(Header { lang, text, id, domain, columns: fields.len() }),
         _ => Err(corpus_err(
             path,
             n,
@@ -488,6 +538,8 @@ struct JsonRow {
     id: Option<serde_json::Value>,
     lang: Option<String>,
     text: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
 }
 
 /// Parses JSON Lines: one `{"id"?, "lang", "text"}` object per line.
@@ -523,7 +575,7 @@ pub fn parse_jsonl(bytes: &[u8], path: &Path, stem: &str) -> Result<Vec<Sentence
                 ))
             }
         };
-        c.push(n, id, &lang, &text)?;
+        c.push(n, id, &lang, &text, row.domain.as_deref())?;
     }
     c.finish()
 }
@@ -537,7 +589,7 @@ pub fn parse_lines(bytes: &[u8], lang: &str, path: &Path, stem: &str) -> Result<
         if line.trim().is_empty() {
             continue;
         }
-        c.push(n, format!("{stem}:{n}"), &lang, line)?;
+        c.push(n, format!("{stem}:{n}"), &lang, line, None)?;
     }
     c.finish()
 }

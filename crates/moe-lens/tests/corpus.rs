@@ -16,7 +16,7 @@ fn temp(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 fn s(id: &str, lang: &str, text: &str) -> Sentence {
-    Sentence { id: id.into(), lang: lang.into(), text: text.into() }
+    Sentence { id: id.into(), lang: lang.into(), text: text.into(), domain: None }
 }
 
 /// Loads a file that must fail with a corpus error at `line`; returns the message.
@@ -161,4 +161,40 @@ fn bad_headers_and_quotes() {
     assert!(m.contains("quoted field"), "{m}");
     corpus_error("empty.csv", b"", None, 0);
     corpus_error("headeronly.csv", b"lang,text\n", None, 0);
+}
+
+#[test]
+fn domains_from_a_column_or_field() {
+    // TSV and CSV: an optional `domain` column (any case); an empty cell is no domain
+    let p = temp("dom.tsv", b"id\tDomain\tlang\ttext\na\tnews\ten\tHello there.\nb\t\tko\t\xec\x95\x88\xeb\x85\x95\n");
+    let c = load_corpus(&p, None).unwrap();
+    assert_eq!(c[0].domain.as_deref(), Some("news"));
+    assert_eq!(c[1].domain, None);
+    let p = temp("dom.csv", b"lang,text,domain\nen,\"Hi, you.\", chat \n");
+    assert_eq!(load_corpus(&p, None).unwrap()[0].domain.as_deref(), Some("chat"));
+    // JSONL: an optional "domain" string
+    let p = temp(
+        "dom.jsonl",
+        b"{\"lang\":\"en\",\"text\":\"Hi.\",\"domain\":\"code\"}\n{\"lang\":\"en\",\"text\":\"Yo.\"}\n",
+    );
+    let c = load_corpus(&p, None).unwrap();
+    assert_eq!((c[0].domain.as_deref(), c[1].domain.as_deref()), (Some("code"), None));
+    // too long for a routes file: refused with file and line
+    let long = format!("lang\ttext\tdomain\nen\tHi.\t{}\n", "x".repeat(256));
+    let msg = corpus_error("long.tsv", long.as_bytes(), None, 2);
+    assert!(msg.contains("256 bytes"), "{msg}");
+    assert!(Sentence::new("a", "en", "Hi.").unwrap().with_domain(&"y".repeat(300)).is_err());
+    assert_eq!(Sentence::new("a", "en", "Hi.").unwrap().with_domain(" web ").unwrap().domain.as_deref(), Some("web"));
+}
+
+#[test]
+fn fingerprints_without_domains_are_unchanged_and_domains_count() {
+    // FNV-1a 64 over id 0x1f lang 0x1f text 0x1e per sentence of the shipped corpus, computed with a
+    // few lines of Python from data/corpus/trilingual.tsv (the value before domains existed)
+    assert_eq!(corpus::fingerprint(&corpus::builtin().unwrap()), "9e33ac1954414065");
+    let a = vec![s("a", "en", "Hi.")];
+    let b = vec![s("a", "en", "Hi.").with_domain("news").unwrap()];
+    let c = vec![s("a", "en", "Hi.").with_domain("chat").unwrap()];
+    assert_ne!(corpus::fingerprint(&a), corpus::fingerprint(&b));
+    assert_ne!(corpus::fingerprint(&b), corpus::fingerprint(&c));
 }

@@ -28,6 +28,7 @@
 //! tooltips work), and `image/svg+xml` (a still picture, for front ends and exports that do not
 //! take HTML). Tables print `text/html` and `text/plain`.
 
+pub mod cards;
 pub mod charts;
 mod display;
 mod explore;
@@ -38,6 +39,7 @@ mod raster;
 mod table;
 pub(crate) mod util;
 
+pub use cards::{ExpertCard, ExpertCards};
 pub use charts::{
     AnalysesPlots, CoactivationHeatmap, ConsecutivePlot, EffectiveExpertsPlot, ExpertTable, LanguageHeatmap,
     LayersOverview, Measure, RoutingChanges, StudyPlots, SweepBars, TopExpert, TopExperts,

@@ -511,6 +511,15 @@ impl RoutingAnalyses {
         })
     }
 
+    /// Every token id that picked expert `expert` at `layer`, with its picks (empty for ids out of
+    /// range): what the expert cards sum scripts over.
+    pub(crate) fn token_picks_of(&self, layer: usize, expert: usize) -> Option<&HashMap<u32, u64>> {
+        if layer >= self.layers || expert >= self.experts {
+            return None;
+        }
+        self.token_picks.get(layer * self.experts + expert)
+    }
+
     /// The expert profile of `lang` at `layer`.
     pub fn profile(&self, lang: &str, layer: usize) -> Result<Profile> {
         self.check_layer(layer)?;

@@ -887,7 +887,7 @@ impl<'a> Scanner<'a> {
             id: s.id.clone(),
             langs,
             token_lang,
-            domain: None,
+            domain: s.domain.clone(),
             token_ids,
             positions,
             layers,

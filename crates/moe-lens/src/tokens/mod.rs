@@ -292,6 +292,12 @@ impl Tokenizer {
         Ok(self.describe(ids)?.into_iter().map(|(label, _)| label).collect())
     }
 
+    /// Labels and scripts for an id sequence on its own (split characters judged within this
+    /// sequence): [`labels`](Self::labels) with each token's [`Script`].
+    pub fn labels_and_scripts(&self, ids: &[u32]) -> Result<Vec<(String, Script)>> {
+        self.describe(ids)
+    }
+
     /// Decodes ids to text as Python's `tokenizer.decode(ids)` does (special tokens kept; bytes that
     /// form no character become U+FFFD). Unknown ids give [`Error::InvalidArgument`].
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
