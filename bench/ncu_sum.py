@@ -1,4 +1,4 @@
-"""Per-kernel time of the last forward pass in an `ncu --metrics gpu__time_duration.sum --csv` log
+"""Per-kernel time of the last repeating run of kernels (one decoder layer of the last forward) in an `ncu --metrics gpu__time_duration.sum --csv` log
 of `moe-lens bench --single-only 1` (which runs FORWARDS forward passes after loading).
 usage: python3 bench/ncu_sum.py NCU.csv FORWARDS"""
 import csv, collections, sys
@@ -30,6 +30,6 @@ for _, name, us in last:
     agg[short][0] += 1
     agg[short][1] += us
 total = sum(us for _, _, us in last)
-print(f"kernels per forward: {period}, sum of kernel time: {total:.1f} us")
+print(f"kernels per repeating unit (one decoder layer when the layers are alike): {period}, sum of kernel time: {total:.1f} us")
 for name, (c, us) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
     print(f"{us:9.1f} us {100 * us / total:5.1f}% {c:5d}x  {name}")

@@ -123,7 +123,7 @@ fn traces_generations_interventions_and_scans_equal_a_local_run_bit_for_bit() {
     }
     // a scan: the same batches run on the server, the same counts and routes here
     let sentences: Vec<Sentence> = ok(corpus::builtin()).into_iter().take(30).collect();
-    let opts = ScanOptions { progress: false, batch_size: 4, ..ScanOptions::default() };
+    let opts = ScanOptions { progress: false, batch_size: Some(4), ..ScanOptions::default() };
     let (rs, ls) = (ok(remote.scan(&sentences, &opts)), ok(local.scan(&sentences, &opts)));
     assert_eq!(rs.counts.topk, ls.counts.topk);
     assert_eq!(rs.counts.top1, ls.counts.top1);
@@ -341,7 +341,7 @@ fn a_server_stopped_and_started_again_gives_a_clear_error_then_answers() {
         let socket = socket.clone();
         std::thread::spawn(move || {
             let lens = ok(Lens::connect(&socket));
-            let opts = ScanOptions { progress: false, batch_size: 2, ..ScanOptions::default() };
+            let opts = ScanOptions { progress: false, batch_size: Some(2), ..ScanOptions::default() };
             lens.scan(&sentences, &opts).err().map(|e| e.to_string())
         })
     };

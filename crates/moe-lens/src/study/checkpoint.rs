@@ -185,7 +185,7 @@ fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shar
     if new_shard.count > 1 && (differ(old.batch, new.batch) || differ(old.batch_tokens, new.batch_tokens)) {
         let lim = |s: usize, t: usize| super::ScanOptions::describe((s, t));
         d.push(format!(
-            "{} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch and \
+            "batch {} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch and \
              --batch-tokens)",
             lim(old.batch, old.batch_tokens),
             lim(new.batch, new.batch_tokens)
