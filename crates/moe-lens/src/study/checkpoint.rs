@@ -183,12 +183,18 @@ fn run_diffs(old: &RunInfo, old_shards: &[Shard], new: &RunInfo, new_shard: Shar
     // 0 on either side: not known (yet): the model's device decides a default
     let differ = |a: usize, b: usize| a != 0 && b != 0 && a != b;
     if new_shard.count > 1 && (differ(old.batch, new.batch) || differ(old.batch_tokens, new.batch_tokens)) {
-        let lim = |s: usize, t: usize| super::ScanOptions::describe((s, t));
+        let n = |v: usize| match v {
+            0 => "?".to_string(),
+            usize::MAX => "no limit".to_string(),
+            v => v.to_string(),
+        };
         d.push(format!(
-            "batch {} (now {}; a shard is a run of batches, so a sharded scan continues only with its --batch and \
-             --batch-tokens)",
-            lim(old.batch, old.batch_tokens),
-            lim(new.batch, new.batch_tokens)
+            "batch {} (now {}), batch tokens {} (now {}); a shard is a run of batches, so a sharded scan \
+             continues only with its --batch and --batch-tokens",
+            n(old.batch),
+            n(new.batch),
+            n(old.batch_tokens),
+            n(new.batch_tokens)
         ));
     }
     if old_shards != [new_shard] {
