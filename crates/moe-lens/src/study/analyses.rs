@@ -647,8 +647,12 @@ impl RoutingAnalyses {
                 let x = self.specialisation(layer, e, n)?;
                 let _ =
                     writeln!(spec, "{layer},{e},{},{},{},{}", x.picks, x.distinct_tokens, x.top1_share, x.top_n_share);
-                let ids: Vec<u32> = x.top.iter().map(|t| t.token_id).collect();
-                let names = labels.map(|f| f(&ids)).unwrap_or_default();
+                // each id labelled on its own: the top ids are not a text, and labelling them as one
+                // sequence joined byte tokens of different characters into characters no token is
+                let names: Vec<String> = match labels {
+                    Some(f) => x.top.iter().map(|t| f(&[t.token_id]).into_iter().next().unwrap_or_default()).collect(),
+                    None => Vec::new(),
+                };
                 for (r, t) in x.top.iter().enumerate() {
                     let name = names.get(r).map(String::as_str).unwrap_or("");
                     let _ = writeln!(
