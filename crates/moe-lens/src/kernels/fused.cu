@@ -37,6 +37,22 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// The sum of every thread's `v` in the block (blockDim.x a multiple of 32, at most 1024), for all.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    v = warp_sum(v);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) part[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+        s = warp_sum(s);
+        if (lane == 0) part[0] = s;
+    }
+    __syncthreads();
+    return part[0];
+}
+
 // ------------------------------------------------------------------------------------------------
 // RMSNorm, optionally after a residual add.
 //   x      : [rows] rows of `cols`, row r starts at x + r * x_stride + x_off
@@ -67,18 +83,7 @@ extern "C" __global__ void ml_rmsnorm_bf16(const bf16* __restrict__ x, const bf1
         }
         acc += v * v;
     }
-    __shared__ float part[32];
-    acc = warp_sum(acc);
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    if (lane == 0) part[wid] = acc;
-    __syncthreads();
-    if (wid == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-        s = warp_sum(s);
-        if (lane == 0) part[0] = s;
-    }
-    __syncthreads();
-    const float inv = rsqrtf(part[0] / (float)cols + eps);
+    const float inv = rsqrtf(block_sum(acc) / (float)cols + eps);
     bf16* o = out + (size_t)r * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) {
         float v = rr ? b2f(sr[c]) : b2f(xr[c]);
@@ -122,18 +127,7 @@ extern "C" __global__ void ml_rmsnorm8_bf16(const bf16* __restrict__ x, const bf
     float acc = 0.f;
 #pragma unroll
     for (int m = 0; m < 8; m++) acc += v[m] * v[m];
-    __shared__ float part[32];
-    acc = warp_sum(acc);
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    if (lane == 0) part[wid] = acc;
-    __syncthreads();
-    if (wid == 0) {
-        float s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-        s = warp_sum(s);
-        if (lane == 0) part[0] = s;
-    }
-    __syncthreads();
-    const float inv = rsqrtf(part[0] / (float)cols + eps);
+    const float inv = rsqrtf(block_sum(acc) / (float)cols + eps);
     float wv[8];
     ld8(w + c, wv);
 #pragma unroll

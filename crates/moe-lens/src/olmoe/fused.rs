@@ -134,10 +134,10 @@ pub(crate) fn rmsnorm(
     };
     // 8 values per thread (one 16-byte load each) when the row fits one block and every row start
     // is 16-byte aligned; otherwise the general kernel
-    let vec8 = cols % 256 == 0
+    let vec8 = cols.is_multiple_of(256)
         && cols / 8 <= 1024
-        && x_stride % 8 == 0
-        && x_off % 8 == 0
+        && x_stride.is_multiple_of(8)
+        && x_off.is_multiple_of(8)
         && xp % 16 == 0
         && wp % 16 == 0
         && rp % 16 == 0
@@ -278,25 +278,10 @@ pub(crate) fn swiglu(
     let op = out.device_ptr(out.stream()).0;
     let (n_i, e_i, i_i) = (i32_of(n, "rows")?, i32_of(e, "experts")?, i32_of(i, "intermediate")?);
     let (s_i, o_i, c_i) = (i32_of(stride, "stride")?, i32_of(off, "offset")?, i32_of(col, "column stride")?);
-    if col == 1 && i % 8 == 0 && stride % 8 == 0 && off % 8 == 0 && gp % 16 == 0 {
-        // contiguous columns: 8 values per thread, 16-byte loads and stores (the same values)
-        let func = dev.get_or_load_custom_func("ml_swiglu8_bf16", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&gp);
-        b.arg(&op);
-        b.arg(&n_i);
-        b.arg(&e_i);
-        b.arg(&i_i);
-        b.arg(&s_i);
-        b.arg(&o_i);
-        let cfg =
-            LaunchConfig { grid_dim: (grid_for(total / 8, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: reads 2 * total and writes total bf16 values, sizes checked above; the pointers and
-        // strides are 16-byte aligned (checked here, fresh allocations are).
-        unsafe { b.launch(cfg) }.w()?;
-        return Ok(wrap(out, &dev, &[e, n, i]));
-    }
-    let func = dev.get_or_load_custom_func("ml_swiglu_bf16", MODULE, PTX)?;
+    // contiguous columns: 8 values per thread, 16-byte loads and stores (the same values)
+    let vec8 =
+        col == 1 && i.is_multiple_of(8) && stride.is_multiple_of(8) && off.is_multiple_of(8) && gp.is_multiple_of(16);
+    let func = dev.get_or_load_custom_func(if vec8 { "ml_swiglu8_bf16" } else { "ml_swiglu_bf16" }, MODULE, PTX)?;
     let mut b = func.builder();
     b.arg(&gp);
     b.arg(&op);
@@ -305,9 +290,13 @@ pub(crate) fn swiglu(
     b.arg(&i_i);
     b.arg(&s_i);
     b.arg(&o_i);
-    b.arg(&c_i);
-    let cfg = LaunchConfig { grid_dim: (grid_for(total, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: reads 2 * total and writes total bf16 values, sizes checked above.
+    if !vec8 {
+        b.arg(&c_i);
+    }
+    let threads = if vec8 { total / 8 } else { total };
+    let cfg = LaunchConfig { grid_dim: (grid_for(threads, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: reads 2 * total and writes total bf16 values, sizes checked above (the 8-value kernel:
+    // pointers and strides 16-byte aligned, checked here; fresh allocations are).
     unsafe { b.launch(cfg) }.w()?;
     Ok(wrap(out, &dev, &[e, n, i]))
 }
@@ -326,7 +315,7 @@ pub(crate) fn combine(
     k: usize,
 ) -> Result<Tensor> {
     let dev = cuda_dev(y)?;
-    if packed.elem_count() != n * (2 * e + 2 * k) || y.elem_count() % h.max(1) != 0 {
+    if packed.elem_count() != n * (2 * e + 2 * k) || !y.elem_count().is_multiple_of(h.max(1)) {
         return Err(err("combine: sizes do not match"));
     }
     let rows = y.elem_count() / h.max(1);
@@ -558,7 +547,7 @@ fn kernel_type(t: GgmlDType) -> Option<&'static str> {
 /// and a multiple of 8 (our kernels take 8 values per thread).
 fn row_bytes(t: GgmlDType, c: usize) -> Result<usize> {
     let bs = t.block_size();
-    if c % bs != 0 || c % 8 != 0 {
+    if !c.is_multiple_of(bs) || !c.is_multiple_of(8) {
         return Err(err(format!("rows of {c} values are not whole {t:?} blocks of {bs}")));
     }
     Ok(c / bs * t.type_size())

@@ -1104,20 +1104,10 @@ pub fn card_file(layer: usize, expert: usize) -> String {
     format!("l{layer:02}-e{expert:02}.html")
 }
 
-/// HTML-escapes text (element content and quoted attribute values).
+/// HTML-escapes text (element content and quoted attribute values): the figures' escaper, which
+/// also makes control characters visible.
 pub(crate) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
+    super::util::xml_escape(s)
 }
 
 /// JSON made safe inside a `<script>` element (no `</script>`, no `<!--`).
