@@ -13,7 +13,7 @@
 #     the port;
 #   - after the stop, the server process is gone.
 # No Rust needed: it reuses the lab's virtual environment made by kernel-setup/install.sh when it has
-# the jupyterlab version install.sh pins (CI), else LAB_PRIVATE_VENV if set, else it makes a
+# the jupyterlab version kernel-setup/lab-python.sh pins (CI), else LAB_PRIVATE_VENV if set, else it makes a
 # throwaway one with that pin (about a minute). A dummy kernel spec 'moe-lens-rust' in a temporary
 # JUPYTER_PATH satisfies start-lab.sh's check (no kernel is started); MOE_LENS_HOME and Jupyter's
 # config and data folders are temporary too, so your own lab and settings are not touched.
@@ -24,8 +24,10 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 umask 022  # a usual umask: start-lab.sh must make its files private by itself
 
-pin=$(grep -o 'jupyterlab==[0-9.]*' kernel-setup/install.sh | head -1)
-[ -n "$pin" ] || { echo "lab-private: no jupyterlab==VERSION pin found in kernel-setup/install.sh" >&2; exit 1; }
+# the pin lives in kernel-setup/lab-python.sh (sourced by install.sh); `|| true` so that a missing pin
+# reaches the message below instead of ending the script silently under pipefail
+pin=$(grep -o 'jupyterlab==[0-9.]*' kernel-setup/lab-python.sh | head -1 || true)
+[ -n "$pin" ] || { echo "lab-private: no jupyterlab==VERSION pin found in kernel-setup/lab-python.sh" >&2; exit 1; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/lab-private.XXXXXX")
 started=()
 cleanup() {
