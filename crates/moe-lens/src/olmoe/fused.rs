@@ -826,8 +826,8 @@ mod tests {
         let counts: Vec<u32> = vec![0, 1, 8, 19, 3, 24];
         let xs = test_values(e * cap * kdim, 1.3);
         let mut xv = vec![0f32; e * cap * kdim];
-        for ee in 0..e {
-            for c in 0..counts[ee] as usize {
+        for (ee, &n) in counts.iter().enumerate() {
+            for c in 0..n as usize {
                 let o = (ee * cap + c) * kdim;
                 xv[o..o + kdim].copy_from_slice(&xs[o..o + kdim]);
             }
