@@ -1,4 +1,4 @@
-// Fused CUDA kernels for the bf16 OLMoE forward (moe-lens, src/olmoe/fused.rs launches them).
+// Fused CUDA kernels for the bf16 OLMoE forward (moe-lens, src/olmoe/fused/ launches them).
 //
 // Each kernel rounds where transformers 5.17 (modeling_olmoe.py, integrations/moe.py grouped_mm
 // path) rounds in bfloat16, so that our bf16 routing follows theirs:

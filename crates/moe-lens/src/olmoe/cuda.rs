@@ -1,7 +1,7 @@
 //! The model on a GPU: routing handed to the spy from one host copy ([`Olmoe::deliver`], used by
 //! every off-CPU forward), and the fused CUDA bf16 forward (`Olmoe::forward_fused`,
 //! `Attention::forward_fused`), which runs the same maths as the reference forward in `mod.rs`
-//! through our kernels (`fused.rs`). Only the latter needs a CUDA build.
+//! through our kernels (`fused/`). Only the latter needs a CUDA build.
 
 use candle_core::{Device, Tensor};
 

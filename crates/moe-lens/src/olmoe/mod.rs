@@ -11,7 +11,7 @@
 //! `RmsNorm`, `Rope`, `Attention`, `Router`, `Experts`, `DecoderLayer`, [`Olmoe`].
 //! Beside it: `experts.rs` (how the experts are stored and the strategies that run them on each
 //! device), `weights.rs` (safetensors files and the model builder, [`Olmoe::load`]), `cuda.rs`
-//! (routing handed over from the GPU, and the fused CUDA bf16 forward) and `fused.rs` (the
+//! (routing handed over from the GPU, and the fused CUDA bf16 forward) and `fused/` (the
 //! launchers of our CUDA kernels). How the fast paths are chosen is one [`Tuning`] value owned by
 //! the model.
 //!
