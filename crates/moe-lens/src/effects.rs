@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::intervene::Interventions;
 use crate::lab::{GenerateOptions, Lens};
+use crate::olmoe::Olmoe;
 use crate::spy::{LayerSelection, RouterSpy, RoutingCache, Step};
 use crate::tokens::Token;
 use crate::trace::{LayerTrace, Trace};
@@ -333,52 +334,86 @@ impl Split {
         self.tokens.iter().map(|t| t.id).collect()
     }
 
-    /// One teacher-forced pass of the text, once per set of `edits` (one sequence each, in one
-    /// batch; no set: the model as it is): the log-probabilities `[B, m, vocab]` of the positions
-    /// that predict the continuation (`m` = its length, at least 1: the position after the prompt).
-    fn log_probs(&self, lens: &Lens, edits: &[Interventions], spy: Option<&mut dyn RouterSpy>) -> Result<Tensor> {
-        let model = lens.model()?;
-        let b = edits.len().max(1);
-        let input = Tensor::new(self.ids().as_slice(), model.device())?.unsqueeze(0)?.repeat((b, 1))?; // [B, T]
-        let hidden = model.forward_edited(&input, None, None, Step::Prefill, spy, edits)?; // [B, T, hidden]
-        let m = (self.tokens.len() - self.prompt_len).max(1);
-        let logits = model.logits_at(&hidden, self.prompt_len - 1, m)?; // [B, m, vocab] f32
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
-    }
-
-    /// The continuation's log-probability under each set of `edits` (one sequence each, one batch).
+    /// The continuation's log-probability under each set of `edits` (one sequence each, one batch),
+    /// here or on the model server.
     fn score(&self, lens: &Lens, edits: &[Interventions]) -> Result<Vec<f64>> {
         let ids = self.ids();
-        let c = ids.len() - self.prompt_len;
-        if c == 0 {
-            return Ok(vec![0.0; edits.len().max(1)]);
+        if let Some(client) = lens.client() {
+            return client.score(ids, self.prompt_len, edits.to_vec());
         }
-        let logp = self.log_probs(lens, edits, None)?; // [B, c, vocab]
-        let b = logp.dim(0)?;
-        let target = Tensor::new(&ids[self.prompt_len..], logp.device())?.unsqueeze(0)?.repeat((b, 1))?.unsqueeze(2)?; // [B, c, 1]
-        let picked: Vec<Vec<f32>> = logp.gather(&target, 2)?.squeeze(2)?.to_vec2()?; // [B, c]
-        Ok(picked.iter().map(|r| r.iter().map(|&v| v as f64).sum()).collect())
+        score_on(lens.model()?, &ids, self.prompt_len, edits)
     }
 
     /// A teacher-forced run under `edits`: its trace, the continuation's log-probability and the
-    /// next-token log-probabilities after the prompt (`[vocab]`).
+    /// next-token log-probabilities after the prompt (`[vocab]`), here or on the model server.
     fn traced(&self, lens: &Lens, edits: &Interventions) -> Result<(Trace, f64, Vec<f32>)> {
-        let mut cache = RoutingCache::new();
-        let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
-        let logp = self.log_probs(lens, sets, Some(&mut cache))?.squeeze(0)?.to_device(&Device::Cpu)?; // [m, vocab]
-        let rows: Vec<Vec<f32>> = logp.to_vec2()?;
-        let next = rows.first().cloned().unwrap_or_default();
-        let lp: f64 = self.tokens[self.prompt_len..]
-            .iter()
-            .zip(&rows)
-            .map(|(t, r)| r.get(t.id as usize).copied().unwrap_or(f32::NAN) as f64)
-            .sum();
+        let ids = self.ids();
+        let (cache, lp, next) = match lens.client() {
+            Some(client) => client.teacher(ids, self.prompt_len, edits.clone())?,
+            None => teacher_on(lens.model()?, &ids, self.prompt_len, edits)?,
+        };
         let n = self.tokens.len();
         let mut trace =
             Trace::assemble(lens.name(), &self.full, self.tokens.clone(), n, cache, lens.config().num_hidden_layers)?;
         trace.interventions = edits.clone();
         Ok((trace, lp, next))
     }
+}
+
+/// One teacher-forced pass of `ids` (the prompt's `prompt_len` tokens, then the continuation), once
+/// per set of `edits` (one sequence each, in one batch; no set: the model as it is): the
+/// log-probabilities `[B, m, vocab]` of the positions that predict the continuation (`m` = its
+/// length, at least 1: the position after the prompt).
+fn log_probs_on(
+    model: &Olmoe,
+    ids: &[u32],
+    prompt_len: usize,
+    edits: &[Interventions],
+    spy: Option<&mut dyn RouterSpy>,
+) -> Result<Tensor> {
+    if prompt_len == 0 || prompt_len > ids.len() {
+        return Err(Error::invalid("prompt", format!("{prompt_len} prompt tokens of {}", ids.len())));
+    }
+    let b = edits.len().max(1);
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?.repeat((b, 1))?; // [B, T]
+    let hidden = model.forward_edited(&input, None, None, Step::Prefill, spy, edits)?; // [B, T, hidden]
+    let m = (ids.len() - prompt_len).max(1);
+    let logits = model.logits_at(&hidden, prompt_len - 1, m)?; // [B, m, vocab] f32
+    Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+}
+
+/// The continuation's log-probability (the sum over its tokens) under each set of `edits` (one
+/// sequence each, one batch; no set: one value, the model as it is). What [`Lens::sweep`] scores,
+/// in this process or on a model server.
+pub(crate) fn score_on(model: &Olmoe, ids: &[u32], prompt_len: usize, edits: &[Interventions]) -> Result<Vec<f64>> {
+    let c = ids.len().saturating_sub(prompt_len);
+    if c == 0 {
+        return Ok(vec![0.0; edits.len().max(1)]);
+    }
+    let logp = log_probs_on(model, ids, prompt_len, edits, None)?; // [B, c, vocab]
+    let b = logp.dim(0)?;
+    let target = Tensor::new(&ids[prompt_len..], logp.device())?.unsqueeze(0)?.repeat((b, 1))?.unsqueeze(2)?; // [B, c, 1]
+    let picked: Vec<Vec<f32>> = logp.gather(&target, 2)?.squeeze(2)?.to_vec2()?; // [B, c]
+    Ok(picked.iter().map(|r| r.iter().map(|&v| v as f64).sum()).collect())
+}
+
+/// A teacher-forced run of `ids` under `edits` with every router captured: the routing, the
+/// continuation's log-probability and the next-token log-probabilities after the prompt
+/// (`[vocab]`). What [`Lens::effect`] compares, in this process or on a model server.
+pub(crate) fn teacher_on(
+    model: &Olmoe,
+    ids: &[u32],
+    prompt_len: usize,
+    edits: &Interventions,
+) -> Result<(RoutingCache, f64, Vec<f32>)> {
+    let mut cache = RoutingCache::new();
+    let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
+    let logp = log_probs_on(model, ids, prompt_len, sets, Some(&mut cache))?.squeeze(0)?.to_device(&Device::Cpu)?; // [m, vocab]
+    let rows: Vec<Vec<f32>> = logp.to_vec2()?;
+    let next = rows.first().cloned().unwrap_or_default();
+    let lp: f64 =
+        ids[prompt_len..].iter().zip(&rows).map(|(&t, r)| r.get(t as usize).copied().unwrap_or(f32::NAN) as f64).sum();
+    Ok((cache, lp, next))
 }
 
 /// How many of a layer's tokens chose each expert (`[experts]`).
@@ -517,7 +552,12 @@ impl Lens {
             let count = expert_counts(lt);
             pairs.extend(count.iter().enumerate().filter(|(_, &n)| n > 0).map(|(e, &n)| (l, e, n)));
         }
-        let per_batch = (opts.max_batch_tokens / tokens.max(1)).max(2); // one slot is the unmodified text
+        let mut per_batch = opts.max_batch_tokens / tokens.max(1);
+        if let Some(l) = self.client().map(|c| c.limits()) {
+            // a model server takes at most its own limits per pass
+            per_batch = per_batch.min(l.max_batch_sequences).min(l.max_batch_tokens / tokens.max(1));
+        }
+        let per_batch = per_batch.max(2); // one slot is the unmodified text
         let mut rows = Vec::with_capacity(pairs.len());
         let mut noise: f64 = 0.0;
         let mut passes = 1;
@@ -546,7 +586,11 @@ impl Lens {
             noise: format!(
                 "{:?} on {}: the unmodified text in each batch of {per_batch} against it alone",
                 self.dtype(),
-                if self.model()?.device().is_cpu() { "the CPU" } else { "the GPU" }
+                match self.model() {
+                    Ok(m) if m.device().is_cpu() => "the CPU",
+                    Ok(_) => "the GPU",
+                    Err(_) => "the model server",
+                }
             ),
             rows,
             passes,

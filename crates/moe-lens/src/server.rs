@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 
 use crate::error::{Error, Result};
+use crate::intervene::Interventions;
 use crate::lab::{GenerateOptions, Lens};
 use crate::memory;
 use crate::remote::protocol::{
-    read_frame_bytes, u32s_to_b64, write_frame, FrameError, Hello, Limits, Request, RequestBody, Response,
-    ResponseBody, RunReply, Stats, TopKReply, WireRouting, WireTopK, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    f32s_to_b64, read_frame_bytes, u32s_to_b64, write_frame, FrameError, Hello, Limits, Request, RequestBody, Response,
+    ResponseBody, RunReply, Stats, TeacherReply, TopKReply, WireRouting, WireTopK, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 use crate::spy::LayerSelection;
 use crate::trace::Trace;
@@ -416,8 +417,37 @@ fn execute(lens: &Lens, body: &RequestBody) -> Result<ResponseBody> {
                 .collect();
             ResponseBody::TopK(TopKReply { layers })
         }
+        RequestBody::Score { ids, prompt_len, edits } => {
+            check_teacher(lens, ids, *prompt_len, edits)?;
+            ResponseBody::Score { logprobs: crate::effects::score_on(lens.model()?, ids, *prompt_len, edits)? }
+        }
+        RequestBody::Teacher { ids, prompt_len, interventions } => {
+            check_teacher(lens, ids, *prompt_len, std::slice::from_ref(interventions))?;
+            let (cache, logprob, next) = crate::effects::teacher_on(lens.model()?, ids, *prompt_len, interventions)?;
+            let routing = cache.entries().map(WireRouting::from_routing).collect();
+            ResponseBody::Teacher(TeacherReply { logprob, next: f32s_to_b64(&next), routing })
+        }
         RequestBody::Hello | RequestBody::Stats => error_body("internal", "answered by the connection, not the model"),
     })
+}
+
+/// A teacher-forced request's ids, prompt length and interventions, checked against the model.
+fn check_teacher(lens: &Lens, ids: &[u32], prompt_len: usize, edits: &[Interventions]) -> Result<()> {
+    check_batch(lens, std::slice::from_ref(&ids.to_vec()))?;
+    if prompt_len == 0 || prompt_len > ids.len() {
+        return Err(Error::invalid(
+            "prompt",
+            format!(
+                "{prompt_len} prompt tokens of {}: the prompt has at least one token and is part of the text",
+                ids.len()
+            ),
+        ));
+    }
+    let c = lens.config();
+    for iv in edits {
+        iv.check(c.num_hidden_layers, c.num_experts, c.num_experts_per_tok)?;
+    }
+    Ok(())
 }
 
 /// A scan batch's ids and sizes, checked against the model (the sizes were checked on arrival).
@@ -478,6 +508,30 @@ fn check_sizes(limits: &Limits, body: &RequestBody) -> std::result::Result<(), S
                      sentences and {} tokens per batch: scan with a smaller batch_size",
                     sequences.len(),
                     limits.max_batch_sequences,
+                    limits.max_batch_tokens
+                ));
+            }
+            Ok(())
+        }
+        RequestBody::Score { ids, edits, .. } => {
+            let rows = ids.len().saturating_mul(edits.len().max(1));
+            if edits.len() > limits.max_batch_sequences || rows > limits.max_batch_tokens {
+                return Err(format!(
+                    "{} sequences of {} tokens ({rows} tokens); this server takes at most {} sequences and {} tokens \
+                     per pass: sweep with a smaller max_batch_tokens (SweepOptions)",
+                    edits.len().max(1),
+                    ids.len(),
+                    limits.max_batch_sequences,
+                    limits.max_batch_tokens
+                ));
+            }
+            Ok(())
+        }
+        RequestBody::Teacher { ids, .. } => {
+            if ids.len() > limits.max_batch_tokens {
+                return Err(format!(
+                    "{} tokens; this server takes at most {} per pass: use a shorter prompt and continuation",
+                    ids.len(),
                     limits.max_batch_tokens
                 ));
             }

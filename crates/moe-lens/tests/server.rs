@@ -276,6 +276,78 @@ fn malformed_and_hostile_requests_get_errors_and_the_server_goes_on() {
     handle.stop();
 }
 
+/// Notebook 03's effect and sweep through the server: every number equal to a local run's, bit for
+/// bit (the routing before and after, both log-probabilities, the KL, the next-token top 5, the
+/// generations; every sweep row), and a prompt the server must refuse.
+#[test]
+fn effects_and_sweeps_equal_a_local_run_bit_for_bit() {
+    let dir = socket_dir("effect");
+    let socket = dir.join("s.sock");
+    let _handle = serve(&socket);
+    let local = local();
+    let remote = ok(Lens::connect(&socket));
+    let iv = Interventions::new().ablate(1, [0, 1, 2]).bias(2, 3, 2.5);
+    for (prompt, cont) in [("The quick brown fox", " jumps over"), ("저는 보통", " 여섯 시에"), ("今日は", "")]
+    {
+        let (r, l) = (ok(remote.effect(prompt, cont, &iv)), ok(local.effect(prompt, cont, &iv)));
+        assert_eq!(fingerprint(&r.before), fingerprint(&l.before), "before, {prompt:?}");
+        assert_eq!(fingerprint(&r.after), fingerprint(&l.after), "after, {prompt:?}");
+        let bits = |e: &moe_lens::effects::Effect| {
+            (
+                e.logprob_before.to_bits(),
+                e.logprob_after.to_bits(),
+                e.kl.to_bits(),
+                e.generated_before.clone(),
+                e.generated_after.clone(),
+            )
+        };
+        assert_eq!(bits(&r), bits(&l), "{prompt:?}");
+        let top = |v: &[moe_lens::effects::NextToken]| v.iter().map(|t| (t.id, t.prob.to_bits())).collect::<Vec<_>>();
+        assert_eq!(top(&r.top_before), top(&l.top_before));
+        assert_eq!(top(&r.top_after), top(&l.top_after));
+        assert_eq!(r.to_string(), l.to_string());
+    }
+    // the same batches on both sides (the default's 4,096 tokens would be 682 sequences here, over the
+    // server's 256: through a server the sweep takes the server's limits, checked below)
+    let opts = moe_lens::effects::SweepOptions { max_batch_tokens: 1024 };
+    let text = "The capital of France is";
+    let (r, l) = (ok(remote.sweep_with(text, " Paris", &opts)), ok(local.sweep_with(text, " Paris", &opts)));
+    let rows = |s: &moe_lens::effects::Sweep| {
+        s.rows
+            .iter()
+            .map(|x| (x.layer, x.expert, x.tokens, x.logprob.to_bits(), x.delta.to_bits(), x.below_noise))
+            .collect::<Vec<_>>()
+    };
+    assert!(!l.rows.is_empty());
+    assert_eq!(rows(&r), rows(&l));
+    assert_eq!(
+        (r.base_logprob.to_bits(), r.noise_floor.to_bits(), r.passes),
+        (l.base_logprob.to_bits(), l.noise_floor.to_bits(), l.passes)
+    );
+    assert!(r.noise.contains("the model server"), "{}", r.noise);
+    let d = ok(remote.sweep(text, " Paris")); // the default options, within the server's limits
+    assert_eq!(d.rows.len(), l.rows.len());
+    // the reference spread through the server too
+    let with = ok(ok(local.sweep_with(text, " Paris", &opts)).with_reference(&remote));
+    assert!(with.noise.contains("against"), "{}", with.noise);
+    // bad requests are refused with what to do, and the server goes on
+    let mut s = raw(&socket);
+    let e = error_of(ask(&mut s, 1, RequestBody::Score { ids: vec![1, 2, 3], prompt_len: 0, edits: vec![] }));
+    assert!(e.contains("prompt"), "{e}");
+    let e = error_of(ask(
+        &mut s,
+        2,
+        RequestBody::Teacher { ids: vec![1, 2], prompt_len: 1, interventions: Interventions::new().ablate(99, [0]) },
+    ));
+    assert!(e.contains("99") || e.contains("layer"), "{e}");
+    let e = error_of(ask(&mut s, 3, RequestBody::Score { ids: vec![u32::MAX, 1], prompt_len: 1, edits: vec![] }));
+    assert!(e.contains("past the vocabulary"), "{e}");
+    let long = RequestBody::Score { ids: vec![1; 600], prompt_len: 1, edits: vec![Interventions::new(); 64] };
+    let e = error_of(ask(&mut s, 4, long));
+    assert!(e.contains("max_batch_tokens"), "{e}");
+    assert_eq!(fingerprint(&ok(remote.trace("still here"))), fingerprint(&ok(local.trace("still here"))));
+}
+
 #[test]
 fn a_remote_lens_says_what_needs_a_local_model() {
     let dir = socket_dir("local-only");
@@ -286,9 +358,7 @@ fn a_remote_lens_says_what_needs_a_local_model() {
     assert!(e.contains("moe-lens server at") && e.contains("Lens::load_with"), "{e}");
     let mut cache = moe_lens::spy::RoutingCache::new();
     assert!(lens.run_with("Hello", &mut cache).is_err());
-    let e = lens.effect("The capital of France is", " Paris", &Interventions::new().ablate(0, [1])).err();
-    assert!(e.is_some_and(|e| e.to_string().contains("moe-lens server at")));
-    assert!(lens.sweep("Hello", " there").is_err());
+    // effect and sweep run on the server (see effects_and_sweeps_equal_a_local_run_bit_for_bit)
     // what a notebook prints works
     assert!(lens.files().dir == socket);
     assert!(local().server_stats().is_err());

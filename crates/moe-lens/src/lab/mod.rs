@@ -215,9 +215,9 @@ impl Lens {
 
     /// Connects to a shared model server (`moe-lens serve --socket PATH`): the `Lens` tokenizes,
     /// checks and assembles its results here and sends the forward passes of `trace`, `generate`,
-    /// `intervene(…)` and `scan` to the server, which returns exactly the numbers a local run of its
-    /// model computes. What needs the model's tensors in this process (`model()`, `run_with` and
-    /// custom spies, `effect`, `sweep`) is an error that says so. A server that went away is an
+    /// `intervene(…)`, `effect`, `sweep` and `scan` to the server, which returns exactly the numbers
+    /// a local run of its model computes. What needs the model's tensors in this process (`model()`,
+    /// `run_with` and custom spies) is an error that says so. A server that went away is an
     /// error naming the socket; the next call connects again.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Lens> {
         let socket = socket.as_ref();
@@ -432,8 +432,8 @@ impl Lens {
             Backend::Local(m) => Ok(m),
             Backend::Remote(c, _) => Err(Error::Unsupported(format!(
                 "this needs the model's tensors in this process, but this Lens runs on the moe-lens server at {} \
-                 (MOE_LENS_SERVER or load(\"server:…\")), which does traces, generations, interventions and scans \
-                 only; for custom spies, effect and sweep load the model here: \
+                 (MOE_LENS_SERVER or load(\"server:…\")), which does traces, generations, interventions, effects, \
+                 sweeps and scans only; for custom spies or the model's tensors load the model here: \
                  Lens::load_with(model, &LoadOptions::default()) (it needs a GPU or memory of its own)",
                 c.socket().display()
             ))),

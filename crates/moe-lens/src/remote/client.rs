@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::protocol::{
-    read_frame, write_frame, FrameError, Hello, Request, RequestBody, Response, ResponseBody, RunReply, Stats,
-    TopKReply, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    b64_to_f32s, read_frame, write_frame, FrameError, Hello, Limits, Request, RequestBody, Response, ResponseBody,
+    RunReply, Stats, TopKReply, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use crate::error::{Error, Result};
+use crate::intervene::Interventions;
+use crate::spy::RoutingCache;
 
 /// A connection to one server, with the model it answered for first.
 pub(crate) struct Client {
@@ -120,6 +122,43 @@ impl Client {
         }
     }
 
+    /// The continuation's log-probability under each set of `edits` ([`RequestBody::Score`]).
+    pub(crate) fn score(&self, ids: Vec<u32>, prompt_len: usize, edits: Vec<Interventions>) -> Result<Vec<f64>> {
+        let want = edits.len().max(1);
+        match self.call(RequestBody::Score { ids, prompt_len, edits })? {
+            ResponseBody::Score { logprobs } if logprobs.len() == want => Ok(logprobs),
+            ResponseBody::Score { logprobs } => {
+                Err(self.err(format!("answered {} scores for {want} sequences", logprobs.len())))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// A teacher-forced run with every router captured ([`RequestBody::Teacher`]): the routing, the
+    /// continuation's log-probability and the next-token log-probabilities.
+    pub(crate) fn teacher(
+        &self,
+        ids: Vec<u32>,
+        prompt_len: usize,
+        interventions: Interventions,
+    ) -> Result<(RoutingCache, f64, Vec<f32>)> {
+        match self.call(RequestBody::Teacher { ids, prompt_len, interventions })? {
+            ResponseBody::Teacher(r) => {
+                let mut cache = RoutingCache::new();
+                for w in &r.routing {
+                    cache.push(w.to_routing()?);
+                }
+                Ok((cache, r.logprob, b64_to_f32s(&r.next)?))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The server's limits, as its hello gave them.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.hello.limits
+    }
+
     /// One scan batch.
     pub(crate) fn top_k(&self, sequences: Vec<Vec<u32>>) -> Result<TopKReply> {
         match self.call(RequestBody::TopK { sequences })? {
@@ -142,6 +181,8 @@ impl Client {
             ResponseBody::Trace(_) => "trace",
             ResponseBody::TopK(_) => "top_k",
             ResponseBody::Stats(_) => "stats",
+            ResponseBody::Score { .. } => "score",
+            ResponseBody::Teacher(_) => "teacher",
             ResponseBody::Error { .. } => "error",
         };
         self.err(format!("answered with a {kind} message to another request: a server of another moe-lens version?"))

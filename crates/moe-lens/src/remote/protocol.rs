@@ -19,7 +19,7 @@ use crate::spy::{Routing, Step};
 use crate::tokens::Token;
 
 /// The protocol version this build speaks; a server refuses requests of another.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The largest request frame a server reads (16 MiB); a longer one is refused and the connection closed.
 pub const MAX_REQUEST_FRAME: usize = 16 << 20;
 /// The largest response frame a client reads (1 GiB: a trace of 4,096 tokens is about 50 MB).
@@ -91,6 +91,32 @@ pub enum RequestBody {
     },
     /// The server's counters and memory ([`Stats`]).
     Stats,
+    /// A teacher-forced pass of a prompt and its continuation, once per set of interventions (one
+    /// sequence each, one batch): the continuation's log-probability under each ([`Lens::sweep`]).
+    ///
+    /// [`Lens::sweep`]: crate::lab::Lens::sweep
+    Score {
+        /// The prompt's tokens, then the continuation's.
+        ids: Vec<u32>,
+        /// How many of `ids` are the prompt's (at least 1).
+        prompt_len: usize,
+        /// One set per sequence of the batch; none: the model as it is.
+        #[serde(default)]
+        edits: Vec<Interventions>,
+    },
+    /// A teacher-forced pass under `interventions` with every router captured: the routing, the
+    /// continuation's log-probability and the next-token distribution ([`Lens::effect`]).
+    ///
+    /// [`Lens::effect`]: crate::lab::Lens::effect
+    Teacher {
+        /// The prompt's tokens, then the continuation's.
+        ids: Vec<u32>,
+        /// How many of `ids` are the prompt's (at least 1).
+        prompt_len: usize,
+        /// Interventions at the routers (none when absent).
+        #[serde(default)]
+        interventions: Interventions,
+    },
 }
 
 impl RequestBody {
@@ -102,6 +128,8 @@ impl RequestBody {
             RequestBody::Generate { .. } => "generate",
             RequestBody::TopK { .. } => "scan",
             RequestBody::Stats => "stats",
+            RequestBody::Score { .. } => "score",
+            RequestBody::Teacher { .. } => "teacher",
         }
     }
 }
@@ -129,6 +157,13 @@ pub enum ResponseBody {
     TopK(TopKReply),
     /// To [`RequestBody::Stats`].
     Stats(Stats),
+    /// To [`RequestBody::Score`]: one log-probability per set of interventions (one when none).
+    Score {
+        /// The continuation's log-probability, in the sets' order.
+        logprobs: Vec<f64>,
+    },
+    /// To [`RequestBody::Teacher`].
+    Teacher(TeacherReply),
     /// The request was refused or failed; the message says why and what to do.
     Error {
         /// A short class: `invalid` (the request), `limit`, `model` (the run failed), `busy`, `internal`.
@@ -264,6 +299,17 @@ pub struct RunReply {
     /// Number of prompt tokens.
     pub prompt_len: usize,
     /// The routing cache's entries, layer by layer, each layer's in forward-call order.
+    pub routing: Vec<WireRouting>,
+}
+
+/// A teacher-forced run ([`RequestBody::Teacher`]): what [`crate::lab::Lens::effect`] compares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherReply {
+    /// The continuation's log-probability.
+    pub logprob: f64,
+    /// The next-token log-probabilities after the prompt, `[vocab]` f32, base64.
+    pub next: String,
+    /// The routing cache's entries, layer by layer.
     pub routing: Vec<WireRouting>,
 }
 
