@@ -17,6 +17,8 @@ use crate::hub::{self, HubSettings, ModelSource, OLMOE_HUB_ID};
 use crate::lab::{DeviceChoice, DEVICE_VAR};
 use crate::memory;
 use crate::quant::{self, Quant, QuantChoice, CACHE_DIR_VAR};
+use crate::remote::client::Client;
+use crate::remote::SERVER_VAR;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +131,9 @@ fn meminfo(key: &str) -> Option<u64> {
 /// Every check, with the environment read through `env`.
 pub(crate) fn doctor_with(env: &dyn Fn(&str) -> Option<String>, probe: &Probe) -> Report {
     let mut checks = vec![kernel(env), build(probe), gpus(env, probe), device(env)];
+    if let Some(c) = server(env) {
+        checks.push(c);
+    }
     checks.extend(model_checks(env));
     checks.push(lab(env));
     checks.push(memory_check(env, probe));
@@ -247,6 +252,38 @@ fn device(env: &dyn Fn(&str) -> Option<String>) -> Check {
             ),
         },
     }
+}
+
+/// The shared model server `MOE_LENS_SERVER` names, when it is set: whether it answers, what it
+/// holds and how busy it is (connecting is local and quick; nothing is run on the model).
+fn server(env: &dyn Fn(&str) -> Option<String>) -> Option<Check> {
+    let path = PathBuf::from(env(SERVER_VAR)?);
+    let fix_down =
+        "ask your instructor whether the class's server runs (systemctl status moe-lens-serve, or squeue for \
+                    its Slurm job), or unset MOE_LENS_SERVER to load a model in your own kernel";
+    Some(match Client::connect(&path) {
+        Err(e) => check("server", Status::Fail, format!("{SERVER_VAR}={}: {e}", path.display()), fix_down),
+        Ok(c) => {
+            let h = c.hello();
+            let busy = match c.stats() {
+                Ok(st) => format!("; {} client(s) connected, {} request(s) waiting", st.clients, st.queued),
+                Err(_) => String::new(),
+            };
+            check(
+                "server",
+                Status::Ok,
+                format!(
+                    "{SERVER_VAR}={}: {} ({}), protocol {}{busy}; every load in the notebooks uses it (MOE_LENS_MODEL, \
+                     MOE_LENS_QUANT and MOE_LENS_DEVICE are not used)",
+                    path.display(),
+                    h.model,
+                    h.summary,
+                    h.protocol
+                ),
+                "",
+            )
+        }
+    })
 }
 
 /// The model, its quantized cache and its tokenizer.
@@ -559,6 +596,18 @@ mod tests {
     fn run(vars: &[(&str, &str)], probe: &Probe) -> Report {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         doctor_with(&|k: &str| m.get(k).cloned(), probe)
+    }
+
+    #[test]
+    fn a_server_that_is_not_running_fails_with_what_to_do() {
+        let d = tmp("server");
+        let sock = d.join("gone.sock");
+        let r = run(&[("MOE_LENS_SERVER", sock.to_str().unwrap_or_default())], &no_gpu());
+        let c = line(&r, "server");
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.found.contains("is not running") && c.fix.contains("unset MOE_LENS_SERVER"), "{c:?}");
+        // without the variable there is no server line
+        assert!(run(&[], &no_gpu()).checks.iter().all(|c| c.name != "server"));
     }
 
     fn no_gpu() -> Probe {

@@ -436,7 +436,13 @@ fn moe_lens_server_makes_the_notebooks_load_connect() {
     std::env::set_var("MOE_LENS_SERVER", &socket);
     let by_env = load("allenai/OLMoE-1B-7B-0924");
     let by_env_quant = load_with_quant("demo", "q4k");
+    let report = moe_lens::doctor::doctor();
     std::env::remove_var("MOE_LENS_SERVER");
+    // doctor's line for the server: it answers, with its model and how busy it is
+    let report = ok(report);
+    let line = report.checks.iter().find(|c| c.name == "server").map(|c| format!("{:?} {}", c.status, c.found));
+    let line = line.unwrap_or_default();
+    assert!(line.starts_with("Ok") && line.contains("olmoe-narrow") && line.contains("client(s) connected"), "{line}");
     let (a, b) = (ok(by_env), ok(by_env_quant));
     assert_eq!(a.server(), Some(socket.as_path()));
     assert_eq!(b.server(), Some(socket.as_path()));

@@ -214,10 +214,19 @@ fn open(socket: &Path) -> Result<UnixStream> {
     })
 }
 
+/// How long a hello may take: the server answers it from the connection's own thread, at once
+/// even while the model is busy, so a longer wait means a server that is stuck (a notebook cell, or
+/// `doctor()`, must not hang on it).
+const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 fn hello(socket: &Path, stream: &mut UnixStream, id: u64) -> Result<Hello> {
     let err = |msg: String| Error::Server { socket: socket.to_path_buf(), msg };
     let req = Request { v: PROTOCOL_VERSION, id, body: RequestBody::Hello };
-    let resp = exchange(stream, &req).map_err(|e| {
+    // the timeout covers the hello only: a generation's answer may take longer
+    let _ = stream.set_read_timeout(Some(HELLO_TIMEOUT));
+    let resp = exchange(stream, &req);
+    let _ = stream.set_read_timeout(None);
+    let resp = resp.map_err(|e| {
         err(format!(
             "did not answer ({e}): it may be starting (loading the model) or stopping; try again in a minute, \
              or ask your instructor"
