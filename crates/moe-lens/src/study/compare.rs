@@ -303,7 +303,7 @@ impl Unit<'_> {
 const TOTALS_BUDGET_BYTES: usize = 256 << 20;
 /// Memory the per-sentence totals of one language may take when the routes are read from a file:
 /// small, so that a comparison's memory does not grow with the corpus (the totals only save time).
-const FILE_TOTALS_BUDGET_BYTES: usize = 16 << 20;
+const FILE_TOTALS_BUDGET_BYTES: usize = 4 << 20;
 
 /// The unit of `r`'s tokens of `lang`, if it has any; totals kept while `budget` lasts.
 fn unit_of<'a>(

@@ -53,6 +53,20 @@ use crate::lab::Lens;
 use crate::spy::{RouterEvent, RouterSpy, Step};
 use crate::tokens::{Script, Token};
 
+/// What a scan keeps of a token until its batch runs: its id and script (8 bytes, not the
+/// [`Token`]'s label and offsets), so the scan's memory grows little with the corpus.
+#[derive(Debug, Clone, Copy)]
+struct ScanToken {
+    id: u32,
+    script: Script,
+}
+
+impl From<&Token> for ScanToken {
+    fn from(t: &Token) -> Self {
+        ScanToken { id: t.id, script: t.script }
+    }
+}
+
 pub use analyses::{AnalysisOptions, Consecutive, RoutingAnalyses};
 pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdict};
 pub use counts::{Counts, CountsJson};
@@ -704,7 +718,7 @@ pub struct Scanner<'a> {
     /// Corpus positions in scan order (longest first).
     order: Vec<usize>,
     /// Tokens of `order[i]`.
-    tokens: Vec<Vec<Token>>,
+    tokens: Vec<Vec<ScanToken>>,
     pos: usize,
     /// Batch boundaries in `order` as first cut: `[0, .., order.len()]` (see [`cut_batches`]).
     bounds: Vec<usize>,
@@ -778,12 +792,12 @@ impl<'a> Scanner<'a> {
                     ),
                 ));
             }
-            items.push((p, toks));
+            items.push((p, toks.iter().map(ScanToken::from).collect::<Vec<_>>()));
         }
         // longest first; ties in corpus order
         items.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         let tokens_total = items.iter().map(|(_, t)| t.len() as u64).sum();
-        let (order, tokens): (Vec<usize>, Vec<Vec<Token>>) = items.into_iter().unzip();
+        let (order, tokens): (Vec<usize>, Vec<Vec<ScanToken>>) = items.into_iter().unzip();
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let bounds = cut_batches(&lengths, limits.0, limits.1);
         let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
@@ -944,7 +958,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Extracts sentence `b` of the batch (real tokens only) from the spy.
-    fn routes_of(&self, p: usize, tokens: &[Token], b: usize, spy: &TopKSpy) -> Result<SentenceRoutes> {
+    fn routes_of(&self, p: usize, tokens: &[ScanToken], b: usize, spy: &TopKSpy) -> Result<SentenceRoutes> {
         let s = &self.sentences[p];
         let settings = self.study.settings;
         let layers = self.study.counts.layers;
