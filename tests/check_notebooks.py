@@ -34,7 +34,8 @@ co-activation heatmap of the 16 busiest experts (16 x 16 cells, tooltips with co
 recomputed here from the counts of each row's diagonal) and the partners printed next to the random
 router's 11.1%; the consecutive-token plot (3 languages x 16 layers x 2 panels, the random router's
 1/64 and 64/64) and its numbers, with layer 14 of each language printed; token specialisation and
-profiles printed for en/ko/ja; the token-identity null's table (16 layers, its verdict line); the
+profiles printed for en/ko/ja; the expert card of layer 14's busiest expert (HTML: its count as in
+the partners cell, 10 top tokens in context, en/ja/ko picks adding up; a plain-text summary); the token-identity null's table (16 layers, its verdict line); the
 error example and the cell after it.
 Prints one line per failed check and ends with `notebooks: N passed, M failed`.
 """
@@ -459,6 +460,27 @@ def check_analyses(ch, name, nb):
     ch.check(name, "token specialisation of 3 experts, with languages and top tokens",
              len(re.findall(r"(?m)^expert +\d+: \d+ picks of \d+ different tokens; .* by language en \d+% ja \d+% ko \d+%$", out)) == 3
              and len(re.findall(r"% of the expert's picks", out)) >= 3, out[:300])
+    # the expert card of layer 14's busiest expert: its title and count agree with the partners cell
+    # (the busiest of the 4 experts printed there), 10 top tokens shown in context, the languages'
+    # picks adding up to the card's, and the plain-text summary
+    _, c = find_cell(cells, r"cards\.card\(14, busiest\)")
+    html = data(c or {}, "text/html") or ""
+    plain = data(c or {}, "text/plain") or ""
+    _, pc = find_cell(cells, r"analyses\.partners\(14")
+    busy = {int(e): int(n) for e, n in re.findall(r"(?m)^expert +(\d+) \( *(\d+) tokens\) is chosen with", cell_text(pc or {}))}
+    m = re.search(r'<h1>Layer 14 · expert (\d+)</h1><p class="mlc-sub">[^<]*? · (\d+) of (\d+) counted tokens chose it', html)
+    ok = bool(m and busy) and busy.get(int(m.group(1))) == int(m.group(2)) == max(busy.values())
+    ch.check(name, "the expert card: layer 14's busiest expert, with the partners cell's count", ok, html[:300])
+    top = html[html.find("Top tokens, in context"):html.find("<h2>Languages</h2>")]
+    ch.check(name, "the expert card: 10 top tokens, each shown in context",
+             top.count('<td class="mlc-tok">') == 10 and top.count("<mark>") >= 10, str(top.count("<mark>")))
+    langs_t = html[html.find("<h2>Languages</h2>"):]
+    langs_t = langs_t[:langs_t.find("</tbody>")]
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td>", langs_t)
+    ch.check(name, "the expert card: en, ja and ko picks add up to the card's picks",
+             [r[0] for r in rows] == ["en", "ja", "ko"] and bool(m) and sum(int(r[1]) for r in rows) == int(m.group(2)), str(rows))
+    ch.check(name, "the expert card: a plain-text summary too",
+             bool(m) and plain.startswith(f"layer 14 expert {m.group(1)}: {m.group(2)} picks; top tokens: "), plain[:200])
     _, c = find_cell(cells, r"analyses\.profile\(lang, 14\)")
     out = cell_text(c or {})
     ch.check(name, "the profiles of en, ko and ja", all(re.search(rf"(?m)^{l}, layer 14: half of the picks go to +\d+ experts", out) for l in ("en", "ko", "ja")), out[:300])

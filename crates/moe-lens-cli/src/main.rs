@@ -1,6 +1,7 @@
 //! The `moe-lens` command.
 
 mod bench;
+mod export;
 mod prepare;
 mod report;
 mod scan;
@@ -155,6 +156,9 @@ enum Cmd {
     /// co-activation partners, consecutive-token rate and, with --sweep, its ablation effect; an
     /// overview per layer.
     Report(report::ReportArgs),
+    /// Write a finished scan's tidy CSV tables (metrics.csv and the routing analyses' CSVs) as
+    /// Parquet files with the same columns (metrics.parquet, coactivation.parquet, …).
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -222,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Serve(args) => serve::run_serve(args)?,
         Cmd::Loadtest(args) => serve::run_loadtest(args)?,
         Cmd::Report(args) => report::run_report(args)?,
+        Cmd::Export(args) => export::run_export(args)?,
         Cmd::Prepare(args) => prepare::run_prepare(args)?,
         Cmd::Doctor => {
             let report = moe_lens::doctor::doctor()?;

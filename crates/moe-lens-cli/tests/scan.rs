@@ -4,7 +4,8 @@
 //!   uninterrupted run (counts.json, metrics.json, routes.bin byte for byte);
 //! - shards merged equal the unsharded scan, byte for byte;
 //! - a different run in the same directory, bad shards, and mismatched, overlapping or unfinished
-//!   parts of a merge are refused with a message that says why.
+//!   parts of a merge are refused with a message that says why;
+//! - `moe-lens export` writes the tidy CSVs as Parquet files holding the same values.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -329,5 +330,103 @@ fn a_second_scan_on_the_same_out_is_refused_while_one_runs() {
     ok(scan_cmd(&m, &corpus, &part, &["--shard", "0/2"]));
     let e = fails(scan_cmd(&m, &corpus, &part, &["--shard", "0/2", "--batch", "3"]));
     assert!(e.contains("batch 2 (now 3"), "{e}");
+    let _ = std::fs::remove_dir_all(&w);
+}
+
+/// One CSV line's fields (RFC 4180 quoting; a quoted field may hold commas and doubled quotes, and
+/// no line breaks in these tables).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let b: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], quoted) {
+            ('"', true) if b.get(i + 1) == Some(&'"') => {
+                out.last_mut().unwrap().push('"');
+                i += 1;
+            }
+            ('"', q) => quoted = !q,
+            (',', false) => out.push(String::new()),
+            (c, _) => out.last_mut().unwrap().push(c),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `moe-lens export` writes every tidy CSV of a scan as a Parquet file with the same columns, and
+/// reading the Parquet files back gives the CSVs' values: integers equal, floats bit for bit, text
+/// equal (token labels with commas and quotes included), empty cells as nulls.
+#[test]
+fn export_writes_the_tidy_tables_as_parquet_with_the_csvs_values() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let w = work("export");
+    // the 30 sentences with a domain column (every third without one)
+    let mut text = String::from("id\tlang\tdomain\ttext\n");
+    for (i, s) in corpus::builtin().unwrap().iter().take(30).enumerate() {
+        let d = ["chat", "", "news"][i % 3];
+        text.push_str(&format!("{}\t{}\t{d}\t{}\n", s.id, s.lang, s.text));
+    }
+    let corpus = w.join("domains.tsv");
+    std::fs::write(&corpus, text).unwrap();
+    let scan = w.join("scan");
+    ok(scan_cmd(&model("olmoe-narrow"), &corpus, &scan, &[]));
+    let pq = w.join("pq");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_moe-lens"));
+    c.arg("export").arg(&scan).arg("--out").arg(&pq).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let log = ok(c);
+    let tables = [
+        "metrics",
+        "coactivation",
+        "coactivation_partners",
+        "consecutive",
+        "specialisation",
+        "specialisation_tokens",
+        "specialisation_langs",
+        "specialisation_domains",
+        "expert_profiles",
+    ];
+    let mut nulls = 0;
+    for t in tables {
+        assert!(log.contains(&format!("{t}.parquet")), "{log}");
+        let csv = std::fs::read_to_string(scan.join(format!("{t}.csv"))).unwrap();
+        let mut lines = csv.lines();
+        let header = csv_fields(lines.next().unwrap());
+        let rows: Vec<Vec<String>> = lines.map(csv_fields).collect();
+        let reader = SerializedFileReader::new(std::fs::File::open(pq.join(format!("{t}.parquet"))).unwrap()).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows() as usize, rows.len(), "{t}");
+        let mut n = 0;
+        for (row, want) in reader.get_row_iter(None).unwrap().zip(&rows) {
+            let row = row.unwrap();
+            let got: Vec<(&String, &Field)> = row.get_column_iter().collect();
+            assert_eq!(got.len(), header.len(), "{t}");
+            for ((name, field), (col, cell)) in got.iter().zip(header.iter().zip(want)) {
+                assert_eq!(*name, col, "{t}");
+                let same = match field {
+                    Field::Null => {
+                        nulls += 1;
+                        cell.is_empty()
+                    }
+                    Field::Long(v) => cell.parse::<i64>().ok() == Some(*v),
+                    Field::Double(v) => cell.parse::<f64>().map(|c| c.to_bits() == v.to_bits()).unwrap_or(false),
+                    Field::Str(s) => s == cell,
+                    other => panic!("{t}.{col}: unexpected {other:?}"),
+                };
+                assert!(same, "{t}, row {n}, {col}: parquet {field:?}, csv {cell:?}");
+            }
+            n += 1;
+        }
+        assert_eq!(n, rows.len(), "{t}");
+    }
+    // the reference language's comparison columns are nulls
+    assert!(nulls > 0, "no nulls");
+    let e = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moe-lens"));
+        c.arg("export").arg(&w).stdout(Stdio::piped()).stderr(Stdio::piped());
+        fails(c)
+    };
+    assert!(e.contains("no metrics.csv"), "{e}");
     let _ = std::fs::remove_dir_all(&w);
 }

@@ -192,6 +192,75 @@ fn saved_files_have_the_fixed_formats_and_reload() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A directory scan (`moe-lens scan`) keeps no routes in memory: they go to routes.bin, and the
+/// comparisons and analyses read them back one sentence at a time. Its files are byte for byte
+/// those of the in-memory scan saved (whose analyses the NumPy reference checks), and its
+/// analyses equal the NumPy reference; with sentences cut into languages by script too.
+#[test]
+fn a_directory_scan_streams_and_writes_what_the_in_memory_scan_saves() {
+    use moe_lens::study::checkpoint::{scan_to_dir, DirScan, RunInfo};
+    use moe_lens::study::{CompareOptions, Shard};
+    let lens = narrow();
+    let sentences = corpus::load_corpus(root().join("tests/analyses/corpus.tsv"), None).unwrap();
+    for (by_script, skip_common, file) in
+        [(false, false, "expected-narrow.json"), (true, true, "expected-narrow-script-skip.json")]
+    {
+        let base = std::env::temp_dir().join(format!("moe-lens-stream-{by_script}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let options =
+            ScanOptions { batch_size: Some(3), by_script, skip_common, progress: false, ..ScanOptions::default() };
+        let compare = CompareOptions { replicates: 40, ..CompareOptions::default() };
+        let run = RunInfo {
+            model: "olmoe-narrow".into(),
+            corpus: "corpus.tsv".into(),
+            corpus_fingerprint: corpus::fingerprint(&sentences),
+            corpus_sentences: sentences.len(),
+            lang: None,
+            dtype: String::new(),
+            by_script,
+            skip_common,
+            batch: 0,
+            batch_tokens: 0,
+        };
+        let job =
+            DirScan { run, shard: Shard::ALL, options: options.clone(), reference: None, compare: compare.clone() };
+        let streamed = base.join("dir");
+        let res = scan_to_dir(&lens, &sentences, &job, &streamed, &mut |_| {}).unwrap();
+        assert!(res.study.routes.is_empty(), "a directory scan keeps no routes in memory");
+
+        let mut study = study::scan(&lens, &sentences, &options).unwrap();
+        study.sort();
+        assert_eq!(res.study.counts, study.counts);
+        let report = study.report(None, &compare).unwrap();
+        assert_eq!(res.report, report);
+        let saved = base.join("saved");
+        study.save(&saved, &report).unwrap();
+        for f in [
+            "counts.json",
+            "metrics.json",
+            "metrics.csv",
+            "routes.bin",
+            "coactivation.json",
+            "consecutive.json",
+            "coactivation.csv",
+            "coactivation_partners.csv",
+            "consecutive.csv",
+            "specialisation.csv",
+            "specialisation_langs.csv",
+            "expert_profiles.csv",
+        ] {
+            let (a, b) = (std::fs::read(streamed.join(f)).unwrap(), std::fs::read(saved.join(f)).unwrap());
+            assert!(a == b, "{f} differs between the directory scan and the saved in-memory scan");
+        }
+        let want = expected(file);
+        check_against_reference(
+            &RoutingAnalyses::from_routes_file(lens.name(), &streamed.join("routes.bin")).unwrap(),
+            &want,
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
+
 /// Hand-made routes: neighbours only where positions are adjacent, pairs under the first token's
 /// language, the random router's values from their formulas.
 #[test]

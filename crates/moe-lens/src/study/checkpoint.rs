@@ -15,14 +15,15 @@
 //! change between runs).
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::analyses::{AnalysisOptions, RoutingAnalyses, TokenLabels};
 use super::counts::{Counts, CountsJson};
 use super::metrics::Metrics;
-use super::routes;
+use super::routes::{self, RoutesReader};
 use super::{write_atomic, CompareOptions, ScanOptions, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE};
 use crate::corpus::Sentence;
 use crate::error::{Error, Result};
@@ -240,8 +241,10 @@ pub fn check_dir(dir: &Path, run: &RunInfo, shard: Shard) -> Result<Option<ScanS
     Ok(previous)
 }
 
-/// Reads the committed part of routes.bin (cutting off a torn tail) as a study.
-fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study> {
+/// Reads the committed part of routes.bin (cutting off a torn tail) one sentence at a time:
+/// returns the corpus positions of the sentences done and their counts (checked against the
+/// state file's).
+fn resume_counts(dir: &Path, st: &ScanState) -> Result<(Vec<usize>, Counts)> {
     let path = dir.join(ROUTES_FILE);
     let damaged = |msg: String| dir_err(dir, format!("{msg}: the directory is damaged; delete it to start over"));
     let f = OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
@@ -264,23 +267,50 @@ fn resume_study(dir: &Path, st: &ScanState, settings: Settings) -> Result<Study>
     f.set_len(st.routes_bytes).map_err(|e| Error::io(&path, e))?;
     f.sync_all().map_err(|e| Error::io(&path, e))?;
     drop(f);
-    let ((layers, k, experts), records) = routes::read_file(&path)?;
     let counts = Counts::from_json(&st.counts)?;
-    if (layers, k, experts) != (counts.layers, counts.k, counts.experts) || records.len() != st.done {
-        return Err(damaged(format!(
-            "{ROUTES_FILE} holds {} sentences but {STATE_FILE} says {}",
-            records.len(),
-            st.done
-        )));
+    let reader = RoutesReader::open(&path)?;
+    let (layers, k, experts) = reader.shape();
+    let mut recount = Counts::new(&counts.model, layers, experts, k);
+    let mut have = Vec::new();
+    let shape_ok = (layers, k, experts) == (counts.layers, counts.k, counts.experts);
+    for r in reader {
+        let r = r?;
+        if shape_ok {
+            recount.add(&r)?;
+        }
+        have.push(r.index as usize);
     }
-    let mut s = Study::new(&counts.model, layers, experts, k, settings);
-    for r in records {
-        s.add(r)?;
+    if !shape_ok || have.len() != st.done {
+        return Err(damaged(format!("{ROUTES_FILE} holds {} sentences but {STATE_FILE} says {}", have.len(), st.done)));
     }
-    if s.counts != counts {
+    if recount != counts {
         return Err(damaged(format!("the counts in {STATE_FILE} are not the sum of {ROUTES_FILE}")));
     }
-    Ok(s)
+    Ok((have, counts))
+}
+
+/// Writes a finished scan's (or merge's) outputs from its counts and its routes.bin, reading the
+/// routes file one sentence at a time (memory does not grow with the corpus): sorts routes.bin by
+/// corpus position, compares every language with the reference (the bootstrap reads the sentences
+/// it draws from the file), writes `counts.json`, `metrics.json`, `metrics.csv` and the routing
+/// analyses. The same files as [`Study::save`] of the same routes.
+fn finish_dir(
+    dir: &Path,
+    counts: &Counts,
+    settings: Settings,
+    reference: Option<&str>,
+    opts: &CompareOptions,
+    labels: Option<&TokenLabels<'_>>,
+) -> Result<Metrics> {
+    let path = dir.join(ROUTES_FILE);
+    routes::sort_file(&path)?;
+    let (layers, experts, k) = (counts.layers, counts.experts, counts.k);
+    let report = super::report_of(counts, reference, |a, b| {
+        super::compare::compare_file(&path, layers, experts, k, a, b, opts)
+    })?;
+    super::save_tables(dir, counts, settings, &report)?;
+    RoutingAnalyses::from_routes_file(&counts.model, &path)?.save(dir, &AnalysisOptions::default(), labels)?;
+    Ok(report)
 }
 
 /// What a resumable scan reports as it goes.
@@ -300,7 +330,9 @@ pub enum ScanEvent<'s, 'a> {
 
 /// The result of [`scan_to_dir`] and [`merge_dirs`].
 pub struct DirResult {
-    /// The counts of the whole scan.
+    /// The counts of the whole scan. Its `routes` are empty: they are in the directory's
+    /// `routes.bin`, which the analyses read one sentence at a time ([`Study::load`] reads them
+    /// all into memory).
     pub study: Study,
     /// Metrics with the comparisons against the reference language.
     pub report: Metrics,
@@ -356,6 +388,8 @@ pub fn scan_to_dir_locked(
     let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
     (run.batch, run.batch_tokens) = opts.limits(&super::scan_device(lens))?;
     let mut scanner = Scanner::for_shard(lens, sentences, shard, opts)?;
+    // the routes go to routes.bin only: memory stays flat however long the corpus
+    scanner.keep_routes(false);
     let cfg = lens.config();
     let (layers, k, experts) = (cfg.num_hidden_layers, cfg.num_experts_per_tok, cfg.num_experts);
     let routes_path = dir.join(ROUTES_FILE);
@@ -372,8 +406,8 @@ pub fn scan_to_dir_locked(
                     ),
                 ));
             }
-            let study = resume_study(dir, &st, settings)?;
-            scanner.resume(study)?;
+            let (have, counts) = resume_counts(dir, &st)?;
+            scanner.resume_counts(have, counts, settings)?;
             (st, true)
         }
         None => {
@@ -420,12 +454,10 @@ pub fn scan_to_dir_locked(
         on_event(ScanEvent::Batch(&scanner));
     }
 
-    let mut study = scanner.into_study();
-    study.sort();
-    let report = study.report(job.reference.as_deref(), &job.compare)?;
+    let study = scanner.into_study();
     let tokenizer = lens.tokenizer();
     let labels = |ids: &[u32]| tokenizer.labels(ids).unwrap_or_default();
-    study.save_labelled(dir, &report, Some(&labels))?;
+    let report = finish_dir(dir, &study.counts, settings, job.reference.as_deref(), &job.compare, Some(&labels))?;
     state.complete = true;
     state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
     state.counts = study.counts.to_json();
@@ -458,7 +490,9 @@ pub fn merge_dirs(
         }
     }
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    // the counts (a study without routes), the corpus positions seen, and the parts in order
     let mut merged: Option<(RunInfo, Vec<Shard>, Study)> = None;
+    let mut seen: std::collections::HashSet<u32> = std::collections::HashSet::new();
     for part in parts {
         if canon(part) == canon(out) {
             return Err(dir_err(part, "it is both a part and the output: merge into another directory"));
@@ -472,9 +506,21 @@ pub fn merge_dirs(
                 format!("the scan is not finished ({} of {} sentences): run the same `moe-lens scan` command again to complete it", st.done, st.sentences),
             ));
         }
-        let s = Study::load(part)?;
+        let (counts, settings, indices) = super::load_counts(part)?;
+        if !routes::is_current_layout(&part.join(ROUTES_FILE))? {
+            return Err(dir_err(
+                part,
+                format!(
+                    "its {ROUTES_FILE} was written by an older moe-lens (without token ids): scan it again to merge it"
+                ),
+            ));
+        }
+        let s = Study { counts, routes: Vec::new(), settings };
         match &mut merged {
-            None => merged = Some((st.run.clone(), st.shards.clone(), s)),
+            None => {
+                seen.extend(&indices);
+                merged = Some((st.run.clone(), st.shards.clone(), s));
+            }
             Some((run, shards, study)) => {
                 let mut d = Vec::new();
                 if st.run.model != run.model || s.counts.check_compatible(&study.counts).is_err() {
@@ -530,17 +576,38 @@ pub fn merge_dirs(
                 }
                 shards.extend(st.shards.iter().copied());
                 study.merge(s).map_err(|e| dir_err(part, e.to_string()))?;
+                if let Some(&dup) = indices.iter().find(|i| seen.contains(i)) {
+                    let id = sentence_id(&part.join(ROUTES_FILE), dup)?;
+                    return Err(dir_err(
+                        part,
+                        format!("sentence {id} (#{dup}) is in both: the parts overlap; merge each shard once"),
+                    ));
+                }
+                seen.extend(&indices);
             }
         }
     }
-    let Some((run, shards, mut study)) = merged else {
+    let Some((run, shards, study)) = merged else {
         return Err(Error::invalid("merge", "no parts to merge: give the shard directories"));
     };
-    study.sort();
-    let covered = study.routes.len();
-    let report = study.report(reference, compare)?;
-    study.save(out, &report)?;
+    let covered = seen.len();
+    // an unknown reference language is refused before anything is written
+    super::resolve_reference(&study.counts, reference)?;
+    // the parts' routes one after the other (each part checked above); finish_dir sorts them
     let rpath = out.join(ROUTES_FILE);
+    let c = &study.counts;
+    crate::fsutil::write_atomic_with(&rpath, |w| {
+        w.write_all(&routes::header(c.layers, c.k, c.experts)).map_err(|e| Error::io(&rpath, e))?;
+        for part in parts {
+            let p = part.join(ROUTES_FILE);
+            let mut f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
+            std::io::copy(&mut (&mut f).take(routes::HEADER_LEN as u64), &mut std::io::sink())
+                .map_err(|e| Error::io(&p, e))?;
+            std::io::copy(&mut f, w).map_err(|e| Error::io(&p, e))?;
+        }
+        Ok(())
+    })?;
+    let report = finish_dir(out, &study.counts, study.settings, reference, compare, None)?;
     let routes_bytes = std::fs::metadata(&rpath).map_err(|e| Error::io(&rpath, e))?.len();
     let state = ScanState {
         version: STATE_VERSION,
@@ -555,4 +622,15 @@ pub fn merge_dirs(
     };
     write_state(out, &state)?;
     Ok(DirResult { study, report, state })
+}
+
+/// The id of the sentence at corpus position `index` in a routes file (for messages).
+fn sentence_id(path: &Path, index: u32) -> Result<String> {
+    for r in RoutesReader::open(path)? {
+        let r = r?;
+        if r.index == index {
+            return Ok(r.id);
+        }
+    }
+    Ok(String::new())
 }

@@ -43,11 +43,15 @@
 //! With [`super::ScanOptions::by_script`], a sentence's tokens count under their script's language;
 //! the resampled unit is then a sentence's tokens of that language.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::routes::SentenceRoutes;
+use super::routes::{RoutesReader, SentenceRoutes};
 use super::stats::effective_number_u32;
 use crate::corpus::{language_name, Fnv64};
 use crate::error::{Error, Result};
@@ -249,17 +253,88 @@ impl SplitMix64 {
     }
 }
 
+/// Where a unit's routes are: in memory, or in a routes file (the offset of the record's expert
+/// block and the record's counted tokens), read when the unit is drawn.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Mem(&'a SentenceRoutes),
+    File { at: u64, tokens: u32 },
+}
+
+/// A unit's tokens of its language: all of the sentence's counted tokens (the usual case, kept as
+/// a count), or a list of them (counting by script).
+enum Toks {
+    All(u32),
+    List(Vec<u32>),
+}
+
+impl Toks {
+    fn len(&self) -> usize {
+        match self {
+            Toks::All(n) => *n as usize,
+            Toks::List(v) => v.len(),
+        }
+    }
+    fn fill(&self, out: &mut Vec<u32>) {
+        out.clear();
+        match self {
+            Toks::All(n) => out.extend(0..*n),
+            Toks::List(v) => out.extend_from_slice(v),
+        }
+    }
+}
+
 /// A resampling unit: one sentence's tokens of one language.
 pub(super) struct Unit<'a> {
-    routes: &'a SentenceRoutes,
-    tokens: Vec<u32>,
+    src: Src<'a>,
+    tokens: Toks,
     /// Counts of all its tokens' selections `[layer * experts + expert]`, kept for sentences long
     /// enough that adding them is cheaper than counting token by token.
     totals: Option<Vec<u32>>,
 }
 
-/// Memory the per-sentence totals may take.
+impl Unit<'_> {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// Memory the per-sentence totals may take (of in-memory routes).
 const TOTALS_BUDGET_BYTES: usize = 256 << 20;
+/// Memory the per-sentence totals of one language may take when the routes are read from a file:
+/// small, so that a comparison's memory does not grow with the corpus (the totals only save time).
+const FILE_TOTALS_BUDGET_BYTES: usize = 4 << 20;
+
+/// The unit of `r`'s tokens of `lang`, if it has any; totals kept while `budget` lasts.
+fn unit_of<'a>(
+    r: &SentenceRoutes,
+    src: Src<'a>,
+    lang: &str,
+    dims: (usize, usize, usize),
+    budget: &mut usize,
+) -> Option<Unit<'a>> {
+    let (layers, experts, k) = dims;
+    let li = r.langs.iter().position(|l| l == lang)?;
+    let n = r.tokens();
+    let tokens = if r.token_lang.iter().all(|&l| l as usize == li) {
+        Toks::All(n as u32)
+    } else {
+        Toks::List((0..n).filter(|&t| r.token_lang[t] as usize == li).map(|t| t as u32).collect())
+    };
+    if tokens.len() == 0 {
+        return None;
+    }
+    let mut totals = None;
+    if tokens.len() * k > experts && *budget > 0 {
+        *budget -= 1;
+        let mut t = vec![0u32; layers * experts];
+        let mut idx = Vec::new();
+        tokens.fill(&mut idx);
+        count_mem(r, &idx, layers, experts, &mut t);
+        totals = Some(t);
+    }
+    Some(Unit { src, tokens, totals })
+}
 
 pub(super) fn units<'a>(
     routes: &[&'a SentenceRoutes],
@@ -268,46 +343,131 @@ pub(super) fn units<'a>(
     experts: usize,
     k: usize,
 ) -> Vec<Unit<'a>> {
-    let mut out = Vec::new();
     let mut budget = TOTALS_BUDGET_BYTES / (4 * (layers * experts).max(1));
-    for &r in routes {
-        let Some(li) = r.langs.iter().position(|l| l == lang) else { continue };
-        let tokens: Vec<u32> = (0..r.tokens()).filter(|&t| r.token_lang[t] as usize == li).map(|t| t as u32).collect();
-        if tokens.is_empty() {
-            continue;
-        }
-        let mut u = Unit { routes: r, tokens, totals: None };
-        if u.tokens.len() * k > experts && budget > 0 {
-            budget -= 1;
-            let mut t = vec![0u32; layers * experts];
-            count_tokens(&u, &u.tokens, layers, experts, &mut t);
-            u.totals = Some(t);
-        }
-        out.push(u);
-    }
-    out
+    routes.iter().filter_map(|&r| unit_of(r, Src::Mem(r), lang, (layers, experts, k), &mut budget)).collect()
 }
 
-/// Counts the top-k selections of `toks` of unit `u` into `counts` (`[layer * experts + expert]`).
-fn count_tokens(u: &Unit<'_>, toks: &[u32], layers: usize, experts: usize, counts: &mut [u32]) {
+/// The units of languages `a` and `b` of a routes file, in corpus order, read one record at a
+/// time; and the languages seen.
+fn file_units(
+    path: &Path,
+    a: &str,
+    b: &str,
+    dims: (usize, usize, usize),
+    budget_bytes: usize,
+) -> Result<(Vec<Unit<'static>>, Vec<Unit<'static>>, BTreeSet<String>)> {
+    let (layers, experts, k) = dims;
+    let mut reader = RoutesReader::open(path)?;
+    if reader.shape() != (layers, k, experts) {
+        return Err(Error::invalid(
+            "routes file",
+            format!("{}: its routes are not of this study's model; scan again", path.display()),
+        ));
+    }
+    let mut budget_a = budget_bytes / (4 * (layers * experts).max(1));
+    let mut budget_b = budget_a;
+    let (mut ua, mut ub) = (Vec::new(), Vec::new());
+    let mut seen = BTreeSet::new();
+    while let Some(r) = reader.next() {
+        let r = r?;
+        let at = reader.position() - 2 * r.experts.len() as u64;
+        let src = Src::File { at, tokens: r.tokens() as u32 };
+        for l in &r.langs {
+            if !seen.contains(l) {
+                seen.insert(l.clone());
+            }
+        }
+        for (lang, out, bud) in [(a, &mut ua, &mut budget_a), (b, &mut ub, &mut budget_b)] {
+            if let Some(u) = unit_of(&r, src, lang, dims, bud) {
+                out.push((r.index, u));
+            }
+        }
+    }
+    // corpus order, whatever order the file is in
+    ua.sort_by_key(|x| x.0);
+    ub.sort_by_key(|x| x.0);
+    Ok((ua.into_iter().map(|x| x.1).collect(), ub.into_iter().map(|x| x.1).collect(), seen))
+}
+
+/// Reads the expert blocks of units in a routes file (none for in-memory routes).
+pub(super) struct Experts {
+    file: Option<(File, PathBuf)>,
+    raw: Vec<u8>,
+    block: Vec<u16>,
+}
+
+impl Experts {
+    /// For in-memory units.
+    pub(super) fn in_memory() -> Experts {
+        Experts { file: None, raw: Vec::new(), block: Vec::new() }
+    }
+
+    fn of_file(path: &Path) -> Result<Experts> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Experts { file: Some((f, path.to_path_buf())), raw: Vec::new(), block: Vec::new() })
+    }
+}
+
+fn count_mem(r: &SentenceRoutes, toks: &[u32], layers: usize, experts: usize, counts: &mut [u32]) {
     for &t in toks {
         for layer in 0..layers {
-            for &e in u.routes.top_k(layer, t as usize) {
+            for &e in r.top_k(layer, t as usize) {
                 counts[layer * experts + e as usize] += 1;
             }
         }
     }
 }
 
+/// Counts the top-k selections of `toks` of unit `u` into `counts` (`[layer * experts + expert]`).
+fn count_tokens(
+    u: &Unit<'_>,
+    toks: &[u32],
+    dims: (usize, usize, usize),
+    counts: &mut [u32],
+    ex: &mut Experts,
+) -> Result<()> {
+    let (layers, experts, k) = dims;
+    match u.src {
+        Src::Mem(r) => count_mem(r, toks, layers, experts, counts),
+        Src::File { at, tokens } => {
+            let Some((f, path)) = &mut ex.file else {
+                return Err(Error::invalid("comparison", "a unit of a routes file without the file"));
+            };
+            let n = tokens as usize;
+            ex.raw.resize(2 * layers * n * k, 0);
+            f.seek(SeekFrom::Start(at)).map_err(|e| Error::io(&*path, e))?;
+            f.read_exact(&mut ex.raw).map_err(|e| Error::io(&*path, e))?;
+            ex.block.clear();
+            ex.block.extend(ex.raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+            for &t in toks {
+                for layer in 0..layers {
+                    let start = (layer * n + t as usize) * k;
+                    for &e in &ex.block[start..start + k] {
+                        counts[layer * experts + e as usize] += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The first `need` tokens of `u` after a random partial shuffle (a uniformly random subset).
 fn random_subset<'s>(u: &Unit<'_>, need: usize, rng: &mut SplitMix64, scratch: &'s mut Vec<u32>) -> &'s [u32] {
-    scratch.clear();
-    scratch.extend_from_slice(&u.tokens);
+    u.tokens.fill(scratch);
     for i in 0..need {
         let j = i + rng.below(scratch.len() - i);
         scratch.swap(i, j);
     }
     &scratch[..need]
+}
+
+/// Reusable buffers of [`draw`].
+#[derive(Default)]
+pub(super) struct Scratch {
+    subset: Vec<u32>,
+    all: Vec<u32>,
+    order: Vec<usize>,
 }
 
 /// Draws sentences until `m` tokens — with replacement (bootstrap) or without (subsample) —
@@ -318,14 +478,14 @@ pub(super) fn draw(
     units: &[Unit<'_>],
     m: usize,
     replace: bool,
-    layers: usize,
-    experts: usize,
+    dims: (usize, usize, usize),
     rng: &mut SplitMix64,
     counts: &mut [u32],
-    scratch: &mut Vec<u32>,
-    order: &mut Vec<usize>,
-) {
+    scratch: &mut Scratch,
+    ex: &mut Experts,
+) -> Result<()> {
     counts.iter_mut().for_each(|c| *c = 0);
+    let order = &mut scratch.order;
     if !replace {
         order.clear();
         order.extend(0..units.len());
@@ -346,18 +506,22 @@ pub(super) fn draw(
             &units[order[next - 1]]
         };
         let need = m - have;
-        if u.tokens.len() <= need {
+        if u.len() <= need {
             match &u.totals {
                 Some(t) => counts.iter_mut().zip(t).for_each(|(c, x)| *c += x),
-                None => count_tokens(u, &u.tokens, layers, experts, counts),
+                None => {
+                    u.tokens.fill(&mut scratch.all);
+                    count_tokens(u, &scratch.all, dims, counts, ex)?;
+                }
             }
-            have += u.tokens.len();
+            have += u.len();
         } else {
-            let toks = random_subset(u, need, rng, scratch);
-            count_tokens(u, toks, layers, experts, counts);
+            let toks = random_subset(u, need, rng, &mut scratch.subset);
+            count_tokens(u, toks, dims, counts, ex)?;
             have += need;
         }
     }
+    Ok(())
 }
 
 /// Percentile (linear interpolation between order statistics) of sorted values.
@@ -382,6 +546,35 @@ pub fn compare(
     b: &str,
     opts: &CompareOptions,
 ) -> Result<Comparison> {
+    check_options(a, b, opts)?;
+    // corpus order, whatever order the scan or the shards produced
+    let mut sorted: Vec<&SentenceRoutes> = routes.iter().collect();
+    sorted.sort_by_key(|r| r.index);
+    let ua = units(&sorted, a, layers, experts, k);
+    let ub = units(&sorted, b, layers, experts, k);
+    let seen: BTreeSet<String> = sorted.iter().flat_map(|r| r.langs.iter().cloned()).collect();
+    compare_units(&ua, &ub, &seen, (layers, experts, k), a, b, opts, &mut Experts::in_memory())
+}
+
+/// [`compare`] of the routes in a routes file (`routes.bin`), read from the file as the bootstrap
+/// draws them: memory holds a few numbers per sentence, not the routes. The same result as
+/// [`compare`] of the file's routes.
+pub fn compare_file(
+    path: &Path,
+    layers: usize,
+    experts: usize,
+    k: usize,
+    a: &str,
+    b: &str,
+    opts: &CompareOptions,
+) -> Result<Comparison> {
+    check_options(a, b, opts)?;
+    let dims = (layers, experts, k);
+    let (ua, ub, seen) = file_units(path, a, b, dims, FILE_TOTALS_BUDGET_BYTES)?;
+    compare_units(&ua, &ub, &seen, dims, a, b, opts, &mut Experts::of_file(path)?)
+}
+
+fn check_options(a: &str, b: &str, opts: &CompareOptions) -> Result<()> {
     if a == b {
         return Err(Error::invalid(
             "comparison",
@@ -400,24 +593,32 @@ pub fn compare(
     if opts.max_tokens == 0 {
         return Err(Error::invalid("max_tokens", "0: give a positive cap on the matched token count"));
     }
-    // corpus order, whatever order the scan or the shards produced
-    let mut sorted: Vec<&SentenceRoutes> = routes.iter().collect();
-    sorted.sort_by_key(|r| r.index);
-    let ua = units(&sorted, a, layers, experts, k);
-    let ub = units(&sorted, b, layers, experts, k);
-    let seen: std::collections::BTreeSet<&str> =
-        sorted.iter().flat_map(|r| r.langs.iter().map(String::as_str)).collect();
-    for (lang, u) in [(a, &ua), (b, &ub)] {
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare_units(
+    ua: &[Unit<'_>],
+    ub: &[Unit<'_>],
+    seen: &BTreeSet<String>,
+    dims: (usize, usize, usize),
+    a: &str,
+    b: &str,
+    opts: &CompareOptions,
+    ex: &mut Experts,
+) -> Result<Comparison> {
+    let (layers, experts, k) = dims;
+    for (lang, u) in [(a, ua), (b, ub)] {
         if u.is_empty() {
-            let seen: Vec<&str> = seen.iter().copied().collect();
+            let seen: Vec<&str> = seen.iter().map(String::as_str).collect();
             return Err(Error::invalid(
                 "language",
                 format!("{lang:?} has no counted tokens in this scan; it has: {}", seen.join(", ")),
             ));
         }
     }
-    let ta: usize = ua.iter().map(|u| u.tokens.len()).sum();
-    let tb: usize = ub.iter().map(|u| u.tokens.len()).sum();
+    let ta: usize = ua.iter().map(Unit::len).sum();
+    let tb: usize = ub.iter().map(Unit::len).sum();
     let m = ta.min(tb).min(opts.max_tokens);
 
     let mut h = Fnv64::new();
@@ -427,22 +628,21 @@ pub fn compare(
     let mut rng = SplitMix64::new(opts.seed ^ h.0);
     let mut ca = vec![0u32; layers * experts];
     let mut cb = vec![0u32; layers * experts];
-    let mut scratch = Vec::new();
-    let mut order = Vec::new();
+    let mut scratch = Scratch::default();
     let mut boot: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.replicates); layers];
     let mut sum_a = vec![0f64; layers];
     let mut sum_b = vec![0f64; layers];
     for _ in 0..opts.replicates {
         // the estimate: matched subsamples without replacement
-        draw(&ua, m, false, layers, experts, &mut rng, &mut ca, &mut scratch, &mut order);
-        draw(&ub, m, false, layers, experts, &mut rng, &mut cb, &mut scratch, &mut order);
+        draw(ua, m, false, dims, &mut rng, &mut ca, &mut scratch, ex)?;
+        draw(ub, m, false, dims, &mut rng, &mut cb, &mut scratch, ex)?;
         for l in 0..layers {
             sum_a[l] += effective_number_u32(&ca[l * experts..(l + 1) * experts]);
             sum_b[l] += effective_number_u32(&cb[l * experts..(l + 1) * experts]);
         }
         // the spread: matched sentence-bootstrap samples
-        draw(&ua, m, true, layers, experts, &mut rng, &mut ca, &mut scratch, &mut order);
-        draw(&ub, m, true, layers, experts, &mut rng, &mut cb, &mut scratch, &mut order);
+        draw(ua, m, true, dims, &mut rng, &mut ca, &mut scratch, ex)?;
+        draw(ub, m, true, dims, &mut rng, &mut cb, &mut scratch, ex)?;
         for l in 0..layers {
             let ea = effective_number_u32(&ca[l * experts..(l + 1) * experts]);
             let eb = effective_number_u32(&cb[l * experts..(l + 1) * experts]);
@@ -496,6 +696,75 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random routes of 3 layers × 16 experts, top-4: sentences of `en`, `ko` and both (by script).
+    fn synthetic() -> Vec<SentenceRoutes> {
+        let (layers, experts, k) = (3, 16, 4);
+        let mut rng = SplitMix64::new(7);
+        (0..60u32)
+            .map(|i| {
+                let n = 1 + rng.below(12);
+                let (langs, token_lang): (Vec<String>, Vec<u8>) = match i % 3 {
+                    0 => (vec!["en".into()], vec![0; n]),
+                    1 => (vec!["ko".into()], vec![0; n]),
+                    _ => (vec!["ko".into(), "en".into()], (0..n).map(|_| rng.below(2) as u8).collect()),
+                };
+                let mut experts_v = Vec::new();
+                for _ in 0..layers * n {
+                    let mut all: Vec<u16> = (0..experts as u16).collect();
+                    for j in 0..k {
+                        let x = j + rng.below(experts - j);
+                        all.swap(j, x);
+                    }
+                    experts_v.extend_from_slice(&all[..k]);
+                }
+                SentenceRoutes {
+                    // scan order is not corpus order
+                    index: (i * 37) % 60,
+                    id: format!("s{i}"),
+                    langs,
+                    token_lang,
+                    domain: None,
+                    token_ids: (0..n as u32).collect(),
+                    positions: (0..n as u32).collect(),
+                    layers,
+                    k,
+                    experts: experts_v,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_routes_file_compares_as_the_routes_in_memory() {
+        let routes = synthetic();
+        let dir = std::env::temp_dir().join(format!("moe-lens-compare-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("routes.bin");
+        let mut bytes = super::super::routes::header(3, 4, 16);
+        for r in &routes {
+            r.encode_into(&mut bytes).unwrap();
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let opts = CompareOptions { replicates: 30, max_tokens: 50, ..CompareOptions::default() };
+        for (a, b) in [("ko", "en"), ("en", "ko")] {
+            let want = compare(&routes, 3, 16, 4, a, b, &opts).unwrap();
+            assert_eq!(compare_file(&path, 3, 16, 4, a, b, &opts).unwrap(), want);
+            // every unit read from the file as it is drawn (no totals kept)
+            let dims = (3, 16, 4);
+            let (ua, ub, seen) = file_units(&path, a, b, dims, 0).unwrap();
+            assert!(ua.iter().chain(&ub).all(|u| u.totals.is_none()));
+            let got = compare_units(&ua, &ub, &seen, dims, a, b, &opts, &mut Experts::of_file(&path).unwrap()).unwrap();
+            assert_eq!(got, want);
+        }
+        // and sorting the file by corpus position keeps every record
+        super::super::routes::sort_file(&path).unwrap();
+        let (_, sorted) = super::super::routes::read_file(&path).unwrap();
+        let mut want = routes.clone();
+        want.sort_by_key(|r| r.index);
+        assert_eq!(sorted, want);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn below_is_in_range_and_covers() {

@@ -21,7 +21,9 @@
 //! `mixed`, `cyrillic`, …). [`ScanOptions::skip_common`] leaves out tokens whose script is Common
 //! (punctuation, digits, whitespace). For every counted token the scan keeps its top-k experts at
 //! every layer ([`SentenceRoutes`]), which the bootstrap of [`compare`] needs; the tables of
-//! [`Counts`] are sums of those.
+//! [`Counts`] are sums of those. [`scan`] keeps them in memory ([`Study::routes`]); the command
+//! line's directory scan ([`checkpoint::scan_to_dir`]) writes them to `routes.bin` only and reads
+//! them back one sentence at a time, so its memory does not grow with the corpus.
 //!
 //! Sentences are run longest first (so that a too-large batch fails at once, not after an hour),
 //! right-padded to the longest of their batch, with the padded positions masked out of attention;
@@ -50,6 +52,20 @@ use crate::error::{Error, Result};
 use crate::lab::Lens;
 use crate::spy::{RouterEvent, RouterSpy, Step};
 use crate::tokens::{Script, Token};
+
+/// What a scan keeps of a token until its batch runs: its id and script (8 bytes, not the
+/// [`Token`]'s label and offsets), so the scan's memory grows little with the corpus.
+#[derive(Debug, Clone, Copy)]
+struct ScanToken {
+    id: u32,
+    script: Script,
+}
+
+impl From<&Token> for ScanToken {
+    fn from(t: &Token) -> Self {
+        ScanToken { id: t.id, script: t.script }
+    }
+}
 
 pub use analyses::{AnalysisOptions, Consecutive, RoutingAnalyses};
 pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdict};
@@ -321,38 +337,13 @@ impl Study {
 
     /// The reference language of a report: `en` when counted, else the first language.
     pub fn default_reference(&self) -> Option<String> {
-        let langs = self.languages();
-        if langs.iter().any(|l| l == "en") {
-            Some("en".into())
-        } else {
-            langs.first().cloned()
-        }
+        default_reference_of(&self.counts)
     }
 
     /// Metrics plus a comparison of every other language with `reference` (default: see
     /// [`Study::default_reference`]).
     pub fn report(&self, reference: Option<&str>, opts: &CompareOptions) -> Result<Metrics> {
-        let mut m = self.metrics();
-        let reference = match reference {
-            Some(r) => {
-                if self.counts.lang_index(r).is_none() {
-                    return Err(Error::invalid(
-                        "reference language",
-                        format!("{r:?} has no counted tokens; counted: {}", self.languages().join(", ")),
-                    ));
-                }
-                Some(r.to_string())
-            }
-            None => self.default_reference(),
-        };
-        if let Some(r) = reference {
-            for a in self.languages() {
-                if *a != r {
-                    m.comparisons.push(self.compare_with(a, &r, opts)?);
-                }
-            }
-        }
-        Ok(m)
+        report_of(&self.counts, reference, |a, b| self.compare_with(a, b, opts))
     }
 
     /// Adds another study of the same model and settings, refusing sentences present in both.
@@ -409,12 +400,7 @@ impl Study {
             r.encode_into(&mut bytes)?;
         }
         write_atomic(&dir.join(ROUTES_FILE), &bytes)?;
-        c.save_json(dir.join(COUNTS_FILE))?;
-        let mf = MetricsFile { settings: self.settings, metrics: report.clone() };
-        let json = serde_json::to_string_pretty(&mf)
-            .map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
-        write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
-        write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())?;
+        save_tables(dir, c, self.settings, report)?;
         self.analyses()?.save(dir, &AnalysisOptions::default(), labels)
     }
 
@@ -422,42 +408,133 @@ impl Study {
     /// that the counts are the sum of the routes.
     pub fn load(dir: impl AsRef<Path>) -> Result<Study> {
         let dir = dir.as_ref();
-        if !dir.join(COUNTS_FILE).is_file() {
-            let what = if dir.is_dir() { "has no" } else { "does not exist, so it has no" };
-            return Err(Error::invalid(
-                "study",
-                format!(
-                    "{} {what} {COUNTS_FILE}: give the --out directory of a `moe-lens scan` or `moe-lens merge` (or a folder that Study::save wrote)",
-                    dir.display()
-                ),
-            ));
-        }
-        let counts = Counts::load_json(dir.join(COUNTS_FILE))?;
+        let counts = read_counts(dir)?;
         let ((layers, k, experts), routes) = routes::read_file(&dir.join(ROUTES_FILE))?;
         if (layers, k, experts) != (counts.layers, counts.k, counts.experts) {
-            return Err(Error::invalid(
-                "study",
-                format!("{}: routes.bin and counts.json describe different models; scan again", dir.display()),
-            ));
+            return Err(different_models(dir));
         }
         let recount = Counts::from_routes(&counts.model, layers, experts, k, &routes)?;
         if recount != counts {
-            return Err(Error::invalid(
-                "study",
-                format!("{}: counts.json is not the sum of routes.bin (edited or damaged); scan again", dir.display()),
-            ));
+            return Err(not_the_sum(dir));
         }
-        let mpath = dir.join(METRICS_FILE);
-        let settings = match std::fs::read_to_string(&mpath) {
-            Ok(t) => {
-                serde_json::from_str::<MetricsFile>(&t)
-                    .map_err(|e| Error::invalid("metrics.json", format!("{}: {e}", mpath.display())))?
-                    .settings
-            }
-            Err(e) => return Err(Error::io(mpath, e)),
-        };
+        let settings = read_settings(dir)?;
         Ok(Study { counts, routes, settings })
     }
+}
+
+/// A saved study's counts, settings and the corpus positions of its sentences (in the file's
+/// order), checked as [`Study::load`] checks them but reading `routes.bin` one sentence at a time.
+pub(crate) fn load_counts(dir: &Path) -> Result<(Counts, Settings, Vec<u32>)> {
+    let counts = read_counts(dir)?;
+    let reader = routes::RoutesReader::open(&dir.join(ROUTES_FILE))?;
+    let (layers, k, experts) = reader.shape();
+    if (layers, k, experts) != (counts.layers, counts.k, counts.experts) {
+        return Err(different_models(dir));
+    }
+    let mut recount = Counts::new(&counts.model, layers, experts, k);
+    let mut indices = Vec::new();
+    for r in reader {
+        let r = r?;
+        recount.add(&r)?;
+        indices.push(r.index);
+    }
+    if recount != counts {
+        return Err(not_the_sum(dir));
+    }
+    Ok((counts, read_settings(dir)?, indices))
+}
+
+fn read_counts(dir: &Path) -> Result<Counts> {
+    if !dir.join(COUNTS_FILE).is_file() {
+        let what = if dir.is_dir() { "has no" } else { "does not exist, so it has no" };
+        return Err(Error::invalid(
+            "study",
+            format!(
+                "{} {what} {COUNTS_FILE}: give the --out directory of a `moe-lens scan` or `moe-lens merge` (or a folder that Study::save wrote)",
+                dir.display()
+            ),
+        ));
+    }
+    Counts::load_json(dir.join(COUNTS_FILE))
+}
+
+fn different_models(dir: &Path) -> Error {
+    Error::invalid(
+        "study",
+        format!("{}: routes.bin and counts.json describe different models; scan again", dir.display()),
+    )
+}
+
+fn not_the_sum(dir: &Path) -> Error {
+    Error::invalid(
+        "study",
+        format!("{}: counts.json is not the sum of routes.bin (edited or damaged); scan again", dir.display()),
+    )
+}
+
+fn read_settings(dir: &Path) -> Result<Settings> {
+    let mpath = dir.join(METRICS_FILE);
+    match std::fs::read_to_string(&mpath) {
+        Ok(t) => Ok(serde_json::from_str::<MetricsFile>(&t)
+            .map_err(|e| Error::invalid("metrics.json", format!("{}: {e}", mpath.display())))?
+            .settings),
+        Err(e) => Err(Error::io(mpath, e)),
+    }
+}
+
+/// The reference language of a report: `en` when counted, else the first language.
+fn default_reference_of(counts: &Counts) -> Option<String> {
+    let langs = &counts.languages;
+    if langs.iter().any(|l| l == "en") {
+        Some("en".into())
+    } else {
+        langs.first().cloned()
+    }
+}
+
+/// The reference language of a report: `reference` if counted (else an error), or the default.
+pub(crate) fn resolve_reference(counts: &Counts, reference: Option<&str>) -> Result<Option<String>> {
+    match reference {
+        Some(r) => {
+            if counts.lang_index(r).is_none() {
+                return Err(Error::invalid(
+                    "reference language",
+                    format!("{r:?} has no counted tokens; counted: {}", counts.languages.join(", ")),
+                ));
+            }
+            Ok(Some(r.to_string()))
+        }
+        None => Ok(default_reference_of(counts)),
+    }
+}
+
+/// [`Study::report`] of counts, comparing languages with `compare(a, reference)` (in memory or
+/// from a routes file).
+pub(crate) fn report_of(
+    counts: &Counts,
+    reference: Option<&str>,
+    mut compare: impl FnMut(&str, &str) -> Result<Comparison>,
+) -> Result<Metrics> {
+    let mut m = Metrics::from_counts(counts);
+    let reference = resolve_reference(counts, reference)?;
+    if let Some(r) = reference {
+        for a in &counts.languages {
+            if *a != r {
+                m.comparisons.push(compare(a, &r)?);
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Writes `counts.json`, `metrics.json` (with `report`'s comparisons) and `metrics.csv` into `dir`.
+pub(crate) fn save_tables(dir: &Path, counts: &Counts, settings: Settings, report: &Metrics) -> Result<()> {
+    counts.save_json(dir.join(COUNTS_FILE))?;
+    let mf = MetricsFile { settings, metrics: report.clone() };
+    let json =
+        serde_json::to_string_pretty(&mf).map_err(|e| Error::invalid("metrics", format!("cannot serialise: {e}")))?;
+    write_atomic(&dir.join(METRICS_FILE), json.as_bytes())?;
+    write_atomic(&dir.join(METRICS_CSV), report.to_csv().as_bytes())
 }
 
 impl fmt::Display for Study {
@@ -641,13 +718,17 @@ pub struct Scanner<'a> {
     /// Corpus positions in scan order (longest first).
     order: Vec<usize>,
     /// Tokens of `order[i]`.
-    tokens: Vec<Vec<Token>>,
+    tokens: Vec<Vec<ScanToken>>,
     pos: usize,
     /// Batch boundaries in `order` as first cut: `[0, .., order.len()]` (see [`cut_batches`]).
     bounds: Vec<usize>,
     /// (most sentences, most padded tokens) per batch.
     limits: (usize, usize),
     study: Study,
+    /// Whether the study keeps every sentence's routes (see [`Scanner::keep_routes`]).
+    keep_routes: bool,
+    /// The last batch's routes, when the study does not keep them.
+    batch: Vec<SentenceRoutes>,
     tokens_total: u64,
     tokens_done: u64,
     tokens_at_start: u64,
@@ -711,12 +792,12 @@ impl<'a> Scanner<'a> {
                     ),
                 ));
             }
-            items.push((p, toks));
+            items.push((p, toks.iter().map(ScanToken::from).collect::<Vec<_>>()));
         }
         // longest first; ties in corpus order
         items.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         let tokens_total = items.iter().map(|(_, t)| t.len() as u64).sum();
-        let (order, tokens): (Vec<usize>, Vec<Vec<Token>>) = items.into_iter().unzip();
+        let (order, tokens): (Vec<usize>, Vec<Vec<ScanToken>>) = items.into_iter().unzip();
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let bounds = cut_batches(&lengths, limits.0, limits.1);
         let settings = Settings { by_script: opts.by_script, skip_common: opts.skip_common };
@@ -729,16 +810,44 @@ impl<'a> Scanner<'a> {
             bounds,
             limits,
             study: Study::new(lens.name(), cfg.num_hidden_layers, cfg.num_experts, cfg.num_experts_per_tok, settings),
+            keep_routes: true,
+            batch: Vec::new(),
             tokens_total,
             tokens_done: 0,
             tokens_at_start: 0,
         })
     }
 
+    /// Whether the study keeps every scanned sentence's routes in [`Study::routes`] (the default:
+    /// what the bootstrap of [`Study::compare`] and the notebooks use). With `false` it keeps only
+    /// the counts, and [`Scanner::step`] hands each batch's routes to the caller (who writes them
+    /// to a routes file, as [`checkpoint::scan_to_dir`] does): memory then stays flat however
+    /// long the corpus. Set it before the first step.
+    pub fn keep_routes(&mut self, keep: bool) {
+        self.keep_routes = keep;
+    }
+
     /// Continues from a saved study holding the first `study.routes.len()` sentences of the scan
     /// order (as an interrupted scan of the same corpus and options left them).
     pub fn resume(&mut self, study: Study) -> Result<()> {
-        let done = study.routes.len();
+        let have: Vec<usize> = study.routes.iter().map(|r| r.index as usize).collect();
+        self.resume_from(have, study.counts, study.settings, study.routes)
+    }
+
+    /// [`Scanner::resume`] from the counts of the sentences done and their corpus positions (the
+    /// routes being in a file), for a scanner that does not keep routes.
+    pub(crate) fn resume_counts(&mut self, have: Vec<usize>, counts: Counts, settings: Settings) -> Result<()> {
+        self.resume_from(have, counts, settings, Vec::new())
+    }
+
+    fn resume_from(
+        &mut self,
+        mut have: Vec<usize>,
+        counts: Counts,
+        settings: Settings,
+        routes: Vec<SentenceRoutes>,
+    ) -> Result<()> {
+        let done = have.len();
         if done > self.order.len() {
             return Err(Error::invalid(
                 "resume",
@@ -747,21 +856,20 @@ impl<'a> Scanner<'a> {
         }
         let mut want: Vec<usize> = self.order[..done].to_vec();
         want.sort_unstable();
-        let mut have: Vec<usize> = study.routes.iter().map(|r| r.index as usize).collect();
         have.sort_unstable();
-        if want != have || study.settings != self.study.settings {
+        if want != have || settings != self.study.settings {
             return Err(Error::invalid(
                 "resume",
                 "the saved scan covers other sentences or settings than this one (a different corpus, shard or counting \
                  option): start over in an empty directory",
             ));
         }
-        self.study.counts.check_compatible(&study.counts)?;
+        self.study.counts.check_compatible(&counts)?;
         // batches are cut greedily from here: with the same limits, those of the first run
         self.pos = done;
         self.tokens_done = self.tokens[..done].iter().map(|t| t.len() as u64).sum();
         self.tokens_at_start = self.tokens_done;
-        self.study = study;
+        self.study = Study { counts, routes: if self.keep_routes { routes } else { Vec::new() }, settings };
         Ok(())
     }
 
@@ -797,7 +905,8 @@ impl<'a> Scanner<'a> {
     pub fn tokens_this_run(&self) -> u64 {
         self.tokens_done - self.tokens_at_start
     }
-    /// The counts and routes so far.
+    /// The counts and routes so far (no routes when the scanner does not keep them:
+    /// [`Scanner::keep_routes`]).
     pub fn study(&self) -> &Study {
         &self.study
     }
@@ -815,8 +924,8 @@ impl<'a> Scanner<'a> {
         format!("{}/{} sentences ({pct:.0}%) · {rate:.0} tokens/s · ETA {eta}", self.done(), self.total())
     }
 
-    /// Runs the next batch; returns its sentences' routes (already added to the study), or `None`
-    /// when every sentence is done.
+    /// Runs the next batch; returns its sentences' routes (already counted, and added to the study
+    /// when it keeps routes), or `None` when every sentence is done.
     pub fn step(&mut self) -> Result<Option<&[SentenceRoutes]>> {
         if self.is_done() {
             return Ok(None);
@@ -828,19 +937,28 @@ impl<'a> Scanner<'a> {
             return Err(Error::Spy("the study's layers are not the model's".into()));
         }
         let spy = batch_top_k(self.lens, &refs)?;
-        let first_new = self.study.routes.len();
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         for (b, i) in (self.pos..end).enumerate() {
             let p = self.order[i];
             let r = self.routes_of(p, &self.tokens[i], b, &spy)?;
-            self.study.add(r)?;
+            self.study.counts.add(&r)?;
+            batch.push(r);
         }
         self.tokens_done += ids.iter().map(|v| v.len() as u64).sum::<u64>();
         self.pos = end;
-        Ok(Some(&self.study.routes[first_new..]))
+        if self.keep_routes {
+            let first_new = self.study.routes.len();
+            self.study.routes.append(&mut batch);
+            self.batch = batch;
+            return Ok(Some(&self.study.routes[first_new..]));
+        }
+        self.batch = batch;
+        Ok(Some(&self.batch))
     }
 
     /// Extracts sentence `b` of the batch (real tokens only) from the spy.
-    fn routes_of(&self, p: usize, tokens: &[Token], b: usize, spy: &TopKSpy) -> Result<SentenceRoutes> {
+    fn routes_of(&self, p: usize, tokens: &[ScanToken], b: usize, spy: &TopKSpy) -> Result<SentenceRoutes> {
         let s = &self.sentences[p];
         let settings = self.study.settings;
         let layers = self.study.counts.layers;

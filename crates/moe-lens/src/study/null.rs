@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use super::compare::{draw, percentile, units, CompareOptions, SplitMix64, Verdict};
+use super::compare::{draw, percentile, units, CompareOptions, Experts, Scratch, SplitMix64, Verdict};
 use super::routes::SentenceRoutes;
 use super::stats::effective_number_u32;
 use crate::corpus::{language_name, Fnv64};
@@ -155,36 +155,39 @@ pub fn compare_with_null(
     h.write(b.as_bytes());
     let mut rng = SplitMix64::new(opts.seed ^ h.0);
     let (mut ca, mut cb) = (vec![0u32; layers * experts], vec![0u32; layers * experts]);
-    let (mut scratch, mut order) = (Vec::new(), Vec::new());
+    let mut scratch = Scratch::default();
+    let mut ex = Experts::in_memory();
+    let dims = (layers, experts, k);
     let eff = |c: &[u32], l: usize| effective_number_u32(&c[l * experts..(l + 1) * experts]);
     // sums of A's and B's effective numbers, observed and null, summed as super::compare does
     let mut sums = vec![[0f64; 4]; layers];
     let mut boot: Vec<Vec<f64>> = vec![Vec::with_capacity(opts.replicates); layers];
     // one draw of A then B on the observed units, and the same draw (same generator state) on the
     // null units; gives per layer [A observed, B observed, A null, B null]
-    let mut paired = |replace: bool, rng: &mut SplitMix64, out: &mut Vec<[f64; 4]>| {
+    let mut paired = |replace: bool, rng: &mut SplitMix64, out: &mut Vec<[f64; 4]>| -> Result<()> {
         let start = rng.clone();
-        draw(&ua, m, replace, layers, experts, rng, &mut ca, &mut scratch, &mut order);
-        draw(&ub, m, replace, layers, experts, rng, &mut cb, &mut scratch, &mut order);
+        draw(&ua, m, replace, dims, rng, &mut ca, &mut scratch, &mut ex)?;
+        draw(&ub, m, replace, dims, rng, &mut cb, &mut scratch, &mut ex)?;
         out.clear();
         out.extend((0..layers).map(|l| [eff(&ca, l), eff(&cb, l), 0.0, 0.0]));
         let mut again = start;
-        draw(&na, m, replace, layers, experts, &mut again, &mut ca, &mut scratch, &mut order);
-        draw(&nb, m, replace, layers, experts, &mut again, &mut cb, &mut scratch, &mut order);
+        draw(&na, m, replace, dims, &mut again, &mut ca, &mut scratch, &mut ex)?;
+        draw(&nb, m, replace, dims, &mut again, &mut cb, &mut scratch, &mut ex)?;
         for (l, x) in out.iter_mut().enumerate() {
             x[2] = eff(&ca, l);
             x[3] = eff(&cb, l);
         }
+        Ok(())
     };
     let mut o = Vec::new();
     for _ in 0..opts.replicates {
-        paired(false, &mut rng, &mut o);
+        paired(false, &mut rng, &mut o)?;
         for (s, x) in sums.iter_mut().zip(&o) {
             for i in 0..4 {
                 s[i] += x[i];
             }
         }
-        paired(true, &mut rng, &mut o);
+        paired(true, &mut rng, &mut o)?;
         for (b, x) in boot.iter_mut().zip(&o) {
             b.push((x[0] - x[1]) - (x[2] - x[3]));
         }

@@ -220,6 +220,11 @@ impl<R: Read> RoutesReader<R> {
         (self.layers, self.k, self.experts)
     }
 
+    /// Bytes read so far (the header and the records returned): after a record, where it ends.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
     fn bad(&self, msg: String) -> Error {
         Error::invalid("routes file", format!("{}: {msg}; the scan output is damaged: scan again", self.path.display()))
     }
@@ -294,6 +299,41 @@ impl<R: Read> RoutesReader<R> {
             experts,
         })
     }
+}
+
+/// Rewrites a routes file with its records sorted by corpus position (a scan appends them in scan
+/// order, longest sentence first), atomically, holding only each record's position and place in
+/// memory (16 bytes per sentence), not the routes. Does nothing to a file already in order.
+pub fn sort_file(path: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut reader = RoutesReader::open(path)?;
+    let mut at = reader.position();
+    let mut places: Vec<(u32, u64, u64)> = Vec::new(); // (index, start, length)
+    while let Some(r) = reader.next() {
+        let r = r?;
+        let end = reader.position();
+        places.push((r.index, at, end - at));
+        at = end;
+    }
+    if places.windows(2).all(|w| w[0].0 <= w[1].0) {
+        return Ok(());
+    }
+    places.sort_by_key(|p| p.0);
+    let mut src = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = vec![0u8; HEADER_LEN];
+    src.read_exact(&mut head).map_err(|e| Error::io(path, e))?;
+    let mut buf = Vec::new();
+    crate::fsutil::write_atomic_with(path, |w| {
+        use std::io::Write;
+        w.write_all(&head).map_err(|e| Error::io(path, e))?;
+        for &(_, start, len) in &places {
+            buf.resize(len as usize, 0);
+            src.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
+            src.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
+            w.write_all(&buf).map_err(|e| Error::io(path, e))?;
+        }
+        Ok(())
+    })
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.
