@@ -17,13 +17,16 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::counts::{Counts, CountsJson};
 use super::metrics::Metrics;
 use super::routes;
-use super::{write_atomic, CompareOptions, ScanOptions, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE};
+use super::{
+    write_atomic, CompareOptions, ScanOptions, ScanTimings, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE,
+};
 use crate::corpus::Sentence;
 use crate::error::{Error, Result};
 use crate::lab::Lens;
@@ -306,6 +309,8 @@ pub struct DirResult {
     pub report: Metrics,
     /// The state file as written at the end.
     pub state: ScanState,
+    /// Where the time went ([`ScanTimings`]; all zero for a merge).
+    pub timings: ScanTimings,
 }
 
 /// What [`scan_to_dir`] scans and reports.
@@ -397,32 +402,49 @@ pub fn scan_to_dir_locked(
     };
     on_event(ScanEvent::Start { scanner: &scanner, resumed, complete: state.complete });
 
+    let mut t = ScanTimings::default();
+    let loop_start = Instant::now();
     loop {
         let mut bytes = Vec::new();
         match scanner.step()? {
             None => break,
             Some(new) => {
+                let t0 = Instant::now();
                 for r in new {
                     r.encode_into(&mut bytes)?;
                 }
+                t.encode += t0.elapsed();
             }
         }
         // 1. append the batch's routes and flush them to disk; 2. commit with the state file.
         // A crash between the two leaves a tail that the next run cuts off.
+        let t0 = Instant::now();
         let mut f = OpenOptions::new().append(true).open(&routes_path).map_err(|e| Error::io(&routes_path, e))?;
         f.write_all(&bytes).map_err(|e| Error::io(&routes_path, e))?;
         f.sync_all().map_err(|e| Error::io(&routes_path, e))?;
         drop(f);
+        let t1 = Instant::now();
         state.routes_bytes += bytes.len() as u64;
         state.done = scanner.done();
         state.counts = scanner.study().counts.to_json();
+        let t2 = Instant::now();
         write_state(dir, &state)?;
+        t.append += t1 - t0;
+        t.state_json += t2 - t1;
+        t.state_write += t2.elapsed();
+        t.commits += 1;
         on_event(ScanEvent::Batch(&scanner));
     }
+    t.loop_wall = loop_start.elapsed();
+    let finish_start = Instant::now();
+    let s = scanner.timings();
+    (t.batches, t.tokens, t.tokenize, t.forward, t.routes) = (s.batches, s.tokens, s.tokenize, s.forward, s.routes);
 
     let mut study = scanner.into_study();
     study.sort();
     let report = study.report(job.reference.as_deref(), &job.compare)?;
+    t.report = finish_start.elapsed();
+    let save_start = Instant::now();
     let tokenizer = lens.tokenizer();
     let labels = |ids: &[u32]| tokenizer.labels(ids).unwrap_or_default();
     study.save_labelled(dir, &report, Some(&labels))?;
@@ -430,7 +452,8 @@ pub fn scan_to_dir_locked(
     state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
     state.counts = study.counts.to_json();
     write_state(dir, &state)?;
-    Ok(DirResult { study, report, state })
+    t.save = save_start.elapsed();
+    Ok(DirResult { study, report, state, timings: t })
 }
 
 /// Sums finished scan (or merge) directories into `out`: refuses parts of different models,
@@ -554,5 +577,5 @@ pub fn merge_dirs(
         counts: study.counts.to_json(),
     };
     write_state(out, &state)?;
-    Ok(DirResult { study, report, state })
+    Ok(DirResult { study, report, state, timings: ScanTimings::default() })
 }
