@@ -184,3 +184,36 @@ fn the_writer_thread_writes_what_the_scan_computes_and_resumes_after_failures() 
     }
     let _ = std::fs::remove_dir_all(&w);
 }
+
+#[test]
+fn tokenizing_in_parallel_reports_the_first_bad_sentence_in_corpus_order() {
+    let lens = load("demo").unwrap();
+    let max = lens.config().max_position_embeddings;
+    let sentence = |id: &str, text: String| Sentence { id: id.into(), lang: "en".into(), text, domain: None };
+    let long = "word ".repeat(max + 10);
+    let mut corpus: Vec<Sentence> = corpus::builtin().unwrap().into_iter().take(40).collect();
+    corpus.insert(17, sentence("too-long-1", long.clone()));
+    corpus.insert(29, sentence("too-long-2", long.clone()));
+    let opts = options();
+    let err = |positions: Vec<usize>| match study::Scanner::for_positions(&lens, &corpus, positions, &opts) {
+        Ok(_) => panic!("the scan should be refused"),
+        Err(e) => e.to_string(),
+    };
+    // corpus order; the same positions in another order: the first one given
+    let e = err((0..corpus.len()).collect());
+    assert!(e.contains("too-long-1") && !e.contains("too-long-2"), "{e}");
+    let e = err((0..corpus.len()).rev().collect());
+    assert!(e.contains("too-long-2") && !e.contains("too-long-1"), "{e}");
+    // a position past the corpus before a bad sentence is what is reported
+    let e = err(vec![0, 1, 1000, 17]);
+    assert!(e.contains("1000 is past the corpus"), "{e}");
+    // and the good sentences are tokenized as one by one
+    let good: Vec<usize> = (0..corpus.len()).filter(|&p| p != 17 && p != 29).collect();
+    let mut s = study::Scanner::for_positions(&lens, &corpus, good.clone(), &opts).unwrap();
+    while s.step().unwrap().is_some() {}
+    for r in &s.study().routes {
+        let toks = lens.tokenize(&corpus[r.index as usize].text).unwrap();
+        assert_eq!(r.token_ids, toks.iter().map(|t| t.id).collect::<Vec<_>>(), "{}", r.id);
+    }
+    assert_eq!(s.study().routes.len(), good.len());
+}

@@ -740,15 +740,23 @@ impl<'a> Scanner<'a> {
                 cfg.num_experts
             )));
         }
-        let mut items = Vec::new();
-        for p in positions {
+        // tokenized in parallel (the tokenizer is shared read-only), checked in order: the first
+        // failing position is the one reported, as one by one
+        let positions: Vec<usize> = positions.into_iter().collect();
+        let tokenizer = lens.tokenizer();
+        let tokenized: Vec<Option<Result<Vec<Token>>>> = {
+            use rayon::prelude::*;
+            positions.par_iter().map(|&p| sentences.get(p).map(|s| tokenizer.encode(&s.text))).collect()
+        };
+        let mut items = Vec::with_capacity(positions.len());
+        for (p, toks) in positions.into_iter().zip(tokenized) {
             let s = sentences.get(p).ok_or_else(|| {
                 Error::invalid("corpus position", format!("{p} is past the corpus' {} sentences", sentences.len()))
             })?;
             if p > u32::MAX as usize {
                 return Err(Error::invalid("corpus", "more than 4 billion sentences"));
             }
-            let toks = lens.tokenize(&s.text)?;
+            let toks = toks.ok_or_else(|| Error::invalid("corpus position", format!("{p} has no sentence")))??;
             if toks.is_empty() {
                 return Err(Error::invalid("sentence", format!("{} ({:?}) has no tokens", s.id, s.text)));
             }

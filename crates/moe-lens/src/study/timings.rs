@@ -102,6 +102,7 @@ impl fmt::Display for ScanTimings {
             let total = if d.is_zero() && name.starts_with("  ") { String::new() } else { format!("{:.1}", ms(d)) };
             writeln!(f, "  {name:<44} {total:>10} {p:>10}")?;
         }
-        write!(f, "  batch loop: {:.0} tokens/s", self.loop_rate())
+        // not "tokens/s": bench/perf_final.sh greps the last progress line by that
+        write!(f, "  batch loop: {:.0} tokens per second", self.loop_rate())
     }
 }
