@@ -400,7 +400,10 @@ fn run_batches(
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
-        let writer = scope.spawn(move || write_batches(dir, rx));
+        let writer = std::thread::Builder::new()
+            .name("moe-lens scan writer".into())
+            .spawn_scoped(scope, move || write_batches(dir, rx))
+            .map_err(|e| Error::io(dir.join(ROUTES_FILE), e))?;
         let mut last_commit = Instant::now();
         let (mut writer_gone, mut sent_any) = (false, false);
         let scanned = (|| -> Result<()> {
@@ -545,7 +548,8 @@ pub fn scan_to_dir_locked(
     t.loop_wall = loop_start.elapsed();
     let finish_start = Instant::now();
     let s = scanner.timings();
-    (t.batches, t.tokens, t.tokenize, t.forward, t.routes) = (s.batches, s.tokens, s.tokenize, s.forward, s.routes);
+    (t.batches, t.tokens, t.tokenize, t.forward, t.forward_first, t.routes) =
+        (s.batches, s.tokens, s.tokenize, s.forward, s.forward_first, s.routes);
 
     let mut study = scanner.into_study();
     study.sort();

@@ -906,6 +906,9 @@ impl<'a> Scanner<'a> {
         self.pos = end;
         let t = &mut self.timings;
         t.forward += t1 - t0;
+        if t.batches == 0 {
+            t.forward_first = t1 - t0;
+        }
         t.routes += t1.elapsed();
         t.batches += 1;
         t.tokens += tokens;

@@ -36,6 +36,9 @@ pub struct ScanTimings {
     /// Forward passes, with the copy of every layer's top-k choices to the host. On a GPU the copy
     /// waits for the device, so this is the device's time plus the kernel launches.
     pub forward: Duration,
+    /// The first batch's part of `forward`: on a GPU it also pays one-time costs (kernels loaded on
+    /// first use, the allocator's pool growing), which a benchmark's warm-up leaves out.
+    pub forward_first: Duration,
     /// Building each sentence's routes from its batch's top-k, and adding them to the counts.
     pub routes: Duration,
     /// Encoding the routes for `routes.bin` (scan loop).
@@ -84,9 +87,10 @@ impl fmt::Display for ScanTimings {
             b, self.tokens, self.commits
         )?;
         writeln!(f, "  {:<44} {:>10} {:>10}", "phase", "total", "per batch")?;
-        let rows: [(&str, Duration, String); 12] = [
+        let rows: [(&str, Duration, String); 13] = [
             ("tokenizing (before the first batch)", self.tokenize, "-".into()),
             ("forward + top-k to the host", self.forward, per(self.forward, b)),
+            ("  of which the first batch", self.forward_first, "-".into()),
             ("routes (routes_of + counts)", self.routes, per(self.routes, b)),
             ("encoding routes", self.encode, per(self.encode, b)),
             ("appending + fsync routes.bin (writer)", self.append, per(self.append, b)),
@@ -99,7 +103,7 @@ impl fmt::Display for ScanTimings {
             ("after: saving outputs and analyses", self.save, "-".into()),
         ];
         for (name, d, p) in rows {
-            let total = if d.is_zero() && name.starts_with("  ") { String::new() } else { format!("{:.1}", ms(d)) };
+            let total = if d.is_zero() && name.starts_with("  per") { String::new() } else { format!("{:.1}", ms(d)) };
             writeln!(f, "  {name:<44} {total:>10} {p:>10}")?;
         }
         // not "tokens/s": bench/perf_final.sh greps the last progress line by that
