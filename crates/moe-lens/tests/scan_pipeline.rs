@@ -171,7 +171,7 @@ fn the_writer_thread_writes_what_the_scan_computes_and_resumes_after_failures() 
         let st = read_state(&dir).unwrap().unwrap();
         let on_disk = read(&dir.join(ROUTES_FILE)).len() as u64;
         if every.is_zero() {
-            assert!(done >= 2 && done <= 14, "{done} sentences committed after 7 batches of 2");
+            assert!((2..=14).contains(&done), "{done} sentences committed after 7 batches of 2");
         } else {
             // nothing committed after the start, though the writer appended batches: a tail
             assert_eq!(done, 0);
