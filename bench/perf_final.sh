@@ -39,7 +39,7 @@ for s in $STEPS; do
     scan) for q in none q4k; do
         smi scan_$q
         /usr/bin/time -f "wall %e s, max RSS %M kB" $BIN scan --model $M --corpus builtin --device cuda --quant $q \
-          --out $W/scan_$q > $OUT/scan_$q.log 2>&1; echo "scan $q rc=$?" >> $LOG
+          --out $W/scan_$q --timings > $OUT/scan_$q.log 2>&1; echo "scan $q rc=$?" >> $LOG
         peak scan_$q
         grep "tokens/s" $OUT/scan_$q.log | tail -1 >> $LOG; grep "^wall" $OUT/scan_$q.log >> $LOG
       done ;;

@@ -47,6 +47,10 @@ pub struct ScanArgs {
     /// Leave out punctuation, digit and whitespace tokens (script Common).
     #[arg(long)]
     skip_common: bool,
+    /// Print where the time went at the end: tokenizing, forward passes, routes, writing, the final
+    /// save (totals and per-batch means in ms; see SCAN.md).
+    #[arg(long)]
+    timings: bool,
     #[command(flatten)]
     report: ReportArgs,
 }
@@ -214,11 +218,23 @@ pub fn run_scan(a: ScanArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let job =
-        DirScan { run, shard, options: scan_opts, reference: a.report.reference.clone(), compare: a.report.options() };
+    // the resumability tests (which set the throttle) kill the scan once state.json shows a number
+    // of sentences done: commit it after every batch for them
+    let commit_every = if throttle.is_some() { Duration::ZERO } else { checkpoint::COMMIT_INTERVAL };
+    let job = DirScan {
+        run,
+        shard,
+        options: scan_opts,
+        reference: a.report.reference.clone(),
+        compare: a.report.options(),
+        commit_every,
+    };
     let res = checkpoint::scan_to_dir_locked(&lens, &sentences, &job, &a.out, &lock, &mut on_event)?;
     progress.finish();
     print_summary(&a.out, &res, "scan");
+    if a.timings {
+        eprintln!("{}", res.timings);
+    }
     Ok(())
 }
 

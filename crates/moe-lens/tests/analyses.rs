@@ -222,8 +222,14 @@ fn a_directory_scan_streams_and_writes_what_the_in_memory_scan_saves() {
             batch: 0,
             batch_tokens: 0,
         };
-        let job =
-            DirScan { run, shard: Shard::ALL, options: options.clone(), reference: None, compare: compare.clone() };
+        let job = DirScan {
+            run,
+            shard: Shard::ALL,
+            options: options.clone(),
+            reference: None,
+            compare: compare.clone(),
+            commit_every: moe_lens::study::checkpoint::COMMIT_INTERVAL,
+        };
         let streamed = base.join("dir");
         let res = scan_to_dir(&lens, &sentences, &job, &streamed, &mut |_| {}).unwrap();
         assert!(res.study.routes.is_empty(), "a directory scan keeps no routes in memory");

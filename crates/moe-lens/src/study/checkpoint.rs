@@ -5,11 +5,14 @@
 //! `routes.bin` (every scanned sentence's routing, appended batch by batch) and, once finished,
 //! `counts.json`, `metrics.json` and `metrics.csv`.
 //!
-//! Crash safety: after every batch the new routes are appended to `routes.bin` and flushed to disk,
-//! then `state.json` is replaced atomically (temporary file, fsync, rename, directory fsync) with
-//! the new number of sentences done, the valid length of `routes.bin` and the counts. A process
-//! killed at any moment leaves the old or the new state; a routes tail past the recorded length is
-//! cut off on the next run, which continues after the last committed batch. Nothing is lost or
+//! Crash safety: each batch's routes are appended to `routes.bin` by a writer thread, in order,
+//! while the next batch runs. At most every [`DirScan::commit_every`] (2 s by default), after the
+//! last batch and before an error is returned, the writer flushes `routes.bin` to disk and then
+//! replaces `state.json` atomically (temporary file, fsync, rename, directory fsync) with the number
+//! of sentences done, the valid length of `routes.bin` and the counts, so the state never claims
+//! routes that are not on disk. A process killed at any moment leaves the old or the new state; a
+//! routes tail past the recorded length is cut off on the next run, which continues after the last
+//! committed batch (redoing at most the batches of the last `commit_every`). Nothing is lost or
 //! counted twice. The state records the model, the corpus' fingerprint, the shard, the dtype and
 //! the counting options, and a run with other values is refused (the batch size and device may
 //! change between runs).
@@ -17,6 +20,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +28,9 @@ use super::analyses::{AnalysisOptions, RoutingAnalyses, TokenLabels};
 use super::counts::{Counts, CountsJson};
 use super::metrics::Metrics;
 use super::routes::{self, RoutesReader};
-use super::{write_atomic, CompareOptions, ScanOptions, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE};
+use super::{
+    write_atomic, CompareOptions, ScanOptions, ScanTimings, Scanner, Settings, Shard, Study, COUNTS_FILE, ROUTES_FILE,
+};
 use crate::corpus::Sentence;
 use crate::error::{Error, Result};
 use crate::lab::Lens;
@@ -301,16 +307,18 @@ fn finish_dir(
     reference: Option<&str>,
     opts: &CompareOptions,
     labels: Option<&TokenLabels<'_>>,
-) -> Result<Metrics> {
+) -> Result<(Metrics, std::time::Duration)> {
+    let started = Instant::now();
     let path = dir.join(ROUTES_FILE);
     routes::sort_file(&path)?;
     let (layers, experts, k) = (counts.layers, counts.experts, counts.k);
     let report = super::report_of(counts, reference, |a, b| {
         super::compare::compare_file(&path, layers, experts, k, a, b, opts)
     })?;
+    let report_time = started.elapsed();
     super::save_tables(dir, counts, settings, &report)?;
     RoutingAnalyses::from_routes_file(&counts.model, &path)?.save(dir, &AnalysisOptions::default(), labels)?;
-    Ok(report)
+    Ok((report, report_time))
 }
 
 /// What a resumable scan reports as it goes.
@@ -324,7 +332,8 @@ pub enum ScanEvent<'s, 'a> {
         /// Whether the scan was already complete (nothing left to do).
         complete: bool,
     },
-    /// A batch was committed to disk.
+    /// A batch was run and handed to the writer thread, which appends its routes to `routes.bin`
+    /// and commits them in `state.json` (in order, at most [`DirScan::commit_every`] later).
     Batch(&'s Scanner<'a>),
 }
 
@@ -338,6 +347,8 @@ pub struct DirResult {
     pub report: Metrics,
     /// The state file as written at the end.
     pub state: ScanState,
+    /// Where the time went ([`ScanTimings`]; all zero for a merge).
+    pub timings: ScanTimings,
 }
 
 /// What [`scan_to_dir`] scans and reports.
@@ -353,6 +364,142 @@ pub struct DirScan {
     pub reference: Option<String>,
     /// How `metrics.json` compares languages.
     pub compare: CompareOptions,
+    /// The longest time between two commits of `state.json` while scanning
+    /// ([`COMMIT_INTERVAL`] by default; zero: after every batch). An interrupted scan redoes the
+    /// batches after the last commit.
+    pub commit_every: std::time::Duration,
+}
+
+/// The default [`DirScan::commit_every`]: 2 s. A commit is three fsyncs (the routes, the state
+/// file, its directory), as long as a batch's forward pass on a GPU.
+pub const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A batch for the writer thread: its encoded routes, and the state to commit once they (and every
+/// batch before them) are on disk.
+struct WriteJob {
+    bytes: Vec<u8>,
+    commit: Option<ScanState>,
+}
+
+/// Batches the scan loop may run ahead of the writer thread.
+const WRITE_QUEUE: usize = 4;
+
+/// The writer thread of [`run_batches`]: appends each batch's routes to `routes.bin` in order and,
+/// when a job carries a state, flushes `routes.bin` to disk and then commits the state. Returns
+/// (time appending and flushing, time writing states, commits).
+fn write_batches(
+    dir: &Path,
+    rx: std::sync::mpsc::Receiver<WriteJob>,
+) -> Result<(std::time::Duration, std::time::Duration, usize)> {
+    let path = dir.join(ROUTES_FILE);
+    let mut f = OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    let (mut append, mut state_write, mut commits) = (std::time::Duration::ZERO, std::time::Duration::ZERO, 0);
+    let mut unsynced = false;
+    for job in rx {
+        let t0 = Instant::now();
+        if !job.bytes.is_empty() {
+            f.write_all(&job.bytes).map_err(|e| Error::io(&path, e))?;
+            unsynced = true;
+        }
+        if let Some(st) = job.commit {
+            // the routes the state claims are on disk before the state is
+            if unsynced {
+                f.sync_all().map_err(|e| Error::io(&path, e))?;
+                unsynced = false;
+            }
+            let t1 = Instant::now();
+            write_state(dir, &st)?;
+            append += t1 - t0;
+            state_write += t1.elapsed();
+            commits += 1;
+        } else {
+            append += t0.elapsed();
+        }
+    }
+    Ok((append, state_write, commits))
+}
+
+/// Runs the scan's remaining batches, handing each batch's routes to a writer thread
+/// ([`write_batches`]) so that the next forward pass runs while they are written. The state is
+/// committed at most every `commit_every` (a commit is three fsyncs), after the last batch, and
+/// before an error from the scan is returned; an error from the writer (with the file it was
+/// writing) is returned at the next batch or at the end.
+fn run_batches(
+    scanner: &mut Scanner<'_>,
+    state: &mut ScanState,
+    dir: &Path,
+    commit_every: std::time::Duration,
+    t: &mut ScanTimings,
+    on_event: &mut dyn FnMut(ScanEvent<'_, '_>),
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("moe-lens scan writer".into())
+            .spawn_scoped(scope, move || write_batches(dir, rx))
+            .map_err(|e| Error::io(dir.join(ROUTES_FILE), e))?;
+        let mut last_commit = Instant::now();
+        let (mut writer_gone, mut sent_any) = (false, false);
+        let scanned = (|| -> Result<()> {
+            loop {
+                let mut bytes = Vec::new();
+                match scanner.step()? {
+                    None => return Ok(()),
+                    Some(new) => {
+                        let t0 = Instant::now();
+                        for r in new {
+                            r.encode_into(&mut bytes)?;
+                        }
+                        t.encode += t0.elapsed();
+                    }
+                }
+                state.routes_bytes += bytes.len() as u64;
+                state.done = scanner.done();
+                let commit = if last_commit.elapsed() >= commit_every {
+                    last_commit = Instant::now();
+                    state.counts = scanner.study().counts.to_json();
+                    t.state_json += last_commit.elapsed();
+                    Some(state.clone())
+                } else {
+                    None
+                };
+                let t0 = Instant::now();
+                let sent = tx.send(WriteJob { bytes, commit });
+                t.writer_wait += t0.elapsed();
+                if sent.is_err() {
+                    // the writer stopped on an error, which it returns below
+                    writer_gone = true;
+                    return Ok(());
+                }
+                sent_any = true;
+                on_event(ScanEvent::Batch(scanner));
+            }
+        })();
+        // commit what was handed over (all of it after the last batch; after an error too, so
+        // that a rerun continues from there)
+        if sent_any && !writer_gone {
+            let t0 = Instant::now();
+            state.counts = scanner.study().counts.to_json();
+            t.state_json += t0.elapsed();
+            let _ = tx.send(WriteJob { bytes: Vec::new(), commit: Some(state.clone()) });
+        }
+        drop(tx);
+        let t0 = Instant::now();
+        let written = writer.join().map_err(|_| {
+            Error::io(dir.join(ROUTES_FILE), std::io::Error::other("the scan's writer thread panicked"))
+        })?;
+        t.writer_wait += t0.elapsed();
+        match written {
+            Ok((append, state_write, commits)) => {
+                t.append += append;
+                t.state_write += state_write;
+                t.commits += commits;
+                scanned
+            }
+            // the scan's own error first: it came before the writer's, or caused it
+            Err(e) => scanned.and(Err(e)),
+        }
+    })
 }
 
 /// A resumable scan of a shard of `sentences` into `dir` (see the module docs). Continues an
@@ -431,38 +578,28 @@ pub fn scan_to_dir_locked(
     };
     on_event(ScanEvent::Start { scanner: &scanner, resumed, complete: state.complete });
 
-    loop {
-        let mut bytes = Vec::new();
-        match scanner.step()? {
-            None => break,
-            Some(new) => {
-                for r in new {
-                    r.encode_into(&mut bytes)?;
-                }
-            }
-        }
-        // 1. append the batch's routes and flush them to disk; 2. commit with the state file.
-        // A crash between the two leaves a tail that the next run cuts off.
-        let mut f = OpenOptions::new().append(true).open(&routes_path).map_err(|e| Error::io(&routes_path, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(&routes_path, e))?;
-        f.sync_all().map_err(|e| Error::io(&routes_path, e))?;
-        drop(f);
-        state.routes_bytes += bytes.len() as u64;
-        state.done = scanner.done();
-        state.counts = scanner.study().counts.to_json();
-        write_state(dir, &state)?;
-        on_event(ScanEvent::Batch(&scanner));
-    }
+    let mut t = ScanTimings::default();
+    let loop_start = Instant::now();
+    run_batches(&mut scanner, &mut state, dir, job.commit_every, &mut t, on_event)?;
+    t.loop_wall = loop_start.elapsed();
+    let finish_start = Instant::now();
+    let s = scanner.timings();
+    (t.batches, t.tokens, t.tokenize, t.forward, t.forward_first, t.routes) =
+        (s.batches, s.tokens, s.tokenize, s.forward, s.forward_first, s.routes);
 
     let study = scanner.into_study();
     let tokenizer = lens.tokenizer();
     let labels = |ids: &[u32]| tokenizer.labels(ids).unwrap_or_default();
-    let report = finish_dir(dir, &study.counts, settings, job.reference.as_deref(), &job.compare, Some(&labels))?;
+    let (report, report_time) =
+        finish_dir(dir, &study.counts, settings, job.reference.as_deref(), &job.compare, Some(&labels))?;
+    t.report = report_time;
+    let save_start = finish_start + report_time;
     state.complete = true;
     state.routes_bytes = std::fs::metadata(&routes_path).map_err(|e| Error::io(&routes_path, e))?.len();
     state.counts = study.counts.to_json();
     write_state(dir, &state)?;
-    Ok(DirResult { study, report, state })
+    t.save = save_start.elapsed();
+    Ok(DirResult { study, report, state, timings: t })
 }
 
 /// Sums finished scan (or merge) directories into `out`: refuses parts of different models,
@@ -607,7 +744,7 @@ pub fn merge_dirs(
         }
         Ok(())
     })?;
-    let report = finish_dir(out, &study.counts, study.settings, reference, compare, None)?;
+    let (report, _) = finish_dir(out, &study.counts, study.settings, reference, compare, None)?;
     let routes_bytes = std::fs::metadata(&rpath).map_err(|e| Error::io(&rpath, e))?.len();
     let state = ScanState {
         version: STATE_VERSION,
@@ -621,7 +758,7 @@ pub fn merge_dirs(
         counts: study.counts.to_json(),
     };
     write_state(out, &state)?;
-    Ok(DirResult { study, report, state })
+    Ok(DirResult { study, report, state, timings: ScanTimings::default() })
 }
 
 /// The id of the sentence at corpus position `index` in a routes file (for messages).

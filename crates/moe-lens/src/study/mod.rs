@@ -39,6 +39,7 @@ pub mod routes;
 pub mod scan_compare;
 pub mod shares;
 pub mod stats;
+pub mod timings;
 
 use std::fmt;
 use std::path::Path;
@@ -73,6 +74,7 @@ pub use counts::{Counts, CountsJson};
 pub use metrics::{LayerJsd, LayerLang, Metrics};
 pub use routes::SentenceRoutes;
 pub use shares::{ExpertShares, Measure, TopExpert};
+pub use timings::ScanTimings;
 
 /// How to scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -618,12 +620,59 @@ pub(crate) struct TopKSpy {
     pub(crate) layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
 }
 
+/// Collects each layer's top-k tensor during a forward pass (a cheap clone, wherever it lives) and
+/// copies them all to the host afterwards ([`KeepTopK::into_host`]): one transfer and one
+/// synchronisation per batch when a model reports its routing as device tensors.
+struct KeepTopK {
+    layers: Vec<Option<(usize, Tensor)>>, // (seq_len, [rows, k] u32)
+}
+
+impl KeepTopK {
+    /// The choices on the host, layer by layer, as [`TopKSpy`] keeps them.
+    fn into_host(self) -> Result<TopKSpy> {
+        let kept: Vec<&Tensor> = self.layers.iter().flatten().map(|(_, t)| t).collect();
+        let on_device = kept.iter().any(|t| !t.device().is_cpu());
+        let same_k = kept.windows(2).all(|w| w[0].dims().get(1) == w[1].dims().get(1));
+        let mut layers = Vec::with_capacity(self.layers.len());
+        if on_device && same_k && !kept.is_empty() {
+            // one copy of every layer's [rows, k] choices, then split
+            let flat: Vec<Tensor> = kept.iter().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
+            let host: Vec<u32> = Tensor::cat(&flat, 0)?.to_vec1()?;
+            let mut at = 0;
+            for slot in self.layers {
+                layers.push(match slot {
+                    None => None,
+                    Some((seq_len, t)) => {
+                        let (rows, k) = t.dims2()?;
+                        let v = host
+                            .get(at..at + rows * k)
+                            .ok_or_else(|| Error::Spy("the top-k copy is shorter than the layers' choices".into()))?;
+                        at += rows * k;
+                        Some((seq_len, k, v.to_vec()))
+                    }
+                });
+            }
+        } else {
+            for slot in self.layers {
+                layers.push(match slot {
+                    None => None,
+                    Some((seq_len, t)) => {
+                        let (_, k) = t.dims2()?;
+                        Some((seq_len, k, t.flatten_all()?.to_vec1()?))
+                    }
+                });
+            }
+        }
+        Ok(TopKSpy { layers })
+    }
+}
+
 /// Each layer's top-k choices of one scan batch ([`forward_padded`] with a [`TopKSpy`]), run here
 /// or, for a `Lens` on a shared model server, there (the same batch, the same numbers).
 pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
     let layers = lens.config().num_hidden_layers;
-    let mut spy = TopKSpy { layers: vec![None; layers] };
     if let Some(client) = lens.client() {
+        let mut spy = TopKSpy { layers: vec![None; layers] };
         let reply = client.top_k(ids.iter().map(|s| s.to_vec()).collect())?;
         if reply.layers.len() != layers {
             return Err(Error::Spy(format!("the server sent {} layers for a model of {layers}", reply.layers.len())));
@@ -635,20 +684,20 @@ pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
         }
         return Ok(spy);
     }
-    forward_padded(lens, ids, &mut spy)?;
-    Ok(spy)
+    let mut keep = KeepTopK { layers: vec![None; layers] };
+    forward_padded(lens, ids, &mut keep)?;
+    keep.into_host()
 }
 
-impl RouterSpy for TopKSpy {
+impl RouterSpy for KeepTopK {
     fn on_route(&mut self, ev: &RouterEvent<'_>) -> Result<()> {
-        let (_, k) = ev.top_k.dims2()?;
-        let v: Vec<u32> = ev.top_k.flatten_all()?.to_vec1()?;
+        ev.top_k.dims2()?; // [rows, k]
         let n = self.layers.len();
         let slot = self
             .layers
             .get_mut(ev.layer)
             .ok_or_else(|| Error::Spy(format!("layer {} reported but the model has {n}", ev.layer)))?;
-        *slot = Some((ev.seq_len, k, v));
+        *slot = Some((ev.seq_len, ev.top_k.clone()));
         Ok(())
     }
 }
@@ -732,6 +781,7 @@ pub struct Scanner<'a> {
     tokens_total: u64,
     tokens_done: u64,
     tokens_at_start: u64,
+    timings: ScanTimings,
 }
 
 impl<'a> Scanner<'a> {
@@ -761,6 +811,7 @@ impl<'a> Scanner<'a> {
         positions: impl IntoIterator<Item = usize>,
         opts: &ScanOptions,
     ) -> Result<Self> {
+        let started = Instant::now();
         let limits = opts.limits(&scan_device(lens))?;
         let cfg = lens.config();
         let max = cfg.max_position_embeddings;
@@ -770,15 +821,23 @@ impl<'a> Scanner<'a> {
                 cfg.num_experts
             )));
         }
-        let mut items = Vec::new();
-        for p in positions {
+        // tokenized in parallel (the tokenizer is shared read-only), checked in order: the first
+        // failing position is the one reported, as one by one
+        let positions: Vec<usize> = positions.into_iter().collect();
+        let tokenizer = lens.tokenizer();
+        let tokenized: Vec<Option<Result<Vec<Token>>>> = {
+            use rayon::prelude::*;
+            positions.par_iter().map(|&p| sentences.get(p).map(|s| tokenizer.encode(&s.text))).collect()
+        };
+        let mut items = Vec::with_capacity(positions.len());
+        for (p, toks) in positions.into_iter().zip(tokenized) {
             let s = sentences.get(p).ok_or_else(|| {
                 Error::invalid("corpus position", format!("{p} is past the corpus' {} sentences", sentences.len()))
             })?;
             if p > u32::MAX as usize {
                 return Err(Error::invalid("corpus", "more than 4 billion sentences"));
             }
-            let toks = lens.tokenize(&s.text)?;
+            let toks = toks.ok_or_else(|| Error::invalid("corpus position", format!("{p} has no sentence")))??;
             if toks.is_empty() {
                 return Err(Error::invalid("sentence", format!("{} ({:?}) has no tokens", s.id, s.text)));
             }
@@ -815,6 +874,7 @@ impl<'a> Scanner<'a> {
             tokens_total,
             tokens_done: 0,
             tokens_at_start: 0,
+            timings: ScanTimings { tokenize: started.elapsed(), ..ScanTimings::default() },
         })
     }
 
@@ -910,6 +970,11 @@ impl<'a> Scanner<'a> {
     pub fn study(&self) -> &Study {
         &self.study
     }
+    /// Where this scanner's time went so far: tokenizing, forward passes, routes (the writing
+    /// phases are filled in by [`checkpoint::scan_to_dir`], in its result).
+    pub fn timings(&self) -> &ScanTimings {
+        &self.timings
+    }
     /// The counts and routes so far, taking the scanner apart.
     pub fn into_study(self) -> Study {
         self.study
@@ -936,7 +1001,9 @@ impl<'a> Scanner<'a> {
         if self.study.counts.layers != self.lens.config().num_hidden_layers {
             return Err(Error::Spy("the study's layers are not the model's".into()));
         }
+        let t0 = Instant::now();
         let spy = batch_top_k(self.lens, &refs)?;
+        let t1 = Instant::now();
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
         for (b, i) in (self.pos..end).enumerate() {
@@ -945,8 +1012,17 @@ impl<'a> Scanner<'a> {
             self.study.counts.add(&r)?;
             batch.push(r);
         }
-        self.tokens_done += ids.iter().map(|v| v.len() as u64).sum::<u64>();
+        let tokens = ids.iter().map(|v| v.len() as u64).sum::<u64>();
+        self.tokens_done += tokens;
         self.pos = end;
+        let t = &mut self.timings;
+        t.forward += t1 - t0;
+        if t.batches == 0 {
+            t.forward_first = t1 - t0;
+        }
+        t.routes += t1.elapsed();
+        t.batches += 1;
+        t.tokens += tokens;
         if self.keep_routes {
             let first_new = self.study.routes.len();
             self.study.routes.append(&mut batch);
