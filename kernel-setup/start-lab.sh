@@ -24,6 +24,8 @@
 #
 # The notebooks read MOE_LENS_MODEL (see kernel-setup/install.sh's last lines); set it here:
 #   MOE_LENS_MODEL=/path/to/checkpoint kernel-setup/start-lab.sh
+# MOE_LENS_LOGIN_NODE=HOST (set by slurm-lab.sbatch): this is a compute node reached through HOST;
+# the printed ssh line then jumps through it (-J).
 set -euo pipefail
 
 user_umask=$(umask)
@@ -195,6 +197,9 @@ pid=$!
 stop_lab() {
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   rm -f "$JUPYTER_RUNTIME_DIR/jpserver-$pid-open.html"  # in case Jupyter did not get to remove it
+  # Jupyter leaves its socket file behind when it stops (only `jupyter server stop` removes it):
+  # seen on a real Slurm cluster, one stale lab-JOBID.sock per job (tests/cluster.sh)
+  if [ -n "$sock" ] && [ -S "$sock" ] && [ -O "$sock" ]; then rm -f "$sock"; fi
 }
 if [ "$background" != 1 ]; then
   # In the foreground the lab lives as long as this script, however the script ends.
@@ -261,9 +266,18 @@ if [ "$rc" != 0 ]; then
   exit 1
 fi
 
+if [ -n "${MOE_LENS_SERVER:-}" ]; then
+  # the notebooks' load goes to the shared model server and ignores MOE_LENS_MODEL
+  model_line="the moe-lens server at $MOE_LENS_SERVER (MOE_LENS_SERVER)"
+else
+  model_line=${MOE_LENS_MODEL:-"allenai/OLMoE-1B-7B-0924 (MOE_LENS_MODEL unset)"}
+fi
+jump_hint="
+If this server is a compute node reached through a login node, add: -J $user@LOGIN-NODE"
+[ -z "${MOE_LENS_LOGIN_NODE:-}" ] || jump_hint=""
 if [ -n "$sock" ]; then
   where="on the Unix socket $sock (pid $pid)"
-  tunnel="ssh -N -L 8888:$sock $user@$host"
+  tunnel="ssh -N -L 8888:$sock ${MOE_LENS_LOGIN_NODE:+-J $user@$MOE_LENS_LOGIN_NODE }$user@$host"
   url="http://localhost:8888/lab?token=$token"
   lport=8888
   who="Only you can connect to the socket."
@@ -271,7 +285,7 @@ if [ -n "$sock" ]; then
 sockets: start the lab without --socket.)"
 else
   where="port $port (pid $pid)"
-  tunnel="ssh -N -L $port:localhost:$port $user@$host"
+  tunnel="ssh -N -L $port:localhost:$port ${MOE_LENS_LOGIN_NODE:+-J $user@$MOE_LENS_LOGIN_NODE }$user@$host"
   url="http://localhost:$port/lab?token=$token"
   lport=$port
   who="Other users of this server can reach port $port but not get in without the token
@@ -282,7 +296,7 @@ cat <<EOF
 
 ================================================================================
 JupyterLab is running on $host, $where, serving $repo/notebooks
-Model for the notebooks: ${MOE_LENS_MODEL:-allenai/OLMoE-1B-7B-0924 (MOE_LENS_MODEL unset)}
+Model for the notebooks: $model_line
 
 On your laptop, 1. open the tunnel (leave it running; it prints nothing):
 
@@ -292,8 +306,7 @@ On your laptop, 1. open the tunnel (leave it running; it prints nothing):
 
     $url
 
-(If port $lport is busy on your laptop, change the FIRST number in the ssh line and in the URL.
-If this server is a compute node reached through a login node, add: -J $user@LOGIN-NODE)
+(If port $lport is busy on your laptop, change the FIRST number in the ssh line and in the URL.$jump_hint)
 ${why:+$why
 }
 The token is yours alone: do not share the URL. $who

@@ -248,6 +248,9 @@ if wait_for "$tmp/sock.out" "$script"; then
   check socket "$tmp/sock.out" || st=1
   kill -TERM "$script"
   if gone "$pid" && gone "$script"; then echo "    ok   SIGTERM to start-lab.sh stopped the lab"; else echo "    FAIL the lab still runs"; st=1; fi
+  # Jupyter leaves its socket file behind; start-lab.sh removes it (stale ones piled up per Slurm job)
+  if [ -e "$MOE_LENS_HOME/run/lab.sock" ]; then echo "    FAIL the socket file stays after the lab stopped"; st=1
+  else echo "    ok   the socket file is removed"; fi
 else
   echo "    FAIL start-lab.sh --socket did not start the lab:"; tail -20 "$tmp/sock.out" | sed 's/^/      /'; st=1
 fi
