@@ -354,12 +354,19 @@ impl<'a> Scanner<'a> {
             )));
         }
         // tokenized in parallel (the tokenizer is shared read-only), checked in order: the first
-        // failing position is the one reported, as one by one
+        // failing position is the one reported, as one by one. Each sentence's tokens shrink to
+        // `ScanToken`s at once: holding every `Token` (label and offsets) until the end took 1 GB
+        // at 10 million tokens.
         let positions: Vec<usize> = positions.into_iter().collect();
         let tokenizer = lens.tokenizer();
-        let tokenized: Vec<Option<Result<Vec<Token>>>> = {
+        let tokenized: Vec<Option<Result<Vec<ScanToken>>>> = {
             use rayon::prelude::*;
-            positions.par_iter().map(|&p| sentences.get(p).map(|s| tokenizer.encode(&s.text))).collect()
+            positions
+                .par_iter()
+                .map(|&p| {
+                    sentences.get(p).map(|s| tokenizer.encode(&s.text).map(|t| t.iter().map(ScanToken::from).collect()))
+                })
+                .collect()
         };
         let mut items = Vec::with_capacity(positions.len());
         for (p, toks) in positions.into_iter().zip(tokenized) {
@@ -383,7 +390,7 @@ impl<'a> Scanner<'a> {
                     ),
                 ));
             }
-            items.push((p, toks.iter().map(ScanToken::from).collect::<Vec<_>>()));
+            items.push((p, toks));
         }
         // longest first; ties in corpus order
         items.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
