@@ -433,7 +433,7 @@ fn execute(lens: &Lens, body: &RequestBody) -> Result<ResponseBody> {
 
 /// A teacher-forced request's ids, prompt length and interventions, checked against the model.
 fn check_teacher(lens: &Lens, ids: &[u32], prompt_len: usize, edits: &[Interventions]) -> Result<()> {
-    check_batch(lens, std::slice::from_ref(&ids.to_vec()))?;
+    check_batch(lens, &[ids])?;
     if prompt_len == 0 || prompt_len > ids.len() {
         return Err(Error::invalid(
             "prompt",
@@ -451,9 +451,9 @@ fn check_teacher(lens: &Lens, ids: &[u32], prompt_len: usize, edits: &[Intervent
 }
 
 /// A scan batch's ids and sizes, checked against the model (the sizes were checked on arrival).
-fn check_batch(lens: &Lens, sequences: &[Vec<u32>]) -> Result<()> {
+fn check_batch<S: AsRef<[u32]>>(lens: &Lens, sequences: &[S]) -> Result<()> {
     let c = lens.config();
-    for (i, s) in sequences.iter().enumerate() {
+    for (i, s) in sequences.iter().map(AsRef::as_ref).enumerate() {
         if s.is_empty() {
             return Err(Error::invalid("scan batch", format!("sentence {i} has no tokens")));
         }

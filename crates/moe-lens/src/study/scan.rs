@@ -152,53 +152,6 @@ pub(crate) struct TopKSpy {
     pub(crate) layers: Vec<Option<(usize, usize, Vec<u32>)>>, // (seq_len, k, [rows * k])
 }
 
-/// Collects each layer's top-k tensor during a forward pass (a cheap clone, wherever it lives) and
-/// copies them all to the host afterwards ([`KeepTopK::into_host`]): one transfer and one
-/// synchronisation per batch when a model reports its routing as device tensors.
-struct KeepTopK {
-    layers: Vec<Option<(usize, Tensor)>>, // (seq_len, [rows, k] u32)
-}
-
-impl KeepTopK {
-    /// The choices on the host, layer by layer, as [`TopKSpy`] keeps them.
-    fn into_host(self) -> Result<TopKSpy> {
-        let kept: Vec<&Tensor> = self.layers.iter().flatten().map(|(_, t)| t).collect();
-        let on_device = kept.iter().any(|t| !t.device().is_cpu());
-        let same_k = kept.windows(2).all(|w| w[0].dims().get(1) == w[1].dims().get(1));
-        let mut layers = Vec::with_capacity(self.layers.len());
-        if on_device && same_k && !kept.is_empty() {
-            // one copy of every layer's [rows, k] choices, then split
-            let flat: Vec<Tensor> = kept.iter().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
-            let host: Vec<u32> = Tensor::cat(&flat, 0)?.to_vec1()?;
-            let mut at = 0;
-            for slot in self.layers {
-                layers.push(match slot {
-                    None => None,
-                    Some((seq_len, t)) => {
-                        let (rows, k) = t.dims2()?;
-                        let v = host
-                            .get(at..at + rows * k)
-                            .ok_or_else(|| Error::Spy("the top-k copy is shorter than the layers' choices".into()))?;
-                        at += rows * k;
-                        Some((seq_len, k, v.to_vec()))
-                    }
-                });
-            }
-        } else {
-            for slot in self.layers {
-                layers.push(match slot {
-                    None => None,
-                    Some((seq_len, t)) => {
-                        let (_, k) = t.dims2()?;
-                        Some((seq_len, k, t.flatten_all()?.to_vec1()?))
-                    }
-                });
-            }
-        }
-        Ok(TopKSpy { layers })
-    }
-}
-
 /// Each layer's top-k choices of one scan batch ([`forward_padded`] with a [`TopKSpy`]), run here
 /// or, for a `Lens` on a shared model server, there (the same batch, the same numbers).
 pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
@@ -216,20 +169,23 @@ pub(crate) fn batch_top_k(lens: &Lens, ids: &[&[u32]]) -> Result<TopKSpy> {
         }
         return Ok(spy);
     }
-    let mut keep = KeepTopK { layers: vec![None; layers] };
-    forward_padded(lens, ids, &mut keep)?;
-    keep.into_host()
+    // the model hands spies its routing on the host (one copy per forward pass, on any device),
+    // so taking each layer's choices here is a host copy, not a synchronisation
+    let mut spy = TopKSpy { layers: vec![None; layers] };
+    forward_padded(lens, ids, &mut spy)?;
+    Ok(spy)
 }
 
-impl RouterSpy for KeepTopK {
+impl RouterSpy for TopKSpy {
     fn on_route(&mut self, ev: &RouterEvent<'_>) -> Result<()> {
-        ev.top_k.dims2()?; // [rows, k]
+        let (_, k) = ev.top_k.dims2()?;
+        let v: Vec<u32> = ev.top_k.flatten_all()?.to_vec1()?;
         let n = self.layers.len();
         let slot = self
             .layers
             .get_mut(ev.layer)
             .ok_or_else(|| Error::Spy(format!("layer {} reported but the model has {n}", ev.layer)))?;
-        *slot = Some((ev.seq_len, ev.top_k.clone()));
+        *slot = Some((ev.seq_len, k, v));
         Ok(())
     }
 }
