@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Most open connections (students' kernels).
     #[arg(long, default_value_t = 1024)]
     max_clients: usize,
+    /// Most traces of different students run together in one padded forward pass; 1 runs each
+    /// alone (then a trace equals a local one bit for bit). Default: 16 on a GPU, 1 on the CPU.
+    #[arg(long)]
+    batch_traces: Option<usize>,
 }
 
 pub fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -60,8 +64,17 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         max_text_bytes: a.max_text_bytes,
         ..Limits::default()
     };
-    let opts =
-        ServeOptions { socket: a.socket.clone(), mode, group: a.group.clone(), limits, max_clients: a.max_clients };
+    if a.batch_traces == Some(0) {
+        bail!("--batch-traces 0: give 1 (each trace alone) or more");
+    }
+    let opts = ServeOptions {
+        socket: a.socket.clone(),
+        mode,
+        group: a.group.clone(),
+        limits,
+        max_clients: a.max_clients,
+        batch_traces: a.batch_traces,
+    };
     let model = a.model.clone();
     let t0 = Instant::now();
     eprintln!("serve: loading {} …", a.model.model_name());
@@ -250,6 +263,12 @@ pub fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<()> {
         print!(" · GPU memory used {} of {}", gib(totalm.saturating_sub(free)), gib(totalm));
     }
     println!(" · requests dropped (client gone) {} · server errors {}", after.dropped, after.errors - before.errors);
+    let (batches, batched) = (after.trace_batches - before.trace_batches, after.batched_traces - before.batched_traces);
+    let mean = if batches > 0 { batched as f64 / batches as f64 } else { 0.0 };
+    println!(
+        "batching: at most {} traces per pass · {batched} traces ran in {batches} shared passes (mean {mean:.1})",
+        after.batch_traces
+    );
     for e in errors.iter().take(10) {
         println!("error: {e}");
     }
@@ -266,6 +285,9 @@ pub fn run_loadtest(a: LoadtestArgs) -> anyhow::Result<()> {
             "server_rss_bytes": after.rss_bytes,
             "server_peak_rss_bytes": after.peak_rss_bytes,
             "gpu_memory_free_total": after.gpu_memory,
+            "batch_traces": after.batch_traces,
+            "trace_batches": batches,
+            "batched_traces": batched,
         });
         std::fs::write(p, serde_json::to_string_pretty(&doc)?).with_context(|| format!("writing {}", p.display()))?;
     }

@@ -415,7 +415,12 @@ fn a_server_stopped_and_started_again_gives_a_clear_error_then_answers() {
             lens.scan(&sentences, &opts).err().map(|e| e.to_string())
         })
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // stopped under the scan, once its first batches are answered (not while it still connects)
+    let t0 = std::time::Instant::now();
+    while handle.stats().served.get("scan").copied().unwrap_or(0) < 2 {
+        assert!(t0.elapsed().as_secs() < 60, "the scan never started: {:?}", handle.stats());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     handle.stop();
     let e = waiting.join().ok().flatten().unwrap_or_default();
     assert!(e.contains("is not running") || e.contains("broke"), "the waiting scan: {e}");
@@ -448,4 +453,150 @@ fn moe_lens_server_makes_the_notebooks_load_connect() {
     assert_eq!(b.server(), Some(socket.as_path()));
     let by_name = ok(load(&format!("server:{}", socket.display())));
     assert_eq!(fingerprint(&ok(by_name.trace("Hi"))), fingerprint(&ok(local().trace("Hi"))));
+}
+
+/// A generation long enough to be seen in progress (no early stop at end-of-text).
+fn long_generation() -> moe_lens::lab::GenerateOptions {
+    moe_lens::lab::GenerateOptions { max_new_tokens: 256, stop_at_eos: false }
+}
+
+/// Waits until the server reports a generation in progress (or fails after 10 s).
+fn wait_generating(handle: &ServerHandle) {
+    let t0 = std::time::Instant::now();
+    while handle.stats().generating == 0 {
+        assert!(t0.elapsed().as_secs() < 10, "no generation started: {:?}", handle.stats());
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_trace_never_waits_for_a_whole_generation_and_interleaved_generations_stay_exact() {
+    // generations advance one step at a time between other requests: a trace sent while two long
+    // generations run is answered before either ends, and each answer still equals a local run
+    let dir = socket_dir("interleave");
+    let socket = dir.join("s.sock");
+    let handle = serve(&socket);
+    let local = local();
+    let (want_a, want_b) = (
+        fingerprint(&ok(local.generate_with(TEXTS[0], &long_generation()))),
+        fingerprint(&ok(local.generate_with(TEXTS[1], &long_generation()))),
+    );
+    let want_trace = fingerprint(&ok(local.trace(TEXTS[2])));
+    let gen = |text: &'static str| {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let lens = ok(Lens::connect(&socket));
+            let t = ok(lens.generate_with(text, &long_generation()));
+            (fingerprint(&t), std::time::Instant::now())
+        })
+    };
+    let (a, b) = (gen(TEXTS[0]), gen(TEXTS[1]));
+    wait_generating(&handle);
+    let lens = ok(Lens::connect(&socket));
+    let trace = ok(lens.trace(TEXTS[2]));
+    let traced_at = std::time::Instant::now();
+    let in_progress = handle.stats().generating;
+    let ((ga, ta), (gb, tb)) =
+        (a.join().unwrap_or_else(|_| panic!("client a")), b.join().unwrap_or_else(|_| panic!("client b")));
+    assert_eq!(fingerprint(&trace), want_trace, "the trace between generation steps");
+    assert!(in_progress >= 1, "a generation was still running when the trace was answered");
+    assert!(traced_at < ta.max(tb), "the trace was answered before the generations ended");
+    assert_eq!(ga, want_a, "interleaved generation a equals a local one bit for bit");
+    assert_eq!(gb, want_b, "interleaved generation b equals a local one bit for bit");
+    let s = handle.stats();
+    assert_eq!((s.generating, s.errors, s.served.get("generate").copied()), (0, 0, Some(2)), "{s:?}");
+}
+
+/// The largest absolute difference between two traces' router logits, and whether every top-k
+/// set is equal (two traces of the same text and layers).
+fn compare_traces(a: &Trace, b: &Trace) -> (f32, bool) {
+    assert_eq!(a.tokens, b.tokens);
+    assert_eq!(a.layers.len(), b.layers.len());
+    let mut worst = 0f32;
+    let mut same = true;
+    for (la, lb) in a.layers.iter().zip(&b.layers) {
+        assert_eq!(la.name, lb.name);
+        for (ra, rb) in la.logits.iter().zip(&lb.logits) {
+            for (x, y) in ra.iter().zip(rb) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+        for (ka, kb) in la.top_k.iter().zip(&lb.top_k) {
+            let (mut sa, mut sb) = (ka.clone(), kb.clone());
+            sa.sort_unstable();
+            sb.sort_unstable();
+            same &= sa == sb;
+        }
+    }
+    (worst, same)
+}
+
+#[test]
+fn traces_of_different_students_batched_together_equal_their_single_runs() {
+    // batch_traces on the CPU (a GPU's default): traces queued together run as one padded pass;
+    // each student gets their own text's routing, their own layers and their own interventions
+    let dir = socket_dir("batched");
+    let socket = dir.join("s.sock");
+    let opts = ServeOptions { batch_traces: Some(8), ..ServeOptions::new(&socket) };
+    let handle = server::start(|| Ok(local()), opts).unwrap_or_else(|e| panic!("{e}"));
+    let local = local();
+    let iv = Interventions::new().ablate(1, [0, 1, 2]).bias(2, 3, 2.5);
+    // what each of 8 students asks: a text, maybe some layers only, maybe interventions
+    let asks: Vec<(&str, Option<Vec<usize>>, bool)> =
+        (0..8).map(|i| (TEXTS[i % TEXTS.len()], (i % 4 == 1).then(|| vec![1, 3]), i % 4 == 2)).collect();
+    let want: Vec<Trace> = asks
+        .iter()
+        .map(|(text, layers, edited)| match (layers, edited) {
+            (_, true) => ok(local.intervene(&iv).trace(text)),
+            (Some(v), false) => ok(local.trace_layers(text, LayerSelection::Only(v.clone()))),
+            (None, false) => ok(local.trace(text)),
+        })
+        .collect();
+    let asks = Arc::new(asks);
+    let mut worst = 0f32;
+    let mut rounds = 0;
+    // the traces must queue while the worker is busy: a long generation holds it between rounds
+    while handle.stats().batched_traces == 0 {
+        rounds += 1;
+        assert!(rounds <= 5, "no traces were ever batched: {:?}", handle.stats());
+        let g = {
+            let socket = socket.clone();
+            std::thread::spawn(move || ok(ok(Lens::connect(&socket)).generate_with(TEXTS[3], &long_generation())))
+        };
+        wait_generating(&handle);
+        let barrier = Arc::new(std::sync::Barrier::new(asks.len()));
+        let got: Vec<Trace> = (0..asks.len())
+            .map(|i| {
+                let (socket, asks, barrier, iv) = (socket.clone(), asks.clone(), barrier.clone(), iv.clone());
+                std::thread::spawn(move || {
+                    let lens = ok(Lens::connect(&socket));
+                    let (text, layers, edited) = &asks[i];
+                    barrier.wait();
+                    match (layers, edited) {
+                        (_, true) => ok(lens.intervene(&iv).trace(text)),
+                        (Some(v), false) => ok(lens.trace_layers(text, LayerSelection::Only(v.clone()))),
+                        (None, false) => ok(lens.trace(text)),
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| panic!("a student failed")))
+            .collect();
+        assert!(g.join().is_ok(), "the generation failed");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.interventions.to_string(), w.interventions.to_string(), "student {i}");
+            assert_eq!(g.model_layers, w.model_layers);
+            let (d, same) = compare_traces(g, w);
+            assert!(same, "student {i}: a top-k set differs from the single run");
+            worst = worst.max(d);
+        }
+    }
+    let s = handle.stats();
+    println!(
+        "batched: {} traces in {} passes; worst router-logit difference to single runs {worst:e}",
+        s.batched_traces, s.trace_batches
+    );
+    assert!(worst <= 1e-5, "batched traces differ from single ones by {worst}");
+    assert_eq!(s.errors, 0, "{s:?}");
 }

@@ -34,9 +34,11 @@ use crate::trace::Trace;
 
 mod fit;
 mod options;
+mod runs;
 
 use fit::LoadFit;
 pub use options::{parse_dtype, DeviceChoice, LoadOptions, DEVICE_VAR};
+pub(crate) use runs::{Generation, TraceRun};
 
 /// A loaded model with its tokenizer: the object notebook cells work with. The model is in this
 /// process, or held by a shared model server (`load("server:PATH")`, `MOE_LENS_SERVER`: see
@@ -606,33 +608,9 @@ impl Lens {
             };
             return self.remote_run(client, body, &LayerSelection::All, edits);
         }
-        let (tokens, input) = self.encode_checked(text, opts.max_new_tokens)?;
-        let model = self.model()?;
-        let sets = if edits.is_empty() { &[][..] } else { std::slice::from_ref(edits) };
-        let mut cache = RoutingCache::new();
-        let mut kv = model.new_cache();
-        let hidden = model.forward_edited(&input, Some(&mut kv), None, Step::Prefill, Some(&mut cache), sets)?;
-        let mut next = argmax(&model.next_token_logits(&hidden)?)?;
-        let eos = self.config().eos_token_id.or(self.tokenizer.eos_id());
-        let mut new_ids = Vec::new();
-        for n in 0..opts.max_new_tokens {
-            new_ids.push(next);
-            // route the new token (its routing is part of the trace even when it is the last one)
-            let input = Tensor::new(&[next], model.device())?.unsqueeze(0)?; // [1, 1]
-            let hidden = model.forward_edited(&input, Some(&mut kv), None, Step::Decode(n), Some(&mut cache), sets)?;
-            if opts.stop_at_eos && Some(next) == eos {
-                break;
-            }
-            if n + 1 < opts.max_new_tokens {
-                next = argmax(&model.next_token_logits(&hidden)?)?;
-            }
-        }
-        let prompt_len = tokens.len();
-        let (full_text, all_tokens) = self.tokenizer.extend(text, &tokens, &new_ids)?;
-        let mut trace =
-            Trace::assemble(&self.name, &full_text, all_tokens, prompt_len, cache, self.config().num_hidden_layers)?;
-        trace.interventions = edits.clone();
-        Ok(trace)
+        let mut run = Generation::start(self, text, opts, edits)?;
+        while !run.step()? {}
+        run.finish()
     }
 }
 
@@ -723,18 +701,6 @@ pub struct GenerateOptions {
     pub max_new_tokens: usize,
     /// Stop after the end-of-text token (as transformers' `generate` does).
     pub stop_at_eos: bool,
-}
-
-/// Index of the largest logit of a `[1, vocab]` tensor (first one on ties, like torch.argmax).
-fn argmax(logits: &Tensor) -> Result<u32> {
-    let v: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-    let mut best: Option<(usize, f32)> = None;
-    for (i, &x) in v.iter().enumerate() {
-        if best.is_none_or(|(_, b)| x > b) {
-            best = Some((i, x));
-        }
-    }
-    best.map(|(i, _)| i as u32).ok_or_else(|| Error::invalid("logits", "empty vocabulary"))
 }
 
 /// The router hooks of a model: what the Python lab registers on every `mlp.gate`.

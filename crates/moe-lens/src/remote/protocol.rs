@@ -203,12 +203,24 @@ pub struct Stats {
     pub clients: usize,
     /// Requests waiting for the model.
     pub queued: usize,
+    /// Generations in progress (each advances one step at a time between other requests).
+    #[serde(default)]
+    pub generating: usize,
     /// Requests answered, by kind (`trace`, `generate`, `scan`, ...).
     pub served: std::collections::BTreeMap<String, u64>,
     /// Requests answered with an error.
     pub errors: u64,
     /// Queued requests dropped because their client went away.
     pub dropped: u64,
+    /// Padded passes that ran several clients' traces together.
+    #[serde(default)]
+    pub trace_batches: u64,
+    /// Traces answered from those passes.
+    #[serde(default)]
+    pub batched_traces: u64,
+    /// Most traces the server runs together (1: no batching).
+    #[serde(default)]
+    pub batch_traces: usize,
     /// Seconds since the server started.
     pub uptime_s: f64,
     /// The server process's resident memory, bytes (Linux).

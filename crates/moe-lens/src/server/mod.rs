@@ -2,20 +2,22 @@
 //! notebooks through `MOE_LENS_SERVER`, the command line through `--server`). Protocol:
 //! [`crate::remote::protocol`].
 //!
-//! - **One worker** thread owns the model and runs one request at a time; one thread per connection
-//!   reads and checks requests (size limits, versions) and queues them.
+//! - **One worker** thread owns the model; one thread per connection reads and checks requests
+//!   (size limits, versions) and queues them. How the worker schedules them: [`worker`].
 //! - **Fair**: a connection has at most one request queued or running (the client waits for each
 //!   answer), and the queue is first in, first out, so the worker takes the clients in turn (round
 //!   robin). A scan arrives as one request per batch of its sentences (at most
 //!   [`Limits::max_batch_tokens`] tokens), so another client's trace waits for at most one batch
-//!   of it, not the whole scan; a generation holds the worker for all its steps (at most
-//!   [`Limits::max_new_tokens`]).
-//! - **The same answers**: each request runs alone, exactly as a local `Lens` runs it (requests of
-//!   different clients are not batched together), so a trace through the server equals a local
-//!   trace bit for bit on the CPU, and on a GPU it is the same computation a local load of the same
-//!   model and settings does.
+//!   of it, not the whole scan; a generation runs one decode step at a time between other requests
+//!   ([`worker::STEP_BUDGET`] of steps per round), so a trace never waits for a whole generation.
+//! - **Batched on a GPU**: traces waiting together run as one padded forward pass
+//!   ([`ServeOptions::batch_traces`]); what that changes in the numbers is said in [`worker`].
+//! - **The same answers**: on the CPU (no batching by default) a trace through the server equals a
+//!   local trace bit for bit; generations, scans, scores and teacher-forced runs equal local ones
+//!   bit for bit on any device (each runs as a local `Lens` runs it).
 //! - **Costs nothing when the client leaves**: a queued request whose client disconnected is
-//!   dropped before it runs (a running one finishes and its answer is discarded).
+//!   dropped before it runs, a generation in progress at its next step (a running pass finishes
+//!   and its answer is discarded).
 //! - **Safe to share**: the socket is created with a umask so that it is never wider than its
 //!   `mode` (0600, or 0660 for a `group`), a path that is not a socket is never replaced, a stale
 //!   socket (no server answering) is removed; a malformed or hostile frame gets an error response
@@ -27,7 +29,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -35,16 +37,15 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 
+mod worker;
+
 use crate::error::{Error, Result};
-use crate::intervene::Interventions;
-use crate::lab::{GenerateOptions, Lens};
+use crate::lab::Lens;
 use crate::memory;
 use crate::remote::protocol::{
-    f32s_to_b64, read_frame_bytes, u32s_to_b64, write_frame, FrameError, Hello, Limits, Request, RequestBody, Response,
-    ResponseBody, RunReply, Stats, TeacherReply, TopKReply, WireRouting, WireTopK, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    read_frame_bytes, write_frame, FrameError, Hello, Limits, Request, RequestBody, Response, ResponseBody, Stats,
+    MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
-use crate::spy::LayerSelection;
-use crate::trace::Trace;
 
 /// How to serve ([`start`]).
 #[derive(Debug, Clone)]
@@ -59,12 +60,27 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Most open connections; more are refused with an error.
     pub max_clients: usize,
+    /// Most traces of different clients run together in one padded forward pass (1: each alone).
+    /// `None`: [`DEFAULT_GPU_BATCH`] on a GPU, 1 on the CPU (where batching saves little and a
+    /// trace through the server then equals a local one bit for bit).
+    pub batch_traces: Option<usize>,
 }
 
+/// Traces run together on a GPU by default ([`ServeOptions::batch_traces`]).
+pub const DEFAULT_GPU_BATCH: usize = 16;
+
 impl ServeOptions {
-    /// Defaults: mode 0600, no group, [`Limits::default`], 1,024 connections.
+    /// Defaults: mode 0600, no group, [`Limits::default`], 1,024 connections, traces batched on a
+    /// GPU only.
     pub fn new(socket: impl Into<PathBuf>) -> ServeOptions {
-        ServeOptions { socket: socket.into(), mode: 0o600, group: None, limits: Limits::default(), max_clients: 1024 }
+        ServeOptions {
+            socket: socket.into(),
+            mode: 0o600,
+            group: None,
+            limits: Limits::default(),
+            max_clients: 1024,
+            batch_traces: None,
+        }
     }
 }
 
@@ -87,6 +103,8 @@ struct Counters {
     served: std::collections::BTreeMap<String, u64>,
     errors: u64,
     dropped: u64,
+    trace_batches: u64,
+    batched_traces: u64,
 }
 
 struct Shared {
@@ -94,6 +112,9 @@ struct Shared {
     hello: Hello,
     limits: Limits,
     max_clients: usize,
+    batch_traces: usize,
+    /// Generations in progress (the worker's count, for [`Stats`]).
+    generating: AtomicUsize,
     device: Device,
     queue: Mutex<VecDeque<Job>>,
     wake: Condvar,
@@ -144,7 +165,7 @@ pub fn start(load: impl FnOnce() -> Result<Lens> + Send + 'static, opts: ServeOp
             };
             let _ = ready_tx.send(hello_of(&lens, limits));
             if let Ok(shared) = shared_rx.recv() {
-                work(&lens, &shared);
+                worker::work(&lens, &shared);
             }
         })
         .map_err(|e| server_err(&socket, format!("cannot start the worker thread: {e}")))?;
@@ -159,6 +180,8 @@ pub fn start(load: impl FnOnce() -> Result<Lens> + Send + 'static, opts: ServeOp
         hello,
         limits,
         max_clients: opts.max_clients,
+        batch_traces: opts.batch_traces.unwrap_or(if device.is_cuda() { DEFAULT_GPU_BATCH } else { 1 }).max(1),
+        generating: AtomicUsize::new(0),
         device,
         queue: Mutex::new(VecDeque::new()),
         wake: Condvar::new(),
@@ -212,11 +235,13 @@ impl ServerHandle {
         let s = &self.shared;
         s.stop.store(true, Ordering::SeqCst);
         s.wake.notify_all();
-        for (_, c) in lock(&s.conns).drain() {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
+        // the listener first: a client whose connection is closed below and who connects again
+        // is then refused ("is not running"), never accepted by a server about to go
         if let Some(a) = self.accept.take() {
             let _ = a.join();
+        }
+        for (_, c) in lock(&s.conns).drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
         }
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -242,9 +267,13 @@ impl Shared {
         Stats {
             clients: lock(&self.conns).len(),
             queued: lock(&self.queue).len(),
+            generating: self.generating.load(Ordering::SeqCst),
             served: c.served.clone(),
             errors: c.errors,
             dropped: c.dropped,
+            trace_batches: c.trace_batches,
+            batched_traces: c.batched_traces,
+            batch_traces: self.batch_traces,
             uptime_s: self.started.elapsed().as_secs_f64(),
             rss_bytes: rss,
             peak_rss_bytes: peak,
@@ -343,134 +372,10 @@ fn hello_of(lens: &Lens, limits: Limits) -> Result<(Hello, Device)> {
     Ok((hello, device))
 }
 
-// ------------------------------------------------------------------------------------------------
-// The worker: the model's one thread
-// ------------------------------------------------------------------------------------------------
-
-fn work(lens: &Lens, shared: &Shared) {
-    loop {
-        let job = {
-            let mut q = lock(&shared.queue);
-            loop {
-                if shared.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                if let Some(j) = q.pop_front() {
-                    break j;
-                }
-                q = match shared.wake.wait(q) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
-            }
-        };
-        if job.cancelled.load(Ordering::SeqCst) {
-            lock(&shared.counters).dropped += 1;
-            continue;
-        }
-        let kind = job.body.kind();
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(lens, &job.body)));
-        let body = match ran {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => error_body("model", e.to_string()),
-            Err(_) => error_body(
-                "internal",
-                "the run failed inside the server (a bug: the server's log has the details; please report it); \
-                 the server goes on",
-            ),
-        };
-        shared.count(kind, &body);
-        let _ = job.reply.send(body);
-    }
-}
-
 fn error_body(class: &str, message: impl Into<String>) -> ResponseBody {
     ResponseBody::Error { class: class.into(), message: message.into() }
 }
 
-fn run_reply(t: Trace) -> ResponseBody {
-    let routing = t.cache.entries().map(WireRouting::from_routing).collect();
-    ResponseBody::Trace(RunReply { text: t.text, tokens: t.tokens, prompt_len: t.prompt_len, routing })
-}
-
-fn execute(lens: &Lens, body: &RequestBody) -> Result<ResponseBody> {
-    Ok(match body {
-        RequestBody::Trace { text, layers, interventions } => {
-            let sel = match layers {
-                None => LayerSelection::All,
-                Some(v) => LayerSelection::Only(v.clone()),
-            };
-            run_reply(lens.trace_edited(text, sel, interventions)?)
-        }
-        RequestBody::Generate { text, max_new_tokens, stop_at_eos, interventions } => {
-            let opts = GenerateOptions { max_new_tokens: *max_new_tokens, stop_at_eos: *stop_at_eos };
-            run_reply(lens.generate_edited(text, &opts, interventions)?)
-        }
-        RequestBody::TopK { sequences } => {
-            check_batch(lens, sequences)?;
-            let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
-            let spy = crate::study::batch_top_k(lens, &refs)?;
-            let layers = spy
-                .layers
-                .into_iter()
-                .map(|l| l.map(|(seq_len, k, v)| WireTopK { seq_len, k, top_k: u32s_to_b64(&v) }))
-                .collect();
-            ResponseBody::TopK(TopKReply { layers })
-        }
-        RequestBody::Score { ids, prompt_len, edits } => {
-            check_teacher(lens, ids, *prompt_len, edits)?;
-            ResponseBody::Score { logprobs: crate::effects::score_on(lens.model()?, ids, *prompt_len, edits)? }
-        }
-        RequestBody::Teacher { ids, prompt_len, interventions } => {
-            check_teacher(lens, ids, *prompt_len, std::slice::from_ref(interventions))?;
-            let (cache, logprob, next) = crate::effects::teacher_on(lens.model()?, ids, *prompt_len, interventions)?;
-            let routing = cache.entries().map(WireRouting::from_routing).collect();
-            ResponseBody::Teacher(TeacherReply { logprob, next: f32s_to_b64(&next), routing })
-        }
-        RequestBody::Hello | RequestBody::Stats => error_body("internal", "answered by the connection, not the model"),
-    })
-}
-
-/// A teacher-forced request's ids, prompt length and interventions, checked against the model.
-fn check_teacher(lens: &Lens, ids: &[u32], prompt_len: usize, edits: &[Interventions]) -> Result<()> {
-    check_batch(lens, &[ids])?;
-    if prompt_len == 0 || prompt_len > ids.len() {
-        return Err(Error::invalid(
-            "prompt",
-            format!(
-                "{prompt_len} prompt tokens of {}: the prompt has at least one token and is part of the text",
-                ids.len()
-            ),
-        ));
-    }
-    let c = lens.config();
-    for iv in edits {
-        iv.check(c.num_hidden_layers, c.num_experts, c.num_experts_per_tok)?;
-    }
-    Ok(())
-}
-
-/// A scan batch's ids and sizes, checked against the model (the sizes were checked on arrival).
-fn check_batch<S: AsRef<[u32]>>(lens: &Lens, sequences: &[S]) -> Result<()> {
-    let c = lens.config();
-    for (i, s) in sequences.iter().map(AsRef::as_ref).enumerate() {
-        if s.is_empty() {
-            return Err(Error::invalid("scan batch", format!("sentence {i} has no tokens")));
-        }
-        if s.len() > c.max_position_embeddings {
-            return Err(Error::TextTooLong { tokens: s.len(), max: c.max_position_embeddings });
-        }
-        if let Some(bad) = s.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::invalid(
-                "scan batch",
-                format!("sentence {i} has token id {bad}, past the vocabulary's {}", c.vocab_size),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The request's sizes against the limits (before it is queued).
 fn check_sizes(limits: &Limits, body: &RequestBody) -> std::result::Result<(), String> {
     let text_ok = |t: &str| {
         if t.len() > limits.max_text_bytes {
