@@ -8,7 +8,7 @@
 #   CLIENTS   default "40 200";  DURATION seconds per run, default 60;  THINK_MS default 2000
 #   MODEL     a model directory to serve instead of the random OLMoE (e.g. the real one, if present)
 #   BATCHES   the servers to compare, by --batch-traces; default "16 1" (traces of different students
-#             run together, the GPU default; then each alone, as before session 9)
+#             run together; then each alone, the default)
 # Results under $OUT: serve_load.log, loadtest_<N>_b<B>.json, nvidia-smi samples in gpu_<N>_b<B>.csv.
 set -u
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:/usr/local/cuda-13.0/targets/x86_64-linux/lib:${LD_LIBRARY_PATH:-}

@@ -29,6 +29,24 @@ for model in demo "$PWD/tests/fixtures/olmoe-narrow" "$PWD/tests/fixtures/llamac
   MOE_LENS_MODEL=$model MOE_LENS_NOTEBOOKS=$only bash tests/run-notebooks.sh "$out/$name"
   MOE_LENS_NOTEBOOKS=$only python3 tests/check_notebooks.py "$out/$name"
 done
+# the same notebooks through the class's model server (issue #19), on the demo model: `moe-lens
+# serve` on a socket in a 0700 folder, MOE_LENS_SERVER set, the cells unchanged; notebook 01 (traces,
+# generation, the questions) and 03 (interventions, effect, sweep), the same checks
+t1=$(date +%s)
+sdir=$(mktemp -d); chmod 700 "$sdir"
+cargo build -p moe-lens-cli --locked -q
+cp "${CARGO_TARGET_DIR:-target}/debug/moe-lens" "$sdir/moe-lens"
+"$sdir/moe-lens" serve --model demo --device cpu --socket "$sdir/s.sock" >"$sdir/serve.log" 2>&1 &
+spid=$!
+for _ in $(seq 1 240); do [ -S "$sdir/s.sock" ] && break; sleep 0.25; done
+[ -S "$sdir/s.sock" ] || { cat "$sdir/serve.log"; echo "notebooks.sh: the model server did not start" >&2; exit 1; }
+rm -rf "${out:?}/server"
+MOE_LENS_SERVER="$sdir/s.sock" MOE_LENS_MODEL=demo MOE_LENS_NOTEBOOKS="01 03" bash tests/run-notebooks.sh "$out/server"
+MOE_LENS_NOTEBOOKS="01 03" python3 tests/check_notebooks.py "$out/server"
+grep -q "on the moe-lens server at" "$out/server/01_Router_Analysis.ipynb" \
+  || { echo "notebooks.sh: notebook 01 did not load through the server" >&2; exit 1; }
+kill "$spid"; wait "$spid" 2>/dev/null || true; rm -rf "$sdir"
+echo "notebooks.sh: notebooks 01 and 03 through the model server in $(( $(date +%s) - t1 )) s"
 # the handouts (issue #20), on the demo model only: the student versions run (every cell, the
 # placeholders included; their checks print hints; a notebook without exercises is its master, whose
 # demo run above is reused) and pass the same checks, the HTML handouts are

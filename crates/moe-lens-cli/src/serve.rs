@@ -42,10 +42,12 @@ pub struct ServeArgs {
     /// Most open connections (students' kernels).
     #[arg(long, default_value_t = 1024)]
     max_clients: usize,
-    /// Most traces of different students run together in one padded forward pass; 1 runs each
-    /// alone (then a trace equals a local one bit for bit). Default: 16 on a GPU, 1 on the CPU.
-    #[arg(long)]
-    batch_traces: Option<usize>,
+    /// Most traces of different students run together in one padded forward pass. 1 (default):
+    /// each alone, so a trace equals a local one. More (e.g. 16 for a big class on a GPU): shorter
+    /// waits under load, but a trace's routing then depends on which others shared its pass (the
+    /// batched kernels round differently; INSTRUCTORS.md has the measured sizes).
+    #[arg(long, default_value_t = 1)]
+    batch_traces: usize,
 }
 
 pub fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -64,7 +66,7 @@ pub fn run_serve(a: ServeArgs) -> anyhow::Result<()> {
         max_text_bytes: a.max_text_bytes,
         ..Limits::default()
     };
-    if a.batch_traces == Some(0) {
+    if a.batch_traces == 0 {
         bail!("--batch-traces 0: give 1 (each trace alone) or more");
     }
     let opts = ServeOptions {

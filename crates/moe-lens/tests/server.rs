@@ -533,11 +533,11 @@ fn compare_traces(a: &Trace, b: &Trace) -> (f32, bool) {
 
 #[test]
 fn traces_of_different_students_batched_together_equal_their_single_runs() {
-    // batch_traces on the CPU (a GPU's default): traces queued together run as one padded pass;
+    // --batch-traces 8 on the CPU: traces queued together run as one padded pass;
     // each student gets their own text's routing, their own layers and their own interventions
     let dir = socket_dir("batched");
     let socket = dir.join("s.sock");
-    let opts = ServeOptions { batch_traces: Some(8), ..ServeOptions::new(&socket) };
+    let opts = ServeOptions { batch_traces: 8, ..ServeOptions::new(&socket) };
     let handle = server::start(|| Ok(local()), opts).unwrap_or_else(|e| panic!("{e}"));
     let local = local();
     let iv = Interventions::new().ablate(1, [0, 1, 2]).bias(2, 3, 2.5);

@@ -377,7 +377,11 @@ mod tests {
                 "cuda bf16 experts {quant}, {model}: worst router-logit difference {worst:e}, top-k sets equal \
                  {agree:.4} ({rows} rows)"
             );
-            assert!(agree >= 0.9, "{model} {quant}: only {agree} of the top-k sets agree");
+            // measured on an H200 (2026-12-02): the test checkpoint 1.0 (0 difference); the random
+            // full-size OLMoE 0.878, as the bench's padded-batch check of the same kernels (0.866):
+            // its routers have many near-ties. A sequence mixed with another would agree by chance
+            // only (about 8/64 per expert), so 0.8 separates rounding from a bug.
+            assert!(agree >= 0.8, "{model} {quant}: only {agree} of the top-k sets agree");
         }
         Ok(())
     }

@@ -10,11 +10,11 @@
 //!   [`Limits::max_batch_tokens`] tokens), so another client's trace waits for at most one batch
 //!   of it, not the whole scan; a generation runs one decode step at a time between other requests
 //!   ([`worker::STEP_BUDGET`] of steps per round), so a trace never waits for a whole generation.
-//! - **Batched on a GPU**: traces waiting together run as one padded forward pass
-//!   ([`ServeOptions::batch_traces`]); what that changes in the numbers is said in [`worker`].
-//! - **The same answers**: on the CPU (no batching by default) a trace through the server equals a
-//!   local trace bit for bit; generations, scans, scores and teacher-forced runs equal local ones
-//!   bit for bit on any device (each runs as a local `Lens` runs it).
+//! - **Batching, if asked**: with [`ServeOptions::batch_traces`] > 1, traces waiting together run
+//!   as one padded forward pass; what that gains and changes in the numbers: [`worker`].
+//! - **The same answers**: by default every request runs as a local `Lens` runs it, so a trace,
+//!   generation, scan batch, score or teacher-forced run through the server equals a local one bit
+//!   for bit on the CPU, and is the same computation on a GPU.
 //! - **Costs nothing when the client leaves**: a queued request whose client disconnected is
 //!   dropped before it runs, a generation in progress at its next step (a running pass finishes
 //!   and its answer is discarded).
@@ -60,18 +60,14 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Most open connections; more are refused with an error.
     pub max_clients: usize,
-    /// Most traces of different clients run together in one padded forward pass (1: each alone).
-    /// `None`: [`DEFAULT_GPU_BATCH`] on a GPU, 1 on the CPU (where batching saves little and a
-    /// trace through the server then equals a local one bit for bit).
-    pub batch_traces: Option<usize>,
+    /// Most traces of different clients run together in one padded forward pass. 1 (the default):
+    /// each alone, so every trace equals a local one; more: lower waits under load, at the price
+    /// of the batched kernels' rounding (see the `worker` module's notes).
+    pub batch_traces: usize,
 }
 
-/// Traces run together on a GPU by default ([`ServeOptions::batch_traces`]).
-pub const DEFAULT_GPU_BATCH: usize = 16;
-
 impl ServeOptions {
-    /// Defaults: mode 0600, no group, [`Limits::default`], 1,024 connections, traces batched on a
-    /// GPU only.
+    /// Defaults: mode 0600, no group, [`Limits::default`], 1,024 connections, each trace alone.
     pub fn new(socket: impl Into<PathBuf>) -> ServeOptions {
         ServeOptions {
             socket: socket.into(),
@@ -79,7 +75,7 @@ impl ServeOptions {
             group: None,
             limits: Limits::default(),
             max_clients: 1024,
-            batch_traces: None,
+            batch_traces: 1,
         }
     }
 }
@@ -180,7 +176,7 @@ pub fn start(load: impl FnOnce() -> Result<Lens> + Send + 'static, opts: ServeOp
         hello,
         limits,
         max_clients: opts.max_clients,
-        batch_traces: opts.batch_traces.unwrap_or(if device.is_cuda() { DEFAULT_GPU_BATCH } else { 1 }).max(1),
+        batch_traces: opts.batch_traces.max(1),
         generating: AtomicUsize::new(0),
         device,
         queue: Mutex::new(VecDeque::new()),

@@ -5,15 +5,20 @@
 //! other request and one budget of generation steps, never behind a whole generation, and each
 //! generation still advances every round.
 //!
-//! - **Traces ride together** (when `batch_traces` > 1, the default on a GPU): the traces waiting
+//! - **Traces may ride together** (`batch_traces` > 1, `moe-lens serve --batch-traces N`; off by
+//!   default): the traces waiting
 //!   in the queue, up to `batch_traces` of them and [`Limits::max_batch_tokens`] tokens with
 //!   padding, run as one padded forward pass. On a GPU a pass of several short sequences costs
 //!   about what one does (the weights are read once), so the queue drains many times faster. What
 //!   it changes: each trace goes through the batched kernels, whose sums round differently from the
 //!   single-sequence ones (router logits to the bf16 rounding of the hidden states; a top-k choice
 //!   between two experts of near-equal logits can flip). It never mixes sequences: padding is masked
-//!   out and each student's interventions hold on their own sequence only. With `batch_traces` = 1
-//!   (the default on the CPU) a trace through the server equals a local one bit for bit.
+//!   out and each student's interventions hold on their own sequence only. Measured on an H200
+//!   (BENCHMARKS.md): with 40 students the trace p95 fell from 568 to 327 ms, but on the random
+//!   full-size OLMoE 12 % of the top-8 sets of a batched trace differ from the same trace run alone,
+//!   and which traces share a pass depends on who else is waiting, so a student's trace would no
+//!   longer be reproducible nor equal a classmate's. Hence the default, 1: every trace runs alone
+//!   and equals a local trace of the same model and settings (bit for bit on the CPU).
 //! - **Generations are interleaved**: a generation runs its prompt when its turn comes, then one
 //!   decode step at a time between other requests, with its own KV cache: exactly the computation
 //!   of a local generation, so its answer is bit for bit a local one's, on any device.
