@@ -19,7 +19,8 @@
 #     0700 folders, the kernel wrapper pointing cargo at them, offline (the evcxr_jupyter that
 #     tests/notebooks.sh built is put in that HOME first, so it is not compiled again)
 #
-# Not done here, to stay within CI's time (--full does them; about 25 minutes on 2 cores):
+# Not done here, to stay within CI's time (--full does them; about 45 minutes on 2 cores, measured
+# 2026-12-02 with --with-rust on a loaded machine; INSTRUCTORS.md, "Offline servers"):
 # compiling evcxr_jupyter from the bundle (CI copies the same version that install.sh built, as the
 # shared install does), the warm builds (shared and the user's pre-build), and the notebooks run
 # as a student (a second Unix user) of the offline shared install, inside the namespace
@@ -81,7 +82,7 @@ else
   say "no network: unshare -n is not allowed here, so proxies to a closed port and the offline switches only"
 fi
 # --with-rust: "a machine without Rust": only the system's folders on PATH, a HOME of its own
-no_rust_path=/usr/local/bin:/usr/bin:/bin
+no_rust_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin   # sbin: useradd for the student
 no_rust=(env -i HOME="$work/no-rust-home" USER="$(id -un)" LOGNAME="$(id -un)" LANG=C.UTF-8 PATH="$no_rust_path"
          "${no_net[@]:1}")
 if [ "$with_rust" = 1 ]; then
