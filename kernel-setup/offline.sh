@@ -9,7 +9,7 @@
 #   bundle_cargo_config VENDOR    prints the cargo --config arguments that take every crate from
 #                                 VENDOR and never the network
 #   bundle_cargo_home DIR VENDOR  writes DIR/config.toml with the same settings (a CARGO_HOME for
-#                                 the kernel's own cargo runs)
+#                                 the kernel's own cargo runs), and cargo's state files there, 0600
 #   bundle_check_rustc            warns when this rustc is not the bundle's (the toolchain's library
 #                                 crates were vendored for the bundle's)
 
@@ -63,6 +63,13 @@ bundle_cargo_home() {
   mkdir -p "$1"
   printf '[source.crates-io]\nreplace-with = "moe-lens-vendor"\n\n[source.moe-lens-vendor]\ndirectory = "%s"\n\n[net]\noffline = true\n' \
     "$2" > "$1/config.toml"
+  # cargo's own state files there (its lock files, its cache database), made now and 0600: else
+  # cargo makes them at the kernel's first build with the user's umask, readable by others
+  local f
+  for f in .package-cache .package-cache-mutate .global-cache; do
+    [ -e "$1/$f" ] || : > "$1/$f"
+    chmod 600 "$1/$f"
+  done
 }
 
 bundle_check_rustc() {

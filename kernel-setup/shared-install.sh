@@ -278,6 +278,8 @@ case ${MOE_LENS_CUDA:-auto} in
      elif [ -n "$gpu_name" ]; then say "WARNING: a GPU ($gpu_name) but no nvcc: CPU build only ('module load cuda' and run again)"; fi ;;
 esac
 modes=(cpu); [ "$cuda" = 1 ] && modes+=(cuda)
+# what the CUDA crates' build scripts read (cudarc, cudaforge), and where libcudart is found
+cuda_env_vars="CUDA_HOME CUDA_PATH CUDA_ROOT CUDA_TOOLKIT_ROOT_DIR CUDNN_LIB CUDARC_CUDA_VERSION NVCC NVCC_CCBIN LIBRARY_PATH LD_LIBRARY_PATH"
 say "builds: ${modes[*]}${gpu_name:+ (GPU: $gpu_name, compute capability $cuda_cap)}"
 
 # ------------------------------------------------------------------------------------------------
@@ -310,6 +312,15 @@ MOE_LENS_SHARED_CUDA=$cuda
 MOE_LENS_SHARED_CUDA_CAP=$cuda_cap
 MOE_LENS_SHARED_NVCC_DIR=$( [ -n "$nvcc_bin" ] && dirname "$nvcc_bin" )
 ENV
+if [ "$cuda" = 1 ]; then
+  # The CUDA settings of this install, which the kernel sets alike for the warm build and for every
+  # student (shared-kernel.sh): the CUDA crates' build scripts run again when one of the first eight
+  # differs (`module load cuda` sets CUDA_HOME for you, not for a student), and then everything above
+  # them is compiled again at a student's first `:dep` cell; the two library paths find libcudart.
+  { echo "MOE_LENS_SHARED_CUDA_ENV=1"
+    for v in $cuda_env_vars; do printf 'MOE_LENS_SHARED_CUDA_ENV_%s=%q\n' "$v" "${!v:-}"; done
+  } >> "$prefix/moe-lens-shared.env.new"
+fi
 mv "$prefix/moe-lens-shared.env.new" "$prefix/moe-lens-shared.env"
 say "kernel: $prefix/kernel/evcxr-kernel"
 
@@ -334,7 +345,15 @@ for mode in "${modes[@]}"; do
     > "$jp/kernels/moe-lens-shared-warm/kernel.json"
   say "compiling candle, tokenizers, plotters and moe-lens as a notebook cell does (4-15 min on 2 cores)"
   t0=$(date +%s)
-  # the kernel's own state (its CARGO_HOME with the vendor config) goes to a folder of the install
+  # The kernel's own state (its CARGO_HOME with the vendor config) goes to a folder of the install.
+  # evcxr's cell library finds libstd through a relative runpath that is one folder too deep (see
+  # install.sh): it resolves only when the build folder and the toolchain share no top folder, as
+  # students' build folders never do (shared-kernel.sh), but PREFIX/warm and PREFIX/rust always do.
+  # So the warm-up's one cell finds libstd through LD_LIBRARY_PATH, which cargo does not compare.
+  # (Seen with no rustup on the instructor's PATH, e.g. the bundle's Rust: evcxr then compiles with
+  # PREFIX/rust; with rustup it takes rustup's toolchain, elsewhere, of the same version.)
+  std_dir=$("$prefix/rust/bin/rustc" --print target-libdir)
+  LD_LIBRARY_PATH=$std_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
   JUPYTER_PATH=$jp EVCXR_TMPDIR=$warm MOE_LENS_KERNEL_MODE=$mode MOE_LENS_HOME=$prefix/warm/.state-$mode \
     "$venv/bin/python" "$here/execute.py" --warm-up "$prefix/src/notebooks" --kernel moe-lens-shared-warm
   rm -rf "$jp" "$prefix/warm/.state-$mode"

@@ -16,7 +16,9 @@
 #
 # Settings: MOE_LENS_KERNEL_THREADS, MOE_LENS_KERNEL_SLOTS (as kernel-setup/install.sh),
 # MOE_LENS_BUILD_DIR (where the build folders go), MOE_LENS_KERNEL_MODE=cpu|cuda (default: cuda
-# when the shared install has the CUDA build and nvidia-smi sees a GPU).
+# when the shared install has the CUDA build and nvidia-smi sees a GPU). In cuda mode the CUDA
+# variables its build scripts read (CUDA_HOME, CUDA_ROOT, NVCC, ...) are set as they were for the
+# instructor's warm build (PREFIX/moe-lens-shared.env), so that nothing is compiled again.
 set -euo pipefail
 user_umask=$(umask)
 umask 077
@@ -75,6 +77,19 @@ export EVCXR_CONFIG_DIR=$cfg
 if [ "$mode" = cuda ] && [ -n "${MOE_LENS_SHARED_NVCC_DIR:-}" ]; then
   export PATH="$MOE_LENS_SHARED_NVCC_DIR:$PATH"
   export CUDA_COMPUTE_CAP="${MOE_LENS_SHARED_CUDA_CAP:-80}"
+fi
+if [ "$mode" = cuda ] && [ "${MOE_LENS_SHARED_CUDA_ENV:-0}" = 1 ]; then
+  # the CUDA settings the warm build was compiled with (shared-install.sh wrote them), the same for
+  # every kernel: the CUDA crates' build scripts run again when one differs, and everything above
+  # them is then recompiled at the first `:dep` cell; the library paths are put first
+  for v in CUDA_HOME CUDA_PATH CUDA_ROOT CUDA_TOOLKIT_ROOT_DIR CUDNN_LIB CUDARC_CUDA_VERSION NVCC NVCC_CCBIN; do
+    recorded=MOE_LENS_SHARED_CUDA_ENV_$v
+    if [ -n "${!recorded:-}" ]; then export "$v=${!recorded}"; else unset "$v"; fi
+  done
+  for v in LIBRARY_PATH LD_LIBRARY_PATH; do
+    recorded=MOE_LENS_SHARED_CUDA_ENV_$v
+    if [ -n "${!recorded:-}" ]; then export "$v=${!recorded}${!v:+:${!v}}"; fi
+  done
 fi
 
 # the build folder: a slot of our own (one kernel per slot at a time), seeded from the warm build

@@ -19,24 +19,45 @@
 #     0700 folders, the kernel wrapper pointing cargo at them, offline (the evcxr_jupyter that
 #     tests/notebooks.sh built is put in that HOME first, so it is not compiled again)
 #
-# Not done here, to stay within CI's time (--full does them; about 25 minutes on 2 cores):
+# Not done here, to stay within CI's time (--full does them; about 45 minutes on 2 cores, measured
+# 2026-12-02 with --with-rust on a loaded machine; INSTRUCTORS.md, "Offline servers"):
 # compiling evcxr_jupyter from the bundle (CI copies the same version that install.sh built, as the
 # shared install does), the warm builds (shared and the user's pre-build), and the notebooks run
 # as a student (a second Unix user) of the offline shared install, inside the namespace
 # (tests/shared-install.sh with MOE_LENS_SHARED_CI_PREFIX).
 #
-#   tests/offline-install.sh [--full]
+# --with-rust (not in CI's run; may be combined with --full): a server with no Rust at all. The
+# bundle is made with bundle.sh --with-rust, and the installs of steps 3 and 5 (and --full's) run
+# with a PATH without cargo or rustc and a HOME with no ~/.cargo or ~/.rustup (env -i; no
+# RUSTUP_HOME/CARGO_HOME): checked, that PREFIX/rust and the user's offline/rust are the bundle's
+# toolchain and that the kernels use them. Without --full, the instructor's evcxr_jupyter of the same
+# version is offered through CARGO_INSTALL_ROOT (copied, not compiled). With --full, after the user's
+# pre-build (both variants) the first `:dep` cell of that user's next kernel is timed and must
+# compile nothing (the build folder's .rlib files, moe-lens's included, unchanged).
+#
+#   tests/offline-install.sh [--full] [--with-rust]
 # Settings: MOE_LENS_OFFLINE_CI_DIR (default /tmp/moe-lens-offline-ci; the CLI's build folder in
 # it is kept between runs, the rest is made afresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-full=0; [ "${1:-}" = --full ] && full=1
+full=0; with_rust=0
+for arg in "$@"; do
+  case $arg in
+    --full) full=1 ;;
+    --with-rust) with_rust=1 ;;
+    *) echo "tests/offline-install.sh [--full] [--with-rust]: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
 work=${MOE_LENS_OFFLINE_CI_DIR:-/tmp/moe-lens-offline-ci}
 fail() { echo "offline-install: FAILED: $*" >&2; exit 1; }
 say() { echo "offline-install: $*"; }
 mkdir -p "$work"
 find "$work" -mindepth 1 -maxdepth 1 ! -name cli-target -exec rm -rf {} +
+# the user's build folders (step 5): not under /tmp with --with-rust, where the user's Rust is (the
+# kernel's build folder must not share its top folder with the toolchain: see install.sh)
+user_build=$work/user-build
+if [ "$with_rust" = 1 ]; then user_build=/var/tmp/moe-lens-offline-ci-user-build; rm -rf "$user_build"; fi
 t_all=$(date +%s)
 # the Python the shared install will use (one every user can run) and the bundle's wheels are for
 py=python3
@@ -60,6 +81,17 @@ if [ "$netns" = 1 ]; then
 else
   say "no network: unshare -n is not allowed here, so proxies to a closed port and the offline switches only"
 fi
+# --with-rust: "a machine without Rust": only the system's folders on PATH, a HOME of its own
+no_rust_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin   # sbin: useradd for the student
+no_rust=(env -i HOME="$work/no-rust-home" USER="$(id -un)" LOGNAME="$(id -un)" LANG=C.UTF-8 PATH="$no_rust_path"
+         "${no_net[@]:1}")
+if [ "$with_rust" = 1 ]; then
+  mkdir -p "$work/no-rust-home"
+  for tool in cargo rustc rustup; do
+    ! "${no_rust[@]}" sh -c "command -v $tool" >/dev/null || fail "$tool is on $no_rust_path: --with-rust would prove nothing"
+  done
+  say "--with-rust: the installs run with PATH=$no_rust_path (no cargo, rustc or rustup) and an empty HOME"
+fi
 
 # --- 1. the bundle ---------------------------------------------------------------------------------
 canary_value="moe-lens-canary-$RANDOM$RANDOM$RANDOM"
@@ -67,7 +99,8 @@ canary=$repo/offline-canary-untracked.txt
 printf '%s\n' "$canary_value" > "$canary"
 trap 'rm -f "$canary"' EXIT
 t0=$(date +%s)
-PYTHON=$py bash kernel-setup/bundle.sh "$work/moe-lens-bundle.tar" 2>&1 | sed 's/^/    /'
+bundle_args=(); [ "$with_rust" = 1 ] && bundle_args=(--with-rust)
+PYTHON=$py bash kernel-setup/bundle.sh "$work/moe-lens-bundle.tar" "${bundle_args[@]}" 2>&1 | sed 's/^/    /'
 rm -f "$canary"
 bundle_s=$(( $(date +%s) - t0 ))
 tarf=$work/moe-lens-bundle.tar
@@ -98,6 +131,14 @@ manifest=$(tar -xOf "$tarf" moe-lens-bundle/MANIFEST)
 grep -q "^MOE_LENS_BUNDLE_CARGO_LOCK=$(sha256sum Cargo.lock | cut -d' ' -f1)$" <<<"$manifest" || fail "MANIFEST: not this Cargo.lock"
 grep -q '^MOE_LENS_BUNDLE_TOKENIZER=9ad33b4b39a9f83973c3f8c42a01948dd5b877a28ac9a5356956c4ff4ed0b714$' <<<"$manifest" \
   || fail "MANIFEST: not OLMoE's tokenizer"
+rust_release=$(rustc -vV | sed -n 's/^release: //p')
+if [ "$with_rust" = 1 ]; then
+  grep -qx 'MOE_LENS_BUNDLE_WITH_RUST=1' <<<"$manifest" || fail "MANIFEST: bundle.sh --with-rust did not say WITH_RUST=1"
+  for want in rust/bin/rustc rust/bin/cargo rust/lib/rustlib/src/rust/library/Cargo.toml; do
+    grep -qx "moe-lens-bundle/$want" <<<"$names" || fail "the --with-rust bundle has no $want"
+  done
+  say "the bundle holds Rust $rust_release (rustc, cargo, rust-src)"
+fi
 say "bundle checked: owners, modes, contents, no .git/credentials/untracked files/secrets; $(grep -c '' <<<"$names") entries"
 
 # --- 2. a damaged bundle is refused ----------------------------------------------------------------
@@ -119,8 +160,30 @@ prefix=$work/prefix
 t0=$(date +%s)
 extra=(MOE_LENS_SKIP_PREWARM=1)
 [ "$full" = 1 ] && extra=(MOE_LENS_EVCXR_FROM_BUNDLE=1)
-offline env PYTHON="$py" "${extra[@]}" bash kernel-setup/install.sh --from "$tarf" --shared "$prefix" 2>&1 | sed 's/^/    /'
+instructor=(env)
+if [ "$with_rust" = 1 ]; then
+  instructor=("${no_rust[@]}")
+  if [ "$full" = 0 ]; then
+    # the instructor's evcxr_jupyter of the same version (tests/notebooks.sh built it), offered the way
+    # cargo finds an installed one (CARGO_INSTALL_ROOT), so that it is copied instead of compiled
+    mkdir -p "$work/instructor-evcxr/bin"
+    cp "${CARGO_HOME:-$HOME/.cargo}/bin/evcxr_jupyter" "$work/instructor-evcxr/bin/"
+    cp "${CARGO_HOME:-$HOME/.cargo}/.crates.toml" "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" "$work/instructor-evcxr/"
+    extra+=(CARGO_INSTALL_ROOT="$work/instructor-evcxr")
+  fi
+fi
+offline "${instructor[@]}" PYTHON="$py" "${extra[@]}" bash kernel-setup/install.sh --from "$tarf" --shared "$prefix" 2>&1 \
+  | tee "$work/shared.log" | sed 's/^/    /'
 shared_s=$(( $(date +%s) - t0 ))
+if [ "$with_rust" = 1 ]; then
+  grep -q "the bundle's Rust $rust_release" "$work/shared.log" || fail "the shared install did not take the bundle's Rust"
+  [ "$("$prefix/rust/bin/rustc" -vV)" = "$(rustc -vV)" ] \
+    || fail "$prefix/rust/bin/rustc is not the bundle's Rust $rust_release: $("$prefix/rust/bin/rustc" -vV | head -1)"
+  [ "$("$prefix/rust/bin/rustc" --print sysroot)" = "$prefix/rust" ] || fail "$prefix/rust/bin/rustc's sysroot is not $prefix/rust"
+  [ -f "$prefix/rust/lib/rustlib/src/rust/library/Cargo.toml" ] || fail "no rust-src in $prefix/rust"
+  [ ! -e "$work/no-rust-home/.rustup" ] || fail "something made ~/.rustup in the Rust-less HOME"
+  say "--with-rust: PREFIX/rust is the bundle's toolchain: $("$prefix/rust/bin/rustc" -vV | sed -n 's/^release: /rustc /p') (sysroot $prefix/rust, with rust-src)"
+fi
 [ "$("$prefix/lab-venv/bin/jupyter-lab" --version)" = 4.6.6 ] || fail "JupyterLab 4.6.6 is not in $prefix/lab-venv"
 [ "$(sha256sum < "$prefix/src/crates/moe-lens/data/demo/tokenizer.json" | cut -d' ' -f1)" = \
   9ad33b4b39a9f83973c3f8c42a01948dd5b877a28ac9a5356956c4ff4ed0b714 ] || fail "no tokenizer next to the shared demo model"
@@ -177,7 +240,9 @@ cp "$cargo_home/bin/evcxr_jupyter" "$uhome/.cargo/bin/"
 cp "$cargo_home/.crates.toml" "$cargo_home/.crates2.json" "$uhome/.cargo/" 2>/dev/null || true
 user_env=(env -i HOME="$uhome" USER="$(id -un)" LOGNAME="$(id -un)" LANG=C.UTF-8 RUSTUP_HOME="$rustup_home"
           PATH="$(dirname "$(command -v cargo)"):/usr/local/bin:/usr/bin:/bin"
-          PYTHON="$py" MOE_LENS_BUILD_DIR="$work/user-build")
+          PYTHON="$py" MOE_LENS_BUILD_DIR="$user_build" "${no_net[@]:1}")
+[ "$with_rust" = 1 ] && user_env=(env -i HOME="$uhome" USER="$(id -un)" LOGNAME="$(id -un)" LANG=C.UTF-8
+                                  PATH="$no_rust_path" PYTHON="$py" MOE_LENS_BUILD_DIR="$user_build" "${no_net[@]:1}")
 [ "$full" = 0 ] && user_env+=(MOE_LENS_SKIP_PREWARM=1)
 offline "${user_env[@]}" bash kernel-setup/install.sh --from "$work/unpacked/moe-lens-bundle" 2>&1 | sed 's/^/    /'
 user_s=$(( $(date +%s) - t0 ))
@@ -190,12 +255,43 @@ grep -q "CARGO_HOME=\"\$offline_cargo\"" "$uh/kernel/evcxr-kernel" && grep -q "^
 grep -q "directory = \"$uh/offline/vendor\"" "$uh/offline/cargo/config.toml" || fail "no cargo config for the vendored crates"
 [ "$("$uh/lab-venv/bin/jupyter-lab" --version)" = 4.6.6 ] || fail "JupyterLab 4.6.6 is not in the user's lab-venv"
 [ ! -e "$uh/offline-unpack" ] || fail "the unpacked bundle was left in $uh/offline-unpack"
+if [ "$with_rust" = 1 ]; then
+  [ "$("$uh/offline/rust/bin/rustc" -vV)" = "$(rustc -vV)" ] || fail "$uh/offline/rust is not the bundle's Rust $rust_release"
+  grep -qx "export PATH=\"$uh/offline/rust/bin:\$PATH\"" "$uh/kernel/evcxr-kernel" \
+    || fail "the user's kernel wrapper does not put the bundle's Rust ($uh/offline/rust/bin) on PATH"
+  [ ! -e "$uhome/.rustup" ] && [ ! -e "$uhome/.cargo/bin/cargo" ] || fail "Rust was installed into the user's HOME"
+  say "--with-rust: the user's kernel runs the bundle's Rust $rust_release from $uh/offline/rust"
+fi
 say "one user's install from the bundle, offline: $user_s s; 0700 folders, kernel wrapper offline"
+
+if [ "$full" = 1 ]; then
+  # --- the user's first `:dep` cell after the pre-build: warm, nothing of moe-lens compiled ----------
+  # (what the pre-build is for: the next kernel takes the same build folder, slot 0, and only links)
+  slot=$user_build/0
+  rlibs() { find "$slot/target" -name '*.rlib' -printf '%P %T@ %s\n' | sort; }
+  before=$(rlibs 2>/dev/null || true)
+  grep -q 'libmoe_lens-' <<<"$before" \
+    || fail "the user's pre-build left no compiled moe-lens in $slot/target"
+  dep_out=$(offline "${user_env[@]}" MOE_LENS_NO_PROGRESS=1 "$uh/lab-venv/bin/python" kernel-setup/execute.py \
+              --warm-up "$repo/notebooks" --kernel moe-lens-rust) || fail "the user's first :dep cell failed: $dep_out"
+  dep_s=$(sed -n 's/.*`:dep` cell took \([0-9.]*\) s.*/\1/p' <<<"$dep_out")
+  [ -n "$dep_s" ] || fail "no time from the first :dep cell: $dep_out"
+  [ "$(rlibs)" = "$before" ] || fail "the user's first :dep cell compiled crates: $(diff <(echo "$before") <(rlibs) | head -5)"
+  python3 -c "import sys; sys.exit(float('$dep_s') > float('${MOE_LENS_FIRST_DEP_MAX:-30}'))" \
+    || fail "the user's first :dep cell took $dep_s s (limit ${MOE_LENS_FIRST_DEP_MAX:-30} s)"
+  say "--full: the user's first :dep cell after the install: $dep_s s (kernel start included), offline, no crate compiled ($(grep -c '' <<<"$before") .rlib files unchanged, moe-lens's included)"
+fi
 
 if [ "$full" = 1 ]; then
   # --- the notebooks, offline, as a student of the offline shared install (and warm build) ---------
   t0=$(date +%s)
-  offline env MOE_LENS_SHARED_CI_PREFIX="$prefix" PYTHON="$py" bash tests/shared-install.sh "$work/notebooks" 2>&1 | sed 's/^/    /'
+  if [ "$with_rust" = 1 ]; then
+    # the instructor runs it again as they would there: from the bundle, with no Rust of their own
+    offline "${no_rust[@]}" MOE_LENS_SHARED_CI_PREFIX="$prefix" MOE_LENS_SHARED_CI_FROM="$tarf" PYTHON="$py" \
+      bash tests/shared-install.sh "$work/notebooks" 2>&1 | sed 's/^/    /'
+  else
+    offline env MOE_LENS_SHARED_CI_PREFIX="$prefix" PYTHON="$py" bash tests/shared-install.sh "$work/notebooks" 2>&1 | sed 's/^/    /'
+  fi
   say "--full: both notebooks as a student of the offline install, offline: $(( $(date +%s) - t0 )) s"
 fi
 say "passed in $(( $(date +%s) - t_all )) s (bundle $size in $bundle_s s; shared install $shared_s s; one user $user_s s)"

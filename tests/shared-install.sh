@@ -12,6 +12,9 @@
 #     checks the executed copies (written to OUT_DIR, default target/shared-notebooks)
 #
 #   tests/shared-install.sh [OUT_DIR]
+# Settings: MOE_LENS_SHARED_CI_PREFIX (PREFIX), MOE_LENS_SHARED_CI_FROM=BUNDLE (the instructor's run
+# is `install.sh --from BUNDLE --shared PREFIX`, as on a server without network or Rust:
+# tests/offline-install.sh --full), MOE_LENS_SETUP_MAX, MOE_LENS_FIRST_DEP_MAX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -24,7 +27,8 @@ fail() { echo "shared-install: FAILED: $*" >&2; exit 1; }
 
 # 1. the instructor's install (kept between runs: only what changed is redone)
 t0=$(date +%s)
-bash kernel-setup/install.sh --shared "$prefix"
+from=(); [ -n "${MOE_LENS_SHARED_CI_FROM:-}" ] && from=(--from "$MOE_LENS_SHARED_CI_FROM")
+bash kernel-setup/install.sh "${from[@]}" --shared "$prefix"
 echo "shared-install: instructor's install took $(( $(date +%s) - t0 )) s"
 
 # 2. the student, fresh every run
