@@ -145,8 +145,8 @@ impl Lens {
         let mut ready = ready.into_iter();
         for w in bounds.windows(2) {
             let group: Vec<(usize, Vec<Token>)> = ready.by_ref().take(w[1] - w[0]).collect();
-            let batched = if group.len() > 1 { self.trace_padded(runs, &group).ok() } else { None };
-            match batched {
+            // a group of one is the single-sequence pass itself (tokenized once, here)
+            match self.trace_padded(runs, &group).ok() {
                 Some(traces) => {
                     for ((i, _), t) in group.iter().zip(traces) {
                         out[*i] = Some(Ok(t));
@@ -167,33 +167,20 @@ impl Lens {
 
     /// One right-padded forward pass over `group` (indices into `runs` with their tokens).
     fn trace_padded(&self, runs: &[TraceRun<'_>], group: &[(usize, Vec<Token>)]) -> Result<Vec<Trace>> {
-        let model = self.model()?;
         let cfg = self.config();
-        let t = group.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
-        let pad = cfg.pad_token_id.filter(|&p| (p as usize) < cfg.vocab_size).unwrap_or(0);
-        let mut flat = Vec::with_capacity(group.len() * t);
-        for (_, s) in group {
-            flat.extend(s.iter().map(|tok| tok.id));
-            flat.extend(std::iter::repeat_n(pad, t - s.len()));
-        }
-        let lengths: Vec<usize> = group.iter().map(|(_, s)| s.len()).collect();
-        let padded = lengths.iter().any(|&n| n < t);
-        let input = Tensor::from_vec(flat, (group.len(), t), model.device())?; // [B, T]
+        let ids: Vec<Vec<u32>> = group.iter().map(|(_, s)| s.iter().map(|tok| tok.id).collect()).collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let t = refs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let lengths: Vec<usize> = refs.iter().map(|s| s.len()).collect();
         let edits: Vec<Interventions> = if group.iter().all(|(i, _)| runs[*i].edits.is_empty()) {
             Vec::new()
         } else {
             group.iter().map(|(i, _)| runs[*i].edits.clone()).collect()
         };
         let want: Vec<LayerSelection> = group.iter().map(|(i, _)| runs[*i].layers.clone()).collect();
-        let mut spy = SplitSpy::new(want, t, lengths.clone());
-        model.forward_edited(
-            &input,
-            None,
-            padded.then_some(lengths.as_slice()),
-            Step::Prefill,
-            Some(&mut spy),
-            &edits,
-        )?;
+        let mut spy = SplitSpy::new(want, t, lengths);
+        // [B, T] right-padded, padding masked out (the scans' batched pass)
+        crate::study::forward_padded_edited(self, &refs, &mut spy, &edits)?;
         let mut traces = Vec::with_capacity(group.len());
         for ((i, tokens), cache) in group.iter().zip(spy.caches) {
             let r = &runs[*i];

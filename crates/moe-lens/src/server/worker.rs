@@ -148,25 +148,23 @@ fn run_jobs<'a>(lens: &'a Lens, shared: &Shared, jobs: Vec<Job>, active: &mut Ve
 
 /// Several traces in padded passes ([`Lens::trace_batch`]), each answered on its own.
 fn run_traces(lens: &Lens, shared: &Shared, jobs: Vec<Job>) {
-    let mut sels = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        if let RequestBody::Trace { layers, .. } = &job.body {
-            sels.push(selection(layers));
-        }
-    }
-    let mut runs = Vec::with_capacity(jobs.len());
-    for (job, sel) in jobs.iter().zip(&sels) {
-        if let RequestBody::Trace { text, interventions, .. } = &job.body {
-            runs.push(TraceRun { text, layers: sel, edits: interventions });
-        }
-    }
-    if runs.len() != jobs.len() {
+    let parts: Option<Vec<(&str, LayerSelection, &Interventions)>> = jobs
+        .iter()
+        .map(|j| match &j.body {
+            RequestBody::Trace { text, layers, interventions } => {
+                Some((text.as_str(), selection(layers), interventions))
+            }
+            _ => None,
+        })
+        .collect();
+    let Some(parts) = parts else {
         // only traces are taken together (take_next); anything else is a bug, answered as one
         for job in &jobs {
             answer(shared, job, internal());
         }
         return;
-    }
+    };
+    let runs: Vec<TraceRun<'_>> = parts.iter().map(|(text, layers, edits)| TraceRun { text, layers, edits }).collect();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         lens.trace_batch(&runs, shared.limits.max_batch_tokens)
     }));
@@ -238,10 +236,6 @@ fn execute(lens: &Lens, body: &RequestBody) -> Result<ResponseBody> {
         RequestBody::Trace { text, layers, interventions } => {
             run_reply(lens.trace_edited(text, selection(layers), interventions)?)
         }
-        RequestBody::Generate { text, max_new_tokens, stop_at_eos, interventions } => {
-            let opts = GenerateOptions { max_new_tokens: *max_new_tokens, stop_at_eos: *stop_at_eos };
-            run_reply(lens.generate_edited(text, &opts, interventions)?)
-        }
         RequestBody::TopK { sequences } => {
             check_batch(lens, sequences)?;
             let refs: Vec<&[u32]> = sequences.iter().map(Vec::as_slice).collect();
@@ -263,7 +257,10 @@ fn execute(lens: &Lens, body: &RequestBody) -> Result<ResponseBody> {
             let routing = cache.entries().map(WireRouting::from_routing).collect();
             ResponseBody::Teacher(TeacherReply { logprob, next: f32s_to_b64(&next), routing })
         }
-        RequestBody::Hello | RequestBody::Stats => error_body("internal", "answered by the connection, not the model"),
+        // generations are stepped by `run_jobs` and `advance`; hello and stats by the connection
+        RequestBody::Generate { .. } | RequestBody::Hello | RequestBody::Stats => {
+            error_body("internal", "not a request the worker runs in one go")
+        }
     })
 }
 

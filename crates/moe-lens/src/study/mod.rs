@@ -55,7 +55,7 @@ pub use compare::{CompareOptions, Comparison, LayerComparison, SplitMix64, Verdi
 pub use counts::{Counts, CountsJson};
 pub use metrics::{LayerJsd, LayerLang, Metrics};
 pub use routes::SentenceRoutes;
-pub(crate) use scan::{batch_top_k, scan_device};
+pub(crate) use scan::{batch_top_k, forward_padded_edited, scan_device};
 pub use scan::{
     cut_batches, format_secs, forward_padded, scan, ScanExt, ScanOptions, Scanner, CPU_BATCH_SIZE, GPU_BATCH_TOKENS,
 };

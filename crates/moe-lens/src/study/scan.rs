@@ -128,6 +128,17 @@ fn batch_end(length: impl Fn(usize) -> Option<usize>, start: usize, max_sentence
 /// forward pass told each real length) with `spy` attached. Rows of the events are batch-major;
 /// [`RouterEvent::is_real`] tells padding apart.
 pub fn forward_padded(lens: &Lens, ids: &[&[u32]], spy: &mut dyn RouterSpy) -> Result<()> {
+    forward_padded_edited(lens, ids, spy, &[])
+}
+
+/// [`forward_padded`] under interventions: `edits` is empty, one set for every sequence, or one
+/// per sequence (as [`crate::olmoe::Olmoe::forward_edited`] takes them).
+pub(crate) fn forward_padded_edited(
+    lens: &Lens,
+    ids: &[&[u32]],
+    spy: &mut dyn RouterSpy,
+    edits: &[crate::intervene::Interventions],
+) -> Result<()> {
     let t = ids.iter().map(|s| s.len()).max().unwrap_or(0);
     if ids.is_empty() || t == 0 || ids.iter().any(|s| s.is_empty()) {
         return Err(Error::EmptyText(" (a batch with an empty sequence)"));
@@ -142,8 +153,8 @@ pub fn forward_padded(lens: &Lens, ids: &[&[u32]], spy: &mut dyn RouterSpy) -> R
     let lengths: Vec<usize> = ids.iter().map(|s| s.len()).collect();
     let padded = lengths.iter().any(|&n| n < t);
     let model = lens.model()?;
-    let input = Tensor::from_vec(flat, (ids.len(), t), model.device())?;
-    model.forward(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy))?;
+    let input = Tensor::from_vec(flat, (ids.len(), t), model.device())?; // [B, T]
+    model.forward_edited(&input, None, padded.then_some(lengths.as_slice()), Step::Prefill, Some(spy), edits)?;
     Ok(())
 }
 
