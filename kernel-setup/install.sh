@@ -285,36 +285,50 @@ cat > "$spec_src/kernel.json" <<JSON
 JSON
 mkdir -p "$home/kernel"
 wrapper=$home/kernel/evcxr-kernel
-# Persistent build directories (see the wrapper). They must not share their top directory with
-# the Rust sysroot: evcxr's cdylib finds libstd through a relative rpath that cargo computes one
-# directory too deep, which only resolves when the path climbs all the way up to "/" (so a build
-# dir under ~/ with rustup in ~/.rustup fails with "dlopen failed"). /var/tmp is kept across reboots.
+# Persistent build directories (see the wrapper), only where no other user can put a cargo config
+# above them (build-dir.sh says why; as root this makes the guards in /var/tmp and /tmp). Best not
+# under the Rust sysroot's top directory: evcxr's cdylib finds libstd through a relative rpath that
+# cargo computes one directory too deep, which only resolves when the path climbs all the way up to
+# "/" (a build dir under ~/ with rustup in ~/.rustup fails with "dlopen failed" unless libstd's
+# folder is on LD_LIBRARY_PATH, which the wrapper then sets). /var/tmp is kept across reboots.
+install -m 644 "$here/build-dir.sh" "$home/kernel/build-dir.sh"
+# shellcheck source=kernel-setup/build-dir.sh
+. "$here/build-dir.sh"
+moe_lens_guard_tmp | sed 's/^/    /'
 sysroot_top=$(rustc --print sysroot | cut -d/ -f2)
-build_root=${MOE_LENS_BUILD_DIR:-}
-if [ -z "$build_root" ]; then
-  for base in /var/tmp /tmp; do
-    if [ -d "$base" ] && [ -w "$base" ] && [ "$(echo "$base" | cut -d/ -f2)" != "$sysroot_top" ]; then
-      build_root=$base/moe-lens-$(id -un); break
-    fi
-  done
-fi
-if [ -n "$build_root" ] && [ "$(echo "$build_root" | cut -d/ -f2)" = "$sysroot_top" ]; then
-  say "WARNING: $build_root shares /$sysroot_top with the Rust sysroot; no persistent build directories"
-  build_root=""
-fi
-if [ -n "$build_root" ]; then
-  mkdir -p "$build_root" 2>/dev/null || true
-  if [ -d "$build_root" ] && [ -O "$build_root" ] && [ ! -L "$build_root" ]; then chmod 700 "$build_root"; else
-    say "WARNING: cannot own $build_root; no persistent build directories"; build_root=""; fi
-fi
+std_dir=$(rustc --print target-libdir)
+candidates=()
+if [ -n "${MOE_LENS_BUILD_DIR:-}" ]; then candidates+=("$MOE_LENS_BUILD_DIR"); fi
+for base in /var/tmp /tmp; do
+  if [ -d "$base" ] && [ -w "$base" ] && [ "$(echo "$base" | cut -d/ -f2)" != "$sysroot_top" ]; then
+    candidates+=("$base/moe-lens-$(id -un)")
+  fi
+done
+candidates+=("$HOME/.cache/moe-lens-build")
+build_root=""
+for c in "${candidates[@]}"; do
+  why=$(moe_lens_cargo_unsafe "$c")
+  if [ -n "$why" ]; then say "WARNING: not $c: $why"; continue; fi
+  mkdir -p "$c" 2>/dev/null || true
+  if [ -d "$c" ] && [ -O "$c" ] && [ ! -L "$c" ]; then chmod 700 "$c"; build_root=$c; break; fi
+  say "WARNING: cannot own $c"
+done
 say "persistent kernel build directories: ${build_root:-none (each kernel builds in a fresh temporary directory)}"
 wrapper_offline=""
 if [ -n "$from" ]; then wrapper_offline=$offline/cargo; fi
+rustup_toolchain=""
+if [ -x "$cargo_bin/rustup" ]; then
+  rustup_toolchain=${RUSTUP_TOOLCHAIN:-$("$cargo_bin/rustup" show active-toolchain 2>/dev/null | awk '{print $1}')}
+fi
 cat > "$wrapper.new" <<SH
 #!/usr/bin/env bash
 # Written by moe-lens kernel-setup/install.sh: starts evcxr_jupyter with what moe-lens needs.
 # cargo/rustc must be on PATH for evcxr, even when JupyterLab was started without ~/.cargo/bin.
 export PATH="$cargo_bin:\$PATH"
+# rustup's cargo reads rust-toolchain.toml in the build folder's parents (one a classmate could
+# write in /tmp); the toolchain named here, as at install time, comes first (build-dir.sh)
+rustup_toolchain="$rustup_toolchain"
+if [ -n "\$rustup_toolchain" ]; then export RUSTUP_TOOLCHAIN="\${RUSTUP_TOOLCHAIN:-\$rustup_toolchain}"; fi
 offline_cargo="$wrapper_offline"
 if [ -n "\$offline_cargo" ]; then
   # installed with --from (an offline server): every crate from the bundle's vendored copy, no network
@@ -332,16 +346,37 @@ fi
 # recompiled by every new kernel (evcxr's :cache keeps registry crates only): about 10 s instead of
 # a minute or more for the first :dep. One kernel per directory at a time, so each kernel takes the
 # first free slot (an flock held for the kernel's life); when all are busy it builds in a fresh
-# temporary directory as evcxr does by default.
-build_root="$build_root"
-if [ -n "\$build_root" ] && [ -z "\${EVCXR_TMPDIR:-}" ] && command -v flock >/dev/null 2>&1; then
-  for n in \$(seq 0 \$(( \${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
-    d="\$build_root/\$n"
-    mkdir -p "\$d" 2>/dev/null || break
-    exec 9>"\$d.lock"
-    if flock -n 9; then export EVCXR_TMPDIR="\$d"; break; fi
-    exec 9>&-
+# temporary directory of its own. Only where no other user can put a cargo config above it
+# (build-dir.sh, checked at each start: such a file can run their program as you).
+. "$home/kernel/build-dir.sh"
+own_tmp() { # a private TMPDIR for evcxr's fresh build folders (not /tmp, for the same reason)
+  export TMPDIR="\$HOME/.cache/moe-lens-tmp"; mkdir -p "\$TMPDIR"; chmod 700 "\$TMPDIR"
+}
+if [ -n "\${EVCXR_TMPDIR:-}" ]; then
+  why=\$(moe_lens_cargo_unsafe "\$EVCXR_TMPDIR")
+  if [ -n "\$why" ]; then echo "moe-lens kernel: WARNING: your EVCXR_TMPDIR=\$EVCXR_TMPDIR: \$why" >&2; fi
+else
+  build_root=""
+  for c in "\${MOE_LENS_BUILD_DIR:-$build_root}" "\$HOME/.cache/moe-lens-build"; do
+    [ -n "\$c" ] || continue
+    why=\$(moe_lens_cargo_unsafe "\$c")
+    if [ -n "\$why" ]; then echo "moe-lens kernel: not building in \$c: \$why" >&2; continue; fi
+    mkdir -p "\$c" 2>/dev/null || true
+    if [ -d "\$c" ] && [ -O "\$c" ] && [ ! -L "\$c" ]; then chmod 700 "\$c"; build_root=\$c; break; fi
   done
+  if [ -n "\$build_root" ] && command -v flock >/dev/null 2>&1; then
+    for n in \$(seq 0 \$(( \${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
+      d="\$build_root/\$n"
+      mkdir -p "\$d" 2>/dev/null || break
+      exec 9>"\$d.lock"
+      if flock -n 9; then export EVCXR_TMPDIR="\$d"; break; fi
+      exec 9>&-
+    done
+  fi
+  [ -n "\${EVCXR_TMPDIR:-}" ] || own_tmp
+  if [ "\$(echo "\${EVCXR_TMPDIR:-\$TMPDIR}" | cut -d/ -f2)" = "$sysroot_top" ]; then
+    export LD_LIBRARY_PATH="$std_dir\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+  fi
 fi
 cuda=$cuda
 if [ "\$cuda" = 1 ]; then

@@ -325,6 +325,21 @@ mv "$prefix/moe-lens-shared.env.new" "$prefix/moe-lens-shared.env"
 say "kernel: $prefix/kernel/evcxr-kernel"
 
 # ------------------------------------------------------------------------------------------------
+begin "build folders no other user can plant a cargo config above (kernel-setup/build-dir.sh)" \
+  "move PREFIX to a folder only you (or root) can write, or have root run: install -d -m 755 DIR/.cargo"
+# shellcheck disable=SC1091
+. "$here/build-dir.sh"
+moe_lens_guard_tmp | sed 's/^/    /'
+why=$(moe_lens_cargo_unsafe "$prefix/warm")
+if [ -n "$why" ]; then hint="the warm build would run cargo below it as you: $why"; false; fi
+say "the warm build's folder ($prefix/warm): no other user can put a cargo config above it"
+for b in /var/tmp /tmp; do
+  why=$(moe_lens_cargo_unsafe "$b/moe-lens-student")
+  if [ -z "$why" ]; then say "students' build folders in $b: safe"
+  else say "WARNING: students' kernels will not build in $b ($why); they fall back to ~/.cache/moe-lens-build, which is slower where homes are on NFS"; fi
+done
+
+# ------------------------------------------------------------------------------------------------
 [ "${MOE_LENS_SKIP_PREWARM:-0}" = 1 ] && { say "warm build skipped (MOE_LENS_SKIP_PREWARM=1): each student's first :dep cell compiles everything"; modes=(); }
 for mode in "${modes[@]}"; do
   begin "warm build of the notebooks' moe-lens ($mode) in $prefix/warm/$mode" \

@@ -9,7 +9,9 @@
 #                                              the cache)
 #   /var/tmp/moe-lens-$USER/shared-N          the kernel's build folder (EVCXR_TMPDIR, 0700), seeded
 #                                              from PREFIX/warm/MODE/target, the instructor's
-#                                              pre-build, so the first `:dep` cell only links
+#                                              pre-build, so the first `:dep` cell only links; only
+#                                              where no classmate can put a cargo config above it
+#                                              (build-dir.sh), else /tmp/..., else ~/.cache/...
 # The paths cargo compiled against (the toolchain in PREFIX/rust, the crates in PREFIX/vendor, the
 # notebooks' moe-lens in PREFIX/src/crates) are the same for every user, so the copy is up to date
 # for cargo and nothing is recompiled.
@@ -92,28 +94,37 @@ if [ "$mode" = cuda ] && [ "${MOE_LENS_SHARED_CUDA_ENV:-0}" = 1 ]; then
   done
 fi
 
-# the build folder: a slot of our own (one kernel per slot at a time), seeded from the warm build
-if [ -z "${EVCXR_TMPDIR:-}" ]; then
-  root=${MOE_LENS_BUILD_DIR:-}
+# the build folder: a slot of our own (one kernel per slot at a time), seeded from the warm build,
+# and only where no other user can put a cargo config above it (kernel-setup/build-dir.sh says why)
+# shellcheck disable=SC1091
+. "$prefix/src/kernel-setup/build-dir.sh"
+if [ -n "${EVCXR_TMPDIR:-}" ]; then
+  why=$(moe_lens_cargo_unsafe "$EVCXR_TMPDIR")
+  if [ -n "$why" ]; then echo "moe-lens kernel: WARNING: your EVCXR_TMPDIR=$EVCXR_TMPDIR: $why" >&2; fi
+else
   top_of() { echo "$1" | cut -d/ -f2; }
-  if [ -z "$root" ]; then
-    # not under the toolchain's top folder (evcxr's relative rpath to libstd; see install.sh)
-    for base in /var/tmp /tmp "$HOME"; do
-      if [ -d "$base" ] && [ -w "$base" ] && [ "$(top_of "$base")" != "$(top_of "$prefix")" ]; then
-        root=$base/moe-lens-$user; [ "$base" = "$HOME" ] && root=$HOME/.cache/moe-lens-build
-        break
-      fi
-    done
-  fi
-  if [ -n "$root" ]; then
-    mkdir -p "$root"
-    if [ -L "$root" ] || [ ! -O "$root" ]; then
-      echo "moe-lens kernel: $root is not a folder of yours; move it away (or set MOE_LENS_BUILD_DIR)" >&2
-      root=""
-    else
-      chmod 700 "$root"
+  # MOE_LENS_BUILD_DIR, else /var/tmp, /tmp or ~/.cache, none under the toolchain's top folder
+  # (evcxr's relative rpath to libstd; see install.sh)
+  candidates=()
+  if [ -n "${MOE_LENS_BUILD_DIR:-}" ]; then candidates+=("$MOE_LENS_BUILD_DIR"); fi
+  for base in /var/tmp /tmp "$HOME"; do
+    if [ -d "$base" ] && [ -w "$base" ] && [ "$(top_of "$base")" != "$(top_of "$prefix")" ]; then
+      if [ "$base" = "$HOME" ]; then candidates+=("$HOME/.cache/moe-lens-build"); else candidates+=("$base/moe-lens-$user"); fi
     fi
-  fi
+  done
+  root=""
+  for c in "${candidates[@]}"; do
+    why=$(moe_lens_cargo_unsafe "$c")
+    if [ -n "$why" ]; then echo "moe-lens kernel: not building in $c: $why" >&2; continue; fi
+    mkdir -p "$c" 2>/dev/null || true
+    if [ ! -d "$c" ] || [ -L "$c" ] || [ ! -O "$c" ]; then
+      echo "moe-lens kernel: $c is not a folder of yours; move it away (or set MOE_LENS_BUILD_DIR)" >&2
+      continue
+    fi
+    chmod 700 "$c"
+    root=$c
+    break
+  done
   if [ -n "$root" ] && command -v flock >/dev/null 2>&1; then
     for n in $(seq 0 $(( ${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
       d=$root/shared-$mode-$n
@@ -131,6 +142,15 @@ if [ -z "${EVCXR_TMPDIR:-}" ]; then
     cp -R --preserve=timestamps "$warm/target" "$EVCXR_TMPDIR/target"
     [ -f "$warm/Cargo.lock" ] && cp --preserve=timestamps "$warm/Cargo.lock" "$EVCXR_TMPDIR/Cargo.lock"
     cp "$warm/stamp" "$EVCXR_TMPDIR/seed.stamp"
+  fi
+  if [ -z "${EVCXR_TMPDIR:-}" ]; then
+    # no slot: evcxr builds in a new folder under TMPDIR (/tmp by default): a private one instead,
+    # where evcxr's cell library finds libstd through LD_LIBRARY_PATH (see shared-install.sh)
+    export TMPDIR=$state/tmp
+    mkdir -p "$TMPDIR" && chmod 700 "$TMPDIR"
+    std_dir=$("$prefix/rust/bin/rustc" --print target-libdir)
+    export LD_LIBRARY_PATH=$std_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    echo "moe-lens kernel: no build folder to keep; this kernel builds in a new one under $TMPDIR (the first :dep cell compiles moe-lens again)" >&2
   fi
   if [ "${MOE_LENS_SEED_ONLY:-0}" = 1 ]; then
     # kernel-setup/student-setup.sh: only prepare a build folder, start no kernel

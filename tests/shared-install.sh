@@ -104,4 +104,29 @@ for nb in sorted(out.glob("*.ipynb")):
         sys.exit(f"shared-install: FAILED: the first :dep cell of {nb.name} took {s} s")
 PY
 python3 tests/check_notebooks.py "$out"
+
+# 4. a classmate's cargo config. cargo reads .cargo/config.toml in every folder above the one it
+# builds in, and such a file can name a program it runs (rustc-wrapper): in /var/tmp or /tmp, which
+# all users can write, a classmate's program would run as the student (kernel-setup/build-dir.sh).
+if [ "$student" != "$(id -un)" ]; then
+  mate=moe-lens-classmate
+  id "$mate" >/dev/null 2>&1 || useradd -m -s /bin/bash "$mate"
+  as_mate() { runuser -u "$mate" -- env -i HOME="$(getent passwd "$mate" | cut -d: -f6)" PATH=/usr/bin:/bin "$@"; }
+  for b in /var/tmp /tmp; do
+    [ -d "$b/.cargo" ] && [ "$(stat -c %U "$b/.cargo")" = root ] || fail "the root install made no $b/.cargo guard"
+    as_mate bash -c "echo '[build]' > $b/.cargo/config.toml" 2>/dev/null && fail "a classmate could write $b/.cargo/config.toml"
+  done
+  # a folder all can write (as /tmp is where no guard was made), holding the classmate's config
+  open=$(mktemp -d /tmp/moe-lens-open.XXXXXX); chmod 1777 "$open"
+  as_mate bash -c "mkdir '$open/.cargo' && printf '#!/bin/sh\nid -un >> $open/ran-as\nexec \"\$@\"\n' > '$open/evil' \
+    && chmod 755 '$open/evil' && printf '[build]\nrustc-wrapper = \"$open/evil\"\n' > '$open/.cargo/config.toml'"
+  echo "shared-install: a classmate's cargo config above MOE_LENS_BUILD_DIR=$open/build"
+  as_student env MOE_LENS_BUILD_DIR="$open/build" MOE_LENS_NO_PROGRESS=1 \
+    "$prefix/lab-venv/bin/python" "$prefix/src/kernel-setup/execute.py" --warm-up "$lab/notebooks" --kernel moe-lens-rust \
+    || fail "the student's kernel did not work with a classmate's cargo config in $open"
+  [ -e "$open/ran-as" ] && fail "the classmate's program ran as: $(sort -u "$open/ran-as" | tr '\n' ' ')"
+  [ -e "$open/build" ] && fail "the student's kernel built in $open/build, below the classmate's config"
+  rm -rf "$open"
+  echo "shared-install: the kernel did not build below it and the classmate's program never ran"
+fi
 echo "shared-install: passed in $(( $(date +%s) - t0 )) s (student set-up $((setup_ms / 1000)).$((setup_ms % 1000 / 100)) s)"
