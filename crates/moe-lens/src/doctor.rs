@@ -145,6 +145,80 @@ fn check(name: &'static str, status: Status, found: impl Into<String>, fix: impl
 }
 
 fn kernel(env: &dyn Fn(&str) -> Option<String>) -> Check {
+    let base = kernel_install(env);
+    // the build folder: no other user may be able to put a cargo config above it
+    // (kernel-setup/build-dir.sh, whose rules these are)
+    match env("EVCXR_TMPDIR").and_then(|d| cargo_config_risk(Path::new(&d))) {
+        Some(why) if base.status != Status::Fail => check(
+            "kernel",
+            Status::Fail,
+            format!("{}; {why}", base.found),
+            "cargo reads .cargo/config.toml in every folder above its build folder, so another user could run \
+             their program as you: restart the kernel (it checks and builds elsewhere), and ask the instructor \
+             for root's guards: install -d -m 755 /var/tmp/.cargo /tmp/.cargo",
+        ),
+        _ => base,
+    }
+}
+
+/// Why a cargo build in `dir` could read a config file that another user wrote (see
+/// kernel-setup/build-dir.sh), or `None` when only root and this user can write one there: every
+/// folder from `dir` up to `/` either has a `.cargo` folder (and config files) of root's or the
+/// user's that no one else can write, or has none and no one else can write into the folder.
+#[cfg(unix)]
+pub(crate) fn cargo_config_risk(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = my_uid()?;
+    let my_name = std::env::var("USER").ok();
+    let group_name = |gid: u32| -> Option<String> {
+        let groups = std::fs::read_to_string("/etc/group").ok()?;
+        groups.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+        })
+    };
+    let private = |m: &std::fs::Metadata| {
+        let mode = m.mode();
+        let group_ok = mode & 0o020 == 0 || m.gid() == 0 || (my_name.is_some() && group_name(m.gid()) == my_name);
+        (m.uid() == 0 || m.uid() == me) && mode & 0o002 == 0 && group_ok
+    };
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for a in real.ancestors() {
+        let Ok(am) = std::fs::metadata(a) else { continue };
+        let c = a.join(".cargo");
+        match std::fs::symlink_metadata(&c) {
+            Ok(cm) => {
+                if cm.file_type().is_symlink() || !cm.is_dir() || !private(&cm) {
+                    return Some(format!("{} is not a folder only root or you can write", c.display()));
+                }
+                for f in ["config", "config.toml"] {
+                    if let Ok(fm) = std::fs::symlink_metadata(c.join(f)) {
+                        if !private(&fm) {
+                            return Some(format!("{} can be changed by another user", c.join(f).display()));
+                        }
+                    }
+                }
+            }
+            Err(_) => {
+                if !private(&am) {
+                    return Some(format!(
+                        "another user can write into {} and could add a .cargo/config.toml there",
+                        a.display()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(not(unix))]
+pub(crate) fn cargo_config_risk(_dir: &Path) -> Option<String> {
+    None
+}
+
+fn kernel_install(env: &dyn Fn(&str) -> Option<String>) -> Check {
     let build = env("EVCXR_TMPDIR").map(|d| format!("; build folder {d}")).unwrap_or_default();
     let Some(prefix) = env("MOE_LENS_SHARED") else {
         return check("kernel", Status::Ok, format!("a per-user install (MOE_LENS_SHARED unset){build}"), "");
@@ -596,6 +670,48 @@ mod tests {
     fn run(vars: &[(&str, &str)], probe: &Probe) -> Report {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         doctor_with(&|k: &str| m.get(k).cloned(), probe)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_build_folder_below_a_folder_all_can_write_fails_until_it_has_a_private_cargo_folder() {
+        use std::os::unix::fs::PermissionsExt;
+        // not in /tmp, which has no guard on a fresh machine: in the checkout's target folder
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../../target/doctor-cargo-guard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let open = d.join("open");
+        std::fs::create_dir_all(open.join("me/0")).expect("folders");
+        let set =
+            |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        set(&d, 0o755);
+        set(&open, 0o1777); // as /var/tmp
+        let build = open.join("me/0");
+        let r = run(&[("EVCXR_TMPDIR", build.to_str().unwrap_or_default())], &no_gpu());
+        let c = line(&r, "kernel");
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.found.contains("another user can write into") && c.fix.contains("install -d -m 755"), "{c:?}");
+        // a .cargo folder of the user's that only they can write: nobody else can plant a config
+        std::fs::create_dir(open.join(".cargo")).expect(".cargo");
+        set(&open.join(".cargo"), 0o755);
+        match cargo_config_risk(&d) {
+            None => {
+                assert!(cargo_config_risk(&build).is_none(), "{:?}", cargo_config_risk(&build));
+                let r = run(&[("EVCXR_TMPDIR", build.to_str().unwrap_or_default())], &no_gpu());
+                assert_eq!(line(&r, "kernel").status, Status::Ok);
+            }
+            Some(why) => eprintln!("the checkout itself is not private ({why}): the safe case is not checked"),
+        }
+        // a config file in it that others can write
+        std::fs::write(open.join(".cargo/config.toml"), "").expect("config");
+        set(&open.join(".cargo/config.toml"), 0o666);
+        assert!(cargo_config_risk(&build).is_some_and(|w| w.contains("config.toml")));
+        std::fs::remove_file(open.join(".cargo/config.toml")).expect("rm");
+        // the .cargo folder all can write
+        set(&open.join(".cargo"), 0o1777);
+        assert!(cargo_config_risk(&build).is_some_and(|w| w.contains("not a folder only root or you")));
+        set(&open.join(".cargo"), 0o755);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
