@@ -329,6 +329,9 @@ export PATH="$cargo_bin:\$PATH"
 # write in /tmp); the toolchain named here, as at install time, comes first (build-dir.sh)
 rustup_toolchain="$rustup_toolchain"
 if [ -n "\$rustup_toolchain" ]; then export RUSTUP_TOOLCHAIN="\${RUSTUP_TOOLCHAIN:-\$rustup_toolchain}"; fi
+# evcxr's cells do not load ("dlsym failed") when cargo keeps no incremental caches
+# (CARGO_INCREMENTAL=0, which sccache users often set)
+unset CARGO_INCREMENTAL
 offline_cargo="$wrapper_offline"
 if [ -n "\$offline_cargo" ]; then
   # installed with --from (an offline server): every crate from the bundle's vendored copy, no network

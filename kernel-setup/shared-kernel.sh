@@ -57,7 +57,9 @@ directory = \"$prefix/vendor\"
 [net]
 offline = true"
 if [ "$(cat "$CARGO_HOME/config.toml" 2>/dev/null)" != "$want" ]; then printf '%s\n' "$want" > "$CARGO_HOME/config.toml"; fi
-unset CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER
+# evcxr's cells do not load ("dlsym failed") when cargo keeps no incremental caches
+# (CARGO_INCREMENTAL=0, which sccache users often set)
+unset CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER CARGO_INCREMENTAL
 
 # CPU or CUDA build (the instructor's install decides which exist)
 mode=${MOE_LENS_KERNEL_MODE:-}

@@ -40,9 +40,6 @@
 # it is kept between runs, the rest is made afresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# an instructor's and a student's builds run with cargo's defaults, as on a real server (.ci/run
-# turns incremental builds off for its own)
-unset CARGO_INCREMENTAL
 repo=$PWD
 full=0; with_rust=0
 for arg in "$@"; do

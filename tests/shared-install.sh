@@ -17,9 +17,6 @@
 # tests/offline-install.sh --full), MOE_LENS_SETUP_MAX, MOE_LENS_FIRST_DEP_MAX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# an instructor's and a student's builds run with cargo's defaults, as on a real server (.ci/run
-# turns incremental builds off for its own)
-unset CARGO_INCREMENTAL
 repo=$PWD
 out=${1:-target/shared-notebooks}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
