@@ -17,8 +17,11 @@ fn main() {
         return;
     }
     // only CUDA builds depend on these (a CPU build, e.g. a notebook's, must not rebuild moe-lens
-    // because PATH changed)
-    for v in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT", "PATH"] {
+    // because they changed). Not PATH: each student of a shared install has another PATH, and
+    // watching it made every student's first CUDA `:dep` cell run nvcc and compile moe-lens again
+    // (60 s instead of 10); the nvcc found is watched as a file instead (build_ptx), as candle's own
+    // kernels do not watch PATH either.
+    for v in ["CUDA_COMPUTE_CAP", "NVCC", "CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     if let Err(e) = build_ptx() {
@@ -33,6 +36,7 @@ fn build_ptx() -> Result<(), String> {
     let cap = compute_cap()?;
     let nvcc =
         nvcc().ok_or("nvcc not found: put it on PATH, or set NVCC or CUDA_HOME (the cuda feature needs it anyway)")?;
+    println!("cargo:rerun-if-changed={}", nvcc.display());
     let status = Command::new(&nvcc)
         .args(["-O3", "-ptx", &format!("-arch=sm_{cap}"), "-o"])
         .arg(&out)
