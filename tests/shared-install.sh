@@ -14,7 +14,8 @@
 #   tests/shared-install.sh [OUT_DIR]
 # Settings: MOE_LENS_SHARED_CI_PREFIX (PREFIX), MOE_LENS_SHARED_CI_FROM=BUNDLE (the instructor's run
 # is `install.sh --from BUNDLE --shared PREFIX`, as on a server without network or Rust:
-# tests/offline-install.sh --full), MOE_LENS_SETUP_MAX, MOE_LENS_FIRST_DEP_MAX.
+# tests/offline-install.sh --full), MOE_LENS_SETUP_MAX, MOE_LENS_FIRST_DEP_MAX, MOE_LENS_CUDA_STUDENT=1
+# (and MOE_LENS_CUDA_DRIVER_DIR): also the student's first CUDA cell (step 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -125,5 +126,25 @@ if [ "$student" != "$(id -un)" ]; then
   [ -e "$open/build" ] && fail "the student's kernel built in $open/build, below the classmate's config"
   rm -rf "$open"
   echo "shared-install: the kernel did not build below it and the classmate's program never ran"
+fi
+# 5. (opt-in: MOE_LENS_CUDA_STUDENT=1, after an instructor's install that built PREFIX/warm/cuda) the
+# student's first CUDA `:dep` cell: timed, and nothing below the cell recompiled. On a machine with
+# no GPU driver, MOE_LENS_CUDA_DRIVER_DIR names a folder with a libcuda.so.1 that the cell library
+# can be loaded with (e.g. a link to the link-time stand-in of ../shared/notes/cuda.md).
+if [ "${MOE_LENS_CUDA_STUDENT:-0}" = 1 ]; then
+  [ -d "$prefix/warm/cuda/target" ] || fail "MOE_LENS_CUDA_STUDENT=1 but $prefix has no CUDA warm build"
+  as_cuda() { as_student env MOE_LENS_KERNEL_MODE=cuda ${MOE_LENS_CUDA_DRIVER_DIR:+LD_LIBRARY_PATH=$MOE_LENS_CUDA_DRIVER_DIR} "$@"; }
+  as_cuda MOE_LENS_SEED_ONLY=1 "$prefix/kernel/evcxr-kernel"
+  cslot=$(as_student cat "$shome/.local/share/moe-lens/.seeded")
+  built() { find "$cslot/target" \( -name '*.rlib' -o -name output \) -printf '%P %T@ %s\n' | sort; }
+  cbefore=$(built)
+  clog=$(mktemp)
+  as_cuda MOE_LENS_NO_PROGRESS=1 "$prefix/lab-venv/bin/python" "$prefix/src/kernel-setup/execute.py" \
+    --warm-up "$lab/notebooks" --kernel moe-lens-rust | tee "$clog" || fail "the student's first CUDA :dep cell failed"
+  [ "$(built)" = "$cbefore" ] || fail "the student's first CUDA :dep cell recompiled: $(diff <(echo "$cbefore") <(built) | grep '^>' | head -5)"
+  cs=$(sed -n 's/^ *warm-up cell 0: \([0-9.]*\) s$/\1/p' "$clog" | tail -1)
+  echo "shared-install: the student's first CUDA :dep cell: ${cs:-?} s, nothing recompiled"
+  python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) <= float(sys.argv[2]) else 1)" "${cs:-1e9}" "$dep_max" \
+    || fail "the student's first CUDA :dep cell took more than $dep_max s"
 fi
 echo "shared-install: passed in $(( $(date +%s) - t0 )) s (student set-up $((setup_ms / 1000)).$((setup_ms % 1000 / 100)) s)"
