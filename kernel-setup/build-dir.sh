@@ -59,6 +59,28 @@ moe_lens_cargo_unsafe() {
   return 0
 }
 
+# moe_lens_build_root TAG CANDIDATE...: prints the first candidate folder that no other user can put
+# a cargo config above and that is (or is now made) a 0700 folder of yours; says on stderr, after
+# TAG, why each one before it was passed over. Prints nothing when none will do. Empty candidates
+# are skipped.
+moe_lens_build_root() {
+  local tag=$1 c why
+  shift
+  for c in "$@"; do
+    [ -n "$c" ] || continue
+    why=$(moe_lens_cargo_unsafe "$c")
+    if [ -n "$why" ]; then echo "$tag: not building in $c: $why" >&2; continue; fi
+    mkdir -p "$c" 2>/dev/null || true
+    if [ -d "$c" ] && [ ! -L "$c" ] && [ -O "$c" ]; then
+      chmod 700 "$c"
+      echo "$c"
+      return 0
+    fi
+    echo "$tag: $c is not a folder of yours; move it away (or set MOE_LENS_BUILD_DIR)" >&2
+  done
+  return 0
+}
+
 # moe_lens_guard_tmp: as root, makes /var/tmp/.cargo and /tmp/.cargo (root's, 0755, empty), so that
 # no user can put a cargo config above the students' build folders; says so when one is not safe.
 moe_lens_guard_tmp() {

@@ -305,14 +305,7 @@ for base in /var/tmp /tmp; do
   fi
 done
 candidates+=("$HOME/.cache/moe-lens-build")
-build_root=""
-for c in "${candidates[@]}"; do
-  why=$(moe_lens_cargo_unsafe "$c")
-  if [ -n "$why" ]; then say "WARNING: not $c: $why"; continue; fi
-  mkdir -p "$c" 2>/dev/null || true
-  if [ -d "$c" ] && [ -O "$c" ] && [ ! -L "$c" ]; then chmod 700 "$c"; build_root=$c; break; fi
-  say "WARNING: cannot own $c"
-done
+build_root=$(moe_lens_build_root "    WARNING" "${candidates[@]}")
 say "persistent kernel build directories: ${build_root:-none (each kernel builds in a fresh temporary directory)}"
 wrapper_offline=""
 if [ -n "$from" ]; then wrapper_offline=$offline/cargo; fi
@@ -359,14 +352,7 @@ if [ -n "\${EVCXR_TMPDIR:-}" ]; then
   why=\$(moe_lens_cargo_unsafe "\$EVCXR_TMPDIR")
   if [ -n "\$why" ]; then echo "moe-lens kernel: WARNING: your EVCXR_TMPDIR=\$EVCXR_TMPDIR: \$why" >&2; fi
 else
-  build_root=""
-  for c in "\${MOE_LENS_BUILD_DIR:-$build_root}" "\$HOME/.cache/moe-lens-build"; do
-    [ -n "\$c" ] || continue
-    why=\$(moe_lens_cargo_unsafe "\$c")
-    if [ -n "\$why" ]; then echo "moe-lens kernel: not building in \$c: \$why" >&2; continue; fi
-    mkdir -p "\$c" 2>/dev/null || true
-    if [ -d "\$c" ] && [ -O "\$c" ] && [ ! -L "\$c" ]; then chmod 700 "\$c"; build_root=\$c; break; fi
-  done
+  build_root=\$(moe_lens_build_root "moe-lens kernel" "\${MOE_LENS_BUILD_DIR:-$build_root}" "\$HOME/.cache/moe-lens-build")
   if [ -n "\$build_root" ] && command -v flock >/dev/null 2>&1; then
     for n in \$(seq 0 \$(( \${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
       d="\$build_root/\$n"

@@ -114,19 +114,7 @@ else
       if [ "$base" = "$HOME" ]; then candidates+=("$HOME/.cache/moe-lens-build"); else candidates+=("$base/moe-lens-$user"); fi
     fi
   done
-  root=""
-  for c in "${candidates[@]}"; do
-    why=$(moe_lens_cargo_unsafe "$c")
-    if [ -n "$why" ]; then echo "moe-lens kernel: not building in $c: $why" >&2; continue; fi
-    mkdir -p "$c" 2>/dev/null || true
-    if [ ! -d "$c" ] || [ -L "$c" ] || [ ! -O "$c" ]; then
-      echo "moe-lens kernel: $c is not a folder of yours; move it away (or set MOE_LENS_BUILD_DIR)" >&2
-      continue
-    fi
-    chmod 700 "$c"
-    root=$c
-    break
-  done
+  root=$(moe_lens_build_root "moe-lens kernel" "${candidates[@]}")
   if [ -n "$root" ] && command -v flock >/dev/null 2>&1; then
     for n in $(seq 0 $(( ${MOE_LENS_KERNEL_SLOTS:-4} - 1 ))); do
       d=$root/shared-$mode-$n
