@@ -104,9 +104,23 @@ command -v rustc >/dev/null 2>&1 || {
 command -v cc >/dev/null 2>&1 || { hint="a C compiler/linker 'cc' must be installed for everyone (gcc)"; false; }
 if [ -n "$from" ]; then bundle_check_rustc; fi
 sysroot=$(rustc --print sysroot)
+# rust-src: evcxr's type inference reads the standard library's sources (rustup's default profile
+# leaves them out); the copy below and the vendored crates (step "vendored") then include them
+if [ ! -f "$sysroot/lib/rustlib/src/rust/library/Cargo.toml" ]; then
+  if [ -z "$from" ] && command -v rustup >/dev/null 2>&1 && rustup component add rust-src >/dev/null 2>&1 \
+     && [ -f "$sysroot/lib/rustlib/src/rust/library/Cargo.toml" ]; then
+    say "added rust-src to $sysroot (rustup component add rust-src)"
+  else
+    say "WARNING: no rust-src in $sysroot ('rustup component add rust-src'): cells run, but evcxr cannot infer some types (\"let x = ...;\")"
+  fi
+fi
 if [ -x "$prefix/rust/bin/rustc" ] && [ "$("$prefix/rust/bin/rustc" -vV 2>/dev/null)" = "$(rustc -vV)" ] \
    && [ -x "$prefix/rust/bin/cargo" ]; then
   say "already there: $("$prefix/rust/bin/rustc" --version)"
+  if [ -d "$sysroot/lib/rustlib/src" ] && [ ! -d "$prefix/rust/lib/rustlib/src" ]; then
+    cp -R "$sysroot/lib/rustlib/src" "$prefix/rust/lib/rustlib/src"
+    say "added rust-src to the copy"
+  fi
 else
   [ -x "$sysroot/bin/cargo" ] || { hint="this rustc's sysroot ($sysroot) has no cargo: install Rust with rustup"; false; }
   rm -rf "$prefix/rust.new"
@@ -239,7 +253,7 @@ begin "the notebooks' crates, vendored into $prefix/vendor (cargo vendor)" \
 # cells like `let x = …;` fail with "Couldn't automatically determine type of variable".
 library=$prefix/rust/lib/rustlib/src/rust/library/Cargo.toml
 sync=(); [ -f "$library" ] && sync=(--sync "$library")
-lock_sum=$( { cat "$prefix/src/Cargo.lock"; [ -f "$library" ] && cat "${library%.toml}.lock"; } | sha256sum | cut -c1-16)
+lock_sum=$( { cat "$prefix/src/Cargo.lock"; if [ -f "$library" ]; then cat "${library%.toml}.lock"; fi; } | sha256sum | cut -c1-16)
 if [ -f "$prefix/vendor/.moe-lens-lock" ] && [ "$(cat "$prefix/vendor/.moe-lens-lock")" = "$lock_sum" ]; then
   say "already vendored for this Cargo.lock"
 elif [ -n "$from" ]; then
