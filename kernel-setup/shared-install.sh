@@ -63,6 +63,8 @@ umask 022  # everything here is for every user to read
 . "$here/lab-python.sh"
 # shellcheck source=kernel-setup/offline.sh
 . "$here/offline.sh"
+# shellcheck source=kernel-setup/build-env.sh
+. "$here/build-env.sh"
 
 t_start=$(date +%s)
 n=0; step=start; hint=""
@@ -335,6 +337,9 @@ if [ "$cuda" = 1 ]; then
     for v in $cuda_env_vars; do printf 'MOE_LENS_SHARED_CUDA_ENV_%s=%q\n' "$v" "${!v:-}"; done
   } >> "$prefix/moe-lens-shared.env.new"
 fi
+# the C compilers' settings and the other variables build scripts watch, kept alike the same way
+# (build-env.sh says why)
+moe_lens_build_env_record >> "$prefix/moe-lens-shared.env.new"
 mv "$prefix/moe-lens-shared.env.new" "$prefix/moe-lens-shared.env"
 say "kernel: $prefix/kernel/evcxr-kernel"
 
@@ -361,6 +366,7 @@ for mode in "${modes[@]}"; do
   warm=$prefix/warm/$mode
   dep=$("$venv/bin/python" "$here/execute.py" --dep-line "$prefix/src/notebooks")
   key=$( { echo "$dep"; echo "$evcxr_version $mode $cuda_cap"; "$prefix/rust/bin/rustc" -vV; cat "$prefix/vendor/.moe-lens-lock";
+           grep -E '^MOE_LENS_SHARED_(CUDA|BUILD)_ENV' "$prefix/moe-lens-shared.env" || true;
            (cd "$prefix/src" && find crates/moe-lens -type f ! -path '*/data/*' | sort | xargs sha256sum); } | sha256sum | cut -c1-16)
   if [ -f "$warm/stamp" ] && [ "$(cat "$warm/stamp")" = "$key" ] && [ -d "$warm/target" ] && [ "${MOE_LENS_REWARM:-0}" != 1 ]; then
     say "already done for these sources ($key)"

@@ -33,6 +33,11 @@ fi
 # shellcheck disable=SC1091
 . "$prefix/moe-lens-shared.env"
 export MOE_LENS_SHARED=$prefix
+# the instructor's C compiler settings (CC, CFLAGS, ...), not this user's: build scripts run again
+# when they differ, and the first `:dep` cell then compiles again what the warm build holds
+# shellcheck disable=SC1091
+. "$prefix/src/kernel-setup/build-env.sh"
+moe_lens_build_env_apply
 export PATH="$prefix/rust/bin:$prefix/bin:$PATH"
 export CANDLE_BARRIER_POOL_SPIN_LIMIT="${CANDLE_BARRIER_POOL_SPIN_LIMIT:-0}"
 if [ -z "${RAYON_NUM_THREADS:-}" ]; then

@@ -26,10 +26,13 @@ setup_max=${MOE_LENS_SETUP_MAX:-60}
 dep_max=${MOE_LENS_FIRST_DEP_MAX:-30}
 fail() { echo "shared-install: FAILED: $*" >&2; exit 1; }
 
-# 1. the instructor's install (kept between runs: only what changed is redone)
+# 1. the instructor's install (kept between runs: only what changed is redone). With CC set, as
+# `module load gcc` sets it (students have none): ring's build script watches CC, and the students'
+# first :dep cell used to compile ring and all above it again (kernel-setup/build-env.sh); step 3
+# checks that nothing is.
 t0=$(date +%s)
 from=(); [ -n "${MOE_LENS_SHARED_CI_FROM:-}" ] && from=(--from "$MOE_LENS_SHARED_CI_FROM")
-bash kernel-setup/install.sh "${from[@]}" --shared "$prefix"
+CC=${CC:-$(command -v cc)} bash kernel-setup/install.sh "${from[@]}" --shared "$prefix"
 echo "shared-install: instructor's install took $(( $(date +%s) - t0 )) s"
 
 # 2. the student, fresh every run
