@@ -70,8 +70,14 @@ unset CARGO_TARGET_DIR RUSTFLAGS RUSTC_WRAPPER CARGO_INCREMENTAL
 mode=${MOE_LENS_KERNEL_MODE:-}
 if [ -z "$mode" ]; then
   mode=cpu
-  if [ "${MOE_LENS_SHARED_CUDA:-0}" = 1 ] && command -v nvidia-smi >/dev/null 2>&1 \
-     && [ -n "$(nvidia-smi -L 2>/dev/null | head -1)" ]; then mode=cuda; fi
+  # nvidia-smi also where the driver's packages and container images put it outside a login PATH
+  # (seen on a GPU machine: /usr/local/nvidia/bin), or a GPU student would get the CPU build
+  smi=$(command -v nvidia-smi 2>/dev/null || true)
+  if [ -z "$smi" ]; then
+    for c in /usr/local/nvidia/bin/nvidia-smi /usr/bin/nvidia-smi; do if [ -x "$c" ]; then smi=$c; break; fi; done
+  fi
+  if [ "${MOE_LENS_SHARED_CUDA:-0}" = 1 ] && [ -n "$smi" ] \
+     && [ -n "$("$smi" -L 2>/dev/null | head -1)" ]; then mode=cuda; fi
 fi
 cfg=$state/shared-evcxr
 mkdir -p "$cfg"
