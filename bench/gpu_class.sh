@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # The class set-up's CUDA path on a real GPU (issue #14), on a lent GPU machine that has a GPU, its
 # driver, nvcc and Python but no Rust and no network: what INSTRUCTORS.md has an instructor and a
-# student do on a GPU server, with the parts a shared install made on a machine with network
-# (bench/gpu_class_pack.sh packs them: PREFIX's Rust, evcxr_jupyter, vendored crates and sources;
-# the CLI; the Python wheels that execute.py needs).
+# student do on a GPU server, with the parts a shared install made on a machine with network.
+# The parts, as made for bench/results/h200-s11-class (PREFIX=/opt/mlc, the same path there):
+#   kernel-setup/install.sh --shared /opt/mlc         (MOE_LENS_SKIP_PREWARM=1 will do: the CUDA
+#                                                      warm build is made on the GPU machine)
+#   cd /opt/mlc && tar -cf - --exclude='*san.a' rust/bin/rustc rust/bin/cargo rust/lib/libLLVM* \
+#     rust/lib/librustc_driver* rust/lib/rustlib/{components,manifest-*,multirust-config.toml} \
+#     rust/lib/rustlib/rust-installer-version rust/lib/rustlib/x86_64-unknown-linux-gnu | xz -9e > rust.tar.xz
+#   tar -cf - rust/lib/rustlib/src bin/evcxr_jupyter bin/moe-lens-student-setup \
+#     bin/.evcxr_jupyter.version kernel src moe-lens-shared.env vendor | xz -9 > mlc.tar.xz
+#   split -b 45M -a 2 rust.tar.xz rust.tar.xz.part; split -b 45M -a 2 mlc.tar.xz mlc.tar.xz.part
+#   xz -9 < (a stripped CPU build of the moe-lens CLI) > moe-lens-cli.xz
+#   whl/: pip download --python-version 3.12 ... nbclient nbformat jupyter_client (see the device
+#   README); SUMS: sha256sum of the parts, the CLI and whl/*; each call carries under 64 MiB
 #
 #   bench/gpu_class.sh unpack PARTS_DIR   parts into PREFIX (/opt/mlc), checked against their sums
 #   bench/gpu_class.sh instructor         the shared install's CUDA part, on this machine: its nvcc,
